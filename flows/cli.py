@@ -1,0 +1,188 @@
+"""The `conveyor` command: parses options into the same typed configs the flows take."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.settings import ConveyorError, Settings, load_spec
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+triton_app = typer.Typer(no_args_is_help=True, help="The embedded Triton server.")
+app.add_typer(triton_app, name="triton")
+console = Console()
+
+SpecOption = Annotated[
+    Path | None,
+    typer.Option("--spec", help="Model spec YAML (default: CONVEYOR_SPEC or the fraud detector)."),
+]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2) from None
+
+
+def _spec_path(spec: Path | None, settings: Settings) -> str:
+    return str(spec or settings.spec)
+
+
+@app.command()
+def run(spec: SpecOption = None) -> None:
+    """Release: train, validate, register, export to Triton, smoke-test, promote."""
+    from flows.release import release_flow
+
+    settings = Settings()
+    path = _spec_path(spec, settings)
+    try:
+        load_spec(path)  # fail fast, before Prefect starts its API
+        result = release_flow(spec_path=path)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"conveyor release: {result.model}", show_header=False)
+    metrics, smoke, onnx = result.metrics, result.smoke, result.export.onnx
+    rows = [
+        ("model", result.model),
+        ("version", f"{result.version} (champion; previous: {result.promotion.previous})"),
+        ("MLflow run", result.run_id),
+        (
+            "ROC AUC / PR AUC / F1",
+            f"{metrics.roc_auc:.4f} / {metrics.pr_auc:.4f} / {metrics.f1:.4f}",
+        ),
+        (
+            "ONNX parity",
+            f"max |Δp| {onnx.parity.max_abs_diff:.1e} on {onnx.parity.rows} rows, "
+            f"{onnx.parity.label_flips} label flips",
+        ),
+        (
+            "served vs offline",
+            f"max |Δp| {max(smoke.http_max_abs_diff, smoke.grpc_max_abs_diff):.1e} "
+            f"on {smoke.rows} rows (HTTP + gRPC)",
+        ),
+        (
+            "Triton HTTP / gRPC",
+            f"http://{result.export.serving.endpoint.http} / {result.export.serving.endpoint.grpc}",
+        ),
+        ("served versions", ", ".join(map(str, result.export.serving.versions))),
+        ("latency p50 / p99", f"{smoke.p50_ms:.2f} / {smoke.p99_ms:.2f} ms (batch 1, HTTP)"),
+        ("MLflow store", settings.tracking_uri),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    console.print(
+        "Triton keeps serving the champion; stop it with `conveyor triton down`. "
+        f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}`."
+    )
+
+
+@app.command()
+def train(spec: SpecOption = None) -> None:
+    """Train a candidate and log it to MLflow (no registration)."""
+    from flows.training import training_flow
+
+    settings = Settings()
+    try:
+        result = training_flow(load_spec(_spec_path(spec, settings)), settings)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    m = result.metrics
+    console.print(
+        f"MLflow run {result.run_id}: ROC AUC {m.roc_auc:.4f}, PR AUC {m.pr_auc:.4f}, "
+        f"F1 {m.f1:.4f} on {m.rows} holdout rows (data {result.train.sha256[:12]}…)"
+    )
+
+
+@app.command()
+def smoke(
+    spec: SpecOption = None,
+    version: Annotated[
+        int | None, typer.Option(help="Version to test (default: champion).")
+    ] = None,
+) -> None:
+    """Smoke-test a served version (default: the champion) through Triton."""
+    from flows.smoke import smoke_test_flow
+    from tasks import registry
+    from tasks.data import DatasetRef
+
+    settings = Settings()
+    try:
+        model_spec = load_spec(_spec_path(spec, settings))
+        number = version or registry.alias_version(settings, model_spec.name, registry.CHAMPION)
+        if number is None:
+            raise ConveyorError(f"{model_spec.name} has no champion yet; run `conveyor run` first")
+        ref = registry.version_ref(settings, model_spec.name, number)
+        holdout_uri = registry.run_tag(settings, ref.run_id, registry.TAG_HOLDOUT_URI)
+        holdout = DatasetRef(
+            uri=holdout_uri,
+            sha256=registry.run_tag(settings, ref.run_id, registry.TAG_HOLDOUT),
+            rows=0,
+            positives=0,
+        )
+        report = smoke_test_flow(model_spec, settings, ref, holdout)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"{report.model} v{report.version}: passed; {report.rows} rows match offline ONNX, "
+        f"p50 {report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms"
+    )
+
+
+@triton_app.command("up")
+def triton_up(spec: SpecOption = None) -> None:
+    """Start the embedded Triton and load the spec's champion (and previous) version."""
+    from tasks import triton, triton_server
+
+    settings = Settings()
+    try:
+        model_spec = load_spec(_spec_path(spec, settings))
+        state = triton_server.ensure_running(settings)
+        serving = triton.restore_serving(settings, model_spec)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"Triton pid {state.pid}: http://{state.endpoint.http}, grpc {state.endpoint.grpc}, "
+        f"metrics {state.metrics_url}; {model_spec.name} versions loaded: "
+        f"{serving.versions or 'none (no champion yet)'}; log {state.log_path}"
+    )
+
+
+@triton_app.command("down")
+def triton_down() -> None:
+    """Stop the embedded Triton."""
+    from tasks import triton_server
+
+    stopped = triton_server.stop(Settings())
+    console.print("stopped" if stopped else "the embedded Triton was not running")
+
+
+@triton_app.command("status")
+def triton_status() -> None:
+    """Say whether the embedded Triton is up, where, and what it serves."""
+    from tasks import triton, triton_server
+
+    settings = Settings()
+    state = triton_server.status(settings)
+    if state is None:
+        console.print("the embedded Triton is not running (`conveyor triton up` starts it)")
+        raise typer.Exit(1)
+    index = triton.http_client(state.endpoint).get_model_repository_index()
+    loaded = [f"{m['name']}:{m.get('version', '?')}" for m in index if m.get("state") == "READY"]
+    console.print(
+        f"up: pid {state.pid}, http://{state.endpoint.http}, grpc {state.endpoint.grpc}, "
+        f"metrics {state.metrics_url}, repository {state.repository}; "
+        f"loaded: {', '.join(loaded) or 'nothing'}"
+    )
+
+
+def main() -> None:
+    sys.exit(app())

@@ -1,0 +1,28 @@
+"""triton_export_flow: ONNX with its parity proof → published repository version → loaded."""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import BaseModel
+
+from tasks.data import DatasetRef
+from tasks.onnx import OnnxArtifact, export_onnx_task
+from tasks.registry import ModelRef
+from tasks.settings import ModelSpec, Settings
+from tasks.triton import PublishResult, ServingState, publish_task, serve_candidate_task
+
+
+class ExportResult(BaseModel):
+    onnx: OnnxArtifact
+    published: PublishResult
+    serving: ServingState
+
+
+@flow(name="triton-export")
+def triton_export_flow(
+    spec: ModelSpec, settings: Settings, ref: ModelRef, holdout: DatasetRef
+) -> ExportResult:
+    onnx = export_onnx_task(settings, spec, ref, holdout)
+    published = publish_task(settings, spec, ref, onnx)
+    serving = serve_candidate_task(settings, spec, ref)
+    return ExportResult(onnx=onnx, published=published, serving=serving)

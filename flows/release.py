@@ -1,0 +1,81 @@
+"""release_flow: train → validate → register → export → smoke → promote, or roll back."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from flows.export import ExportResult, triton_export_flow
+from flows.registration import registration_flow
+from flows.smoke import smoke_test_flow
+from flows.training import training_flow
+from flows.validation import validation_flow
+from tasks.evaluation import ModelMetrics
+from tasks.registry import PromotionResult, promote_task, retire_candidate_task
+from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+from tasks.smoke import SmokeReport
+from tasks.triton import withdraw_task
+
+
+class ReleaseResult(BaseModel):
+    model: str
+    version: int
+    run_id: str
+    metrics: ModelMetrics
+    export: ExportResult
+    smoke: SmokeReport
+    promotion: PromotionResult
+
+    def markdown(self) -> str:
+        m, s, o = self.metrics, self.smoke, self.export.onnx
+        return "\n".join(
+            [
+                f"# {self.model} version {self.version} is champion",
+                "",
+                "| | |",
+                "|---|---|",
+                f"| MLflow run | `{self.run_id}` |",
+                f"| ROC AUC / PR AUC / F1 | {m.roc_auc:.4f} / {m.pr_auc:.4f} / {m.f1:.4f} |",
+                f"| ONNX sha256 | `{o.sha256}` |",
+                f"| parity (sklearn vs ONNX) | max Δp {o.parity.max_abs_diff:.1e}, "
+                f"{o.parity.label_flips} flips |",
+                f"| Triton | http://{self.export.serving.endpoint.http} |",
+                f"| served p50 / p99 | {s.p50_ms:.2f} / {s.p99_ms:.2f} ms |",
+                f"| previous champion | {self.promotion.previous} |",
+            ]
+        )
+
+
+@flow(name="release")
+def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
+    """Release the model described by `spec_path`. On any failure after registration the new
+    version is withdrawn from Triton and the repository, and `champion` does not move."""
+    settings = Settings()
+    spec = load_spec(spec_path)
+    train = training_flow(spec, settings)
+    validation_flow(spec, train)
+    ref = registration_flow(spec, settings, train)
+    try:
+        export = triton_export_flow(spec, settings, ref, train.holdout)
+        smoke = smoke_test_flow(spec, settings, ref, train.holdout)
+        promotion = promote_task(settings, ref)
+    except Exception as exc:
+        # Alias first: it is the cheap step, and a Triton that cannot be reached must not leave
+        # `challenger` pointing at a version that failed.
+        try:
+            retire_candidate_task(settings, ref, f"{type(exc).__name__}: {exc}")
+        finally:
+            withdraw_task(settings, spec, ref)
+        raise
+    result = ReleaseResult(
+        model=spec.name,
+        version=ref.version,
+        run_id=ref.run_id,
+        metrics=train.metrics,
+        export=export,
+        smoke=smoke,
+        promotion=promotion,
+    )
+    create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
+    return result

@@ -1,0 +1,19 @@
+"""smoke_test_flow: the served version answers correctly and fast enough, or the flow fails."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.data import DatasetRef
+from tasks.registry import ModelRef
+from tasks.settings import ModelSpec, Settings
+from tasks.smoke import SmokeReport, require_passed, smoke_test_task
+
+
+@flow(name="smoke-test")
+def smoke_test_flow(
+    spec: ModelSpec, settings: Settings, ref: ModelRef, holdout: DatasetRef
+) -> SmokeReport:
+    report = smoke_test_task(settings, spec, ref, holdout)
+    require_passed(report)
+    return report

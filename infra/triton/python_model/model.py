@@ -1,0 +1,69 @@
+"""Triton python-backend model that serves `model.onnx` from its own version directory.
+
+conveyor copies this file next to `model.onnx` in every version it publishes for the embedded
+Triton, whose build carries only the python backend. It keeps the I/O contract of the production
+`onnxruntime_onnx` rendering: input `features` FP32 [n], outputs `label` INT64 [1] and
+`probabilities` FP32 [n_classes], batched.
+
+It runs inside Triton's python stub, not in conveyor's process, so it imports nothing of conveyor.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def _parameter(config, key, default):
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return default if value in (None, "") else value
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        options = ort.SessionOptions()
+        # Same parameter names as Triton's onnxruntime backend, so both renderings tune alike.
+        options.intra_op_num_threads = int(_parameter(config, "intra_op_thread_count", "1"))
+        options.inter_op_num_threads = int(_parameter(config, "inter_op_thread_count", "1"))
+        providers = ["CPUExecutionProvider"]
+        if args.get("model_instance_kind") == "GPU":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.n_features = int(config["input"][0]["dims"][0])
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        batches, owners = [], []
+        for i, request in enumerate(requests):
+            x = pb_utils.get_input_tensor_by_name(request, "features").as_numpy()
+            if not np.isfinite(x).all():
+                bad = int((~np.isfinite(x)).any(axis=1).sum())
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(
+                        f"features contain NaN or infinity in {bad} row(s); "
+                        "send finite FP32 values (impute missing values before the request)"
+                    )
+                )
+                continue
+            batches.append(x)
+            owners.append(i)
+        if batches:
+            # Dynamic batching hands several requests over at once: one onnxruntime call for all.
+            label, proba = self.session.run(
+                ["label", "probabilities"], {"features": np.concatenate(batches)}
+            )
+            start = 0
+            for i, x in zip(owners, batches):
+                stop = start + len(x)
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("label", label[start:stop].astype(np.int64)),
+                        pb_utils.Tensor("probabilities", proba[start:stop].astype(np.float32)),
+                    ]
+                )
+                start = stop
+        return responses

@@ -1,0 +1,21 @@
+"""Prefect events conveyor emits, all about one resource: `conveyor.model.<name>`."""
+
+from __future__ import annotations
+
+from prefect.events import emit_event
+
+DRIFT_DETECTED = "conveyor.drift.detected"
+MODEL_PROMOTED = "conveyor.model.promoted"
+RELEASE_FAILED = "conveyor.release.failed"
+
+
+def resource_id(model: str) -> str:
+    return f"conveyor.model.{model}"
+
+
+def emit(event: str, model: str, payload: dict[str, str | int | float | None]) -> None:
+    emit_event(
+        event=event,
+        resource={"prefect.resource.id": resource_id(model), "prefect.resource.name": model},
+        payload=payload,
+    )

@@ -1,0 +1,285 @@
+"""MLflow: the experiment per model, candidate runs, registered versions, aliases and tags."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import mlflow.artifacts
+import mlflow.sklearn
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+from sklearn.pipeline import Pipeline
+
+from tasks import events
+from tasks.settings import ConveyorError, ModelSpec, Settings
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+TAG_DATA = "conveyor.data_sha256"
+TAG_HOLDOUT = "conveyor.holdout_sha256"
+TAG_CODE = "conveyor.code_version"
+TAG_FLOW_RUN = "conveyor.flow_run_id"
+TAG_ONNX = "conveyor.onnx_sha256"
+TAG_RELEASE = "conveyor.release"
+TAG_HOLDOUT_URI = "conveyor.holdout_uri"
+TAG_SPEC = "conveyor.spec_sha256"
+ONNX_ARTIFACT = "onnx/model.onnx"
+
+
+class RegistryError(ConveyorError):
+    """The MLflow registry refused an operation."""
+
+
+class CandidateRun(BaseModel):
+    run_id: str
+    model_uri: str
+    experiment_id: str
+
+
+class ModelRef(BaseModel):
+    """A registered model version: the reference every later step works from."""
+
+    name: str
+    version: int
+    run_id: str
+    model_uri: str
+
+
+class PromotionResult(BaseModel):
+    name: str
+    champion: int
+    previous: int | None
+
+
+def client(settings: Settings) -> MlflowClient:
+    # The fluent API (start_run, log_model) reads the process-wide URI; set it for both.
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def ensure_experiment(mlflow_client: MlflowClient, settings: Settings, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    # Explicit artifact root: with a SQLite store MLflow would otherwise write ./mlruns in the cwd.
+    location = (settings.artifacts_dir / name).as_uri()
+    return str(mlflow_client.create_experiment(name, artifact_location=location))
+
+
+def code_version() -> str:
+    """The git commit of the code that trained the model (with `-dirty` if uncommitted changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def log_candidate(
+    settings: Settings,
+    spec: ModelSpec,
+    model: Pipeline,
+    metrics: dict[str, float],
+    example: np.ndarray,
+    tags: dict[str, str],
+    trusted_types: list[str],
+) -> CandidateRun:
+    """One MLflow run with params, metrics, lineage tags and the model (signature + example)."""
+    mlflow_client = client(settings)
+    experiment_id = ensure_experiment(mlflow_client, settings, spec.name)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{spec.name}") as run:
+        mlflow.log_params(
+            {
+                "estimator": spec.estimator.family,
+                **{f"estimator.{k}": v for k, v in spec.estimator.params.items()},
+                "data.source": spec.data.source,
+                "data.rows": spec.data.rows,
+                "data.seed": spec.data.seed,
+                "features": ",".join(spec.feature_names),
+            }
+        )
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict_proba(example)),
+            input_example=example[:2],
+            skops_trusted_types=trusted_types,
+            # Scores, not labels, are what callers of a fraud model act on.
+            pyfunc_predict_fn="predict_proba",
+        )
+        return CandidateRun(
+            run_id=run.info.run_id, model_uri=info.model_uri, experiment_id=experiment_id
+        )
+
+
+def load_model(settings: Settings, model_uri: str) -> Pipeline:
+    client(settings)
+    model: Pipeline = mlflow.sklearn.load_model(model_uri)
+    return model
+
+
+def log_run_artifact(settings: Settings, run_id: str, artifact_path: str, data: bytes) -> str:
+    """Store bytes as an artifact of a run; returns its `runs:/` URI."""
+    directory, _, filename = artifact_path.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / filename
+        local.write_bytes(data)
+        client(settings).log_artifact(run_id, str(local), directory or None)
+    return f"runs:/{run_id}/{artifact_path}"
+
+
+def log_run_metrics(settings: Settings, run_id: str, metrics: dict[str, float]) -> None:
+    mlflow_client = client(settings)
+    for key, value in metrics.items():
+        mlflow_client.log_metric(run_id, key, value)
+
+
+def read_artifact(settings: Settings, uri: str) -> bytes:
+    client(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        return Path(path).read_bytes()
+
+
+def version_ref(settings: Settings, name: str, version: int) -> ModelRef:
+    found = client(settings).get_model_version(name, str(version))
+    return ModelRef(name=name, version=version, run_id=found.run_id, model_uri=found.source)
+
+
+def run_tag(settings: Settings, run_id: str, key: str) -> str:
+    value = client(settings).get_run(run_id).data.tags.get(key)
+    if value is None:
+        raise RegistryError(f"MLflow run {run_id} has no tag {key}; was it trained by conveyor?")
+    return str(value)
+
+
+def register(
+    settings: Settings, name: str, candidate: CandidateRun, tags: dict[str, str]
+) -> ModelRef:
+    """Register the run's model; registering the same run again returns the existing version."""
+    mlflow_client = client(settings)
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        mlflow_client.create_registered_model(name)
+    existing = mlflow_client.search_model_versions(f"name='{name}' and run_id='{candidate.run_id}'")
+    if existing:
+        version = min(existing, key=lambda v: int(v.version))
+    else:
+        version = mlflow_client.create_model_version(
+            name, source=candidate.model_uri, run_id=candidate.run_id, tags=tags
+        )
+    return ModelRef(
+        name=name,
+        version=int(version.version),
+        run_id=candidate.run_id,
+        model_uri=candidate.model_uri,
+    )
+
+
+def alias_version(settings: Settings, name: str, alias: str) -> int | None:
+    try:
+        return int(client(settings).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(settings: Settings, name: str, alias: str, version: int) -> None:
+    client(settings).set_registered_model_alias(name, alias, str(version))
+
+
+def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None:
+    mlflow_client = client(settings)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(ref.name, str(ref.version), key, value)
+
+
+def promote(settings: Settings, ref: ModelRef) -> PromotionResult:
+    """champion → ref; the old champion becomes previous; challenger is consumed.
+
+    `previous` is moved before `champion`, so a failure between the two calls leaves both aliases
+    on versions that really were champions.
+    """
+    mlflow_client = client(settings)
+    old = alias_version(settings, ref.name, CHAMPION)
+    if old is not None and old != ref.version:
+        mlflow_client.set_registered_model_alias(ref.name, PREVIOUS, str(old))
+    mlflow_client.set_registered_model_alias(ref.name, CHAMPION, str(ref.version))
+    if alias_version(settings, ref.name, CHALLENGER) == ref.version:
+        mlflow_client.delete_registered_model_alias(ref.name, CHALLENGER)
+    mlflow_client.set_model_version_tag(ref.name, str(ref.version), TAG_RELEASE, "promoted")
+    return PromotionResult(
+        name=ref.name, champion=ref.version, previous=old if old != ref.version else None
+    )
+
+
+def retire_candidate(settings: Settings, ref: ModelRef, reason: str) -> None:
+    """A failed release: the version keeps its record (and why it failed) but no alias."""
+    mlflow_client = client(settings)
+    if alias_version(settings, ref.name, CHALLENGER) == ref.version:
+        mlflow_client.delete_registered_model_alias(ref.name, CHALLENGER)
+    mlflow_client.set_model_version_tag(
+        ref.name, str(ref.version), TAG_RELEASE, f"failed: {reason}"[:5000]
+    )
+
+
+def register_challenger(
+    settings: Settings, name: str, candidate: CandidateRun, tags: dict[str, str]
+) -> ModelRef:
+    ref = register(settings, name, candidate, tags)
+    set_alias(settings, name, CHALLENGER, ref.version)
+    return ref
+
+
+@task(name="register-challenger")
+def register_challenger_task(
+    settings: Settings, name: str, candidate: CandidateRun, tags: dict[str, str]
+) -> ModelRef:
+    ref = register_challenger(settings, name, candidate, tags)
+    get_run_logger().info("registered %s version %d as %s", name, ref.version, CHALLENGER)
+    return ref
+
+
+@task(name="promote")
+def promote_task(settings: Settings, ref: ModelRef) -> PromotionResult:
+    result = promote(settings, ref)
+    get_run_logger().info(
+        "%s: champion → version %d (previous: %s)", ref.name, result.champion, result.previous
+    )
+    events.emit(
+        events.MODEL_PROMOTED,
+        ref.name,
+        {"version": result.champion, "previous": result.previous, "reason": "release"},
+    )
+    return result
+
+
+@task(name="retire-candidate")
+def retire_candidate_task(settings: Settings, ref: ModelRef, reason: str) -> None:
+    retire_candidate(settings, ref, reason)
+    get_run_logger().warning("%s version %d retired: %s", ref.name, ref.version, reason)
+    events.emit(events.RELEASE_FAILED, ref.name, {"version": ref.version, "reason": reason[:500]})

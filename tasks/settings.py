@@ -1,0 +1,269 @@
+"""Run-time configuration: `Settings` from the environment and `ModelSpec` from YAML.
+
+Nothing here reads the environment or the disk at import; callers build a `Settings()` when a run
+starts and load a spec with `load_spec`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SPEC_DIR = Path("deployments/models")
+DEFAULT_SPEC = SPEC_DIR / "fraud-detector.yaml"
+
+
+class ConveyorError(Exception):
+    """An error whose message already says what went wrong and how to fix it."""
+
+
+class SpecError(ConveyorError):
+    """The model spec is missing or invalid."""
+
+
+class Settings(BaseSettings):
+    """Where conveyor keeps its state and which servers it talks to (env prefix `CONVEYOR_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    home: Path = Field(default=Path(".conveyor"), description="State directory.")
+    spec: Path = Field(default=DEFAULT_SPEC, description="Model spec used when none is given.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default: SQLite under home."
+    )
+    model_repository: str | None = Field(
+        default=None, description="Triton model repository; default: home/model_repository."
+    )
+    triton_http_url: str | None = Field(
+        default=None, description="An external Triton (host:port); unset: the embedded server."
+    )
+    triton_grpc_url: str | None = Field(default=None, description="gRPC host:port of that Triton.")
+    triton_backend: Literal["python", "onnxruntime"] = Field(
+        default="python",
+        description="config.pbtxt rendering: python (embedded build) or onnxruntime (production).",
+    )
+    triton_http_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
+    triton_grpc_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
+    triton_metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
+    triton_startup_timeout_s: float = Field(default=60.0, gt=0)
+    triton_load_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        # Workers and the Triton process may run with another working directory.
+        return value.expanduser().resolve()
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow.db"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def triton_dir(self) -> Path:
+        return self.home / "triton"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def repository(self) -> str:
+        return self.model_repository or str(self.home / "model_repository")
+
+    @property
+    def embedded_triton(self) -> bool:
+        return self.triton_http_url is None
+
+
+class FeatureType(StrEnum):
+    numeric = "numeric"
+    integer = "integer"
+    boolean = "boolean"
+    category = "category"
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: FeatureType
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.type is FeatureType.category and not self.categories:
+            raise ValueError(f"feature {self.name!r} is a category: list its `categories`")
+        if self.type is not FeatureType.category and self.categories:
+            raise ValueError(f"feature {self.name!r} has `categories` but is {self.type.value}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+        return self
+
+
+class TargetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    classes: list[int] = Field(min_length=2)
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = "synthetic"
+    rows: int = Field(default=50_000, ge=100)
+    seed: int = 0
+    fraud_rate: float = Field(default=0.02, gt=0, lt=0.5)
+    drift: float = Field(default=0.0, ge=0)
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+
+EstimatorFamily = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
+
+
+class EstimatorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: EstimatorFamily
+    params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    roc_auc: float = Field(default=0.0, ge=0, le=1)
+    pr_auc: float = Field(default=0.0, ge=0, le=1)
+
+
+class DriftSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    share: float = Field(default=0.3, gt=0, le=1)
+
+
+class PromotionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requires_approval: bool = False
+
+
+class ServingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=256, gt=0)
+    preferred_batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    max_queue_delay_microseconds: int = Field(default=200, ge=0)
+    instance_count: int = Field(default=1, gt=0)
+    kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> ServingSpec:
+        too_big = [s for s in self.preferred_batch_sizes if s > self.max_batch_size]
+        if too_big:
+            raise ValueError(
+                f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
+            )
+        return self
+
+
+class SmokeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(default=1000, ge=1)
+    latency_requests: int = Field(default=200, ge=10)
+    p99_budget_ms: float = Field(default=50.0, gt=0)
+    tolerance: float = Field(default=1e-5, gt=0)
+
+
+class ModelSpec(BaseModel):
+    """One model's contract: its data, features, estimator, gates and serving configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    data: DataSpec
+    features: list[FeatureSpec] = Field(min_length=1)
+    target: TargetSpec
+    estimator: EstimatorSpec
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    smoke: SmokeSpec = Field(default_factory=SmokeSpec)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelSpec:
+        names = [f.name for f in self.features]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"features listed twice: {duplicated}")
+        if self.target.name in names:
+            raise ValueError(f"target {self.target.name!r} is also listed as a feature")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.target.classes)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "missing":
+            lines.append(f"  - `{where}` is missing")
+        elif item["type"] == "extra_forbidden":
+            lines.append(f"  - `{where}` is not a known field (misspelt?)")
+        else:
+            lines.append(f"  - `{where}`: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_spec(path: Path | str) -> ModelSpec:
+    """Read and validate a model spec, with errors that name the file, the field and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        known = sorted(p.name for p in SPEC_DIR.glob("*.yaml")) if SPEC_DIR.is_dir() else []
+        hint = f" Specs in {SPEC_DIR}/: {', '.join(known)}." if known else ""
+        raise SpecError(
+            f"model spec not found: {path}. Pass an existing YAML file (--spec PATH or "
+            f"CONVEYOR_SPEC).{hint}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"model spec {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"model spec {path} must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(
+            f"model spec {path} is invalid:\n{_describe(exc)}\n"
+            f"Fix these fields; {DEFAULT_SPEC} is a complete example."
+        ) from exc

@@ -1,0 +1,252 @@
+"""Smoke test of a served version: it is up, keeps the contract, answers like the offline model,
+rejects malformed requests and is fast enough."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from tasks import onnx, registry, triton, triton_server
+from tasks.data import DatasetRef, load_dataset, to_features
+from tasks.onnx import INPUT, LABEL, PROBABILITIES
+from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.triton_server import Endpoint
+
+WARMUP_REQUESTS = 20
+
+
+class SmokeTestError(ConveyorError):
+    """The served model failed its smoke test."""
+
+
+class SmokeReport(BaseModel):
+    model: str
+    version: int
+    rows: int
+    http_max_abs_diff: float
+    grpc_max_abs_diff: float
+    label_mismatches: int
+    metadata_ok: bool
+    malformed_rejected: dict[str, str]  # case → the server's error message
+    latency_requests: int
+    p50_ms: float
+    p99_ms: float
+    p99_budget_ms: float
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _metadata_problems(metadata: dict[str, object], spec: ModelSpec) -> list[str]:
+    expected_inputs = [{"name": INPUT, "datatype": "FP32", "shape": [-1, spec.n_features]}]
+    expected_outputs = [
+        {"name": LABEL, "datatype": "INT64", "shape": [-1, 1]},
+        {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, spec.n_classes]},
+    ]
+
+    def shape(items: object) -> list[dict[str, object]]:
+        entries = items if isinstance(items, list) else []
+        return sorted(
+            ({k: e.get(k) for k in ("name", "datatype", "shape")} for e in entries),
+            key=lambda e: str(e["name"]),
+        )
+
+    problems = []
+    if shape(metadata.get("inputs")) != expected_inputs:
+        problems.append(f"inputs {metadata.get('inputs')} ≠ contract {expected_inputs}")
+    if shape(metadata.get("outputs")) != expected_outputs:
+        problems.append(f"outputs {metadata.get('outputs')} ≠ contract {expected_outputs}")
+    return problems
+
+
+Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _served_predictions(
+    predict: Predict, features: np.ndarray, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    parts = [predict(features[i : i + batch]) for i in range(0, len(features), batch)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _malformed(endpoint: Endpoint, spec: ModelSpec, version: str) -> dict[str, str | None]:
+    """Each malformed request mapped to the server's refusal, or None if it was (wrongly) served."""
+    client = triton.http_client(endpoint)
+    cases = {
+        "wrong shape": np.zeros((1, spec.n_features + 1), dtype=np.float32),
+        "wrong dtype": np.zeros((1, spec.n_features), dtype=np.float64),
+        "NaN feature": np.full((1, spec.n_features), np.nan, dtype=np.float32),
+    }
+    outcome: dict[str, str | None] = {}
+    for case, array in cases.items():
+        inp = triton.httpclient.InferInput(
+            INPUT, list(array.shape), np_to_triton_dtype(array.dtype)
+        )
+        inp.set_data_from_numpy(array, binary_data=True)
+        try:
+            client.infer(spec.name, [inp], model_version=version)
+            outcome[case] = None
+        except InferenceServerException as exc:
+            outcome[case] = exc.message()
+    return outcome
+
+
+def _latencies_ms(endpoint: Endpoint, spec: ModelSpec, row: np.ndarray, version: str) -> np.ndarray:
+    client = triton.http_client(endpoint)
+    batch = row.reshape(1, -1)
+    for _ in range(WARMUP_REQUESTS):
+        triton.infer_http(client, spec.name, batch, version)
+    timings = []
+    for _ in range(spec.smoke.latency_requests):
+        start = time.perf_counter()
+        triton.infer_http(client, spec.name, batch, version)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return np.asarray(timings)
+
+
+def run_smoke(
+    endpoint: Endpoint,
+    spec: ModelSpec,
+    version: int,
+    features: np.ndarray,
+    offline_labels: np.ndarray,
+    offline_probabilities: np.ndarray,
+) -> SmokeReport:
+    """Run every check and collect what failed; the caller decides what a failure means."""
+    tag = str(version)
+    http, grpc = triton.http_client(endpoint), triton.grpc_client(endpoint)
+    failures: list[str] = []
+    if not (http.is_server_ready() and grpc.is_server_ready()):
+        raise SmokeTestError(f"Triton at {endpoint.http} / {endpoint.grpc} is not ready")
+    if not (http.is_model_ready(spec.name, tag) and grpc.is_model_ready(spec.name, tag)):
+        raise SmokeTestError(f"{spec.name} version {version} is not ready on Triton")
+
+    metadata_problems = _metadata_problems(http.get_model_metadata(spec.name, tag), spec)
+    failures += metadata_problems
+
+    batch = spec.serving.max_batch_size
+    http_labels, http_proba = _served_predictions(
+        lambda x: triton.infer_http(http, spec.name, x, tag), features, batch
+    )
+    grpc_labels, grpc_proba = _served_predictions(
+        lambda x: triton.infer_grpc(grpc, spec.name, x, tag), features, batch
+    )
+    http_diff = float(np.abs(http_proba - offline_probabilities).max())
+    grpc_diff = float(np.abs(grpc_proba - offline_probabilities).max())
+    mismatches = int((http_labels != offline_labels).sum() + (grpc_labels != offline_labels).sum())
+    for protocol, diff in (("HTTP", http_diff), ("gRPC", grpc_diff)):
+        if diff > spec.smoke.tolerance:
+            failures.append(
+                f"{protocol} probabilities differ from offline ONNX by {diff:.3g} "
+                f"(tolerance {spec.smoke.tolerance:.0e})"
+            )
+    if mismatches:
+        failures.append(f"{mismatches} served label(s) differ from offline ONNX")
+
+    malformed = _malformed(endpoint, spec, tag)
+    failures += [
+        f"malformed request accepted: {case}" for case, m in malformed.items() if m is None
+    ]
+
+    latencies = _latencies_ms(endpoint, spec, features[0], tag)
+    p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99]))
+    if p99 > spec.smoke.p99_budget_ms:
+        failures.append(
+            f"p99 latency {p99:.2f} ms exceeds the budget {spec.smoke.p99_budget_ms} ms"
+        )
+
+    return SmokeReport(
+        model=spec.name,
+        version=version,
+        rows=len(features),
+        http_max_abs_diff=http_diff,
+        grpc_max_abs_diff=grpc_diff,
+        label_mismatches=mismatches,
+        metadata_ok=not metadata_problems,
+        malformed_rejected={case: m for case, m in malformed.items() if m is not None},
+        latency_requests=len(latencies),
+        p50_ms=p50,
+        p99_ms=p99,
+        p99_budget_ms=spec.smoke.p99_budget_ms,
+        failures=failures,
+    )
+
+
+def require_passed(report: SmokeReport) -> None:
+    if not report.passed:
+        raise SmokeTestError(
+            f"smoke test of {report.model} version {report.version} failed: "
+            + "; ".join(report.failures)
+        )
+
+
+def smoke_test(
+    settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
+) -> SmokeReport:
+    """Smoke-test `ref` as served now, against the offline predictions of its own ONNX file."""
+    onnx_bytes = registry.read_artifact(settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}")
+    features = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
+    labels, probabilities = onnx.predict(onnx_bytes, features)
+    endpoint = triton_server.endpoint(settings)
+    report = run_smoke(endpoint, spec, ref.version, features, labels, probabilities)
+    registry.log_run_metrics(
+        settings,
+        ref.run_id,
+        {
+            "smoke_p50_ms": report.p50_ms,
+            "smoke_p99_ms": report.p99_ms,
+            "smoke_max_abs_diff": max(report.http_max_abs_diff, report.grpc_max_abs_diff),
+            "smoke_passed": float(report.passed),
+        },
+    )
+    return report
+
+
+def report_markdown(report: SmokeReport) -> str:
+    verdict = "passed" if report.passed else "FAILED"
+    lines = [
+        f"# Smoke test of {report.model} version {report.version}: {verdict}",
+        "",
+        "| check | result |",
+        "|---|---|",
+        f"| rows compared (HTTP and gRPC) | {report.rows} |",
+        f"| max abs diff HTTP / gRPC | {report.http_max_abs_diff:.2e} / "
+        f"{report.grpc_max_abs_diff:.2e} |",
+        f"| label mismatches | {report.label_mismatches} |",
+        f"| metadata matches contract | {report.metadata_ok} |",
+        f"| malformed requests rejected | {', '.join(report.malformed_rejected) or 'none'} |",
+        f"| latency p50 / p99 (batch 1, HTTP) | {report.p50_ms:.2f} / {report.p99_ms:.2f} ms "
+        f"(budget {report.p99_budget_ms} ms) |",
+    ]
+    if report.failures:
+        lines += ["", "## Failures", *[f"- {f}" for f in report.failures]]
+    return "\n".join(lines)
+
+
+@task(name="smoke-test")
+def smoke_test_task(
+    settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
+) -> SmokeReport:
+    report = smoke_test(settings, spec, ref, holdout)
+    create_markdown_artifact(
+        key=f"smoke-{spec.name}", markdown=report_markdown(report), description="Smoke test"
+    )
+    get_run_logger().info(
+        "smoke test of %s v%d: %s; |Δp| ≤ %.1e on %d rows, p50 %.2f ms, p99 %.2f ms",
+        spec.name,
+        ref.version,
+        "passed" if report.passed else "FAILED: " + "; ".join(report.failures),
+        max(report.http_max_abs_diff, report.grpc_max_abs_diff),
+        report.rows,
+        report.p50_ms,
+        report.p99_ms,
+    )
+    return report

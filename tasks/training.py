@@ -1,0 +1,149 @@
+"""Estimators from the spec: one scikit-learn Pipeline over the served `features` tensor."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+from sklearn.base import ClassifierMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from tasks import registry
+from tasks.data import DataError, DatasetRef, SplitResult, load_dataset, to_features, to_target
+from tasks.evaluation import ModelMetrics, compute_metrics
+from tasks.settings import EstimatorFamily, FeatureType, ModelSpec, Settings
+
+# Types skops must be told to trust when MLflow saves each family (pickle stays out).
+SKOPS_TRUSTED: dict[EstimatorFamily, list[str]] = {
+    "random_forest": ["sklearn.tree._tree.Tree"],
+    "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+    "logistic_regression": [],
+}
+
+Params = dict[str, int | float | str | bool | None]
+
+
+def make_estimator(family: EstimatorFamily, params: Params, seed: int) -> ClassifierMixin:
+    if family == "random_forest":
+        return RandomForestClassifier(random_state=seed, n_jobs=-1, **params)  # type: ignore[arg-type]
+    if family == "hist_gradient_boosting":
+        return HistGradientBoostingClassifier(random_state=seed, **params)  # type: ignore[arg-type]
+    return LogisticRegression(random_state=seed, max_iter=2000, **params)  # type: ignore[arg-type]
+
+
+def build_pipeline(spec: ModelSpec, params: Params | None = None) -> Pipeline:
+    """Categories arrive as their index; they are one-hot encoded inside the Pipeline (and so
+    inside the ONNX graph), so clients send the same tensor whatever the estimator."""
+    params = spec.estimator.params if params is None else params
+    categorical = [i for i, f in enumerate(spec.features) if f.type is FeatureType.category]
+    numeric = [i for i, f in enumerate(spec.features) if f.type is not FeatureType.category]
+    categories = [
+        [float(i) for i in range(len(spec.features[i].categories or []))] for i in categorical
+    ]
+    # Trees do not care about scale; linear models do.
+    numeric_step = (
+        StandardScaler() if spec.estimator.family == "logistic_regression" else "passthrough"
+    )
+    transformers: list[tuple[str, object, list[int]]] = [("numeric", numeric_step, numeric)]
+    if categorical:
+        encoder = OneHotEncoder(
+            categories=categories, handle_unknown="ignore", sparse_output=False, dtype=np.float32
+        )
+        transformers.insert(0, ("categorical", encoder, categorical))
+    return Pipeline(
+        [
+            ("features", ColumnTransformer(transformers)),
+            ("classifier", make_estimator(spec.estimator.family, params, spec.data.seed)),
+        ]
+    )
+
+
+def fit(spec: ModelSpec, features: np.ndarray, target: np.ndarray) -> Pipeline:
+    classes = sorted(set(np.unique(target).tolist()))
+    if len(classes) < 2:
+        raise DataError(
+            f"the training target {spec.target.name!r} has only class {classes}; a classifier "
+            "needs examples of every class in the spec"
+        )
+    return build_pipeline(spec).fit(features, target)
+
+
+class TrainResult(BaseModel):
+    """A trained candidate: where it is logged and what it was trained and judged on."""
+
+    model: str
+    candidate: registry.CandidateRun
+    metrics: ModelMetrics
+    train: DatasetRef
+    holdout: DatasetRef
+    lineage: dict[str, str]
+
+    @property
+    def run_id(self) -> str:
+        return self.candidate.run_id
+
+
+def spec_fingerprint(spec: ModelSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def train_candidate(
+    spec: ModelSpec, settings: Settings, data: SplitResult, flow_run_id: str
+) -> TrainResult:
+    """Fit the spec's Pipeline, score it on the holdout, and log it to MLflow."""
+    train = load_dataset(data.train.uri)
+    model = fit(spec, to_features(train, spec), to_target(train, spec))
+    holdout = load_dataset(data.holdout.uri)
+    features = to_features(holdout, spec)
+    metrics = compute_metrics(
+        to_target(holdout, spec), model.predict(features), model.predict_proba(features)[:, 1]
+    )
+    lineage = {
+        registry.TAG_DATA: data.train.sha256,
+        registry.TAG_HOLDOUT: data.holdout.sha256,
+        registry.TAG_HOLDOUT_URI: data.holdout.uri,
+        registry.TAG_CODE: registry.code_version(),
+        registry.TAG_FLOW_RUN: flow_run_id,
+        registry.TAG_SPEC: spec_fingerprint(spec),
+    }
+    candidate = registry.log_candidate(
+        settings,
+        spec,
+        model,
+        metrics.model_dump(),
+        features[:100],
+        tags=lineage,
+        trusted_types=SKOPS_TRUSTED[spec.estimator.family],
+    )
+    return TrainResult(
+        model=spec.name,
+        candidate=candidate,
+        metrics=metrics,
+        train=data.train,
+        holdout=data.holdout,
+        lineage=lineage,
+    )
+
+
+@task(name="train-candidate")
+def train_candidate_task(spec: ModelSpec, settings: Settings, data: SplitResult) -> TrainResult:
+    logger = get_run_logger()
+    result = train_candidate(spec, settings, data, str(flow_run.root_flow_run_id or flow_run.id))
+    logger.info(
+        "trained %s on %d rows (data %s…): ROC AUC %.4f, PR AUC %.4f, F1 %.4f; MLflow run %s",
+        spec.estimator.family,
+        data.train.rows,
+        data.train.sha256[:12],
+        result.metrics.roc_auc,
+        result.metrics.pr_auc,
+        result.metrics.f1,
+        result.run_id,
+    )
+    return result

@@ -1,0 +1,320 @@
+"""The embedded Triton: the tritonserver binary shipped in the nvidia-pytriton wheel, on loopback.
+
+It runs detached (its own session) so it outlives the command that started it and keeps serving the
+champion; its pid, ports and repository are recorded in `<home>/triton/server.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from tasks.settings import ConveyorError, Settings
+
+HOST = "127.0.0.1"
+STATE_FILE = "server.json"
+LOG_FILE = "tritonserver.log"
+
+
+class Endpoint(BaseModel):
+    """How to reach a Triton server: HTTP and gRPC as host:port, without a scheme."""
+
+    http: str
+    grpc: str
+
+
+class TritonServerError(ConveyorError):
+    """The embedded Triton could not be started, found or stopped."""
+
+
+class PortInUseError(TritonServerError):
+    """A configured port is already taken."""
+
+
+class ServerState(BaseModel):
+    pid: int
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    repository: str
+    log_path: str
+    started_at: datetime
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(http=f"{HOST}:{self.http_port}", grpc=f"{HOST}:{self.grpc_port}")
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}/metrics"
+
+
+class TritonInstall(BaseModel):
+    binary: Path
+    libraries: Path
+    python_backend: Path
+    stub: Path
+
+
+def find_install() -> TritonInstall:
+    """Locate tritonserver and its python backend inside the installed nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise TritonServerError(
+            "nvidia-pytriton is not installed; run `make run` (or `pip install -e .`) to install it"
+        ) from exc
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    install = TritonInstall(
+        binary=root / "bin" / "tritonserver",
+        libraries=root.parent.parent / "nvidia_pytriton.libs",
+        python_backend=root / "backends" / "python",
+        stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+    )
+    for path in (install.binary, install.libraries, install.python_backend, install.stub):
+        if not path.exists():
+            raise TritonServerError(
+                f"{path} is missing from nvidia-pytriton; reinstall nvidia-pytriton==0.7.0 for "
+                f"Python {version}"
+            )
+    return install
+
+
+def _backends_dir(settings: Settings, install: TritonInstall) -> Path:
+    """A backends directory of our own: the wheel's python backend plus the stub for this Python."""
+    python = settings.triton_dir / "backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for source in install.python_backend.iterdir():
+        if source.is_file():
+            shutil.copy2(source, python / source.name)
+    shutil.copy2(install.stub, python / install.stub.name)
+    return python.parent
+
+
+def _environment(install: TritonInstall) -> dict[str, str]:
+    env = dict(os.environ)
+    # The stub must load this interpreter's libpython, not the one bundled in the wheel
+    # ("'_thread.RLock' object has no attribute '_recursion_count'" otherwise).
+    libdirs = [sysconfig.get_config_var("LIBDIR"), str(install.libraries)]
+    if env.get("LD_LIBRARY_PATH"):
+        libdirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(d for d in libdirs if d)
+    # The stub imports numpy and onnxruntime from whatever `python` is first on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _claim_port(port: int, variable: str) -> int:
+    if port == 0:
+        return _free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError as exc:
+            raise PortInUseError(
+                f"port {port} on {HOST} is already in use ({variable}={port}); stop what holds it "
+                f"(`ss -ltnp 'sport = :{port}'` shows it), choose another port, or set "
+                f"{variable}=0 for a free one"
+            ) from exc
+    return port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    # Guards against a recycled pid now belonging to another program.
+    return b"tritonserver" in cmdline
+
+
+def _ready(state: ServerState) -> bool:
+    url = f"http://{state.endpoint.http}/v2/health/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.triton_dir / STATE_FILE
+
+
+def read_state(settings: Settings) -> ServerState | None:
+    path = _state_path(settings)
+    if not path.is_file():
+        return None
+    try:
+        return ServerState.model_validate_json(path.read_text())
+    except ValueError:
+        return None
+
+
+def _write_state(settings: Settings, state: ServerState) -> None:
+    path = _state_path(settings)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.model_dump_json(indent=2))
+    tmp.replace(path)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def status(settings: Settings) -> ServerState | None:
+    """The running, ready embedded server, or None."""
+    state = read_state(settings)
+    if state is None or not _alive(state.pid) or not _ready(state):
+        return None
+    return state
+
+
+def start(settings: Settings) -> ServerState:
+    """Start tritonserver detached, in explicit model-control mode, and wait until it is ready."""
+    running = status(settings)
+    if running is not None:
+        raise TritonServerError(
+            f"the embedded Triton is already running (pid {running.pid}, "
+            f"http {running.endpoint.http}); stop it with `conveyor triton down`"
+        )
+    install = find_install()
+    settings.triton_dir.mkdir(parents=True, exist_ok=True)
+    repository = Path(settings.repository)
+    repository.mkdir(parents=True, exist_ok=True)
+    ports = {
+        "http": _claim_port(settings.triton_http_port, "CONVEYOR_TRITON_HTTP_PORT"),
+        "grpc": _claim_port(settings.triton_grpc_port, "CONVEYOR_TRITON_GRPC_PORT"),
+        "metrics": _claim_port(settings.triton_metrics_port, "CONVEYOR_TRITON_METRICS_PORT"),
+    }
+    log_path = settings.triton_dir / LOG_FILE
+    command = [
+        str(install.binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={_backends_dir(settings, install)}",
+        "--model-control-mode=explicit",
+        f"--http-address={HOST}",
+        f"--http-port={ports['http']}",
+        f"--grpc-address={HOST}",
+        f"--grpc-port={ports['grpc']}",
+        f"--metrics-address={HOST}",
+        f"--metrics-port={ports['metrics']}",
+        "--exit-timeout-secs=5",
+        "--log-verbose=0",
+    ]
+    with log_path.open("ab") as log:
+        log.write(
+            f"\n--- conveyor starting tritonserver {datetime.now(UTC).isoformat()}\n".encode()
+        )
+        log.flush()
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_environment(install),
+            cwd=settings.triton_dir,
+            start_new_session=True,
+        )
+    state = ServerState(
+        pid=process.pid,
+        http_port=ports["http"],
+        grpc_port=ports["grpc"],
+        metrics_port=ports["metrics"],
+        repository=str(repository),
+        log_path=str(log_path),
+        started_at=datetime.now(UTC),
+    )
+    _write_state(settings, state)
+    deadline = time.monotonic() + settings.triton_startup_timeout_s
+    while not _ready(state):
+        if process.poll() is not None:
+            _state_path(settings).unlink(missing_ok=True)
+            tail = _log_tail(log_path)
+            hint = ""
+            if "already in use" in tail.lower():
+                hint = " A port it was given is in use: set the CONVEYOR_TRITON_*_PORT variables."
+            raise TritonServerError(
+                f"tritonserver exited with code {process.returncode} while starting.{hint}\n"
+                f"Last lines of {log_path}:\n{tail}"
+            )
+        if time.monotonic() > deadline:
+            stop(settings)
+            raise TritonServerError(
+                f"tritonserver not ready after {settings.triton_startup_timeout_s:.0f} s; "
+                f"see {log_path}:\n{_log_tail(log_path)}"
+            )
+        time.sleep(0.2)
+    return state
+
+
+def stop(settings: Settings, timeout_s: float = 15.0) -> bool:
+    """Stop the embedded server by its recorded pid; True if one was running."""
+    state = read_state(settings)
+    _state_path(settings).unlink(missing_ok=True)
+    if state is None or not _alive(state.pid):
+        return False
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(state.pid) and time.monotonic() < deadline:
+        _reap(state.pid)
+        time.sleep(0.1)
+    if _alive(state.pid):
+        os.kill(state.pid, signal.SIGKILL)
+        _reap(state.pid)
+    return True
+
+
+def _reap(pid: int) -> None:
+    # When this process started the server it is its parent: collect the exit status so the pid
+    # does not linger as a zombie that still looks alive.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def ensure_running(settings: Settings) -> ServerState:
+    """The embedded server for this state directory, started if it is not running."""
+    state = status(settings)
+    if state is None:
+        return start(settings)
+    if state.repository != str(Path(settings.repository)):
+        raise TritonServerError(
+            f"the embedded Triton (pid {state.pid}) serves {state.repository}, not "
+            f"{settings.repository}; stop it with `conveyor triton down` and run again"
+        )
+    return state
+
+
+def endpoint(settings: Settings) -> Endpoint:
+    """Where this run's Triton is: the configured external server, or the embedded one."""
+    if settings.triton_http_url is not None:
+        if settings.triton_grpc_url is None:
+            raise TritonServerError(
+                "CONVEYOR_TRITON_HTTP_URL is set but CONVEYOR_TRITON_GRPC_URL is not; set both "
+                "(host:port each) to use an external Triton"
+            )
+        return Endpoint(http=settings.triton_http_url, grpc=settings.triton_grpc_url)
+    return ensure_running(settings).endpoint
