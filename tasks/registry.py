@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -61,6 +62,8 @@ class PromotionResult(BaseModel):
 
 
 def client(settings: Settings) -> MlflowClient:
+    # Progress bars on every artifact download drown the flow logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # The fluent API (start_run, log_model) reads the process-wide URI; set it for both.
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)

@@ -53,12 +53,18 @@ def manifest_for(files: dict[str, bytes]) -> bytes:
     return json.dumps({"files": file_hashes(files)}, indent=2, sort_keys=True).encode()
 
 
+def _server_generated(name: str) -> bool:
+    # Triton's python stub compiles model.py into the version directory whatever the environment
+    # says; Python discards a .pyc whose source size or mtime differ, and model.py is checked.
+    return name.startswith("__pycache__/") and name.endswith(".pyc")
+
+
 def verify_dir(store: Store, key: str) -> dict[str, str]:
     """Re-hash a published directory against its manifest; raise IntegrityError on any mismatch."""
     if not store.exists(f"{key}/{MANIFEST}"):
         raise IntegrityError(f"{key} has no {MANIFEST}: it was not published by conveyor")
     expected: dict[str, str] = json.loads(store.read_file(f"{key}/{MANIFEST}"))["files"]
-    present = set(store.list_files(key)) - {MANIFEST}
+    present = {name for name in store.list_files(key) if not _server_generated(name)} - {MANIFEST}
     problems = [f"unexpected file {name}" for name in sorted(present - set(expected))]
     for name, digest in sorted(expected.items()):
         if name not in present:
