@@ -11,6 +11,7 @@ from flows.registration import registration_flow
 from flows.smoke import smoke_test_flow
 from flows.training import training_flow
 from flows.validation import validation_flow
+from tasks.data import DatasetRef
 from tasks.evaluation import ModelMetrics
 from tasks.registry import PromotionResult, promote_task, retire_candidate_task
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
@@ -23,6 +24,8 @@ class ReleaseResult(BaseModel):
     version: int
     run_id: str
     metrics: ModelMetrics
+    train: DatasetRef
+    holdout: DatasetRef
     export: ExportResult
     smoke: SmokeReport
     promotion: PromotionResult
@@ -73,6 +76,8 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
         version=ref.version,
         run_id=ref.run_id,
         metrics=train.metrics,
+        train=train.train,
+        holdout=train.holdout,
         export=export,
         smoke=smoke,
         promotion=promotion,

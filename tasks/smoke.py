@@ -124,8 +124,9 @@ def run_smoke(
     tag = str(version)
     http, grpc = triton.http_client(endpoint), triton.grpc_client(endpoint)
     failures: list[str] = []
-    if not (http.is_server_ready() and grpc.is_server_ready()):
-        raise SmokeTestError(f"Triton at {endpoint.http} / {endpoint.grpc} is not ready")
+    # Live, not ready: strict readiness drops while Triton unloads a version the policy dropped.
+    if not (http.is_server_live() and grpc.is_server_live()):
+        raise SmokeTestError(f"Triton at {endpoint.http} / {endpoint.grpc} is not live")
     if not (http.is_model_ready(spec.name, tag) and grpc.is_model_ready(spec.name, tag)):
         raise SmokeTestError(f"{spec.name} version {version} is not ready on Triton")
 

@@ -155,19 +155,26 @@ def load_versions(
             f"Triton could not load {spec.name} versions {versions}: {exc.message()}"
         ) from exc
     deadline = time.monotonic() + timeout_s
-    while not all(client.is_model_ready(spec.name, str(v)) for v in versions):
+    while (ready := loaded_versions(endpoint, spec.name)) != sorted(versions):
         if time.monotonic() > deadline:
             raise TritonError(
-                f"{spec.name} versions {versions} not ready on Triton after {timeout_s:.0f} s"
+                f"{spec.name}: Triton has versions {ready} ready, not {sorted(versions)}, "
+                f"{timeout_s:.0f} s after loading; see the server log"
             )
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
-def unload_model(endpoint: Endpoint, name: str) -> None:
+def unload_model(endpoint: Endpoint, name: str, timeout_s: float = 60.0) -> None:
+    """Unload every version of `name` and wait until none is READY."""
     try:
         http_client(endpoint).unload_model(name)
     except InferenceServerException as exc:
         raise TritonError(f"Triton could not unload {name}: {exc.message()}") from exc
+    deadline = time.monotonic() + timeout_s
+    while loaded_versions(endpoint, name):
+        if time.monotonic() > deadline:
+            raise TritonError(f"{name} still has READY versions {timeout_s:.0f} s after unload")
+        time.sleep(0.1)
 
 
 def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
@@ -250,19 +257,13 @@ def serve_candidate(settings: Settings, spec: ModelSpec, ref: registry.ModelRef)
 
 
 def withdraw(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> ServingState:
-    """Undo a candidate's serving: Triton back to the champion alone, its files removed."""
-    store = open_store(settings.repository)
+    """Undo a candidate: Triton back to what the registry says is live, the version's files gone."""
     endpoint = triton_server.endpoint(settings)
     served = loaded_versions(endpoint, spec.name)
-    if ref.version in served:
-        champion = registry.alias_version(settings, spec.name, registry.CHAMPION)
-        if champion is not None and champion != ref.version and _verified(store, spec, champion):
-            load_versions(
-                endpoint, spec, settings.triton_backend, [champion], settings.triton_load_timeout_s
-            )
-        else:
-            unload_model(endpoint, spec.name)
-    store.remove_dir(f"{spec.name}/{ref.version}")
+    # restore_serving's version policy unloads the candidate; with nothing live, unload it all.
+    if ref.version in served and not restore_serving(settings, spec).versions:
+        unload_model(endpoint, spec.name)
+    open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
     return ServingState(
         endpoint=endpoint, model=spec.name, versions=loaded_versions(endpoint, spec.name)
     )
@@ -310,14 +311,13 @@ def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
     """Load what the registry says is live (champion, and previous for instant rollback)."""
     store = open_store(settings.repository)
     endpoint = triton_server.endpoint(settings)
-    versions = [
-        v
-        for alias in (registry.PREVIOUS, registry.CHAMPION)
-        if _verified(store, spec, v := registry.alias_version(settings, spec.name, alias))
-        and v is not None
-    ]
+    live = {
+        registry.alias_version(settings, spec.name, a)
+        for a in (registry.PREVIOUS, registry.CHAMPION)
+    }
+    versions = sorted(v for v in live if v is not None and _verified(store, spec, v))
     if versions:
         load_versions(
             endpoint, spec, settings.triton_backend, versions, settings.triton_load_timeout_s
         )
-    return ServingState(endpoint=endpoint, model=spec.name, versions=sorted(set(versions)))
+    return ServingState(endpoint=endpoint, model=spec.name, versions=versions)

@@ -148,8 +148,8 @@ def _alive(pid: int) -> bool:
     return b"tritonserver" in cmdline
 
 
-def _ready(state: ServerState) -> bool:
-    url = f"http://{state.endpoint.http}/v2/health/ready"
+def _health(state: ServerState, probe: str) -> bool:
+    url = f"http://{state.endpoint.http}/v2/health/{probe}"
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return bool(response.status == 200)
@@ -186,9 +186,12 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def status(settings: Settings) -> ServerState | None:
-    """The running, ready embedded server, or None."""
+    """The running embedded server, or None.
+
+    Live, not ready: with strict readiness Triton answers "not ready" while it unloads a model.
+    """
     state = read_state(settings)
-    if state is None or not _alive(state.pid) or not _ready(state):
+    if state is None or not _alive(state.pid) or not _health(state, "live"):
         return None
     return state
 
@@ -250,7 +253,7 @@ def start(settings: Settings) -> ServerState:
     )
     _write_state(settings, state)
     deadline = time.monotonic() + settings.triton_startup_timeout_s
-    while not _ready(state):
+    while not _health(state, "ready"):
         if process.poll() is not None:
             _state_path(settings).unlink(missing_ok=True)
             tail = _log_tail(log_path)

@@ -1,0 +1,74 @@
+"""Shared fixtures. Unit tests need no server; integration tests get one Prefect API for the whole
+session and their own state directory, embedded Triton included."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.settings import DEFAULT_SPEC, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = Path(str(item.fspath)).parent.name
+        if kind in {"unit", "flows", "integration"}:
+            item.add_marker(getattr(pytest.mark, kind))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A developer's own CONVEYOR_* settings must not leak into the tests' state directories.
+    for name in [n for n in os.environ if n.startswith("CONVEYOR_")]:
+        del os.environ[name]
+
+
+@pytest.fixture(autouse=True)
+def _repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Specs and infra assets are addressed relative to the checkout, as `make` runs them.
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return Settings()
+
+
+def write_spec(directory: Path, **overrides: object) -> Path:
+    """The fraud spec, made smaller so a release takes seconds; overrides are `section.key`."""
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["data"]["rows"] = 12_000
+    raw["estimator"]["params"]["n_estimators"] = 30
+    raw["smoke"]["rows"] = 600
+    raw["smoke"]["latency_requests"] = 100
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        raw[section][key] = value
+    path = directory / f"spec-{abs(hash(tuple(sorted(overrides.items()))))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def small_spec(tmp_path: Path) -> Path:
+    return write_spec(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One Prefect API server for the session (ephemeral mode would start one per flow call)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

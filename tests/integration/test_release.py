@@ -1,0 +1,126 @@
+"""The real release flow against the embedded Triton and a SQLite MLflow store.
+
+Three releases share one state directory: two that succeed, then one whose smoke test fails on
+its latency budget (a real failure of the real server, not an injected one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from flows.release import ReleaseResult, release_flow
+from tasks import registry, triton, triton_server
+from tasks.data import load_dataset, to_features
+from tasks.onnx import predict, sha256
+from tasks.settings import ModelSpec, Settings, load_spec
+from tasks.smoke import SmokeTestError
+from tests.conftest import write_spec
+
+
+@dataclass
+class Releases:
+    settings: Settings
+    spec: ModelSpec
+    first: ReleaseResult
+    second: ReleaseResult
+    failure: Exception
+
+
+@pytest.fixture(scope="module")
+def releases(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Releases]:
+    base = tmp_path_factory.mktemp("release")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CONVEYOR_HOME", str(base / "state"))
+        settings = Settings()
+        spec_path = write_spec(base)
+        slow_path = write_spec(base, **{"smoke.p99_budget_ms": 0.001})
+        try:
+            first = release_flow(str(spec_path))
+            second = release_flow(str(spec_path))
+            with pytest.raises(SmokeTestError) as failed:
+                release_flow(str(slow_path))
+            yield Releases(settings, load_spec(spec_path), first, second, failed.value)
+        finally:
+            triton_server.stop(settings)
+
+
+def aliases(settings: Settings, name: str) -> dict[str, int | None]:
+    return {
+        alias: registry.alias_version(settings, name, alias)
+        for alias in (registry.CHAMPION, registry.PREVIOUS, registry.CHALLENGER)
+    }
+
+
+def test_first_release_becomes_champion(releases: Releases) -> None:
+    assert releases.first.version == 1
+    assert releases.first.promotion.champion == 1
+    assert releases.first.promotion.previous is None
+    assert releases.first.smoke.passed
+    assert releases.first.smoke.rows == releases.spec.smoke.rows
+    assert set(releases.first.smoke.malformed_rejected) == {
+        "wrong shape",
+        "wrong dtype",
+        "NaN feature",
+    }
+
+
+def test_second_release_moves_champion_and_previous(releases: Releases) -> None:
+    assert releases.second.version == 2
+    assert releases.second.promotion.previous == 1
+    assert aliases(releases.settings, releases.spec.name) == {
+        "champion": 2,
+        "previous": 1,
+        "challenger": None,
+    }
+
+
+def test_triton_serves_champion_with_offline_predictions(releases: Releases) -> None:
+    endpoint = triton_server.endpoint(releases.settings)
+    # previous stays loaded for an instant rollback; unversioned requests reach the newest.
+    assert triton.loaded_versions(endpoint, releases.spec.name) == [1, 2]
+    holdout = load_dataset(releases.second.holdout.uri)
+    features = to_features(holdout, releases.spec)[:500]
+    onnx_bytes = (
+        Path(releases.settings.repository) / releases.spec.name / "2" / "model.onnx"
+    ).read_bytes()
+    offline_labels, offline_proba = predict(onnx_bytes, features)
+    client = triton.http_client(endpoint)
+    served = [
+        triton.infer_http(client, releases.spec.name, features[i : i + 100])
+        for i in range(0, 500, 100)
+    ]
+    np.testing.assert_array_equal(np.concatenate([s[0] for s in served]), offline_labels)
+    np.testing.assert_allclose(np.concatenate([s[1] for s in served]), offline_proba, atol=1e-6)
+
+
+def test_versions_carry_lineage_tags(releases: Releases) -> None:
+    client = MlflowClient(releases.settings.tracking_uri)
+    version = client.get_model_version(releases.spec.name, "2")
+    onnx_file = Path(releases.settings.repository) / releases.spec.name / "2" / "model.onnx"
+    assert version.tags[registry.TAG_ONNX] == sha256(onnx_file.read_bytes())
+    assert version.tags[registry.TAG_DATA] == releases.second.train.sha256
+    assert version.tags[registry.TAG_CODE]
+    assert version.tags[registry.TAG_FLOW_RUN]
+    assert version.tags[registry.TAG_RELEASE] == "promoted"
+    # Same data and spec twice: the same fingerprint.
+    first = client.get_model_version(releases.spec.name, "1")
+    assert first.tags[registry.TAG_DATA] == version.tags[registry.TAG_DATA]
+
+
+def test_failed_smoke_test_leaves_champion_and_serving_untouched(releases: Releases) -> None:
+    settings, name = releases.settings, releases.spec.name
+    assert "p99 latency" in str(releases.failure)
+    assert "exceeds the budget 0.001 ms" in str(releases.failure)
+    assert aliases(settings, name) == {"champion": 2, "previous": 1, "challenger": None}
+    failed = MlflowClient(settings.tracking_uri).get_model_version(name, "3")
+    assert failed.tags[registry.TAG_RELEASE].startswith("failed: SmokeTestError")
+    endpoint = triton_server.endpoint(settings)
+    assert triton.loaded_versions(endpoint, name) == [1, 2]
+    assert not (Path(settings.repository) / name / "3").exists()
+    assert not list((Path(settings.repository) / name).glob(".staging-*"))

@@ -1,0 +1,140 @@
+"""The embedded tritonserver from the nvidia-pytriton wheel: lifecycle, serving, refusals."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks import triton, triton_server
+from tasks.data import generate_transactions, to_features, to_target
+from tasks.onnx import convert, predict
+from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
+from tasks.storage import IntegrityError, LocalStore
+from tasks.training import build_pipeline
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    home = tmp_path_factory.mktemp("triton") / "state"
+    settings = Settings(home=home)
+    triton_server.start(settings)
+    try:
+        yield settings
+    finally:
+        triton_server.stop(settings)
+
+
+@pytest.fixture(scope="module")
+def model() -> tuple[ModelSpec, bytes, np.ndarray]:
+    spec = load_spec(DEFAULT_SPEC)
+    spec = spec.model_copy(
+        update={"estimator": spec.estimator.model_copy(update={"params": {"n_estimators": 10}})}
+    )
+    frame = generate_transactions(3000, seed=5, fraud_rate=0.05)
+    features = to_features(frame, spec)
+    fitted = build_pipeline(spec).fit(features, to_target(frame, spec))
+    return spec, convert(fitted, spec.n_features), features
+
+
+def test_server_is_up_on_loopback_with_its_state_recorded(server: Settings) -> None:
+    state = triton_server.status(server)
+    assert state is not None
+    assert state.endpoint.http.startswith("127.0.0.1:")
+    assert Path(state.log_path).is_file()
+    assert triton.http_client(state.endpoint).is_server_live()
+    assert triton.grpc_client(state.endpoint).is_server_ready()
+    with pytest.raises(triton_server.TritonServerError, match="already running"):
+        triton_server.start(server)
+
+
+def test_published_version_loads_serves_and_unloads(server: Settings, model) -> None:
+    spec, onnx_bytes, features = model
+    store = LocalStore(Path(server.repository))
+    triton.publish_version(store, server.repository, spec, 1, onnx_bytes, "python")
+    endpoint = triton_server.endpoint(server)
+    triton.load_versions(endpoint, spec, "python", [1], timeout_s=60)
+    assert triton.loaded_versions(endpoint, spec.name) == [1]
+    labels, proba = triton.infer_grpc(triton.grpc_client(endpoint), spec.name, features[:64], "1")
+    offline_labels, offline_proba = predict(onnx_bytes, features[:64])
+    np.testing.assert_array_equal(labels, offline_labels)
+    np.testing.assert_allclose(proba, offline_proba, atol=1e-6)
+    triton.unload_model(endpoint, spec.name)
+    assert triton.loaded_versions(endpoint, spec.name) == []
+
+
+def test_tampered_version_is_refused_before_load(server: Settings, model) -> None:
+    spec, onnx_bytes, _ = model
+    spec = spec.model_copy(update={"name": "tampered"})
+    store = LocalStore(Path(server.repository))
+    triton.publish_version(store, server.repository, spec, 1, onnx_bytes, "python")
+    (Path(server.repository) / "tampered" / "1" / "model.onnx").write_bytes(b"not the model")
+    from tasks.registry import ModelRef
+
+    ref = ModelRef(name="tampered", version=1, run_id="r", model_uri="models:/x")
+    with pytest.raises(IntegrityError, match=r"model.onnx sha256"):
+        triton.serve_candidate(server, spec, ref)
+    assert triton.loaded_versions(triton_server.endpoint(server), "tampered") == []
+
+
+def test_port_already_taken_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(home=tmp_path / "state", triton_http_port=port)
+        with pytest.raises(triton_server.PortInUseError) as err:
+            triton_server.start(settings)
+        assert f"port {port}" in str(err.value)
+        assert "CONVEYOR_TRITON_HTTP_PORT" in str(err.value)
+        assert triton_server.read_state(settings) is None
+
+
+def test_cli_reports_a_taken_port_without_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"CONVEYOR_HOME": str(tmp_path / "s"), "CONVEYOR_TRITON_GRPC_PORT": str(port)}
+        result = CliRunner().invoke(app, ["triton", "up"], env=env)
+    assert result.exit_code == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_cli_up_status_down(tmp_path: Path) -> None:
+    env = {"CONVEYOR_HOME": str(tmp_path / "s")}
+    runner = CliRunner()
+    try:
+        up = runner.invoke(app, ["triton", "up"], env=env)
+        assert up.exit_code == 0, up.output
+        assert "no champion yet" in " ".join(up.output.split())
+        status = runner.invoke(app, ["triton", "status"], env=env)
+        assert status.exit_code == 0
+        assert "up: pid" in status.output
+    finally:
+        down = runner.invoke(app, ["triton", "down"], env=env)
+    assert down.output.strip() == "stopped"
+    assert runner.invoke(app, ["triton", "status"], env=env).exit_code == 1
+    state_pid = (
+        None if (s := triton_server.read_state(Settings(home=tmp_path / "s"))) is None else s.pid
+    )
+    assert state_pid is None
+
+
+def test_stop_ends_the_process(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "state")
+    state = triton_server.start(settings)
+    assert triton_server.stop(settings)
+    assert (
+        not Path(f"/proc/{state.pid}").exists()
+        or b"tritonserver" not in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+    )
+    assert not triton_server.stop(settings)
+    assert os.environ.get("CONVEYOR_HOME") is None

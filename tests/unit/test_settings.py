@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.settings import DEFAULT_SPEC, Settings, SpecError, load_spec
+
+
+def test_settings_defaults_live_under_home(settings: Settings, home: Path) -> None:
+    assert settings.home == home.resolve()
+    assert settings.tracking_uri == f"sqlite:///{home.resolve()}/mlflow.db"
+    assert settings.repository == str(home.resolve() / "model_repository")
+    assert settings.embedded_triton
+
+
+def test_settings_read_prefixed_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path))
+    monkeypatch.setenv("CONVEYOR_MODEL_REPOSITORY", "/srv/models")
+    monkeypatch.setenv("CONVEYOR_TRITON_HTTP_PORT", "8123")
+    settings = Settings()
+    assert settings.repository == "/srv/models"
+    assert settings.triton_http_port == 8123
+    assert settings.mlflow_db == tmp_path / "mlflow.db"
+
+
+def test_default_spec_is_a_rare_class_fraud_model() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    assert spec.name == "fraud-detector"
+    assert 0.01 <= spec.data.fraud_rate <= 0.03
+    assert {"amount", "hour_of_day", "is_international", "channel"} <= set(spec.feature_names)
+    assert spec.n_classes == 2
+
+
+def test_unknown_spec_path_names_the_file_and_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(tmp_path / "nope.yaml")
+    message = str(err.value)
+    assert "nope.yaml" in message
+    assert "fraud-detector.yaml" in message
+
+
+def test_spec_missing_a_field_names_the_field(tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    del raw["target"]
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"`target` is missing"):
+        load_spec(path)
+
+
+def test_spec_with_a_misspelt_field_is_refused(tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["serving"]["max_batchsize"] = 8
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"serving.max_batchsize` is not a known field"):
+        load_spec(path)
+
+
+def test_category_feature_without_categories_is_refused(tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["features"][-1].pop("categories")
+    path = tmp_path / "cat.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match="list its `categories`"):
+        load_spec(path)
+
+
+def test_spec_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_spec(path)

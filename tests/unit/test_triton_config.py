@@ -1,0 +1,52 @@
+import json
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tasks.settings import DEFAULT_SPEC, load_spec
+from tasks.triton import config_json, config_text, parse_config, render_config
+
+
+@pytest.mark.parametrize("backend", ["python", "onnxruntime"])
+def test_both_renderings_carry_one_contract(backend: str) -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    config = parse_config(config_text(render_config(spec, backend)))  # type: ignore[arg-type]
+    assert config.name == spec.name
+    assert config.max_batch_size == spec.serving.max_batch_size > 0
+    [features] = config.input
+    assert (features.name, features.data_type, list(features.dims)) == (
+        "features",
+        mc.TYPE_FP32,
+        [spec.n_features],
+    )
+    outputs = {o.name: (o.data_type, list(o.dims)) for o in config.output}
+    assert outputs == {"label": (mc.TYPE_INT64, [1]), "probabilities": (mc.TYPE_FP32, [2])}
+    assert config.dynamic_batching.max_queue_delay_microseconds == 200
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 32]
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_renderings_differ_only_in_how_the_model_runs() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    production = render_config(spec, "onnxruntime")
+    embedded = render_config(spec, "python")
+    assert production.platform == "onnxruntime_onnx"
+    assert production.default_model_filename == "model.onnx"
+    assert embedded.backend == "python"
+    assert not embedded.platform
+    for config in (production, embedded):
+        config.ClearField("platform")
+        config.ClearField("backend")
+        config.ClearField("default_model_filename")
+    assert production == embedded
+
+
+def test_gpu_instances_and_version_pinning_render() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    spec = spec.model_copy(update={"serving": spec.serving.model_copy(update={"kind": "KIND_GPU"})})
+    config = render_config(spec, "onnxruntime", versions=[3, 2])
+    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert list(config.version_policy.specific.versions) == [2, 3]
+    assert json.loads(config_json(config))["version_policy"] == {
+        "specific": {"versions": ["2", "3"]}
+    }  # proto3 JSON: int64 as string
