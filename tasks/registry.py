@@ -169,7 +169,17 @@ def read_artifact(settings: Settings, uri: str) -> bytes:
 
 
 def version_ref(settings: Settings, name: str, version: int) -> ModelRef:
-    found = client(settings).get_model_version(name, str(version))
+    mlflow_client = client(settings)
+    try:
+        found = mlflow_client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        known = sorted(
+            int(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")
+        )
+        raise RegistryError(
+            f"{name} has no version {version} in {settings.tracking_uri}; versions: "
+            f"{', '.join(map(str, known)) or 'none'}"
+        ) from exc
     return ModelRef(name=name, version=version, run_id=found.run_id, model_uri=found.source)
 
 

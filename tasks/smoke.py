@@ -128,7 +128,10 @@ def run_smoke(
     if not (http.is_server_live() and grpc.is_server_live()):
         raise SmokeTestError(f"Triton at {endpoint.http} / {endpoint.grpc} is not live")
     if not (http.is_model_ready(spec.name, tag) and grpc.is_model_ready(spec.name, tag)):
-        raise SmokeTestError(f"{spec.name} version {version} is not ready on Triton")
+        raise SmokeTestError(
+            f"{spec.name} version {version} is not loaded on Triton at {endpoint.http}; "
+            "`conveyor triton up` loads the champion and previous versions"
+        )
 
     metadata_problems = _metadata_problems(http.get_model_metadata(spec.name, tag), spec)
     failures += metadata_problems
