@@ -51,6 +51,7 @@ def run(spec: SpecOption = None) -> None:
         ("model", result.model),
         ("version", f"{result.version} (champion; previous: {result.promotion.previous})"),
         ("MLflow run", result.run_id),
+        ("validation", result.validation.verdict),
         (
             "ROC AUC / PR AUC / F1",
             f"{metrics.roc_auc:.4f} / {metrics.pr_auc:.4f} / {metrics.f1:.4f}",
@@ -71,6 +72,7 @@ def run(spec: SpecOption = None) -> None:
         ),
         ("served versions", ", ".join(map(str, result.export.serving.versions))),
         ("latency p50 / p99", f"{smoke.p50_ms:.2f} / {smoke.p99_ms:.2f} ms (batch 1, HTTP)"),
+        ("model card", result.model_card),
         ("MLflow store", settings.tracking_uri),
     ]
     for key, value in rows:
@@ -134,6 +136,86 @@ def smoke(
         f"{report.model} v{report.version}: passed; {report.rows} rows match offline ONNX, "
         f"p50 {report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms"
     )
+
+
+@app.command()
+def approve(
+    flow_run_id: Annotated[str, typer.Argument(help="The paused release's flow run id.")],
+    approver: Annotated[str, typer.Option(help="Who decides.")],
+    reason: Annotated[str, typer.Option(help="Why (ticket, review notes).")],
+    reject: Annotated[bool, typer.Option("--reject", help="Refuse the promotion.")] = False,
+) -> None:
+    """Answer a release paused for approval (needs PREFECT_API_URL of its Prefect server)."""
+    import asyncio
+    from uuid import UUID
+
+    from tasks.approval import answer
+
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:
+        _fail(ConveyorError(f"{flow_run_id!r} is not a flow run id (a UUID)"))
+        return
+    try:
+        asyncio.run(answer(run_id, not reject, approver, reason))
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    console.print(f"{'rejected' if reject else 'approved'}: flow run {run_id} resumes")
+
+
+@app.command()
+def rollback(
+    model: Annotated[
+        str, typer.Argument(help="Model name (its spec is deployments/models/NAME.yaml).")
+    ],
+    reason: Annotated[
+        str, typer.Option(help="Why; kept in the alias history.")
+    ] = "manual rollback",
+) -> None:
+    """Serve the previous version again and move `champion` back to it."""
+    from flows.rollback import rollback_flow
+    from tasks.settings import SPEC_DIR
+
+    try:
+        spec = load_spec(SPEC_DIR / f"{model}.yaml")
+        result = rollback_flow(spec_path=str(SPEC_DIR / f"{model}.yaml"), reason=reason)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    console.print(f"{spec.name}: champion is v{result.champion} again, served alone on Triton")
+
+
+@app.command()
+def history(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per move.")] = False,
+) -> None:
+    """Every alias move of a model: when, which alias, from, to, who, why."""
+    from tasks import registry
+
+    try:
+        moves = registry.alias_history(Settings(), model)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        for move in moves:
+            typer.echo(move.model_dump_json())
+        return
+    table = Table(title=f"alias history: {model}")
+    for column in ("when (UTC)", "alias", "from", "to", "who", "why"):
+        table.add_column(column)
+    for move in moves:
+        table.add_row(
+            f"{move.at:%Y-%m-%d %H:%M:%S}",
+            move.alias,
+            "-" if move.from_version is None else str(move.from_version),
+            "-" if move.to_version is None else str(move.to_version),
+            move.actor,
+            move.reason,
+        )
+    console.print(table)
 
 
 @triton_app.command("up")

@@ -1,14 +1,19 @@
-"""registration_flow: a new registered version with lineage tags, alias `challenger`."""
+"""registration_flow: a new registered version (or the existing one for this run), lineage and
+verdict tags, alias `challenger`."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from tasks.evaluation import ValidationReport
 from tasks.registry import ModelRef, register_challenger_task
 from tasks.settings import ModelSpec, Settings
 from tasks.training import TrainResult
 
 
 @flow(name="registration")
-def registration_flow(spec: ModelSpec, settings: Settings, train: TrainResult) -> ModelRef:
-    return register_challenger_task(settings, spec.name, train.candidate, train.lineage)
+def registration_flow(
+    spec: ModelSpec, settings: Settings, train: TrainResult, validation: ValidationReport
+) -> ModelRef:
+    tags = train.lineage | validation.tags()
+    return register_challenger_task(settings, spec.name, train.candidate, tags)

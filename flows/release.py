@@ -11,9 +11,16 @@ from flows.registration import registration_flow
 from flows.smoke import smoke_test_flow
 from flows.training import training_flow
 from flows.validation import validation_flow
+from tasks.approval import (
+    ApprovalDecision,
+    ensure_approvable,
+    record_decision_task,
+    request_approval,
+)
 from tasks.data import DatasetRef
-from tasks.evaluation import ModelMetrics
-from tasks.registry import PromotionResult, promote_task, retire_candidate_task
+from tasks.evaluation import ModelMetrics, ValidationReport
+from tasks.model_card import model_card_task
+from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 from tasks.smoke import SmokeReport
 from tasks.triton import withdraw_task
@@ -26,9 +33,12 @@ class ReleaseResult(BaseModel):
     metrics: ModelMetrics
     train: DatasetRef
     holdout: DatasetRef
+    validation: ValidationReport
     export: ExportResult
     smoke: SmokeReport
+    approval: ApprovalDecision | None
     promotion: PromotionResult
+    model_card: str
 
     def markdown(self) -> str:
         m, s, o = self.metrics, self.smoke, self.export.onnx
@@ -46,23 +56,35 @@ class ReleaseResult(BaseModel):
                 f"| Triton | http://{self.export.serving.endpoint.http} |",
                 f"| served p50 / p99 | {s.p50_ms:.2f} / {s.p99_ms:.2f} ms |",
                 f"| previous champion | {self.promotion.previous} |",
+                f"| validation | {self.validation.verdict} |",
+                f"| model card | `{self.model_card}` |",
             ]
         )
 
 
 @flow(name="release")
 def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
-    """Release the model described by `spec_path`. On any failure after registration the new
-    version is withdrawn from Triton and the repository, and `champion` does not move."""
+    """Release the model described by `spec_path`. A challenger the gate rejects is never
+    registered; on any failure after registration (export, smoke test, approval) the new version
+    is withdrawn from Triton and the repository, and `champion` does not move."""
     settings = Settings()
     spec = load_spec(spec_path)
+    ensure_approvable(spec)
     train = training_flow(spec, settings)
-    validation_flow(spec, train)
-    ref = registration_flow(spec, settings, train)
+    validation = validation_flow(spec, settings, train)
+    ref = registration_flow(spec, settings, train, validation)
     try:
         export = triton_export_flow(spec, settings, ref, train.holdout)
         smoke = smoke_test_flow(spec, settings, ref, train.holdout)
-        promotion = promote_task(settings, ref)
+        approval = None
+        if spec.promotion.requires_approval:
+            approval = record_decision_task(settings, ref, request_approval(spec, ref.version))
+        promotion = promote_task(
+            settings,
+            ref,
+            f"approved: {approval.reason}" if approval else "release passed every gate",
+            approval.approver if approval else default_actor(),
+        )
     except Exception as exc:
         # Alias first: it is the cheap step, and a Triton that cannot be reached must not leave
         # `challenger` pointing at a version that failed.
@@ -71,6 +93,9 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
         finally:
             withdraw_task(settings, spec, ref)
         raise
+    card = model_card_task(
+        settings, spec, ref, train, validation, export.onnx, smoke, approval, promotion
+    )
     result = ReleaseResult(
         model=spec.name,
         version=ref.version,
@@ -78,9 +103,12 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
         metrics=train.metrics,
         train=train.train,
         holdout=train.holdout,
+        validation=validation,
         export=export,
         smoke=smoke,
+        approval=approval,
         promotion=promotion,
+        model_card=card,
     )
     create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
     return result

@@ -1,14 +1,17 @@
-"""validation_flow: the candidate must meet the spec's thresholds before it is registered."""
+"""validation_flow: thresholds, then champion vs challenger on the challenger's holdout."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from tasks.evaluation import ValidationReport, check_thresholds_task
-from tasks.settings import ModelSpec
+from tasks.evaluation import ValidationReport, require_valid
+from tasks.settings import ModelSpec, Settings
 from tasks.training import TrainResult
+from tasks.validation import validate_task
 
 
 @flow(name="validation")
-def validation_flow(spec: ModelSpec, train: TrainResult) -> ValidationReport:
-    return check_thresholds_task(train.metrics, spec.thresholds)
+def validation_flow(spec: ModelSpec, settings: Settings, train: TrainResult) -> ValidationReport:
+    report = validate_task(settings, spec, train)
+    require_valid(report)
+    return report

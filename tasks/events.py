@@ -7,6 +7,8 @@ from prefect.events import emit_event
 DRIFT_DETECTED = "conveyor.drift.detected"
 MODEL_PROMOTED = "conveyor.model.promoted"
 RELEASE_FAILED = "conveyor.release.failed"
+APPROVED = "conveyor.model.approved"
+REJECTED = "conveyor.model.rejected"
 
 
 def resource_id(model: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -15,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 from sklearn.pipeline import Pipeline
 
@@ -34,6 +37,7 @@ TAG_RELEASE = "conveyor.release"
 TAG_HOLDOUT_URI = "conveyor.holdout_uri"
 TAG_SPEC = "conveyor.spec_sha256"
 ONNX_ARTIFACT = "onnx/model.onnx"
+HISTORY_PREFIX = "conveyor.history."
 
 
 class RegistryError(ConveyorError):
@@ -183,6 +187,17 @@ def version_ref(settings: Settings, name: str, version: int) -> ModelRef:
     return ModelRef(name=name, version=version, run_id=found.run_id, model_uri=found.source)
 
 
+def run_param(settings: Settings, run_id: str, key: str) -> str | None:
+    value = client(settings).get_run(run_id).data.params.get(key)
+    return None if value is None else str(value)
+
+
+def tag_run(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
+    mlflow_client = client(settings)
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, value)
+
+
 def run_tag(settings: Settings, run_id: str, key: str) -> str:
     value = client(settings).get_run(run_id).data.tags.get(key)
     if value is None:
@@ -221,8 +236,61 @@ def alias_version(settings: Settings, name: str, alias: str) -> int | None:
         return None
 
 
-def set_alias(settings: Settings, name: str, alias: str, version: int) -> None:
-    client(settings).set_registered_model_alias(name, alias, str(version))
+class AliasMove(BaseModel):
+    """One change of one alias; MLflow keeps only the current aliases, conveyor keeps these."""
+
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    at: datetime
+    actor: str
+    reason: str
+    flow_run_id: str | None = None
+
+
+def default_actor() -> str:
+    return os.environ.get("CONVEYOR_ACTOR") or getpass.getuser()
+
+
+def move_alias(
+    settings: Settings, name: str, alias: str, version: int | None, reason: str, actor: str
+) -> AliasMove | None:
+    """Point `alias` at `version` (None: remove it) and record the move next to the aliases.
+
+    The record is a registered-model tag, so it lives in the same store as the alias and is shared
+    by every worker that shares the registry. No move, no record.
+    """
+    mlflow_client = client(settings)
+    current = alias_version(settings, name, alias)
+    if current == version:
+        return None
+    if version is None:
+        mlflow_client.delete_registered_model_alias(name, alias)
+    else:
+        mlflow_client.set_registered_model_alias(name, alias, str(version))
+    move = AliasMove(
+        alias=alias,
+        from_version=current,
+        to_version=version,
+        at=datetime.now(UTC),
+        actor=actor,
+        reason=reason[:1000],
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+    )
+    key = f"{HISTORY_PREFIX}{move.at.strftime('%Y%m%dT%H%M%S.%fZ')}.{alias}"
+    mlflow_client.set_registered_model_tag(name, key, move.model_dump_json())
+    return move
+
+
+def alias_history(settings: Settings, name: str) -> list[AliasMove]:
+    try:
+        tags = client(settings).get_registered_model(name).tags
+    except MlflowException as exc:
+        raise RegistryError(f"no registered model {name} in {settings.tracking_uri}") from exc
+    moves = [
+        AliasMove.model_validate_json(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)
+    ]
+    return sorted(moves, key=lambda m: m.at)
 
 
 def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None:
@@ -231,20 +299,19 @@ def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None
         mlflow_client.set_model_version_tag(ref.name, str(ref.version), key, value)
 
 
-def promote(settings: Settings, ref: ModelRef) -> PromotionResult:
+def promote(settings: Settings, ref: ModelRef, reason: str, actor: str) -> PromotionResult:
     """champion → ref; the old champion becomes previous; challenger is consumed.
 
     `previous` is moved before `champion`, so a failure between the two calls leaves both aliases
     on versions that really were champions.
     """
-    mlflow_client = client(settings)
     old = alias_version(settings, ref.name, CHAMPION)
     if old is not None and old != ref.version:
-        mlflow_client.set_registered_model_alias(ref.name, PREVIOUS, str(old))
-    mlflow_client.set_registered_model_alias(ref.name, CHAMPION, str(ref.version))
+        move_alias(settings, ref.name, PREVIOUS, old, f"replaced by v{ref.version}", actor)
+    move_alias(settings, ref.name, CHAMPION, ref.version, reason, actor)
     if alias_version(settings, ref.name, CHALLENGER) == ref.version:
-        mlflow_client.delete_registered_model_alias(ref.name, CHALLENGER)
-    mlflow_client.set_model_version_tag(ref.name, str(ref.version), TAG_RELEASE, "promoted")
+        move_alias(settings, ref.name, CHALLENGER, None, "promoted", actor)
+    client(settings).set_model_version_tag(ref.name, str(ref.version), TAG_RELEASE, "promoted")
     return PromotionResult(
         name=ref.name, champion=ref.version, previous=old if old != ref.version else None
     )
@@ -252,10 +319,11 @@ def promote(settings: Settings, ref: ModelRef) -> PromotionResult:
 
 def retire_candidate(settings: Settings, ref: ModelRef, reason: str) -> None:
     """A failed release: the version keeps its record (and why it failed) but no alias."""
-    mlflow_client = client(settings)
     if alias_version(settings, ref.name, CHALLENGER) == ref.version:
-        mlflow_client.delete_registered_model_alias(ref.name, CHALLENGER)
-    mlflow_client.set_model_version_tag(
+        move_alias(
+            settings, ref.name, CHALLENGER, None, f"release failed: {reason}", default_actor()
+        )
+    client(settings).set_model_version_tag(
         ref.name, str(ref.version), TAG_RELEASE, f"failed: {reason}"[:5000]
     )
 
@@ -264,7 +332,7 @@ def register_challenger(
     settings: Settings, name: str, candidate: CandidateRun, tags: dict[str, str]
 ) -> ModelRef:
     ref = register(settings, name, candidate, tags)
-    set_alias(settings, name, CHALLENGER, ref.version)
+    move_alias(settings, name, CHALLENGER, ref.version, "registered for release", default_actor())
     return ref
 
 
@@ -278,8 +346,8 @@ def register_challenger_task(
 
 
 @task(name="promote")
-def promote_task(settings: Settings, ref: ModelRef) -> PromotionResult:
-    result = promote(settings, ref)
+def promote_task(settings: Settings, ref: ModelRef, reason: str, actor: str) -> PromotionResult:
+    result = promote(settings, ref, reason, actor)
     get_run_logger().info(
         "%s: champion → version %d (previous: %s)", ref.name, result.champion, result.previous
     )
@@ -296,3 +364,63 @@ def retire_candidate_task(settings: Settings, ref: ModelRef, reason: str) -> Non
     retire_candidate(settings, ref, reason)
     get_run_logger().warning("%s version %d retired: %s", ref.name, ref.version, reason)
     events.emit(events.RELEASE_FAILED, ref.name, {"version": ref.version, "reason": reason[:500]})
+
+
+class RollbackPlan(BaseModel):
+    name: str
+    bad: int
+    target: int
+
+
+def plan_rollback(settings: Settings, name: str) -> RollbackPlan:
+    champion = alias_version(settings, name, CHAMPION)
+    previous = alias_version(settings, name, PREVIOUS)
+    if champion is None:
+        raise RegistryError(f"{name} has no champion: there is nothing to roll back")
+    if previous is None:
+        raise RegistryError(
+            f"{name} has no `previous` version to roll back to (champion is v{champion}); "
+            "release a fixed model instead"
+        )
+    return RollbackPlan(name=name, bad=champion, target=previous)
+
+
+def rollback(settings: Settings, plan: RollbackPlan, reason: str, actor: str) -> PromotionResult:
+    """champion → previous; `previous` is cleared, since the bad version is no rollback target."""
+    move_alias(settings, plan.name, CHAMPION, plan.target, f"rollback: {reason}", actor)
+    move_alias(settings, plan.name, PREVIOUS, None, f"rolled back to v{plan.target}", actor)
+    client(settings).set_model_version_tag(
+        plan.name, str(plan.bad), TAG_RELEASE, f"rolled back: {reason}"[:5000]
+    )
+    return PromotionResult(name=plan.name, champion=plan.target, previous=None)
+
+
+@task(name="plan-rollback")
+def plan_rollback_task(settings: Settings, name: str) -> RollbackPlan:
+    return plan_rollback(settings, name)
+
+
+@task(name="rollback-aliases")
+def rollback_task(
+    settings: Settings, plan: RollbackPlan, reason: str, actor: str
+) -> PromotionResult:
+    result = rollback(settings, plan, reason, actor)
+    get_run_logger().warning(
+        "%s rolled back: champion v%d → v%d (%s, by %s)",
+        plan.name,
+        plan.bad,
+        plan.target,
+        reason,
+        actor,
+    )
+    events.emit(
+        events.MODEL_PROMOTED,
+        plan.name,
+        {
+            "version": plan.target,
+            "previous": plan.bad,
+            "reason": "rollback",
+            "detail": reason[:500],
+        },
+    )
+    return result

@@ -157,10 +157,28 @@ class DriftSpec(BaseModel):
     share: float = Field(default=0.3, gt=0, le=1)
 
 
+class ValidationSpec(BaseModel):
+    """Champion vs challenger on the challenger's holdout: a paired bootstrap of the difference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["roc_auc", "pr_auc"] = "pr_auc"
+    rule: Literal["non_inferior", "superior"] = Field(
+        default="non_inferior",
+        description="non_inferior: CI lower bound of (challenger - champion) > -margin; "
+        "superior: lower bound > 0.",
+    )
+    margin: float = Field(default=0.01, ge=0, lt=1)
+    resamples: int = Field(default=1000, ge=1000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
 class PromotionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     requires_approval: bool = False
+    approval_timeout_s: int = Field(default=86_400, gt=0)
 
 
 class ServingSpec(BaseModel):
@@ -203,6 +221,7 @@ class ModelSpec(BaseModel):
     target: TargetSpec
     estimator: EstimatorSpec
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)

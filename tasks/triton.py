@@ -321,3 +321,24 @@ def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
             endpoint, spec, settings.triton_backend, versions, settings.triton_load_timeout_s
         )
     return ServingState(endpoint=endpoint, model=spec.name, versions=versions)
+
+
+def serve_only(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
+    """Make `version` the only loaded version (its files verified first)."""
+    store = open_store(settings.repository)
+    if not _verified(store, spec, version):
+        raise TritonError(
+            f"{settings.repository}/{spec.name}/{version} does not exist; it cannot be served"
+        )
+    endpoint = triton_server.endpoint(settings)
+    load_versions(
+        endpoint, spec, settings.triton_backend, [version], settings.triton_load_timeout_s
+    )
+    return ServingState(endpoint=endpoint, model=spec.name, versions=[version])
+
+
+@task(name="serve-only")
+def serve_only_task(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
+    state = serve_only(settings, spec, version)
+    get_run_logger().info("Triton %s serves %s v%d only", state.endpoint.http, spec.name, version)
+    return state

@@ -3,6 +3,7 @@ session and their own state directory, embedded Triton included."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,9 @@ def settings(home: Path) -> Settings:
     return Settings()
 
 
+_spec_numbers = itertools.count()
+
+
 def write_spec(directory: Path, **overrides: object) -> Path:
     """The fraud spec, made smaller so a release takes seconds; overrides are `section.key`."""
     raw = yaml.safe_load(DEFAULT_SPEC.read_text())
@@ -55,7 +59,7 @@ def write_spec(directory: Path, **overrides: object) -> Path:
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         raw[section][key] = value
-    path = directory / f"spec-{abs(hash(tuple(sorted(overrides.items()))))}.yaml"
+    path = directory / f"spec-{next(_spec_numbers)}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 

@@ -2,9 +2,30 @@ import numpy as np
 import pytest
 
 from tasks.data import DataError
-from tasks.evaluation import GateError, ModelMetrics, check_thresholds, compute_metrics
-from tasks.settings import DEFAULT_SPEC, Thresholds, load_spec
+from tasks.evaluation import (
+    GateError,
+    ModelMetrics,
+    ValidationReport,
+    compare,
+    compute_metrics,
+    paired_bootstrap,
+    require_valid,
+    threshold_failures,
+)
+from tasks.settings import DEFAULT_SPEC, Thresholds, ValidationSpec, load_spec
 from tasks.training import fit
+
+METRICS = ModelMetrics(roc_auc=0.80, pr_auc=0.5, f1=0.4, positive_rate=0.02, rows=100)
+
+
+@pytest.fixture(scope="module")
+def scores() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A rare-class target, a good scorer and a clearly worse one."""
+    rng = np.random.default_rng(0)
+    target = (rng.random(5000) < 0.03).astype(int)
+    good = np.clip(target * 0.5 + rng.normal(0.3, 0.15, 5000), 0, 1)
+    worse = np.clip(target * 0.2 + rng.normal(0.3, 0.15, 5000), 0, 1)
+    return target, good, worse
 
 
 def test_metrics_of_a_perfect_and_a_useless_scorer() -> None:
@@ -17,12 +38,70 @@ def test_metrics_of_a_perfect_and_a_useless_scorer() -> None:
     assert useless.positive_rate == pytest.approx(0.4)
 
 
-def test_threshold_gate_names_each_missed_metric() -> None:
-    metrics = ModelMetrics(roc_auc=0.80, pr_auc=0.5, f1=0.4, positive_rate=0.02, rows=100)
-    assert check_thresholds(metrics, Thresholds(roc_auc=0.8, pr_auc=0.5)).passed
-    with pytest.raises(GateError, match=r"roc_auc 0.8000 < 0.9000") as err:
-        check_thresholds(metrics, Thresholds(roc_auc=0.9, pr_auc=0.6))
-    assert "pr_auc 0.5000 < 0.6000" in str(err.value)
+def test_threshold_failures_name_each_missed_metric() -> None:
+    assert threshold_failures(METRICS, Thresholds(roc_auc=0.8, pr_auc=0.5)) == []
+    assert threshold_failures(METRICS, Thresholds(roc_auc=0.9, pr_auc=0.6)) == [
+        "roc_auc 0.8000 < 0.9000",
+        "pr_auc 0.5000 < 0.6000",
+    ]
+
+
+def test_paired_bootstrap_is_seeded_and_brackets_the_difference(scores) -> None:
+    target, good, worse = scores
+    a = paired_bootstrap(target, good, worse, "pr_auc", 1000, 0.95, seed=1)
+    assert a == paired_bootstrap(target, good, worse, "pr_auc", 1000, 0.95, seed=1)
+    difference, low, high = a
+    assert low < difference < high
+    assert low > 0.1  # the good scorer is clearly better
+    same = paired_bootstrap(target, good, good, "roc_auc", 1000, 0.95, seed=1)
+    assert same == (0.0, 0.0, 0.0)
+
+
+def test_worse_challenger_fails_both_rules(scores) -> None:
+    target, good, worse = scores
+    for rule in ("non_inferior", "superior"):
+        verdict = compare(target, worse, good, 3, ValidationSpec(rule=rule, margin=0.01))
+        assert not verdict.passed
+        assert verdict.ci_high < 0
+
+
+def test_better_challenger_passes_both_rules(scores) -> None:
+    target, good, worse = scores
+    for rule in ("non_inferior", "superior"):
+        assert compare(target, good, worse, 3, ValidationSpec(rule=rule)).passed
+
+
+def test_equal_challenger_follows_the_configured_rule(scores) -> None:
+    target, good, _ = scores
+    assert compare(target, good, good, 3, ValidationSpec(rule="non_inferior", margin=0.01)).passed
+    assert not compare(target, good, good, 3, ValidationSpec(rule="superior")).passed
+
+
+def test_rejected_report_raises_with_its_numbers(scores) -> None:
+    target, good, worse = scores
+    comparison = compare(target, worse, good, 7, ValidationSpec())
+    report = ValidationReport(
+        metrics=METRICS, thresholds=Thresholds(), threshold_failures=[], comparison=comparison
+    )
+    assert report.verdict == "rejected: not non-inferior to the champion"
+    assert report.tags()["conveyor.validation.champion_version"] == "7"
+    with pytest.raises(GateError, match=r"champion v7 .* difference -0\.\d+ \[95% CI"):
+        require_valid(report)
+
+
+def test_no_champion_means_thresholds_decide() -> None:
+    report = ValidationReport(
+        metrics=METRICS,
+        thresholds=Thresholds(roc_auc=0.9),
+        threshold_failures=["x"],
+        comparison=None,
+    )
+    assert not report.passed
+    require_valid(
+        ValidationReport(
+            metrics=METRICS, thresholds=Thresholds(), threshold_failures=[], comparison=None
+        )
+    )
 
 
 def test_single_class_target_is_refused() -> None:

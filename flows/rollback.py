@@ -1,0 +1,21 @@
+"""rollback_flow: Triton serves the previous version, then champion moves back to it."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.registry import PromotionResult, default_actor, plan_rollback_task, rollback_task
+from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+from tasks.triton import serve_only_task
+
+
+@flow(name="rollback")
+def rollback_flow(
+    spec_path: str = str(DEFAULT_SPEC), reason: str = "manual rollback", actor: str = ""
+) -> PromotionResult:
+    """Triton first: serving the good version is what stops the harm; the aliases follow."""
+    settings = Settings()
+    spec = load_spec(spec_path)
+    plan = plan_rollback_task(settings, spec.name)
+    serve_only_task(settings, spec, plan.target)
+    return rollback_task(settings, plan, reason, actor or default_actor())

@@ -1,0 +1,107 @@
+"""The model card: a markdown document per released version, in MLflow and as a Prefect artifact."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks import registry
+from tasks.approval import ApprovalDecision
+from tasks.evaluation import ValidationReport
+from tasks.onnx import OnnxArtifact
+from tasks.settings import ModelSpec, Settings
+from tasks.smoke import SmokeReport
+from tasks.training import TrainResult
+
+CARD_ARTIFACT = "model_card.md"
+
+
+def render(
+    spec: ModelSpec,
+    ref: registry.ModelRef,
+    train: TrainResult,
+    validation: ValidationReport,
+    onnx: OnnxArtifact,
+    smoke: SmokeReport,
+    approval: ApprovalDecision | None,
+    promotion: registry.PromotionResult,
+) -> str:
+    m = train.metrics
+    lineage = train.lineage
+    comparison = (
+        validation.comparison.summary() if validation.comparison else "first release: no champion"
+    )
+    if approval is None:
+        approved = "not required by the spec"
+    else:
+        approved = (
+            f"{approval.approver} at {approval.decided_at:%Y-%m-%d %H:%M UTC}: {approval.reason}"
+        )
+    features = ", ".join(f"`{f.name}` ({f.type.value})" for f in spec.features)
+    return "\n".join(
+        [
+            f"# Model card: {spec.name} version {ref.version}",
+            "",
+            spec.description.strip(),
+            "",
+            "## Decision",
+            f"- Promoted to champion; previous champion: {promotion.previous or 'none'}",
+            f"- Validation: {validation.verdict}",
+            f"- Comparison with the champion: {comparison}",
+            f"- Approval: {approved}",
+            "",
+            "## Data",
+            f"- Training data: `{train.train.uri}`, {train.train.rows} rows, "
+            f"{train.train.positives} positives, sha256 `{train.train.sha256}`",
+            f"- Holdout: `{train.holdout.uri}`, {train.holdout.rows} rows, "
+            f"{train.holdout.positives} positives, sha256 `{train.holdout.sha256}`",
+            f"- Source: {spec.data.source} (seed {spec.data.seed}, drift knob {spec.data.drift})",
+            f"- Features, in served order: {features}",
+            "",
+            "## Holdout metrics",
+            "| ROC AUC | PR AUC | F1 | positive rate |",
+            "|---|---|---|---|",
+            f"| {m.roc_auc:.4f} | {m.pr_auc:.4f} | {m.f1:.4f} | {m.positive_rate:.4f} |",
+            "",
+            "## Serving",
+            f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "
+            f"max |Δp| {onnx.parity.max_abs_diff:.1e}, {onnx.parity.label_flips} label flips",
+            f"- Smoke test: {smoke.rows} rows equal offline over HTTP and gRPC, "
+            f"p50 {smoke.p50_ms:.2f} ms, p99 {smoke.p99_ms:.2f} ms "
+            f"(budget {smoke.p99_budget_ms} ms)",
+            "",
+            "## Lineage",
+            f"- Estimator: {spec.estimator.family} {spec.estimator.params}",
+            f"- MLflow run `{ref.run_id}`, model `{ref.model_uri}`",
+            f"- Code version `{lineage.get(registry.TAG_CODE)}`, spec sha256 "
+            f"`{lineage.get(registry.TAG_SPEC)}`, "
+            f"Prefect flow run `{lineage.get(registry.TAG_FLOW_RUN)}`",
+            "",
+            "## Drift baseline",
+            f"- Reference for the nightly drift check: the training data above "
+            f"(sha256 `{train.train.sha256}`); dataset drift when more than "
+            f"{spec.drift.share:.0%} of the features drift.",
+        ]
+    )
+
+
+@task(name="model-card")
+def model_card_task(
+    settings: Settings,
+    spec: ModelSpec,
+    ref: registry.ModelRef,
+    train: TrainResult,
+    validation: ValidationReport,
+    onnx: OnnxArtifact,
+    smoke: SmokeReport,
+    approval: ApprovalDecision | None,
+    promotion: registry.PromotionResult,
+) -> str:
+    """Log the card with the version's run; returns its `runs:/` URI."""
+    card = render(spec, ref, train, validation, onnx, smoke, approval, promotion)
+    uri = registry.log_run_artifact(settings, ref.run_id, CARD_ARTIFACT, card.encode())
+    registry.tag_version(settings, ref, {"conveyor.model_card": uri})
+    create_markdown_artifact(
+        key=f"model-card-{spec.name}", markdown=card, description=f"{spec.name} v{ref.version}"
+    )
+    return uri

@@ -1,0 +1,58 @@
+"""The model gate: thresholds, then the challenger against the champion on the same holdout."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks import registry
+from tasks.data import load_dataset, to_features, to_target
+from tasks.evaluation import ValidationReport, compare, threshold_failures
+from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.training import TrainResult
+
+
+def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
+    """Judge the candidate; with no champion yet, the thresholds alone decide."""
+    comparison = None
+    champion = registry.alias_version(settings, spec.name, registry.CHAMPION)
+    if champion is not None:
+        ref = registry.version_ref(settings, spec.name, champion)
+        trained_on = registry.run_param(settings, ref.run_id, "features")
+        if trained_on != ",".join(spec.feature_names):
+            raise ConveyorError(
+                f"champion v{champion} of {spec.name} was trained on features [{trained_on}], "
+                f"the challenger on [{','.join(spec.feature_names)}]: they cannot be compared on "
+                "one holdout. Register the new feature set under a new model name."
+            )
+        holdout = load_dataset(train.holdout.uri)
+        features, target = to_features(holdout, spec), to_target(holdout, spec)
+        challenger_model = registry.load_model(settings, train.candidate.model_uri)
+        champion_model = registry.load_model(settings, ref.model_uri)
+        comparison = compare(
+            target,
+            challenger_model.predict_proba(features)[:, 1],
+            champion_model.predict_proba(features)[:, 1],
+            champion,
+            spec.validation,
+        )
+    return ValidationReport(
+        metrics=train.metrics,
+        thresholds=spec.thresholds,
+        threshold_failures=threshold_failures(train.metrics, spec.thresholds),
+        comparison=comparison,
+    )
+
+
+@task(name="validate-candidate")
+def validate_task(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
+    report = validate(settings, spec, train)
+    registry.tag_run(settings, train.run_id, report.tags())
+    create_markdown_artifact(
+        key=f"validation-{spec.name}", markdown=report.markdown(), description="Model gate"
+    )
+    logger = get_run_logger()
+    if report.comparison is not None:
+        logger.info(report.comparison.summary())
+    (logger.info if report.passed else logger.warning)("validation %s", report.verdict)
+    return report
