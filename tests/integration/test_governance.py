@@ -167,11 +167,13 @@ def test_history_shows_promotion_and_rollback(story: Story) -> None:
     )
     assert rollback.reason == "rollback: fraud losses up after v3"
     assert rollback.actor
-    result = CliRunner().invoke(
-        app, ["history", story.name], env={"CONVEYOR_HOME": str(story.settings.home)}
-    )
-    assert result.exit_code == 0, result.output
-    assert "fraud losses up after v3" in " ".join(result.output.split())
+    env = {"CONVEYOR_HOME": str(story.settings.home)}
+    table = CliRunner().invoke(app, ["history", story.name], env=env)
+    assert table.exit_code == 0, table.output
+    assert "alias history: fraud-detector" in table.output
+    lines = CliRunner().invoke(app, ["history", story.name, "--json"], env=env).output.splitlines()
+    printed = [registry.AliasMove.model_validate_json(line) for line in lines]
+    assert printed == registry.alias_history(story.settings, story.name)
 
 
 def test_model_card_is_logged_for_each_release(story: Story) -> None:
