@@ -40,7 +40,9 @@ def run(spec: SpecOption = None) -> None:
     settings = Settings()
     path = _spec_path(spec, settings)
     try:
-        load_spec(path)  # fail fast, before Prefect starts its API
+        from tasks.approval import ensure_approvable
+
+        ensure_approvable(load_spec(path))  # fail fast, before Prefect starts its API
         result = release_flow(spec_path=path)
     except ConveyorError as exc:
         _fail(exc)

@@ -1,0 +1,169 @@
+"""The approval gate on a real `prefect server start`: approve, reject, and time out.
+
+Releases run as `conveyor run` subprocesses against that server, as a scheduled or UI-triggered
+run would. Approval goes through `conveyor approve`; rejection through the same REST call the
+Prefect UI's "Resume" form makes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tasks import registry, triton, triton_server
+from tasks.settings import Settings
+from tests.conftest import write_spec
+from tests.servers import BIN, clean_env, prefect_server, stop_process
+
+
+@dataclass
+class Gate:
+    api: str
+    base: Path
+    settings: Settings
+
+    def env(self) -> dict[str, str]:
+        return clean_env(
+            PREFECT_API_URL=self.api,
+            PREFECT_HOME=str(self.base / "client"),
+            CONVEYOR_HOME=str(self.settings.home),
+        )
+
+    def release(self, spec: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(BIN / "conveyor"), "run", "--spec", str(spec)],
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def paused_run(self, release: subprocess.Popen[bytes], timeout_s: float = 240) -> str:
+        deadline = time.monotonic() + timeout_s
+        body = {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
+        while time.monotonic() < deadline:
+            runs = httpx.post(f"{self.api}/flow_runs/filter", json=body, timeout=10).json()
+            if runs:
+                return str(runs[0]["id"])
+            assert release.poll() is None, release.stdout.read().decode() if release.stdout else ""
+            time.sleep(1)
+        raise AssertionError("the release never paused for approval")
+
+
+def finish(release: subprocess.Popen[bytes], timeout_s: float = 240) -> tuple[int, str]:
+    try:
+        output, _ = release.communicate(timeout=timeout_s)
+    finally:
+        stop_process(release)
+    return release.returncode, " ".join(output.decode(errors="replace").split())
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
+    base = tmp_path_factory.mktemp("approval")
+    settings = Settings(home=base / "state")
+    with prefect_server(base / "prefect") as api:
+        try:
+            yield Gate(api, base, settings)
+        finally:
+            triton_server.stop(settings)
+
+
+def version_tags(gate: Gate, version: int) -> dict[str, str]:
+    return (
+        MlflowClient(gate.settings.tracking_uri)
+        .get_model_version("fraud-detector", str(version))
+        .tags
+    )
+
+
+def test_approved_release_is_promoted_and_the_decision_recorded(gate: Gate) -> None:
+    spec = write_spec(
+        gate.base, **{"promotion.requires_approval": True, "promotion.approval_timeout_s": 600}
+    )
+    release = gate.release(spec)
+    run_id = gate.paused_run(release)
+    approve = subprocess.run(
+        [
+            str(BIN / "conveyor"),
+            "approve",
+            run_id,
+            "--approver",
+            "alice@bank",
+            "--reason",
+            "RISK-42 signed",
+        ],
+        env=gate.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert approve.returncode == 0, approve.stdout + approve.stderr
+    code, output = finish(release)
+    assert code == 0, output
+    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHAMPION) == 1
+    tags = version_tags(gate, 1)
+    assert tags["conveyor.approval"] == "approved"
+    assert tags["conveyor.approval.approver"] == "alice@bank"
+    champion_move = [
+        m for m in registry.alias_history(gate.settings, "fraud-detector") if m.alias == "champion"
+    ]
+    assert champion_move[-1].actor == "alice@bank"
+    assert champion_move[-1].reason == "approved: RISK-42 signed"
+
+
+def test_rejection_from_the_ui_api_keeps_the_champion(gate: Gate) -> None:
+    spec = write_spec(
+        gate.base, **{"promotion.requires_approval": True, "promotion.approval_timeout_s": 600}
+    )
+    release = gate.release(spec)
+    run_id = gate.paused_run(release)
+    # What the Prefect UI's Resume form sends.
+    response = httpx.post(
+        f"{gate.api}/flow_runs/{run_id}/resume",
+        json={"run_input": {"approve": False, "approver": "bob", "reason": "calibration drifted"}},
+        timeout=30,
+    )
+    assert response.status_code in (200, 201), response.text
+    code, output = finish(release)
+    assert code == 2, output
+    assert "was not approved (bob: calibration drifted)" in output
+    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHAMPION) == 1
+    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHALLENGER) is None
+    assert version_tags(gate, 2)["conveyor.approval"] == "rejected"
+    assert triton.loaded_versions(triton_server.endpoint(gate.settings), "fraud-detector") == [1]
+    assert not (Path(gate.settings.repository) / "fraud-detector" / "2").exists()
+
+
+def test_no_decision_in_time_is_a_rejection(gate: Gate) -> None:
+    spec = write_spec(
+        gate.base, **{"promotion.requires_approval": True, "promotion.approval_timeout_s": 6}
+    )
+    code, output = finish(gate.release(spec))
+    assert code == 2, output
+    assert "no decision within 6 s" in output
+    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHAMPION) == 1
+    assert version_tags(gate, 3)["conveyor.approval.approver"] == "(nobody)"
+    assert triton.loaded_versions(triton_server.endpoint(gate.settings), "fraud-detector") == [1]
+
+
+def test_approval_without_a_server_fails_before_any_work(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, **{"promotion.requires_approval": True})
+    result = subprocess.run(
+        [str(BIN / "conveyor"), "run", "--spec", str(spec)],
+        env=clean_env(CONVEYOR_HOME=str(tmp_path / "state")),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output
+    assert "requires approval, which needs a Prefect server" in output
+    assert not (tmp_path / "state" / "mlflow.db").exists()
