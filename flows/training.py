@@ -1,15 +1,18 @@
-"""training_flow: data → split → fitted candidate logged to MLflow."""
+"""training_flow: source snapshot → data contract → split → fitted candidate logged to MLflow."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from tasks.data import prepare_data_task
+from tasks.data import snapshot_task, split_task
+from tasks.quality import validate_data_task
 from tasks.settings import ModelSpec, Settings
 from tasks.training import TrainResult, train_candidate_task
 
 
-@flow(name="training", log_prints=False)
+@flow(name="training")
 def training_flow(spec: ModelSpec, settings: Settings) -> TrainResult:
-    data = prepare_data_task(spec, settings)
-    return train_candidate_task(spec, settings, data)
+    data = snapshot_task(spec, settings)
+    validate_data_task(settings, spec, data)
+    parts = split_task(spec, settings, data)
+    return train_candidate_task(spec, settings, parts)

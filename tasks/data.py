@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
 from pydantic import BaseModel
 from sklearn.model_selection import train_test_split
 
@@ -181,21 +184,117 @@ def to_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     return frame[spec.target.name].to_numpy(dtype=np.int64)
 
 
-def prepare_data(spec: ModelSpec, settings: Settings) -> SplitResult:
-    """Produce the spec's dataset and its train/holdout split, stored under the state directory."""
-    if spec.data.source != "synthetic":
-        raise DataError(f"data source {spec.data.source!r} is not supported yet; use `synthetic`")
-    frame = generate_transactions(
-        spec.data.rows, spec.data.seed, spec.data.fraud_rate, spec.data.drift
-    )
+SUFFIXES = (".parquet", ".csv")
+
+
+def _read_bytes(data: bytes, name: str) -> pd.DataFrame:
+    """Columnar readers (pyarrow) for both formats: no row-by-row parsing of large files."""
+    if not data:
+        raise DataError(f"{name} is empty (0 bytes); point the spec's data.source at real data")
+    if name.endswith(".parquet"):
+        return pq.read_table(pa.BufferReader(data)).to_pandas()
+    return pa_csv.read_csv(pa.BufferReader(data)).to_pandas()
+
+
+def _local_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataError(
+            f"data source {path} does not exist; fix data.source in the spec (a .parquet or .csv "
+            "file, a folder of them, s3://bucket/prefix, or synthetic)"
+        )
+    if path.is_file():
+        if path.suffix not in SUFFIXES:
+            raise DataError(f"{path} is neither .parquet nor .csv")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+    if not files:
+        raise DataError(f"folder {path} holds no .parquet or .csv files")
+    return files
+
+
+def _s3_objects(uri: str) -> list[tuple[str, bytes]]:
+    """Objects under s3://bucket/prefix. Credentials and endpoint come from the standard AWS
+    variables (AWS_ENDPOINT_URL points boto3 at MinIO or another S3-compatible store)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    client = boto3.client("s3")
+    try:
+        keys = [
+            item["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            )
+            for item in page.get("Contents", [])
+            if item["Key"].endswith(SUFFIXES)
+        ]
+        if not keys:
+            raise DataError(f"no .parquet or .csv objects under {uri}")
+        return [
+            (key, client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in sorted(keys)
+        ]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            raise DataError(
+                f"S3 bucket {bucket!r} does not exist ({uri}); fix data.source"
+            ) from exc
+        if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}:
+            raise DataError(
+                f"S3 refused access to {uri} ({code}); check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY and the bucket policy"
+            ) from exc
+        raise DataError(f"S3 error reading {uri}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise DataError(f"cannot reach S3 for {uri}: {exc}; check AWS_ENDPOINT_URL") from exc
+
+
+def load_source(spec: ModelSpec) -> pd.DataFrame:
+    """The spec's data: synthetic, a local file or folder, or s3://bucket/prefix."""
+    source = spec.data.source
+    if source == "synthetic":
+        return generate_transactions(
+            spec.data.rows, spec.data.seed, spec.data.fraud_rate, spec.data.drift
+        )
+    if source.startswith("s3://"):
+        parts = [_read_bytes(data, key) for key, data in _s3_objects(source)]
+    else:
+        parts = [_read_bytes(path.read_bytes(), str(path)) for path in _local_files(Path(source))]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def snapshot(spec: ModelSpec, settings: Settings) -> DatasetRef:
+    """Read the source once and keep a content-addressed copy: every later step, and lineage,
+    refers to exactly these rows."""
+    frame = load_source(spec)
+    return save_dataset(frame, settings.data_dir / spec.name, "source", spec.target.name)
+
+
+def split_dataset(spec: ModelSpec, settings: Settings, data: DatasetRef) -> SplitResult:
     directory = settings.data_dir / spec.name
-    train, holdout = split(frame, spec.target.name, spec.data.holdout_fraction, spec.data.seed)
+    train, holdout = split(
+        load_dataset(data.uri), spec.target.name, spec.data.holdout_fraction, spec.data.seed
+    )
     return SplitResult(
         train=save_dataset(train, directory, "train", spec.target.name),
         holdout=save_dataset(holdout, directory, "holdout", spec.target.name),
     )
 
 
-@task(name="prepare-data")
-def prepare_data_task(spec: ModelSpec, settings: Settings) -> SplitResult:
-    return prepare_data(spec, settings)
+@task(name="snapshot-data")
+def snapshot_task(spec: ModelSpec, settings: Settings) -> DatasetRef:
+    ref = snapshot(spec, settings)
+    get_run_logger().info(
+        "%s: %d rows, %d positives, sha256 %s…",
+        spec.data.source,
+        ref.rows,
+        ref.positives,
+        ref.sha256[:12],
+    )
+    return ref
+
+
+@task(name="split-data")
+def split_task(spec: ModelSpec, settings: Settings, data: DatasetRef) -> SplitResult:
+    return split_dataset(spec, settings, data)

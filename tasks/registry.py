@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import mlflow
 import mlflow.artifacts
@@ -42,6 +43,11 @@ HISTORY_PREFIX = "conveyor.history."
 
 class RegistryError(ConveyorError):
     """The MLflow registry refused an operation."""
+
+
+class DataRef(Protocol):
+    uri: str
+    sha256: str
 
 
 class CandidateRun(BaseModel):
@@ -141,6 +147,27 @@ def log_candidate(
         return CandidateRun(
             run_id=run.info.run_id, model_uri=info.model_uri, experiment_id=experiment_id
         )
+
+
+def log_data_validation(
+    settings: Settings, name: str, data: DataRef, passed: bool, report_markdown: str
+) -> str:
+    """One run per data check in the model's experiment, FAILED when the data was refused."""
+    mlflow_client = client(settings)
+    experiment_id = ensure_experiment(mlflow_client, settings, name)
+    run = mlflow_client.create_run(
+        experiment_id,
+        run_name="data-validation",
+        tags={
+            "conveyor.data_validation": "passed" if passed else "failed",
+            TAG_DATA: data.sha256,
+            "conveyor.data_uri": data.uri,
+            TAG_FLOW_RUN: str(flow_run.root_flow_run_id or flow_run.id or ""),
+        },
+    )
+    mlflow_client.log_text(run.info.run_id, report_markdown, "data_validation.md")
+    mlflow_client.set_terminated(run.info.run_id, "FINISHED" if passed else "FAILED")
+    return str(run.info.run_id)
 
 
 def load_model(settings: Settings, model_uri: str) -> Pipeline:

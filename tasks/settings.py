@@ -137,6 +137,18 @@ class DataSpec(BaseModel):
 EstimatorFamily = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
 
 
+class QualitySpec(BaseModel):
+    """Data contract checks beyond the feature schema (run before any training)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_rows: int = Field(default=1000, ge=1)
+    min_positive_rate: float = Field(default=0.001, ge=0, lt=1)
+    max_null_share: float = Field(
+        default=0.05, ge=0, le=1, description="Nullable features: a larger share is a warning."
+    )
+
+
 class EstimatorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -219,6 +231,7 @@ class ModelSpec(BaseModel):
     data: DataSpec
     features: list[FeatureSpec] = Field(min_length=1)
     target: TargetSpec
+    quality: QualitySpec = Field(default_factory=QualitySpec)
     estimator: EstimatorSpec
     thresholds: Thresholds = Field(default_factory=Thresholds)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)

@@ -75,3 +75,35 @@ def prefect_server(home: Path, timeout_s: float = 90.0) -> Iterator[str]:
     finally:
         stop_process(process)
         log.close()
+
+
+@contextmanager
+def moto_s3(log_dir: Path, require_auth: bool = False, timeout_s: float = 30.0) -> Iterator[str]:
+    """moto's S3-compatible server on 127.0.0.1; yields its endpoint URL."""
+    port = free_port()
+    env = clean_env()
+    if require_auth:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # every request is authenticated from the start
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = (log_dir / f"moto-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with suppress(httpx.HTTPError):
+                httpx.get(endpoint, timeout=1)
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start on {endpoint}")
+            time.sleep(0.2)
+        yield endpoint
+    finally:
+        stop_process(process)
+        log.close()

@@ -1,0 +1,103 @@
+"""Data sources against real servers: S3 (moto's server on 127.0.0.1), and the data contract
+stopping a real release before anything is trained or registered."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from mlflow import MlflowClient
+
+from flows.release import release_flow
+from tasks.data import DataError, generate_transactions, load_source
+from tasks.quality import DataQualityError
+from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
+from tests.conftest import write_spec
+from tests.servers import moto_s3
+
+
+def with_source(spec: ModelSpec, source: str) -> ModelSpec:
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"source": source})})
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+def test_s3_prefix_with_date_partitions_is_read_whole(aws, s3_endpoint, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="card-data")
+    frame = generate_transactions(3000, seed=9, fraud_rate=0.03)
+    for day, part in (("2026-11-01", frame.head(1000)), ("2026-11-02", frame.tail(2000))):
+        buffer = io.BytesIO()
+        part.to_parquet(buffer, index=False)
+        s3.put_object(
+            Bucket="card-data", Key=f"tx/date={day}/part-0.parquet", Body=buffer.getvalue()
+        )
+    s3.put_object(Bucket="card-data", Key="tx/_SUCCESS", Body=b"")
+    loaded = load_source(with_source(load_spec(DEFAULT_SPEC), "s3://card-data/tx"))
+    assert len(loaded) == 3000
+    assert loaded.is_fraud.sum() == frame.is_fraud.sum()
+
+
+def test_missing_bucket_is_named(aws, s3_endpoint, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    with pytest.raises(DataError, match="S3 bucket 'no-such-bucket' does not exist"):
+        load_source(with_source(load_spec(DEFAULT_SPEC), "s3://no-such-bucket/tx"))
+
+
+def test_refused_credentials_are_named(aws, monkeypatch, tmp_path: Path) -> None:
+    with moto_s3(tmp_path, require_auth=True) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        with pytest.raises(DataError, match=r"S3 refused access to s3://card-data/tx \(\w+\)"):
+            load_source(with_source(load_spec(DEFAULT_SPEC), "s3://card-data/tx"))
+
+
+def test_bad_data_stops_the_release_before_training(
+    prefect_api: None, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
+    bad = generate_transactions(3000, seed=4, fraud_rate=0.03)
+    bad.loc[:9, "amount"] = float("inf")
+    bad.drop(columns=["card_present"]).to_parquet(tmp_path / "bad.parquet", index=False)
+    spec_path = write_spec(tmp_path, **{"data.source": str(tmp_path / "bad.parquet")})
+    with pytest.raises(DataQualityError) as failed:
+        release_flow(str(spec_path))
+    message = str(failed.value)
+    assert "`card_present`: column present" in message
+    assert "`amount`: finite, in [0, 50000], 10 row(s), e.g. inf" in message
+
+    settings = Settings()
+    client = MlflowClient(settings.tracking_uri)
+    assert client.search_registered_models() == []
+    experiment = client.get_experiment_by_name("fraud-detector")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("data-validation", "FAILED")]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def artifact() -> str:
+        async with get_client() as prefect:
+            found = await prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["data-validation-fraud-detector"])
+                )
+            )
+            return str(found[-1].data)
+
+    assert "Data validation FAILED" in asyncio.run(artifact())
