@@ -90,10 +90,15 @@ def run(spec: SpecOption = None) -> None:
 def train(spec: SpecOption = None) -> None:
     """Train a candidate and log it to MLflow (no registration)."""
     from flows.training import training_flow
+    from tasks.search import task_runner
 
     settings = Settings()
     try:
-        result = training_flow(load_spec(_spec_path(spec, settings)), settings)
+        model_spec = load_spec(_spec_path(spec, settings))
+        runner = task_runner(
+            settings.task_runner, model_spec.search.parallel, settings.dask_address
+        )
+        result = training_flow.with_options(task_runner=runner)(model_spec, settings)
     except ConveyorError as exc:
         _fail(exc)
         return

@@ -21,6 +21,7 @@ from tasks.data import DatasetRef
 from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
+from tasks.search import task_runner
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 from tasks.smoke import SmokeReport
 from tasks.triton import withdraw_task
@@ -70,7 +71,8 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
     settings = Settings()
     spec = load_spec(spec_path)
     ensure_approvable(spec)
-    train = training_flow(spec, settings)
+    runner = task_runner(settings.task_runner, spec.search.parallel, settings.dask_address)
+    train = training_flow.with_options(task_runner=runner)(spec, settings)
     validation = validation_flow(spec, settings, train)
     ref = registration_flow(spec, settings, train, validation)
     try:

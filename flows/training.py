@@ -1,4 +1,4 @@
-"""training_flow: source snapshot → data contract → split → fitted candidate logged to MLflow."""
+"""training_flow: source snapshot → data contract → split → parallel search → refit candidate."""
 
 from __future__ import annotations
 
@@ -6,13 +6,22 @@ from prefect import flow
 
 from tasks.data import snapshot_task, split_task
 from tasks.quality import validate_data_task
+from tasks.search import fail_candidate_task, open_candidate_task, run_search
 from tasks.settings import ModelSpec, Settings
 from tasks.training import TrainResult, train_candidate_task
 
 
 @flow(name="training")
 def training_flow(spec: ModelSpec, settings: Settings) -> TrainResult:
+    """Trials run on this flow's task runner: call `training_flow.with_options(task_runner=...)`
+    (see `tasks.search.task_runner`) to run them on threads or a Dask cluster."""
     data = snapshot_task(spec, settings)
     validate_data_task(settings, spec, data)
     parts = split_task(spec, settings, data)
-    return train_candidate_task(spec, settings, parts)
+    run = open_candidate_task(settings, spec)
+    try:
+        search = run_search(spec, settings, parts, run.run_id)
+        return train_candidate_task(spec, settings, parts, run, search)
+    except Exception:
+        fail_candidate_task(settings, run)
+        raise

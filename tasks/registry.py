@@ -109,23 +109,60 @@ def code_version() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def open_run(
+    settings: Settings, name: str, run_name: str, tags: dict[str, str], parent_run_id: str = ""
+) -> CandidateRun:
+    """A RUNNING run in the model's experiment (a child of `parent_run_id` when given)."""
+    mlflow_client = client(settings)
+    experiment_id = ensure_experiment(mlflow_client, settings, name)
+    if parent_run_id:
+        tags = tags | {"mlflow.parentRunId": parent_run_id}
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=tags)
+    return CandidateRun(run_id=run.info.run_id, model_uri="", experiment_id=experiment_id)
+
+
+def close_run(settings: Settings, run_id: str, status: str = "FAILED") -> None:
+    client(settings).set_terminated(run_id, status)
+
+
+def log_trial(
+    settings: Settings,
+    name: str,
+    parent_run_id: str,
+    number: int,
+    params: dict[str, object],
+    metrics: dict[str, float],
+) -> str:
+    run = open_run(
+        settings, name, f"trial-{number}", {"conveyor.trial": str(number)}, parent_run_id
+    )
+    mlflow_client = client(settings)
+    for key, value in params.items():
+        mlflow_client.log_param(run.run_id, key, value)
+    for key, metric in metrics.items():
+        mlflow_client.log_metric(run.run_id, key, metric)
+    mlflow_client.set_terminated(run.run_id, "FINISHED")
+    return run.run_id
+
+
 def log_candidate(
     settings: Settings,
     spec: ModelSpec,
+    run: CandidateRun,
     model: Pipeline,
+    params: dict[str, object],
     metrics: dict[str, float],
     example: np.ndarray,
     tags: dict[str, str],
     trusted_types: list[str],
 ) -> CandidateRun:
-    """One MLflow run with params, metrics, lineage tags and the model (signature + example)."""
-    mlflow_client = client(settings)
-    experiment_id = ensure_experiment(mlflow_client, settings, spec.name)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{spec.name}") as run:
+    """Complete the candidate's run: params, metrics, lineage tags, model with signature+example."""
+    client(settings)
+    with mlflow.start_run(run_id=run.run_id):
         mlflow.log_params(
             {
                 "estimator": spec.estimator.family,
-                **{f"estimator.{k}": v for k, v in spec.estimator.params.items()},
+                **{f"estimator.{k}": v for k, v in params.items()},
                 "data.source": spec.data.source,
                 "data.rows": spec.data.rows,
                 "data.seed": spec.data.seed,
@@ -144,9 +181,7 @@ def log_candidate(
             # Scores, not labels, are what callers of a fraud model act on.
             pyfunc_predict_fn="predict_proba",
         )
-        return CandidateRun(
-            run_id=run.info.run_id, model_uri=info.model_uri, experiment_id=experiment_id
-        )
+    return run.model_copy(update={"model_uri": info.model_uri})
 
 
 def log_data_validation(

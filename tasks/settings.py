@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     triton_http_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     triton_grpc_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     triton_metrics_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads", description="Where search trials run: threads, or a Dask cluster."
+    )
+    dask_address: str | None = Field(
+        default=None, description="An existing Dask scheduler; unset: a local cluster."
+    )
     triton_startup_timeout_s: float = Field(default=60.0, gt=0)
     triton_load_timeout_s: float = Field(default=120.0, gt=0)
 
@@ -156,6 +162,40 @@ class EstimatorSpec(BaseModel):
     params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
 
 
+class Dimension(BaseModel):
+    """One hyperparameter's range: ints or floats between low and high, or a set of choices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[int | float | str | bool | None] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Dimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical dimension needs `choices`")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"an {self.type} dimension needs low <= high")
+        return self
+
+
+class SearchSpec(BaseModel):
+    """Hyperparameter search: Optuna ask/tell, `parallel` trials at once, each a Prefect task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(default=8, ge=1)
+    parallel: int = Field(default=2, ge=1)
+    metric: Literal["roc_auc", "pr_auc"] = "pr_auc"
+    validation_fraction: float = Field(default=0.25, gt=0, lt=1)
+    seed: int = 0
+    space: dict[str, Dimension] = Field(default_factory=dict)
+
+
 class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -233,6 +273,7 @@ class ModelSpec(BaseModel):
     target: TargetSpec
     quality: QualitySpec = Field(default_factory=QualitySpec)
     estimator: EstimatorSpec
+    search: SearchSpec = Field(default_factory=SearchSpec)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)

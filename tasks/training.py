@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import numpy as np
 from prefect import get_run_logger, task
@@ -30,18 +31,20 @@ SKOPS_TRUSTED: dict[EstimatorFamily, list[str]] = {
 Params = dict[str, int | float | str | bool | None]
 
 
-def make_estimator(family: EstimatorFamily, params: Params, seed: int) -> ClassifierMixin:
+def make_estimator(
+    family: EstimatorFamily, params: Params, seed: int, n_jobs: int = -1
+) -> ClassifierMixin:
     if family == "random_forest":
-        return RandomForestClassifier(random_state=seed, n_jobs=-1, **params)  # type: ignore[arg-type]
+        return RandomForestClassifier(random_state=seed, n_jobs=n_jobs, **params)  # type: ignore[arg-type]
     if family == "hist_gradient_boosting":
         return HistGradientBoostingClassifier(random_state=seed, **params)  # type: ignore[arg-type]
     return LogisticRegression(random_state=seed, max_iter=2000, **params)  # type: ignore[arg-type]
 
 
-def build_pipeline(spec: ModelSpec, params: Params | None = None) -> Pipeline:
+def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = -1) -> Pipeline:
     """Categories arrive as their index; they are one-hot encoded inside the Pipeline (and so
     inside the ONNX graph), so clients send the same tensor whatever the estimator."""
-    params = spec.estimator.params if params is None else params
+    params = spec.estimator.params | (params or {})
     categorical = [i for i, f in enumerate(spec.features) if f.type is FeatureType.category]
     numeric = [i for i, f in enumerate(spec.features) if f.type is not FeatureType.category]
     categories = [
@@ -60,19 +63,36 @@ def build_pipeline(spec: ModelSpec, params: Params | None = None) -> Pipeline:
     return Pipeline(
         [
             ("features", ColumnTransformer(transformers)),
-            ("classifier", make_estimator(spec.estimator.family, params, spec.data.seed)),
+            ("classifier", make_estimator(spec.estimator.family, params, spec.data.seed, n_jobs)),
         ]
     )
 
 
-def fit(spec: ModelSpec, features: np.ndarray, target: np.ndarray) -> Pipeline:
+def fit(
+    spec: ModelSpec, features: np.ndarray, target: np.ndarray, params: Params | None = None
+) -> Pipeline:
     classes = sorted(set(np.unique(target).tolist()))
     if len(classes) < 2:
         raise DataError(
             f"the training target {spec.target.name!r} has only class {classes}; a classifier "
             "needs examples of every class in the spec"
         )
-    return build_pipeline(spec).fit(features, target)
+    return build_pipeline(spec, params).fit(features, target)
+
+
+class TrialSummary(BaseModel):
+    number: int
+    params: Params
+    score: float
+    run_id: str
+    started_at: datetime
+    finished_at: datetime
+
+
+class SearchSummary(BaseModel):
+    metric: str
+    best: TrialSummary
+    trials: list[TrialSummary]
 
 
 class TrainResult(BaseModel):
@@ -84,6 +104,7 @@ class TrainResult(BaseModel):
     train: DatasetRef
     holdout: DatasetRef
     lineage: dict[str, str]
+    search: SearchSummary
 
     @property
     def run_id(self) -> str:
@@ -95,11 +116,18 @@ def spec_fingerprint(spec: ModelSpec) -> str:
 
 
 def train_candidate(
-    spec: ModelSpec, settings: Settings, data: SplitResult, flow_run_id: str
+    spec: ModelSpec,
+    settings: Settings,
+    data: SplitResult,
+    run: registry.CandidateRun,
+    search: SearchSummary,
+    flow_run_id: str,
 ) -> TrainResult:
-    """Fit the spec's Pipeline, score it on the holdout, and log it to MLflow."""
+    """Refit with the chosen parameters on the whole training split, score it on the holdout,
+    and complete its MLflow run."""
     train = load_dataset(data.train.uri)
-    model = fit(spec, to_features(train, spec), to_target(train, spec))
+    params = search.best.params
+    model = fit(spec, to_features(train, spec), to_target(train, spec), params)
     holdout = load_dataset(data.holdout.uri)
     features = to_features(holdout, spec)
     metrics = compute_metrics(
@@ -116,8 +144,10 @@ def train_candidate(
     candidate = registry.log_candidate(
         settings,
         spec,
+        run,
         model,
-        metrics.model_dump(),
+        spec.estimator.params | params,
+        metrics.model_dump() | {f"search_best_{search.metric}": search.best.score},
         features[:100],
         tags=lineage,
         trusted_types=SKOPS_TRUSTED[spec.estimator.family],
@@ -129,13 +159,21 @@ def train_candidate(
         train=data.train,
         holdout=data.holdout,
         lineage=lineage,
+        search=search,
     )
 
 
 @task(name="train-candidate")
-def train_candidate_task(spec: ModelSpec, settings: Settings, data: SplitResult) -> TrainResult:
+def train_candidate_task(
+    spec: ModelSpec,
+    settings: Settings,
+    data: SplitResult,
+    run: registry.CandidateRun,
+    search: SearchSummary,
+) -> TrainResult:
     logger = get_run_logger()
-    result = train_candidate(spec, settings, data, str(flow_run.root_flow_run_id or flow_run.id))
+    root = str(flow_run.root_flow_run_id or flow_run.id)
+    result = train_candidate(spec, settings, data, run, search, root)
     logger.info(
         "trained %s on %d rows (data %s…): ROC AUC %.4f, PR AUC %.4f, F1 %.4f; MLflow run %s",
         spec.estimator.family,

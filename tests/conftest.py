@@ -56,6 +56,11 @@ def write_spec(directory: Path, **overrides: object) -> Path:
     raw["estimator"]["params"]["n_estimators"] = 30
     raw["smoke"]["rows"] = 600
     raw["smoke"]["latency_requests"] = 100
+    raw["search"] = {
+        "trials": 2,
+        "parallel": 2,
+        "space": {"max_depth": {"type": "int", "low": 6, "high": 12}},
+    }
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
         raw[section][key] = value

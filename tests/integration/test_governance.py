@@ -30,6 +30,7 @@ from tests.conftest import write_spec
 
 WEAK = {
     "estimator.params": {"n_estimators": 2, "max_depth": 2},
+    "search.space": {},
     "thresholds.roc_auc": 0.5,
     "thresholds.pr_auc": 0.02,
 }

@@ -1,0 +1,138 @@
+"""Hyperparameter search: Optuna ask/tell, each trial a Prefect task and a nested MLflow run."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import optuna
+from prefect import get_run_logger, task
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from tasks import registry
+from tasks.data import SplitResult, load_dataset, split, to_features, to_target
+from tasks.evaluation import METRICS
+from tasks.settings import Dimension, ModelSpec, Settings
+from tasks.training import Params, SearchSummary, TrialSummary, build_pipeline
+
+RunnerKind = Literal["threads", "dask"]
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Dimension]) -> Params:
+    params: Params = {}
+    for name, dim in space.items():
+        if dim.type == "categorical":
+            params[name] = trial.suggest_categorical(name, dim.choices or [])  # type: ignore[arg-type]
+        elif dim.type == "int":
+            params[name] = trial.suggest_int(
+                name, int(dim.low or 0), int(dim.high or 0), log=dim.log
+            )
+        else:
+            params[name] = trial.suggest_float(
+                name, float(dim.low or 0), float(dim.high or 0), log=dim.log
+            )
+    return params
+
+
+def run_trial(
+    spec: ModelSpec,
+    settings: Settings,
+    data: SplitResult,
+    parent_run_id: str,
+    number: int,
+    params: Params,
+    n_jobs: int,
+) -> TrialSummary:
+    """Fit on part of the training split and score on the rest: the holdout stays untouched,
+    since it judges the final model and the champion comparison."""
+    started = datetime.now(UTC)
+    frame = load_dataset(data.train.uri)
+    fit_part, check_part = split(
+        frame, spec.target.name, spec.search.validation_fraction, spec.search.seed
+    )
+    model = build_pipeline(spec, params, n_jobs=n_jobs).fit(
+        to_features(fit_part, spec), to_target(fit_part, spec)
+    )
+    scores = model.predict_proba(to_features(check_part, spec))[:, 1]
+    score = float(METRICS[spec.search.metric](to_target(check_part, spec), scores))
+    run_id = registry.log_trial(
+        settings, spec.name, parent_run_id, number, dict(params), {spec.search.metric: score}
+    )
+    return TrialSummary(
+        number=number,
+        params=params,
+        score=score,
+        run_id=run_id,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+    )
+
+
+@task(name="trial")
+def trial_task(
+    spec: ModelSpec,
+    settings: Settings,
+    data: SplitResult,
+    parent_run_id: str,
+    number: int,
+    params: Params,
+    n_jobs: int,
+) -> TrialSummary:
+    result = run_trial(spec, settings, data, parent_run_id, number, params, n_jobs)
+    get_run_logger().info(
+        "trial %d: %s = %.4f with %s", number, spec.search.metric, result.score, params
+    )
+    return result
+
+
+def run_search(
+    spec: ModelSpec, settings: Settings, data: SplitResult, parent_run_id: str
+) -> SearchSummary:
+    """Ask `parallel` configurations at a time, run them as concurrent tasks on the calling
+    flow's task runner, tell Optuna the scores. With an empty space: one trial of the fixed
+    parameters, so every candidate has a scored trial."""
+    search = spec.search
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=search.seed)
+    )
+    total = search.trials if search.space else 1
+    # Cores shared between concurrent trials: each fit gets its slice, not all of them.
+    n_jobs = max(1, (os.cpu_count() or 1) // search.parallel)
+    results: list[TrialSummary] = []
+    while len(results) < total:
+        batch = [study.ask() for _ in range(min(search.parallel, total - len(results)))]
+        futures = [
+            trial_task.submit(
+                spec, settings, data, parent_run_id, t.number, suggest(t, search.space), n_jobs
+            )
+            for t in batch
+        ]
+        for trial, future in zip(batch, futures, strict=True):
+            result = future.result()
+            study.tell(trial, result.score)
+            results.append(result)
+    best = max(results, key=lambda r: r.score)
+    return SearchSummary(metric=search.metric, best=best, trials=results)
+
+
+def task_runner(kind: RunnerKind, workers: int, dask_address: str | None = None) -> TaskRunner[Any]:
+    """Threads by default; Dask (a local cluster, or an existing one at `dask_address`) to scale
+    the trials out across processes or machines."""
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
+
+
+@task(name="open-candidate-run")
+def open_candidate_task(settings: Settings, spec: ModelSpec) -> registry.CandidateRun:
+    return registry.open_run(settings, spec.name, f"train-{spec.name}", {})
+
+
+@task(name="fail-candidate-run")
+def fail_candidate_task(settings: Settings, run: registry.CandidateRun) -> None:
+    registry.close_run(settings, run.run_id, "FAILED")
