@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pydantic import BaseModel
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
-from tasks.settings import ConveyorError, Thresholds, ValidationSpec
+from tasks.settings import ConveyorError, EvaluationSpec, Thresholds, ValidationSpec
 
 
 class GateError(ConveyorError):
@@ -14,22 +24,68 @@ class GateError(ConveyorError):
 
 
 class ModelMetrics(BaseModel):
+    """Holdout metrics. Threshold-free (ROC AUC, PR AUC, Brier) and at the operating threshold."""
+
     roc_auc: float
     pr_auc: float
+    brier: float
+    threshold: float
+    precision: float
+    recall: float
     f1: float
     positive_rate: float
     rows: int
 
 
-def compute_metrics(target: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> ModelMetrics:
-    """`labels` are the model's own decisions (what Triton's `label` output returns)."""
+def operating_threshold(target: np.ndarray, scores: np.ndarray, spec: EvaluationSpec) -> float:
+    """The score above which a transaction is flagged: best F1, or the lowest threshold that
+    reaches the target precision (the most fraud caught at that precision)."""
+    precision, recall, thresholds = precision_recall_curve(target, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    if spec.operating_point == "best_f1":
+        f1 = np.divide(2 * precision * recall, precision + recall, where=(precision + recall) > 0)
+        return float(thresholds[int(np.argmax(f1))])
+    reaching = np.flatnonzero(precision >= spec.target_precision)
+    if reaching.size == 0:
+        raise GateError(
+            f"no threshold reaches precision {spec.target_precision} on the holdout "
+            f"(best {precision.max():.3f}); lower evaluation.target_precision or improve the model"
+        )
+    return float(thresholds[reaching[0]])
+
+
+def compute_metrics(target: np.ndarray, scores: np.ndarray, threshold: float) -> ModelMetrics:
+    flagged = scores >= threshold
     return ModelMetrics(
         roc_auc=float(roc_auc_score(target, scores)),
         pr_auc=float(average_precision_score(target, scores)),
-        f1=float(f1_score(target, labels, zero_division=0)),
+        brier=float(brier_score_loss(target, scores)),
+        threshold=threshold,
+        precision=float(precision_score(target, flagged, zero_division=0)),
+        recall=float(recall_score(target, flagged, zero_division=0)),
+        f1=float(f1_score(target, flagged, zero_division=0)),
         positive_rate=float(np.mean(target)),
         rows=len(target),
     )
+
+
+def figures(target: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """ROC, precision-recall, confusion matrix at the threshold, and calibration plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    plots = {
+        "roc.png": RocCurveDisplay.from_predictions(target, scores),
+        "precision_recall.png": PrecisionRecallDisplay.from_predictions(target, scores),
+        "confusion_matrix.png": ConfusionMatrixDisplay.from_predictions(
+            target, (scores >= threshold).astype(int)
+        ),
+        "calibration.png": CalibrationDisplay.from_predictions(target, scores, n_bins=10),
+    }
+    return {name: display.figure_ for name, display in plots.items()}
 
 
 def threshold_failures(metrics: ModelMetrics, thresholds: Thresholds) -> list[str]:
@@ -116,6 +172,33 @@ class ValidationReport(BaseModel):
 METRICS = {"roc_auc": roc_auc_score, "pr_auc": average_precision_score}
 
 
+CHUNK = 100  # resamples scored at once: bounds memory to CHUNK x rows weights
+
+
+def weighted_metric(
+    metric: str, target: np.ndarray, scores: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """`metric` under each row of `weights` (sample counts), computed as sklearn does with
+    `sample_weight`: tied scores form one threshold; ROC AUC by trapezoids, average precision as
+    the sum of precision times recall increments. One sort serves every resample."""
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, positive = scores[order], target[order] == 1
+    w = weights[:, order]
+    tp = np.cumsum(w * positive, axis=1)
+    fp = np.cumsum(w * ~positive, axis=1)
+    ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+    tp, fp = tp[:, ends], fp[:, ends]
+    zero = np.zeros((len(w), 1))
+    recall = np.hstack([zero, tp / tp[:, -1:]])
+    if metric == "roc_auc":
+        fpr = np.hstack([zero, fp / fp[:, -1:]])
+        return np.sum(np.diff(fpr, axis=1) * (recall[:, 1:] + recall[:, :-1]) / 2, axis=1)
+    flagged = tp + fp
+    # No weight above a threshold: precision 0 as in sklearn (its recall increment is 0 anyway).
+    precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
+    return np.sum(np.diff(recall, axis=1) * precision, axis=1)
+
+
 def paired_bootstrap(
     target: np.ndarray,
     challenger: np.ndarray,
@@ -129,22 +212,23 @@ def paired_bootstrap(
 
     Both models are scored on the same resampled rows (paired). Resampling is stratified by class:
     with a rare positive class an unstratified resample can hold too few positives for the metric.
+    A resample is a vector of counts (multinomial within each class), i.e. sample weights.
     """
-    score = METRICS[metric]
     rng = np.random.default_rng(seed)
     positives, negatives = np.flatnonzero(target == 1), np.flatnonzero(target != 1)
-    differences = np.empty(resamples)
-    for i in range(resamples):
-        rows = np.concatenate(
-            [
-                rng.choice(positives, len(positives), replace=True),
-                rng.choice(negatives, len(negatives), replace=True),
-            ]
+    differences = []
+    for start in range(0, resamples, CHUNK):
+        size = min(CHUNK, resamples - start)
+        weights = np.zeros((size, len(target)))
+        for rows in (positives, negatives):
+            weights[:, rows] = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size)
+        differences.append(
+            weighted_metric(metric, target, challenger, weights)
+            - weighted_metric(metric, target, champion, weights)
         )
-        y = target[rows]
-        differences[i] = score(y, challenger[rows]) - score(y, champion[rows])
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(differences, [tail, 100 - tail])
+    low, high = np.percentile(np.concatenate(differences), [tail, 100 - tail])
+    score = METRICS[metric]
     point = score(target, challenger) - score(target, champion)
     return float(point), float(low), float(high)
 

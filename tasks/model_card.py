@@ -59,9 +59,13 @@ def render(
             f"- Features, in served order: {features}",
             "",
             "## Holdout metrics",
-            "| ROC AUC | PR AUC | F1 | positive rate |",
-            "|---|---|---|---|",
-            f"| {m.roc_auc:.4f} | {m.pr_auc:.4f} | {m.f1:.4f} | {m.positive_rate:.4f} |",
+            "| ROC AUC | PR AUC | Brier | threshold | precision | recall | F1 | positive rate |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {m.roc_auc:.4f} | {m.pr_auc:.4f} | {m.brier:.4f} | {m.threshold:.4f} | "
+            f"{m.precision:.4f} | {m.recall:.4f} | {m.f1:.4f} | {m.positive_rate:.4f} |",
+            "",
+            f"Operating point: {spec.evaluation.operating_point}. Triton's `label` output is the "
+            f"argmax (0.5); flag a transaction when `probabilities[:, 1] >= {m.threshold:.4f}`.",
             "",
             "## Serving",
             f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "

@@ -8,12 +8,14 @@ import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import mlflow
 import mlflow.artifacts
+import mlflow.data
 import mlflow.sklearn
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -37,6 +39,7 @@ TAG_ONNX = "conveyor.onnx_sha256"
 TAG_RELEASE = "conveyor.release"
 TAG_HOLDOUT_URI = "conveyor.holdout_uri"
 TAG_SPEC = "conveyor.spec_sha256"
+TAG_THRESHOLD = "conveyor.operating_threshold"
 ONNX_ARTIFACT = "onnx/model.onnx"
 HISTORY_PREFIX = "conveyor.history."
 
@@ -121,6 +124,10 @@ def open_run(
     return CandidateRun(run_id=run.info.run_id, model_uri="", experiment_id=experiment_id)
 
 
+def run_link(settings: Settings, run: CandidateRun) -> str:
+    return f"{settings.mlflow_ui_url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+
 def close_run(settings: Settings, run_id: str, status: str = "FAILED") -> None:
     client(settings).set_terminated(run_id, status)
 
@@ -155,6 +162,8 @@ def log_candidate(
     example: np.ndarray,
     tags: dict[str, str],
     trusted_types: list[str],
+    figures: dict[str, Any],
+    inputs: dict[str, tuple[pd.DataFrame, DataRef]],
 ) -> CandidateRun:
     """Complete the candidate's run: params, metrics, lineage tags, model with signature+example."""
     client(settings)
@@ -172,6 +181,13 @@ def log_candidate(
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
         mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
+        for context, (frame, ref) in inputs.items():
+            dataset = mlflow.data.from_pandas(
+                frame, source=ref.uri, targets=spec.target.name, name=context, digest=ref.sha256
+            )
+            mlflow.log_input(dataset, context=context)
+        for filename, figure in figures.items():
+            mlflow.log_figure(figure, f"evaluation/{filename}")
         info = mlflow.sklearn.log_model(
             model,
             name="model",

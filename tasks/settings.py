@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default: SQLite under home."
     )
+    mlflow_ui_url: str = Field(
+        default="http://127.0.0.1:5000", description="Where the MLflow UI is, for links."
+    )
     model_repository: str | None = Field(
         default=None, description="Triton model repository; default: home/model_repository."
     )
@@ -196,6 +199,15 @@ class SearchSpec(BaseModel):
     space: dict[str, Dimension] = Field(default_factory=dict)
 
 
+class EvaluationSpec(BaseModel):
+    """How the operating threshold on the fraud score is chosen (on the holdout)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operating_point: Literal["best_f1", "target_precision"] = "best_f1"
+    target_precision: float = Field(default=0.9, gt=0, le=1)
+
+
 class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -274,6 +286,7 @@ class ModelSpec(BaseModel):
     quality: QualitySpec = Field(default_factory=QualitySpec)
     estimator: EstimatorSpec
     search: SearchSpec = Field(default_factory=SearchSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)

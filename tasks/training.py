@@ -7,6 +7,7 @@ from datetime import datetime
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 from sklearn.base import ClassifierMixin
@@ -18,7 +19,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tasks import registry
 from tasks.data import DataError, DatasetRef, SplitResult, load_dataset, to_features, to_target
-from tasks.evaluation import ModelMetrics, compute_metrics
+from tasks.evaluation import ModelMetrics, compute_metrics, figures, operating_threshold
 from tasks.settings import EstimatorFamily, FeatureType, ModelSpec, Settings
 
 # Types skops must be told to trust when MLflow saves each family (pickle stays out).
@@ -129,10 +130,10 @@ def train_candidate(
     params = search.best.params
     model = fit(spec, to_features(train, spec), to_target(train, spec), params)
     holdout = load_dataset(data.holdout.uri)
-    features = to_features(holdout, spec)
-    metrics = compute_metrics(
-        to_target(holdout, spec), model.predict(features), model.predict_proba(features)[:, 1]
-    )
+    features, target = to_features(holdout, spec), to_target(holdout, spec)
+    scores = model.predict_proba(features)[:, 1]
+    threshold = operating_threshold(target, scores, spec.evaluation)
+    metrics = compute_metrics(target, scores, threshold)
     lineage = {
         registry.TAG_DATA: data.train.sha256,
         registry.TAG_HOLDOUT: data.holdout.sha256,
@@ -140,6 +141,7 @@ def train_candidate(
         registry.TAG_CODE: registry.code_version(),
         registry.TAG_FLOW_RUN: flow_run_id,
         registry.TAG_SPEC: spec_fingerprint(spec),
+        registry.TAG_THRESHOLD: f"{threshold:.6f}",
     }
     candidate = registry.log_candidate(
         settings,
@@ -151,6 +153,8 @@ def train_candidate(
         features[:100],
         tags=lineage,
         trusted_types=SKOPS_TRUSTED[spec.estimator.family],
+        figures=figures(target, scores, threshold),
+        inputs={"training": (train, data.train), "holdout": (holdout, data.holdout)},
     )
     return TrainResult(
         model=spec.name,
@@ -174,6 +178,13 @@ def train_candidate_task(
     logger = get_run_logger()
     root = str(flow_run.root_flow_run_id or flow_run.id)
     result = train_candidate(spec, settings, data, run, search, root)
+    m = result.metrics
+    create_table_artifact(
+        key=f"evaluation-{spec.name}",
+        table=[{"metric": k, "value": round(v, 6)} for k, v in m.model_dump().items()],
+        description=f"Holdout metrics of MLflow run [{result.run_id}]"
+        f"({registry.run_link(settings, result.candidate)})",
+    )
     logger.info(
         "trained %s on %d rows (data %s…): ROC AUC %.4f, PR AUC %.4f, F1 %.4f; MLflow run %s",
         spec.estimator.family,

@@ -3,19 +3,33 @@ import pytest
 
 from tasks.data import DataError
 from tasks.evaluation import (
+    METRICS,
     GateError,
     ModelMetrics,
     ValidationReport,
     compare,
     compute_metrics,
+    figures,
+    operating_threshold,
     paired_bootstrap,
     require_valid,
     threshold_failures,
+    weighted_metric,
 )
-from tasks.settings import DEFAULT_SPEC, Thresholds, ValidationSpec, load_spec
+from tasks.settings import DEFAULT_SPEC, EvaluationSpec, Thresholds, ValidationSpec, load_spec
 from tasks.training import fit
 
-METRICS = ModelMetrics(roc_auc=0.80, pr_auc=0.5, f1=0.4, positive_rate=0.02, rows=100)
+SAMPLE = ModelMetrics(
+    roc_auc=0.80,
+    pr_auc=0.5,
+    brier=0.02,
+    threshold=0.5,
+    precision=0.5,
+    recall=0.3,
+    f1=0.4,
+    positive_rate=0.02,
+    rows=100,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +44,66 @@ def scores() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_metrics_of_a_perfect_and_a_useless_scorer() -> None:
     target = np.array([0, 0, 0, 1, 1])
-    perfect = compute_metrics(target, target, np.array([0.1, 0.2, 0.3, 0.8, 0.9]))
+    perfect = compute_metrics(target, np.array([0.1, 0.2, 0.3, 0.8, 0.9]), threshold=0.5)
     assert (perfect.roc_auc, perfect.pr_auc, perfect.f1) == (1.0, 1.0, 1.0)
-    useless = compute_metrics(target, np.zeros(5, dtype=int), np.full(5, 0.5))
+    assert perfect.brier == pytest.approx((0.01 + 0.04 + 0.09 + 0.04 + 0.01) / 5)
+    useless = compute_metrics(target, np.full(5, 0.5), threshold=0.9)
     assert useless.roc_auc == 0.5
-    assert useless.f1 == 0.0
+    assert (useless.precision, useless.recall, useless.f1) == (0.0, 0.0, 0.0)
     assert useless.positive_rate == pytest.approx(0.4)
 
 
+def test_operating_threshold_best_f1_and_target_precision(scores) -> None:
+    target, good, _ = scores
+    best = operating_threshold(target, good, EvaluationSpec(operating_point="best_f1"))
+    at_best = compute_metrics(target, good, best)
+    for other in (best - 0.05, best + 0.05):
+        assert compute_metrics(target, good, other).f1 <= at_best.f1
+    strict = operating_threshold(
+        target, good, EvaluationSpec(operating_point="target_precision", target_precision=0.95)
+    )
+    assert compute_metrics(target, good, strict).precision >= 0.95
+    assert strict >= best
+
+
+def test_unreachable_precision_is_a_clear_error(scores) -> None:
+    target, _, _ = scores
+    constant = np.full(len(target), 0.5)  # precision is the base rate at every threshold
+    with pytest.raises(GateError, match=r"no threshold reaches precision 0\.5 .*best 0\.0"):
+        operating_threshold(
+            target,
+            constant,
+            EvaluationSpec(operating_point="target_precision", target_precision=0.5),
+        )
+
+
+def test_evaluation_figures_are_the_four_plots(scores) -> None:
+    target, good, _ = scores
+    plots = figures(target, good, 0.5)
+    assert sorted(plots) == [
+        "calibration.png",
+        "confusion_matrix.png",
+        "precision_recall.png",
+        "roc.png",
+    ]
+
+
 def test_threshold_failures_name_each_missed_metric() -> None:
-    assert threshold_failures(METRICS, Thresholds(roc_auc=0.8, pr_auc=0.5)) == []
-    assert threshold_failures(METRICS, Thresholds(roc_auc=0.9, pr_auc=0.6)) == [
+    assert threshold_failures(SAMPLE, Thresholds(roc_auc=0.8, pr_auc=0.5)) == []
+    assert threshold_failures(SAMPLE, Thresholds(roc_auc=0.9, pr_auc=0.6)) == [
         "roc_auc 0.8000 < 0.9000",
         "pr_auc 0.5000 < 0.6000",
     ]
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "pr_auc"])
+def test_weighted_metric_matches_sklearn_with_sample_weights(scores, metric: str) -> None:
+    target, good, _ = scores
+    rounded = np.round(good, 2)  # ties, which both must treat as one threshold
+    weights = np.random.default_rng(3).integers(0, 4, size=(3, len(target))).astype(float)
+    ours = weighted_metric(metric, target, rounded, weights)
+    sklearn = [METRICS[metric](target, rounded, sample_weight=w) for w in weights]
+    np.testing.assert_allclose(ours, sklearn, rtol=1e-12)
 
 
 def test_paired_bootstrap_is_seeded_and_brackets_the_difference(scores) -> None:
@@ -81,7 +141,7 @@ def test_rejected_report_raises_with_its_numbers(scores) -> None:
     target, good, worse = scores
     comparison = compare(target, worse, good, 7, ValidationSpec())
     report = ValidationReport(
-        metrics=METRICS, thresholds=Thresholds(), threshold_failures=[], comparison=comparison
+        metrics=SAMPLE, thresholds=Thresholds(), threshold_failures=[], comparison=comparison
     )
     assert report.verdict == "rejected: not non-inferior to the champion"
     assert report.tags()["conveyor.validation.champion_version"] == "7"
@@ -91,7 +151,7 @@ def test_rejected_report_raises_with_its_numbers(scores) -> None:
 
 def test_no_champion_means_thresholds_decide() -> None:
     report = ValidationReport(
-        metrics=METRICS,
+        metrics=SAMPLE,
         thresholds=Thresholds(roc_auc=0.9),
         threshold_failures=["x"],
         comparison=None,
@@ -99,7 +159,7 @@ def test_no_champion_means_thresholds_decide() -> None:
     assert not report.passed
     require_valid(
         ValidationReport(
-            metrics=METRICS, thresholds=Thresholds(), threshold_failures=[], comparison=None
+            metrics=SAMPLE, thresholds=Thresholds(), threshold_failures=[], comparison=None
         )
     )
 
