@@ -3,11 +3,15 @@ workers. Concurrency is shown by overlapping trial intervals, not by durations."
 
 from __future__ import annotations
 
+import asyncio
 from itertools import combinations
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.training import training_flow
 from tasks.search import task_runner
@@ -56,6 +60,37 @@ def test_threads_run_trials_concurrently_as_nested_runs(prefect_api, tmp_path, m
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["estimator.max_depth"] == str(result.search.best.params["max_depth"])
+
+    # Lineage: both datasets logged as inputs under their content digest and source.
+    inputs = {d.dataset.name: d.dataset for d in parent.inputs.dataset_inputs}
+    assert inputs["training"].digest == result.train.sha256
+    assert (
+        inputs["training"].source == f'{{"uri": "{result.train.uri}"}}'
+        or result.train.uri in inputs["training"].source
+    )
+    assert inputs["holdout"].digest == result.holdout.sha256
+    plots = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert plots == {
+        f"evaluation/{name}.png"
+        for name in ("roc", "precision_recall", "confusion_matrix", "calibration")
+    }
+    assert 0 < result.metrics.threshold < 1
+    assert result.metrics.brier < 0.05
+
+    async def evaluation_artifact() -> tuple[str, str]:
+        async with get_client() as prefect:
+            [artifact] = await prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["evaluation-fraud-detector"])
+                ),
+                limit=1,
+                sort=ArtifactSort.CREATED_DESC,
+            )
+            return str(artifact.data), str(artifact.description)
+
+    table, description = asyncio.run(evaluation_artifact())
+    assert '"metric": "pr_auc"' in table
+    assert result.run_id in description
 
 
 def test_dask_cluster_of_two_workers_runs_the_search(prefect_api, tmp_path, monkeypatch) -> None:
