@@ -182,10 +182,15 @@ def log_candidate(
         mlflow.set_tags(tags)
         mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
         for context, (frame, ref) in inputs.items():
+            # MLflow caps a dataset digest at 36 characters; the full sha256 rides as a tag.
             dataset = mlflow.data.from_pandas(
-                frame, source=ref.uri, targets=spec.target.name, name=context, digest=ref.sha256
+                frame,
+                source=ref.uri,
+                targets=spec.target.name,
+                name=context,
+                digest=ref.sha256[:36],
             )
-            mlflow.log_input(dataset, context=context)
+            mlflow.log_input(dataset, context=context, tags={"sha256": ref.sha256})
         for filename, figure in figures.items():
             mlflow.log_figure(figure, f"evaluation/{filename}")
         info = mlflow.sklearn.log_model(

@@ -62,13 +62,11 @@ def test_threads_run_trials_concurrently_as_nested_runs(prefect_api, tmp_path, m
     assert parent.data.params["estimator.max_depth"] == str(result.search.best.params["max_depth"])
 
     # Lineage: both datasets logged as inputs under their content digest and source.
-    inputs = {d.dataset.name: d.dataset for d in parent.inputs.dataset_inputs}
-    assert inputs["training"].digest == result.train.sha256
-    assert (
-        inputs["training"].source == f'{{"uri": "{result.train.uri}"}}'
-        or result.train.uri in inputs["training"].source
-    )
-    assert inputs["holdout"].digest == result.holdout.sha256
+    inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
+    for context, ref in (("training", result.train), ("holdout", result.holdout)):
+        assert inputs[context].dataset.digest == ref.sha256[:36]
+        assert {t.key: t.value for t in inputs[context].tags}["sha256"] == ref.sha256
+        assert ref.uri in inputs[context].dataset.source
     plots = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
     assert plots == {
         f"evaluation/{name}.png"
