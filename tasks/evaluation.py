@@ -88,6 +88,14 @@ def figures(target: np.ndarray, scores: np.ndarray, threshold: float) -> dict[st
     return {name: display.figure_ for name, display in plots.items()}
 
 
+def close_figures(plots: dict[str, Any]) -> None:
+    """pyplot keeps every figure alive until closed: a long-lived worker would grow."""
+    import matplotlib.pyplot as plt
+
+    for figure in plots.values():
+        plt.close(figure)
+
+
 def threshold_failures(metrics: ModelMetrics, thresholds: Thresholds) -> list[str]:
     failures = []
     for name, minimum in thresholds.model_dump().items():

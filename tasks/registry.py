@@ -6,6 +6,7 @@ import getpass
 import os
 import subprocess
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
@@ -144,10 +146,12 @@ def log_trial(
         settings, name, f"trial-{number}", {"conveyor.trial": str(number)}, parent_run_id
     )
     mlflow_client = client(settings)
-    for key, value in params.items():
-        mlflow_client.log_param(run.run_id, key, value)
-    for key, metric in metrics.items():
-        mlflow_client.log_metric(run.run_id, key, metric)
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(
+        run.run_id,
+        metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in params.items()],
+    )
     mlflow_client.set_terminated(run.run_id, "FINISHED")
     return run.run_id
 

@@ -19,7 +19,13 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tasks import registry
 from tasks.data import DataError, DatasetRef, SplitResult, load_dataset, to_features, to_target
-from tasks.evaluation import ModelMetrics, compute_metrics, figures, operating_threshold
+from tasks.evaluation import (
+    ModelMetrics,
+    close_figures,
+    compute_metrics,
+    figures,
+    operating_threshold,
+)
 from tasks.settings import EstimatorFamily, FeatureType, ModelSpec, Settings
 
 # Types skops must be told to trust when MLflow saves each family (pickle stays out).
@@ -143,6 +149,7 @@ def train_candidate(
         registry.TAG_SPEC: spec_fingerprint(spec),
         registry.TAG_THRESHOLD: f"{threshold:.6f}",
     }
+    plots = figures(target, scores, threshold)
     candidate = registry.log_candidate(
         settings,
         spec,
@@ -153,9 +160,10 @@ def train_candidate(
         features[:100],
         tags=lineage,
         trusted_types=SKOPS_TRUSTED[spec.estimator.family],
-        figures=figures(target, scores, threshold),
+        figures=plots,
         inputs={"training": (train, data.train), "holdout": (holdout, data.holdout)},
     )
+    close_figures(plots)
     return TrainResult(
         model=spec.name,
         candidate=candidate,

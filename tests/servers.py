@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -45,65 +45,62 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
+def serving(
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    up: Callable[[], bool],
+    timeout_s: float,
+) -> Iterator[None]:
+    """Run `command` in its own session until the block ends; wait for `up()` first."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not up():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{command[0]} did not come up: {log_path.read_text()[-2000:]}"
+                    )
+                time.sleep(0.3)
+            yield
+        finally:
+            stop_process(process)
+
+
+def _answers(url: str, status: int | None = None) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            response = httpx.get(url, timeout=2)
+        except httpx.HTTPError:
+            return False
+        return status is None or response.status_code == status
+
+    return check
+
+
+@contextmanager
 def prefect_server(home: Path, timeout_s: float = 90.0) -> Iterator[str]:
     """`prefect server start` in its own PREFECT_HOME; yields the API URL."""
     port = free_port()
-    home.mkdir(parents=True, exist_ok=True)
-    log = (home / "server.log").open("wb")
-    process = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=clean_env(PREFECT_HOME=str(home)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}"
-                )
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not healthy after {timeout_s} s")
-            time.sleep(0.5)
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    env = clean_env(PREFECT_HOME=str(home))
+    with serving(command, env, home / "server.log", _answers(f"{api}/health", 200), timeout_s):
         yield api
-    finally:
-        stop_process(process)
-        log.close()
 
 
 @contextmanager
 def moto_s3(log_dir: Path, require_auth: bool = False, timeout_s: float = 30.0) -> Iterator[str]:
     """moto's S3-compatible server on 127.0.0.1; yields its endpoint URL."""
     port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
     env = clean_env()
     if require_auth:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # every request is authenticated from the start
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = (log_dir / f"moto-{port}.log").open("wb")
-    process = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with suppress(httpx.HTTPError):
-                httpx.get(endpoint, timeout=1)
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on {endpoint}")
-            time.sleep(0.2)
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with serving(command, env, log_dir / f"moto-{port}.log", _answers(endpoint), timeout_s):
         yield endpoint
-    finally:
-        stop_process(process)
-        log.close()
