@@ -167,3 +167,26 @@ def test_approval_without_a_server_fails_before_any_work(tmp_path: Path) -> None
     assert result.returncode == 2, output
     assert "requires approval, which needs a Prefect server" in output
     assert not (tmp_path / "state" / "mlflow.db").exists()
+
+
+def test_decisions_were_emitted_as_events(gate: Gate) -> None:
+    """Runs after the three decisions above (pytest keeps file order)."""
+    body = {
+        "filter": {
+            "event": {"name": ["conveyor.model.approved", "conveyor.model.rejected"]},
+            "resource": {"id": ["conveyor.model.fraud-detector"]},
+        },
+        "limit": 50,
+    }
+    deadline = time.monotonic() + 30  # the server persists events asynchronously
+    while True:
+        page = httpx.post(f"{gate.api}/events/filter", json=body, timeout=10).json()
+        seen = sorted((e["event"], e["payload"]["approver"]) for e in page["events"])
+        if len(seen) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert seen == [
+        ("conveyor.model.approved", "alice@bank"),
+        ("conveyor.model.rejected", "(nobody)"),
+        ("conveyor.model.rejected", "bob"),
+    ]
