@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -271,7 +270,3 @@ def triton_status() -> None:
         f"metrics {state.metrics_url}, repository {state.repository}; "
         f"loaded: {', '.join(loaded) or 'nothing'}"
     )
-
-
-def main() -> None:
-    sys.exit(app())
