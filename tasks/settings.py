@@ -90,7 +90,11 @@ class Settings(BaseSettings):
 
     @property
     def repository(self) -> str:
-        return self.model_repository or str(self.home / "model_repository")
+        if self.model_repository is None:
+            return str(self.home / "model_repository")
+        if self.model_repository.startswith("s3://"):
+            return self.model_repository.rstrip("/")
+        return str(Path(self.model_repository).expanduser().resolve())
 
     @property
     def embedded_triton(self) -> bool:

@@ -153,10 +153,96 @@ class LocalStore:
         return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
 
 
+class S3Store:
+    """A repository under s3://bucket/prefix (boto3; the standard AWS variables, and
+    AWS_ENDPOINT_URL for MinIO or another S3-compatible store).
+
+    S3 has no rename. A version is uploaded under a staging prefix, copied into place with its
+    manifest copied last, then the staging copy is deleted; a version directory without a
+    manifest is incomplete, and `verify_dir` refuses it before Triton is asked to load it.
+    """
+
+    def __init__(self, uri: str) -> None:
+        import boto3
+
+        self.uri = uri.rstrip("/")
+        self.bucket, _, prefix = self.uri.removeprefix("s3://").partition("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.client = boto3.client("s3")
+
+    def _key(self, key: str) -> str:
+        if ".." in key.split("/"):
+            raise StorageError(f"key {key!r} escapes the repository {self.uri}")
+        return f"{self.prefix}{key}"
+
+    def _keys(self, key: str) -> list[str]:
+        base = self._key(key).rstrip("/") + "/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base
+        )
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def publish_dir(self, key: str, files: dict[str, bytes]) -> None:
+        if self.exists(key):
+            raise StorageError(
+                f"{self.uri}/{key} already exists; a published version is never rewritten"
+            )
+        staging = f".staging/{key.replace('/', '-')}-{uuid.uuid4().hex[:8]}"
+        everything = {**files, MANIFEST: manifest_for(files)}
+        try:
+            for name, data in everything.items():
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(f"{staging}/{name}"), Body=data
+                )
+            for name in [*files, MANIFEST]:  # manifest last: its presence means complete
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self._key(f"{key}/{name}"),
+                    CopySource={"Bucket": self.bucket, "Key": self._key(f"{staging}/{name}")},
+                )
+        except BaseException:
+            self.remove_dir(key)
+            raise
+        finally:
+            for name in everything:
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(f"{staging}/{name}"))
+
+    def write_file(self, key: str, data: bytes) -> None:
+        # A single PUT is atomic in S3: readers see the old object or the new one.
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def read_file(self, key: str) -> bytes:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except self.client.exceptions.NoSuchKey as exc:
+            raise StorageError(f"{self.uri}/{key} does not exist") from exc
+        return bytes(body.read())
+
+    def exists(self, key: str) -> bool:
+        return bool(self._keys(key)) or self._object_exists(key)
+
+    def _object_exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError:
+            return False
+        return True
+
+    def remove_dir(self, key: str) -> None:
+        keys = self._keys(key)
+        manifest = self._key(f"{key}/{MANIFEST}")
+        # Manifest first: the version is "incomplete" before any of its files disappear.
+        for name in sorted(keys, key=lambda k: k != manifest):
+            self.client.delete_object(Bucket=self.bucket, Key=name)
+
+    def list_files(self, key: str) -> list[str]:
+        base = self._key(key).rstrip("/") + "/"
+        return sorted(k.removeprefix(base) for k in self._keys(key))
+
+
 def open_store(repository: str) -> Store:
     if repository.startswith("s3://"):
-        raise StorageError(
-            f"S3 model repositories ({repository}) are not supported yet; "
-            "set CONVEYOR_MODEL_REPOSITORY to a local directory"
-        )
+        return S3Store(repository)
     return LocalStore(Path(repository))

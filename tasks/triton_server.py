@@ -23,10 +23,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks.settings import ConveyorError, Settings
+from tasks.storage import open_store
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
+REPOSITORY_MARKER = ".conveyor-repository"
 
 
 class Endpoint(BaseModel):
@@ -118,6 +120,15 @@ def _environment(install: TritonInstall) -> dict[str, str]:
     return env
 
 
+def triton_repository(repository: str) -> str:
+    """Triton's spelling of a repository: an S3 endpoint override goes inside the URI
+    (`s3://http://host:port/bucket/prefix`); credentials come from the AWS variables."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if repository.startswith("s3://") and endpoint:
+        return f"s3://{endpoint.rstrip('/')}/{repository.removeprefix('s3://')}"
+    return repository
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -206,8 +217,14 @@ def start(settings: Settings) -> ServerState:
         )
     install = find_install()
     settings.triton_dir.mkdir(parents=True, exist_ok=True)
-    repository = Path(settings.repository)
-    repository.mkdir(parents=True, exist_ok=True)
+    repository = settings.repository
+    if repository.startswith("s3://"):
+        store = open_store(repository)
+        # S3 has keys, not folders: Triton calls an empty prefix "not a valid directory".
+        if not store.exists(REPOSITORY_MARKER):
+            store.write_file(REPOSITORY_MARKER, b"Triton model repository managed by conveyor\n")
+    else:
+        Path(repository).mkdir(parents=True, exist_ok=True)
     ports = {
         "http": _claim_port(settings.triton_http_port, "CONVEYOR_TRITON_HTTP_PORT"),
         "grpc": _claim_port(settings.triton_grpc_port, "CONVEYOR_TRITON_GRPC_PORT"),
@@ -216,7 +233,7 @@ def start(settings: Settings) -> ServerState:
     log_path = settings.triton_dir / LOG_FILE
     command = [
         str(install.binary),
-        f"--model-repository={repository}",
+        f"--model-repository={triton_repository(repository)}",
         f"--backend-directory={_backends_dir(settings, install)}",
         "--model-control-mode=explicit",
         f"--http-address={HOST}",
@@ -247,7 +264,7 @@ def start(settings: Settings) -> ServerState:
         http_port=ports["http"],
         grpc_port=ports["grpc"],
         metrics_port=ports["metrics"],
-        repository=str(repository),
+        repository=repository,
         log_path=str(log_path),
         started_at=datetime.now(UTC),
     )
@@ -303,7 +320,7 @@ def ensure_running(settings: Settings) -> ServerState:
     state = status(settings)
     if state is None:
         return start(settings)
-    if state.repository != str(Path(settings.repository)):
+    if state.repository != settings.repository:
         raise TritonServerError(
             f"the embedded Triton (pid {state.pid}) serves {state.repository}, not "
             f"{settings.repository}; stop it with `conveyor triton down` and run again"

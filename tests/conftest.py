@@ -62,6 +62,9 @@ def write_spec(directory: Path, **overrides: object) -> Path:
         "space": {"max_depth": {"type": "int", "low": 6, "high": 12}},
     }
     for dotted, value in overrides.items():
+        if "." not in dotted:
+            raw[dotted] = value
+            continue
         section, key = dotted.split(".")
         raw[section][key] = value
     path = directory / f"spec-{next(_spec_numbers)}.yaml"
