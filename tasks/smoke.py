@@ -84,6 +84,7 @@ def _malformed(endpoint: Endpoint, spec: ModelSpec, version: str) -> dict[str, s
         "wrong shape": np.zeros((1, spec.n_features + 1), dtype=np.float32),
         "wrong dtype": np.zeros((1, spec.n_features), dtype=np.float64),
         "NaN feature": np.full((1, spec.n_features), np.nan, dtype=np.float32),
+        "oversized batch": np.zeros((spec.serving.max_batch_size + 1, spec.n_features), np.float32),
     }
     outcome: dict[str, str | None] = {}
     for case, array in cases.items():

@@ -63,11 +63,11 @@ def test_first_release_becomes_champion(releases: Releases) -> None:
     assert releases.first.promotion.previous is None
     assert releases.first.smoke.passed
     assert releases.first.smoke.rows == releases.spec.smoke.rows
-    assert set(releases.first.smoke.malformed_rejected) == {
-        "wrong shape",
-        "wrong dtype",
-        "NaN feature",
-    }
+    rejected = releases.first.smoke.malformed_rejected
+    assert set(rejected) == {"wrong shape", "wrong dtype", "NaN feature", "oversized batch"}
+    assert "Expected [-1,10], got [1,11]" in rejected["wrong shape"]
+    assert "NaN or infinity in 1 row(s)" in rejected["NaN feature"]
+    assert "batch-size must be <= 256" in rejected["oversized batch"]
 
 
 def test_second_release_moves_champion_and_previous(releases: Releases) -> None:
