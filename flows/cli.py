@@ -73,6 +73,11 @@ def run(spec: SpecOption = None) -> None:
         ),
         ("served versions", ", ".join(map(str, result.export.serving.versions))),
         ("latency p50 / p99", f"{smoke.p50_ms:.2f} / {smoke.p99_ms:.2f} ms (batch 1, HTTP)"),
+        (
+            f"under load ({smoke.load.concurrency} clients)",
+            f"{smoke.load.throughput_rps:.0f} req/s, p99 {smoke.load.p99_ms:.2f} ms, "
+            f"{smoke.load.errors} errors",
+        ),
         ("model card", result.model_card),
         ("MLflow store", settings.tracking_uri),
     ]

@@ -71,8 +71,10 @@ def render(
             f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "
             f"max |Δp| {onnx.parity.max_abs_diff:.1e}, {onnx.parity.label_flips} label flips",
             f"- Smoke test: {smoke.rows} rows equal offline over HTTP and gRPC, "
-            f"p50 {smoke.p50_ms:.2f} ms, p99 {smoke.p99_ms:.2f} ms "
-            f"(budget {smoke.p99_budget_ms} ms)",
+            f"single-client p50 {smoke.p50_ms:.2f} ms, p99 {smoke.p99_ms:.2f} ms; under load "
+            f"({smoke.load.concurrency} clients) {smoke.load.throughput_rps:.0f} req/s, "
+            f"p99 {smoke.load.p99_ms:.2f} ms (budget {smoke.p99_budget_ms} ms), "
+            f"{smoke.load.errors} errors",
             "",
             "## Lineage",
             f"- Estimator: {spec.estimator.family} {spec.estimator.params}",

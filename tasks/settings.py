@@ -272,8 +272,12 @@ class SmokeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rows: int = Field(default=1000, ge=1)
-    latency_requests: int = Field(default=200, ge=10)
-    p99_budget_ms: float = Field(default=50.0, gt=0)
+    latency_requests: int = Field(default=200, ge=10, description="Sequential, batch 1.")
+    concurrency: int = Field(default=8, ge=1, description="Clients of the load check.")
+    load_requests: int = Field(default=2000, ge=10, description="Batch-1 requests, all clients.")
+    p99_budget_ms: float = Field(
+        default=50.0, gt=0, description="p99 latency allowed under load at `concurrency`."
+    )
     tolerance: float = Field(default=1e-5, gt=0)
 
 

@@ -3,8 +3,10 @@ rejects malformed requests and is fast enough."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from prefect import get_run_logger, task
@@ -25,6 +27,17 @@ class SmokeTestError(ConveyorError):
     """The served model failed its smoke test."""
 
 
+class LoadResult(BaseModel):
+    """Concurrent batch-1 HTTP clients against the served version."""
+
+    concurrency: int
+    requests: int
+    errors: int
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+
+
 class SmokeReport(BaseModel):
     model: str
     version: int
@@ -37,6 +50,7 @@ class SmokeReport(BaseModel):
     latency_requests: int
     p50_ms: float
     p99_ms: float
+    load: LoadResult
     p99_budget_ms: float
     failures: list[str]
 
@@ -113,6 +127,45 @@ def _latencies_ms(endpoint: Endpoint, spec: ModelSpec, row: np.ndarray, version:
     return np.asarray(timings)
 
 
+def _load(endpoint: Endpoint, spec: ModelSpec, rows: np.ndarray, version: str) -> LoadResult:
+    """`concurrency` clients, each its own connection, start together and send batch-1 requests
+    until `load_requests` are done. The loop is bounded in count; errors are counted, not raised."""
+    clients = spec.smoke.concurrency
+    per_client = max(1, spec.smoke.load_requests // clients)
+    start_line = threading.Barrier(clients)
+
+    def client_loop(index: int) -> tuple[list[float], int]:
+        client = triton.http_client(endpoint)
+        timings, errors = [], 0
+        start_line.wait()
+        for n in range(per_client):
+            row = rows[(index * per_client + n) % len(rows)].reshape(1, -1)
+            began = time.perf_counter()
+            try:
+                triton.infer_http(client, spec.name, row, version)
+            except InferenceServerException:
+                errors += 1
+                continue
+            timings.append((time.perf_counter() - began) * 1000.0)
+        return timings, errors
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        outcomes = list(pool.map(client_loop, range(clients)))
+    elapsed = time.perf_counter() - began
+    timings = np.concatenate([np.asarray(t) for t, _ in outcomes] + [np.empty(0)])
+    errors = sum(e for _, e in outcomes)
+    p50, p99 = (float(v) for v in np.percentile(timings, [50, 99])) if len(timings) else (0.0, 0.0)
+    return LoadResult(
+        concurrency=clients,
+        requests=clients * per_client,
+        errors=errors,
+        throughput_rps=len(timings) / elapsed,
+        p50_ms=p50,
+        p99_ms=p99,
+    )
+
+
 def run_smoke(
     endpoint: Endpoint,
     spec: ModelSpec,
@@ -163,9 +216,13 @@ def run_smoke(
 
     latencies = _latencies_ms(endpoint, spec, features[0], tag)
     p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99]))
-    if p99 > spec.smoke.p99_budget_ms:
+    load = _load(endpoint, spec, features, tag)
+    if load.errors:
+        failures.append(f"{load.errors} of {load.requests} requests failed under load")
+    if load.p99_ms > spec.smoke.p99_budget_ms:
         failures.append(
-            f"p99 latency {p99:.2f} ms exceeds the budget {spec.smoke.p99_budget_ms} ms"
+            f"p99 latency {load.p99_ms:.2f} ms at concurrency {load.concurrency} exceeds the "
+            f"budget {spec.smoke.p99_budget_ms} ms"
         )
 
     return SmokeReport(
@@ -180,6 +237,7 @@ def run_smoke(
         latency_requests=len(latencies),
         p50_ms=p50,
         p99_ms=p99,
+        load=load,
         p99_budget_ms=spec.smoke.p99_budget_ms,
         failures=failures,
     )
@@ -209,6 +267,10 @@ def smoke_test(
             "smoke_p50_ms": report.p50_ms,
             "smoke_p99_ms": report.p99_ms,
             "smoke_max_abs_diff": max(report.http_max_abs_diff, report.grpc_max_abs_diff),
+            "smoke_load_rps": report.load.throughput_rps,
+            "smoke_load_p50_ms": report.load.p50_ms,
+            "smoke_load_p99_ms": report.load.p99_ms,
+            "smoke_load_errors": float(report.load.errors),
             "smoke_passed": float(report.passed),
         },
     )
@@ -228,8 +290,12 @@ def report_markdown(report: SmokeReport) -> str:
         f"| label mismatches | {report.label_mismatches} |",
         f"| metadata matches contract | {report.metadata_ok} |",
         f"| malformed requests rejected | {', '.join(report.malformed_rejected) or 'none'} |",
-        f"| latency p50 / p99 (batch 1, HTTP) | {report.p50_ms:.2f} / {report.p99_ms:.2f} ms "
-        f"(budget {report.p99_budget_ms} ms) |",
+        f"| latency p50 / p99 (batch 1, HTTP, one client) | {report.p50_ms:.2f} / "
+        f"{report.p99_ms:.2f} ms |",
+        f"| under load: {report.load.concurrency} clients, {report.load.requests} requests | "
+        f"{report.load.throughput_rps:.0f} req/s, p50 {report.load.p50_ms:.2f} ms, p99 "
+        f"{report.load.p99_ms:.2f} ms (budget {report.p99_budget_ms} ms), "
+        f"{report.load.errors} errors |",
     ]
     if report.failures:
         lines += ["", "## Failures", *[f"- {f}" for f in report.failures]]
@@ -243,6 +309,14 @@ def smoke_test_task(
     report = smoke_test(settings, spec, ref, holdout)
     create_markdown_artifact(
         key=f"smoke-{spec.name}", markdown=report_markdown(report), description="Smoke test"
+    )
+    get_run_logger().info(
+        "under load (%d clients): %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors",
+        report.load.concurrency,
+        report.load.throughput_rps,
+        report.load.p50_ms,
+        report.load.p99_ms,
+        report.load.errors,
     )
     get_run_logger().info(
         "smoke test of %s v%d: %s; |Δp| ≤ %.1e on %d rows, p50 %.2f ms, p99 %.2f ms",

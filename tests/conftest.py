@@ -56,6 +56,7 @@ def write_spec(directory: Path, **overrides: object) -> Path:
     raw["estimator"]["params"]["n_estimators"] = 30
     raw["smoke"]["rows"] = 600
     raw["smoke"]["latency_requests"] = 100
+    raw["smoke"]["load_requests"] = 400
     raw["search"] = {
         "trials": 2,
         "parallel": 2,

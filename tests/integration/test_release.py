@@ -68,6 +68,10 @@ def test_first_release_becomes_champion(releases: Releases) -> None:
     assert "Expected [-1,10], got [1,11]" in rejected["wrong shape"]
     assert "NaN or infinity in 1 row(s)" in rejected["NaN feature"]
     assert "batch-size must be <= 256" in rejected["oversized batch"]
+    load = releases.first.smoke.load
+    assert (load.concurrency, load.requests, load.errors) == (8, 400, 0)
+    assert load.throughput_rps > 0
+    assert load.p99_ms <= releases.spec.smoke.p99_budget_ms
 
 
 def test_second_release_moves_champion_and_previous(releases: Releases) -> None:
