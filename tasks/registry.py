@@ -18,7 +18,7 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
@@ -145,14 +145,8 @@ def log_trial(
     run = open_run(
         settings, name, f"trial-{number}", {"conveyor.trial": str(number)}, parent_run_id
     )
-    mlflow_client = client(settings)
-    now = int(time.time() * 1000)
-    mlflow_client.log_batch(
-        run.run_id,
-        metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
-        params=[Param(key, str(value)) for key, value in params.items()],
-    )
-    mlflow_client.set_terminated(run.run_id, "FINISHED")
+    log_to_run(settings, run.run_id, metrics=metrics, params=params)
+    close_run(settings, run.run_id, "FINISHED")
     return run.run_id
 
 
@@ -213,21 +207,16 @@ def log_data_validation(
     settings: Settings, name: str, data: DataRef, passed: bool, report_markdown: str
 ) -> str:
     """One run per data check in the model's experiment, FAILED when the data was refused."""
-    mlflow_client = client(settings)
-    experiment_id = ensure_experiment(mlflow_client, settings, name)
-    run = mlflow_client.create_run(
-        experiment_id,
-        run_name="data-validation",
-        tags={
-            "conveyor.data_validation": "passed" if passed else "failed",
-            TAG_DATA: data.sha256,
-            "conveyor.data_uri": data.uri,
-            TAG_FLOW_RUN: str(flow_run.root_flow_run_id or flow_run.id or ""),
-        },
-    )
-    mlflow_client.log_text(run.info.run_id, report_markdown, "data_validation.md")
-    mlflow_client.set_terminated(run.info.run_id, "FINISHED" if passed else "FAILED")
-    return str(run.info.run_id)
+    tags = {
+        "conveyor.data_validation": "passed" if passed else "failed",
+        TAG_DATA: data.sha256,
+        "conveyor.data_uri": data.uri,
+        TAG_FLOW_RUN: str(flow_run.root_flow_run_id or flow_run.id or ""),
+    }
+    run = open_run(settings, name, "data-validation", tags)
+    client(settings).log_text(run.run_id, report_markdown, "data_validation.md")
+    close_run(settings, run.run_id, "FINISHED" if passed else "FAILED")
+    return run.run_id
 
 
 def load_model(settings: Settings, model_uri: str) -> Pipeline:
@@ -246,10 +235,21 @@ def log_run_artifact(settings: Settings, run_id: str, artifact_path: str, data: 
     return f"runs:/{run_id}/{artifact_path}"
 
 
-def log_run_metrics(settings: Settings, run_id: str, metrics: dict[str, float]) -> None:
-    mlflow_client = client(settings)
-    for key, value in metrics.items():
-        mlflow_client.log_metric(run_id, key, value)
+def log_to_run(
+    settings: Settings,
+    run_id: str,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, object] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Metrics, params and tags of a run in one write (one transaction on the tracking store)."""
+    now = int(time.time() * 1000)
+    client(settings).log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in (metrics or {}).items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+    )
 
 
 def read_artifact(settings: Settings, uri: str) -> bytes:
@@ -277,12 +277,6 @@ def version_ref(settings: Settings, name: str, version: int) -> ModelRef:
 def run_param(settings: Settings, run_id: str, key: str) -> str | None:
     value = client(settings).get_run(run_id).data.params.get(key)
     return None if value is None else str(value)
-
-
-def tag_run(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
-    mlflow_client = client(settings)
-    for key, value in tags.items():
-        mlflow_client.set_tag(run_id, key, value)
 
 
 def run_tag(settings: Settings, run_id: str, key: str) -> str:

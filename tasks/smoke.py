@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import tritonclient.http as httpclient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
@@ -102,9 +103,7 @@ def _malformed(endpoint: Endpoint, spec: ModelSpec, version: str) -> dict[str, s
     }
     outcome: dict[str, str | None] = {}
     for case, array in cases.items():
-        inp = triton.httpclient.InferInput(
-            INPUT, list(array.shape), np_to_triton_dtype(array.dtype)
-        )
+        inp = httpclient.InferInput(INPUT, list(array.shape), np_to_triton_dtype(array.dtype))
         inp.set_data_from_numpy(array, binary_data=True)
         try:
             client.infer(spec.name, [inp], model_version=version)
@@ -114,28 +113,18 @@ def _malformed(endpoint: Endpoint, spec: ModelSpec, version: str) -> dict[str, s
     return outcome
 
 
-def _latencies_ms(endpoint: Endpoint, spec: ModelSpec, row: np.ndarray, version: str) -> np.ndarray:
-    client = triton.http_client(endpoint)
-    batch = row.reshape(1, -1)
-    for _ in range(WARMUP_REQUESTS):
-        triton.infer_http(client, spec.name, batch, version)
-    timings = []
-    for _ in range(spec.smoke.latency_requests):
-        start = time.perf_counter()
-        triton.infer_http(client, spec.name, batch, version)
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return np.asarray(timings)
-
-
-def _load(endpoint: Endpoint, spec: ModelSpec, rows: np.ndarray, version: str) -> LoadResult:
-    """`concurrency` clients, each its own connection, start together and send batch-1 requests
-    until `load_requests` are done. The loop is bounded in count; errors are counted, not raised."""
-    clients = spec.smoke.concurrency
-    per_client = max(1, spec.smoke.load_requests // clients)
+def _measure(
+    endpoint: Endpoint, spec: ModelSpec, rows: np.ndarray, version: str, clients: int, requests: int
+) -> LoadResult:
+    """`clients` clients, each with its own connection, warm up, start together and send batch-1
+    requests until `requests` are done. Bounded in count; errors are counted, not raised."""
+    per_client = max(1, requests // clients)
     start_line = threading.Barrier(clients)
 
     def client_loop(index: int) -> tuple[list[float], int]:
         client = triton.http_client(endpoint)
+        for n in range(WARMUP_REQUESTS):
+            triton.infer_http(client, spec.name, rows[n % len(rows)].reshape(1, -1), version)
         timings, errors = [], 0
         start_line.wait()
         for n in range(per_client):
@@ -154,12 +143,11 @@ def _load(endpoint: Endpoint, spec: ModelSpec, rows: np.ndarray, version: str) -
         outcomes = list(pool.map(client_loop, range(clients)))
     elapsed = time.perf_counter() - began
     timings = np.concatenate([np.asarray(t) for t, _ in outcomes] + [np.empty(0)])
-    errors = sum(e for _, e in outcomes)
     p50, p99 = (float(v) for v in np.percentile(timings, [50, 99])) if len(timings) else (0.0, 0.0)
     return LoadResult(
         concurrency=clients,
         requests=clients * per_client,
-        errors=errors,
+        errors=sum(e for _, e in outcomes),
         throughput_rps=len(timings) / elapsed,
         p50_ms=p50,
         p99_ms=p99,
@@ -214,11 +202,13 @@ def run_smoke(
         f"malformed request accepted: {case}" for case, m in malformed.items() if m is None
     ]
 
-    latencies = _latencies_ms(endpoint, spec, features[0], tag)
-    p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99]))
-    load = _load(endpoint, spec, features, tag)
-    if load.errors:
-        failures.append(f"{load.errors} of {load.requests} requests failed under load")
+    single = _measure(endpoint, spec, features, tag, 1, spec.smoke.latency_requests)
+    load = _measure(endpoint, spec, features, tag, spec.smoke.concurrency, spec.smoke.load_requests)
+    for run in (single, load):
+        if run.errors:
+            failures.append(
+                f"{run.errors} of {run.requests} requests failed with {run.concurrency} client(s)"
+            )
     if load.p99_ms > spec.smoke.p99_budget_ms:
         failures.append(
             f"p99 latency {load.p99_ms:.2f} ms at concurrency {load.concurrency} exceeds the "
@@ -234,9 +224,9 @@ def run_smoke(
         label_mismatches=mismatches,
         metadata_ok=not metadata_problems,
         malformed_rejected={case: m for case, m in malformed.items() if m is not None},
-        latency_requests=len(latencies),
-        p50_ms=p50,
-        p99_ms=p99,
+        latency_requests=single.requests,
+        p50_ms=single.p50_ms,
+        p99_ms=single.p99_ms,
         load=load,
         p99_budget_ms=spec.smoke.p99_budget_ms,
         failures=failures,
@@ -260,10 +250,10 @@ def smoke_test(
     labels, probabilities = onnx.predict(onnx_bytes, features)
     endpoint = triton_server.endpoint(settings)
     report = run_smoke(endpoint, spec, ref.version, features, labels, probabilities)
-    registry.log_run_metrics(
+    registry.log_to_run(
         settings,
         ref.run_id,
-        {
+        metrics={
             "smoke_p50_ms": report.p50_ms,
             "smoke_p99_ms": report.p99_ms,
             "smoke_max_abs_diff": max(report.http_max_abs_diff, report.grpc_max_abs_diff),

@@ -47,7 +47,7 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
 @task(name="validate-candidate")
 def validate_task(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
     report = validate(settings, spec, train)
-    registry.tag_run(settings, train.run_id, report.tags())
+    registry.log_to_run(settings, train.run_id, tags=report.tags())
     create_markdown_artifact(
         key=f"validation-{spec.name}", markdown=report.markdown(), description="Model gate"
     )
