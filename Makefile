@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bootstrap run test lint format clean
+.PHONY: bootstrap run test lint format clean deploy ui
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,28 @@ lint: bootstrap
 format: bootstrap
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Work pools and every deployment in prefect.yaml, on the server in PREFECT_API_URL
+# (default: the local one `make ui` starts).
+PREFECT_API_URL ?= http://127.0.0.1:4200/api
+deploy: bootstrap
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool inspect cpu >/dev/null 2>&1 || \
+		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create cpu --type process
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool inspect gpu >/dev/null 2>&1 || \
+		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create gpu --type process
+	PREFECT_API_URL=$(PREFECT_API_URL) CONVEYOR_PROJECT_DIR=$(CURDIR) \
+		$(BIN)/prefect --no-prompt deploy --all
+
+# A local Prefect server (UI) and the MLflow UI on the embedded state; Ctrl-C stops both.
+ui: bootstrap
+	@echo "Prefect UI: http://127.0.0.1:4200   MLflow UI: http://127.0.0.1:5000"
+	@echo "Then: make deploy; PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect worker start --pool cpu"
+	trap 'kill 0' INT TERM; \
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200 & \
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+		--backend-store-uri sqlite:///$(CURDIR)/.conveyor/mlflow.db \
+		--default-artifact-root $(CURDIR)/.conveyor/mlartifacts & \
+	wait
 
 clean:
 	-$(BIN)/conveyor triton down

@@ -1,4 +1,5 @@
-"""triton_export_flow: ONNX with its parity proof → published repository version → loaded."""
+"""triton_export_flow: ONNX with its parity proof → published repository version → measured
+serving configuration → loaded as the candidate (not yet reachable by production callers)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from tasks.onnx import OnnxArtifact, export_onnx_task
 from tasks.registry import ModelRef
 from tasks.settings import ModelSpec, Settings
 from tasks.triton import PublishResult, ServingState, publish_task, serve_candidate_task
+from tasks.tuning import TuningResult, tune_task
 
 
 class ExportResult(BaseModel):
     onnx: OnnxArtifact
     published: PublishResult
+    tuning: TuningResult
     serving: ServingState
 
 
@@ -24,5 +27,6 @@ def triton_export_flow(
 ) -> ExportResult:
     onnx = export_onnx_task(settings, spec, ref, holdout)
     published = publish_task(settings, spec, ref, onnx)
-    serving = serve_candidate_task(settings, spec, ref)
-    return ExportResult(onnx=onnx, published=published, serving=serving)
+    tuning = tune_task(settings, spec, ref, holdout)
+    serving = serve_candidate_task(settings, spec, ref, tuning.chosen)
+    return ExportResult(onnx=onnx, published=published, tuning=tuning, serving=serving)

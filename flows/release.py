@@ -1,4 +1,4 @@
-"""release_flow: train → validate → register → export → smoke → promote, or roll back."""
+"""release_flow: train → validate → register → export → smoke → swap in → promote, or withdraw."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tasks.registry import PromotionResult, default_actor, promote_task, retire_
 from tasks.search import task_runner
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 from tasks.smoke import SmokeReport
+from tasks.swap import SwapReport, swap_task
 from tasks.triton import withdraw_task
 
 
@@ -38,6 +39,7 @@ class ReleaseResult(BaseModel):
     export: ExportResult
     smoke: SmokeReport
     approval: ApprovalDecision | None
+    swap: SwapReport
     promotion: PromotionResult
     model_card: str
 
@@ -56,6 +58,10 @@ class ReleaseResult(BaseModel):
                 f"{o.parity.label_flips} flips |",
                 f"| Triton | http://{self.export.serving.endpoint.http} |",
                 f"| served p50 / p99 | {s.p50_ms:.2f} / {s.p99_ms:.2f} ms |",
+                f"| serving config | max_queue_delay "
+                f"{self.export.tuning.chosen.max_queue_delay_microseconds} µs, "
+                f"{self.export.tuning.chosen.instance_count} instance(s) |",
+                f"| swap | {self.swap.summary()} |",
                 f"| previous champion | {self.promotion.previous} |",
                 f"| validation | {self.validation.verdict} |",
                 f"| model card | `{self.model_card}` |",
@@ -66,8 +72,10 @@ class ReleaseResult(BaseModel):
 @flow(name="release")
 def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
     """Release the model described by `spec_path`. A challenger the gate rejects is never
-    registered; on any failure after registration (export, smoke test, approval) the new version
-    is withdrawn from Triton and the repository, and `champion` does not move."""
+    registered; the candidate is smoke-tested under its own Triton name, so callers keep getting
+    the champion until the swap. On any failure after registration (export, smoke test, approval,
+    swap) the new version is withdrawn from Triton and the repository, and `champion` does not
+    move."""
     settings = Settings()
     spec = load_spec(spec_path)
     ensure_approvable(spec)
@@ -81,6 +89,8 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
         approval = None
         if spec.promotion.requires_approval:
             approval = record_decision_task(settings, ref, request_approval(spec, ref.version))
+        # Triton first: the version answers callers before the registry calls it champion.
+        swap = swap_task(settings, spec, ref, train.holdout)
         promotion = promote_task(
             settings,
             ref,
@@ -109,6 +119,7 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
         export=export,
         smoke=smoke,
         approval=approval,
+        swap=swap,
         promotion=promotion,
         model_card=card,
     )

@@ -187,7 +187,7 @@ def to_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
 SUFFIXES = (".parquet", ".csv")
 
 
-def _read_bytes(data: bytes, name: str) -> pd.DataFrame:
+def read_bytes(data: bytes, name: str) -> pd.DataFrame:
     """Columnar readers (pyarrow) for both formats: no row-by-row parsing of large files."""
     if not data:
         raise DataError(f"{name} is empty (0 bytes); point the spec's data.source at real data")
@@ -196,7 +196,7 @@ def _read_bytes(data: bytes, name: str) -> pd.DataFrame:
     return pa_csv.read_csv(pa.BufferReader(data)).to_pandas()
 
 
-def _local_files(path: Path) -> list[Path]:
+def local_files(path: Path) -> list[Path]:
     if not path.exists():
         raise DataError(
             f"data source {path} does not exist; fix data.source in the spec (a .parquet or .csv "
@@ -212,7 +212,7 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
-def _s3_objects(uri: str) -> list[tuple[str, bytes]]:
+def s3_objects(uri: str) -> list[tuple[str, bytes]]:
     """Objects under s3://bucket/prefix. Credentials and endpoint come from the standard AWS
     variables (AWS_ENDPOINT_URL points boto3 at MinIO or another S3-compatible store)."""
     import boto3
@@ -258,9 +258,9 @@ def load_source(spec: ModelSpec) -> pd.DataFrame:
             spec.data.rows, spec.data.seed, spec.data.fraud_rate, spec.data.drift
         )
     if source.startswith("s3://"):
-        parts = [_read_bytes(data, key) for key, data in _s3_objects(source)]
+        parts = [read_bytes(data, key) for key, data in s3_objects(source)]
     else:
-        parts = [_read_bytes(path.read_bytes(), str(path)) for path in _local_files(Path(source))]
+        parts = [read_bytes(path.read_bytes(), str(path)) for path in local_files(Path(source))]
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 

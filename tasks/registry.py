@@ -40,8 +40,10 @@ TAG_FLOW_RUN = "conveyor.flow_run_id"
 TAG_ONNX = "conveyor.onnx_sha256"
 TAG_RELEASE = "conveyor.release"
 TAG_HOLDOUT_URI = "conveyor.holdout_uri"
+TAG_TRAIN_URI = "conveyor.train_uri"  # the drift check's reference
 TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
+TAG_SERVING = "conveyor.serving"  # the serving configuration (JSON) the version went live with
 ONNX_ARTIFACT = "onnx/model.onnx"
 HISTORY_PREFIX = "conveyor.history."
 
@@ -219,6 +221,20 @@ def log_data_validation(
     return run.run_id
 
 
+def log_drift_run(settings: Settings, name: str, html: Path, metrics: dict[str, float]) -> str:
+    """One run per drift check in the model's experiment; returns the HTML report's URI."""
+    tags = {TAG_FLOW_RUN: str(flow_run.root_flow_run_id or flow_run.id or "")}
+    run = open_run(settings, name, "drift-check", tags)
+    try:
+        log_to_run(settings, run.run_id, metrics=metrics)
+        client(settings).log_artifact(run.run_id, str(html), "drift")
+    except BaseException:
+        close_run(settings, run.run_id, "FAILED")
+        raise
+    close_run(settings, run.run_id, "FINISHED")
+    return f"runs:/{run.run_id}/drift/{html.name}"
+
+
 def load_model(settings: Settings, model_uri: str) -> Pipeline:
     client(settings)
     model: Pipeline = mlflow.sklearn.load_model(model_uri)
@@ -372,6 +388,12 @@ def alias_history(settings: Settings, name: str) -> list[AliasMove]:
         AliasMove.model_validate_json(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)
     ]
     return sorted(moves, key=lambda m: m.at)
+
+
+def version_tag(settings: Settings, name: str, version: int, key: str) -> str | None:
+    tags = client(settings).get_model_version(name, str(version)).tags
+    value = tags.get(key)
+    return None if value is None else str(value)
 
 
 def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None:

@@ -222,7 +222,14 @@ class Thresholds(BaseModel):
 class DriftSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    share: float = Field(default=0.3, gt=0, le=1)
+    share: float = Field(default=0.3, gt=0, le=1, description="Drifted-column share = drift.")
+    max_rows: int = Field(
+        default=100_000, ge=1000, description="Rows compared per side; larger sides are sampled."
+    )
+    seed: int = 0
+    cooldown_s: int = Field(
+        default=21_600, ge=0, description="A drift event this soon after a retrain is skipped."
+    )
 
 
 class ValidationSpec(BaseModel):
@@ -249,6 +256,23 @@ class PromotionSpec(BaseModel):
     approval_timeout_s: int = Field(default=86_400, gt=0)
 
 
+class TuningSpec(BaseModel):
+    """A short measured sweep on the candidate before its smoke test. The best throughput whose
+    p99 is within `smoke.p99_budget_ms` at `smoke.concurrency` is the configuration the version
+    goes live with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_queue_delays_us: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 100, 500], min_length=1
+    )
+    instance_counts: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [1, 2], min_length=1
+    )
+    requests: int = Field(default=1000, ge=50, description="Batch-1 requests per configuration.")
+
+
 class ServingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -257,6 +281,7 @@ class ServingSpec(BaseModel):
     max_queue_delay_microseconds: int = Field(default=200, ge=0)
     instance_count: int = Field(default=1, gt=0)
     kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
+    tuning: TuningSpec = Field(default_factory=TuningSpec)
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> ServingSpec:
@@ -279,6 +304,11 @@ class SmokeSpec(BaseModel):
         default=50.0, gt=0, description="p99 latency allowed under load at `concurrency`."
     )
     tolerance: float = Field(default=1e-5, gt=0)
+    swap_probe_clients: int = Field(
+        default=2,
+        ge=1,
+        description="Clients sending unversioned requests while a new version is swapped in.",
+    )
 
 
 class ModelSpec(BaseModel):

@@ -3,10 +3,7 @@ rejects malformed requests and is fast enough."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tritonclient.http as httpclient
@@ -19,29 +16,18 @@ from tasks import onnx, registry, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
 from tasks.onnx import INPUT, LABEL, PROBABILITIES
 from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.traffic import LoadResult, measure
 from tasks.triton_server import Endpoint
-
-WARMUP_REQUESTS = 20
 
 
 class SmokeTestError(ConveyorError):
     """The served model failed its smoke test."""
 
 
-class LoadResult(BaseModel):
-    """Concurrent batch-1 HTTP clients against the served version."""
-
-    concurrency: int
-    requests: int
-    errors: int
-    throughput_rps: float
-    p50_ms: float
-    p99_ms: float
-
-
 class SmokeReport(BaseModel):
     model: str
     version: int
+    served_as: str  # the Triton model name the checks addressed (the candidate's own name)
     rows: int
     http_max_abs_diff: float
     grpc_max_abs_diff: float
@@ -92,7 +78,9 @@ def _served_predictions(
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _malformed(endpoint: Endpoint, spec: ModelSpec, version: str) -> dict[str, str | None]:
+def _malformed(
+    endpoint: Endpoint, spec: ModelSpec, model: str, version: str
+) -> dict[str, str | None]:
     """Each malformed request mapped to the server's refusal, or None if it was (wrongly) served."""
     client = triton.http_client(endpoint)
     cases = {
@@ -106,57 +94,17 @@ def _malformed(endpoint: Endpoint, spec: ModelSpec, version: str) -> dict[str, s
         inp = httpclient.InferInput(INPUT, list(array.shape), np_to_triton_dtype(array.dtype))
         inp.set_data_from_numpy(array, binary_data=True)
         try:
-            client.infer(spec.name, [inp], model_version=version)
+            client.infer(model, [inp], model_version=version)
             outcome[case] = None
         except InferenceServerException as exc:
             outcome[case] = exc.message()
     return outcome
 
 
-def _measure(
-    endpoint: Endpoint, spec: ModelSpec, rows: np.ndarray, version: str, clients: int, requests: int
-) -> LoadResult:
-    """`clients` clients, each with its own connection, warm up, start together and send batch-1
-    requests until `requests` are done. Bounded in count; errors are counted, not raised."""
-    per_client = max(1, requests // clients)
-    start_line = threading.Barrier(clients)
-
-    def client_loop(index: int) -> tuple[list[float], int]:
-        client = triton.http_client(endpoint)
-        for n in range(WARMUP_REQUESTS):
-            triton.infer_http(client, spec.name, rows[n % len(rows)].reshape(1, -1), version)
-        timings, errors = [], 0
-        start_line.wait()
-        for n in range(per_client):
-            row = rows[(index * per_client + n) % len(rows)].reshape(1, -1)
-            began = time.perf_counter()
-            try:
-                triton.infer_http(client, spec.name, row, version)
-            except InferenceServerException:
-                errors += 1
-                continue
-            timings.append((time.perf_counter() - began) * 1000.0)
-        return timings, errors
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        outcomes = list(pool.map(client_loop, range(clients)))
-    elapsed = time.perf_counter() - began
-    timings = np.concatenate([np.asarray(t) for t, _ in outcomes] + [np.empty(0)])
-    p50, p99 = (float(v) for v in np.percentile(timings, [50, 99])) if len(timings) else (0.0, 0.0)
-    return LoadResult(
-        concurrency=clients,
-        requests=clients * per_client,
-        errors=sum(e for _, e in outcomes),
-        throughput_rps=len(timings) / elapsed,
-        p50_ms=p50,
-        p99_ms=p99,
-    )
-
-
 def run_smoke(
     endpoint: Endpoint,
     spec: ModelSpec,
+    model: str,
     version: int,
     features: np.ndarray,
     offline_labels: np.ndarray,
@@ -169,21 +117,21 @@ def run_smoke(
     # Live, not ready: strict readiness drops while Triton unloads a version the policy dropped.
     if not (http.is_server_live() and grpc.is_server_live()):
         raise SmokeTestError(f"Triton at {endpoint.http} / {endpoint.grpc} is not live")
-    if not (http.is_model_ready(spec.name, tag) and grpc.is_model_ready(spec.name, tag)):
+    if not (http.is_model_ready(model, tag) and grpc.is_model_ready(model, tag)):
         raise SmokeTestError(
-            f"{spec.name} version {version} is not loaded on Triton at {endpoint.http}; "
+            f"{model} version {version} is not loaded on Triton at {endpoint.http}; "
             "`conveyor triton up` loads the champion and previous versions"
         )
 
-    metadata_problems = _metadata_problems(http.get_model_metadata(spec.name, tag), spec)
+    metadata_problems = _metadata_problems(http.get_model_metadata(model, tag), spec)
     failures += metadata_problems
 
     batch = spec.serving.max_batch_size
     http_labels, http_proba = _served_predictions(
-        lambda x: triton.infer_http(http, spec.name, x, tag), features, batch
+        lambda x: triton.infer_http(http, model, x, tag), features, batch
     )
     grpc_labels, grpc_proba = _served_predictions(
-        lambda x: triton.infer_grpc(grpc, spec.name, x, tag), features, batch
+        lambda x: triton.infer_grpc(grpc, model, x, tag), features, batch
     )
     http_diff = float(np.abs(http_proba - offline_probabilities).max())
     grpc_diff = float(np.abs(grpc_proba - offline_probabilities).max())
@@ -197,13 +145,13 @@ def run_smoke(
     if mismatches:
         failures.append(f"{mismatches} served label(s) differ from offline ONNX")
 
-    malformed = _malformed(endpoint, spec, tag)
+    malformed = _malformed(endpoint, spec, model, tag)
     failures += [
         f"malformed request accepted: {case}" for case, m in malformed.items() if m is None
     ]
 
-    single = _measure(endpoint, spec, features, tag, 1, spec.smoke.latency_requests)
-    load = _measure(endpoint, spec, features, tag, spec.smoke.concurrency, spec.smoke.load_requests)
+    single = measure(endpoint, model, features, tag, 1, spec.smoke.latency_requests)
+    load = measure(endpoint, model, features, tag, spec.smoke.concurrency, spec.smoke.load_requests)
     for run in (single, load):
         if run.errors:
             failures.append(
@@ -218,6 +166,7 @@ def run_smoke(
     return SmokeReport(
         model=spec.name,
         version=version,
+        served_as=model,
         rows=len(features),
         http_max_abs_diff=http_diff,
         grpc_max_abs_diff=grpc_diff,
@@ -244,12 +193,14 @@ def require_passed(report: SmokeReport) -> None:
 def smoke_test(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
 ) -> SmokeReport:
-    """Smoke-test `ref` as served now, against the offline predictions of its own ONNX file."""
+    """Smoke-test the candidate `ref` (served under its candidate name) against the offline
+    predictions of its own ONNX file."""
     onnx_bytes = registry.read_artifact(settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}")
     features = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
     labels, probabilities = onnx.predict(onnx_bytes, features)
     endpoint = triton_server.endpoint(settings)
-    report = run_smoke(endpoint, spec, ref.version, features, labels, probabilities)
+    name = triton.candidate_name(spec.name)
+    report = run_smoke(endpoint, spec, name, ref.version, features, labels, probabilities)
     registry.log_to_run(
         settings,
         ref.run_id,

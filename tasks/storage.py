@@ -59,26 +59,37 @@ def _server_generated(name: str) -> bool:
     return name.startswith("__pycache__/") and name.endswith(".pyc")
 
 
-def verify_dir(store: Store, key: str) -> dict[str, str]:
-    """Re-hash a published directory against its manifest; raise IntegrityError on any mismatch."""
+def read_verified(store: Store, key: str) -> dict[str, bytes]:
+    """A published directory's files, each re-hashed against the manifest as it is read.
+
+    Raises IntegrityError on any mismatch: what this returns is exactly what was published.
+    """
     if not store.exists(f"{key}/{MANIFEST}"):
         raise IntegrityError(f"{key} has no {MANIFEST}: it was not published by conveyor")
     expected: dict[str, str] = json.loads(store.read_file(f"{key}/{MANIFEST}"))["files"]
     present = {name for name in store.list_files(key) if not _server_generated(name)} - {MANIFEST}
     problems = [f"unexpected file {name}" for name in sorted(present - set(expected))]
+    files: dict[str, bytes] = {}
     for name, digest in sorted(expected.items()):
         if name not in present:
             problems.append(f"{name} is missing")
             continue
-        actual = hashlib.sha256(store.read_file(f"{key}/{name}")).hexdigest()
+        data = store.read_file(f"{key}/{name}")
+        actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
             problems.append(f"{name} sha256 {actual[:12]}… ≠ manifest {digest[:12]}…")
+        files[name] = data
     if problems:
         raise IntegrityError(
             f"{key} does not match its manifest: {'; '.join(problems)}. Refusing to serve it; "
             "publish the version again."
         )
-    return expected
+    return files
+
+
+def verify_dir(store: Store, key: str) -> dict[str, str]:
+    """Re-hash a published directory against its manifest; raise IntegrityError on any mismatch."""
+    return file_hashes(read_verified(store, key))
 
 
 class LocalStore:

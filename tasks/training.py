@@ -144,6 +144,7 @@ def train_candidate(
         registry.TAG_DATA: data.train.sha256,
         registry.TAG_HOLDOUT: data.holdout.sha256,
         registry.TAG_HOLDOUT_URI: data.holdout.uri,
+        registry.TAG_TRAIN_URI: data.train.uri,
         registry.TAG_CODE: registry.code_version(),
         registry.TAG_FLOW_RUN: flow_run_id,
         registry.TAG_SPEC: spec_fingerprint(spec),

@@ -20,11 +20,14 @@ from tritonclient.utils import InferenceServerException
 
 from tasks import registry, triton_server
 from tasks.onnx import INPUT, LABEL, PROBABILITIES, OnnxArtifact, sha256
-from tasks.settings import ConveyorError, ModelSpec, Settings
-from tasks.storage import Store, file_hashes, open_store, verify_dir
+from tasks.settings import ConveyorError, ModelSpec, ServingSpec, Settings
+from tasks.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
 from tasks.triton_server import Endpoint
 
 Backend = Literal["python", "onnxruntime"]
+# A candidate is served under its own name until promotion: unversioned requests go to the highest
+# READY version of a model, so loading it beside the champion would hand it production traffic.
+CANDIDATE_SUFFIX = "-candidate"
 TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "triton" / "python_model" / "model.py"
 
 
@@ -37,15 +40,25 @@ class PublishResult(BaseModel):
     model: str
     version: int
     files: dict[str, str]  # name → sha256
-    config_pbtxt: str
+
+
+def candidate_name(model: str) -> str:
+    return f"{model}{CANDIDATE_SUFFIX}"
 
 
 def render_config(
-    spec: ModelSpec, backend: Backend, versions: list[int] | None = None
+    spec: ModelSpec,
+    backend: Backend,
+    versions: list[int] | None = None,
+    serving: ServingSpec | None = None,
+    name: str | None = None,
 ) -> mc.ModelConfig:
-    """One I/O contract, two renderings: production onnxruntime platform, or python backend."""
-    serving = spec.serving
-    config = mc.ModelConfig(name=spec.name, max_batch_size=serving.max_batch_size)
+    """One I/O contract, two renderings: production onnxruntime platform, or python backend.
+
+    `serving` overrides the spec's serving section (a tuned configuration); `name` serves the same
+    files under another model name (the candidate)."""
+    serving = serving or spec.serving
+    config = mc.ModelConfig(name=name or spec.name, max_batch_size=serving.max_batch_size)
     if backend == "onnxruntime":
         config.platform = "onnxruntime_onnx"
         config.default_model_filename = "model.onnx"
@@ -64,6 +77,13 @@ def render_config(
     config.instance_group.append(mc.ModelInstanceGroup(count=serving.instance_count, kind=kind))
     for key in ("intra_op_thread_count", "inter_op_thread_count"):
         config.parameters[key].string_value = "1"
+    # Warm-up runs before Triton marks a version READY, so no client pays onnxruntime's first run.
+    warmup_input = mc.ModelWarmup.Input(
+        data_type=mc.TYPE_FP32, dims=[spec.n_features], zero_data=True
+    )
+    config.model_warmup.append(
+        mc.ModelWarmup(name="one-row", batch_size=1, inputs={INPUT: warmup_input})
+    )
     if versions:
         config.version_policy.specific.versions.extend(sorted(versions))
     return config
@@ -106,7 +126,10 @@ def publish_version(
     onnx_bytes: bytes,
     backend: Backend,
 ) -> PublishResult:
-    """Write `<model>/<version>/` all at once with its manifest, then the model's config.pbtxt."""
+    """Write `<model>/<version>/` all at once with its manifest.
+
+    The model's config.pbtxt is written when a version goes live (`go_live`), so the repository
+    on disk always describes what is served."""
     files = version_files(onnx_bytes, backend)
     key = f"{spec.name}/{version}"
     if store.exists(key):
@@ -119,14 +142,8 @@ def publish_version(
             )
     else:
         store.publish_dir(key, files)
-    text = config_text(render_config(spec, backend))
-    store.write_file(f"{spec.name}/config.pbtxt", text.encode())
     return PublishResult(
-        repository=repository,
-        model=spec.name,
-        version=version,
-        files=verify_dir(store, key),
-        config_pbtxt=text,
+        repository=repository, model=spec.name, version=version, files=verify_dir(store, key)
     )
 
 
@@ -138,18 +155,30 @@ def grpc_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(endpoint.grpc)
 
 
+def control_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
+    """Repository control (load, unload, index) goes over gRPC. Triton's HTTP frontend answers a
+    load request on an event-loop thread it shares with inference connections, and holds them for
+    the whole load (1.5 to 2 s measured here); its gRPC frontend does not."""
+    return grpc_client(endpoint)
+
+
 def load_versions(
-    endpoint: Endpoint, spec: ModelSpec, backend: Backend, versions: list[int], timeout_s: float
-) -> None:
-    """Make exactly `versions` of the model loaded (explicit model control).
+    endpoint: Endpoint,
+    spec: ModelSpec,
+    backend: Backend,
+    versions: list[int],
+    timeout_s: float,
+    serving: ServingSpec | None = None,
+) -> mc.ModelConfig:
+    """Make exactly `versions` of the model loaded (explicit model control); return the config.
 
     The config override pins the version policy, so loading version N never unloads a version the
-    caller still wants (the champion keeps serving while a challenger is smoke-tested).
+    caller still wants (previous stays loaded for an instant rollback).
     """
-    client = http_client(endpoint)
-    config = config_json(render_config(spec, backend, versions))
+    client = control_client(endpoint)
+    rendered = render_config(spec, backend, versions, serving)
     try:
-        client.load_model(spec.name, config=config)
+        client.load_model(spec.name, config=config_json(rendered))
     except InferenceServerException as exc:
         raise TritonError(
             f"Triton could not load {spec.name} versions {versions}: {exc.message()}"
@@ -162,16 +191,52 @@ def load_versions(
                 f"{timeout_s:.0f} s after loading; see the server log"
             )
         time.sleep(0.1)
+    return rendered
+
+
+def load_candidate(
+    endpoint: Endpoint,
+    spec: ModelSpec,
+    backend: Backend,
+    version: int,
+    files: dict[str, bytes],
+    timeout_s: float,
+    serving: ServingSpec | None = None,
+) -> str:
+    """Serve verified `files` as `<model>-candidate` version `version`; return that name.
+
+    The files travel in the load request, so the candidate needs no second copy in the repository
+    and leaves nothing behind there when it is unloaded."""
+    name = candidate_name(spec.name)
+    config = config_json(render_config(spec, backend, [version], serving, name=name))
+    client = control_client(endpoint)
+    try:
+        client.load_model(
+            name, config=config, files={f"file:{version}/{n}": data for n, data in files.items()}
+        )
+    except InferenceServerException as exc:
+        raise TritonError(f"Triton could not load {name} v{version}: {exc.message()}") from exc
+    deadline = time.monotonic() + timeout_s
+    while not client.is_model_ready(name, str(version)):
+        if time.monotonic() > deadline:
+            raise TritonError(
+                f"{name} v{version} not ready {timeout_s:.0f} s after loading; see the server log"
+            )
+        time.sleep(0.1)
+    return name
 
 
 def unload_model(endpoint: Endpoint, name: str, timeout_s: float = 60.0) -> None:
-    """Unload every version of `name` and wait until none is READY."""
+    """Unload every version of `name` and wait until none is READY; nothing loaded, nothing done."""
+    client = control_client(endpoint)
+    if not client.is_model_ready(name):
+        return
     try:
-        http_client(endpoint).unload_model(name)
+        client.unload_model(name)
     except InferenceServerException as exc:
         raise TritonError(f"Triton could not unload {name}: {exc.message()}") from exc
     deadline = time.monotonic() + timeout_s
-    while loaded_versions(endpoint, name):
+    while client.is_model_ready(name):
         if time.monotonic() > deadline:
             raise TritonError(f"{name} still has READY versions {timeout_s:.0f} s after unload")
         time.sleep(0.1)
@@ -179,11 +244,11 @@ def unload_model(endpoint: Endpoint, name: str, timeout_s: float = 60.0) -> None
 
 def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
     """Versions of `name` that are READY, from the repository index."""
-    index = http_client(endpoint).get_model_repository_index()
+    index = control_client(endpoint).get_model_repository_index().models
     return sorted(
-        int(entry["version"])
+        int(entry.version)
         for entry in index
-        if entry.get("name") == name and entry.get("state") == "READY" and entry.get("version")
+        if entry.name == name and entry.state == "READY" and entry.version
     )
 
 
@@ -235,38 +300,92 @@ def publish(
     )
 
 
-def _verified(store: Store, spec: ModelSpec, version: int | None) -> bool:
-    if version is None or not store.exists(f"{spec.name}/{version}"):
-        return False
-    verify_dir(store, f"{spec.name}/{version}")
-    return True
+def serving_for(settings: Settings, spec: ModelSpec, version: int) -> ServingSpec:
+    """The serving configuration a version was released with (tuned), else the spec's."""
+    tagged = registry.version_tag(settings, spec.name, version, registry.TAG_SERVING)
+    return ServingSpec.model_validate_json(tagged) if tagged else spec.serving
 
 
-def serve_candidate(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> ServingState:
-    """Load the candidate beside the champion: the champion keeps serving unversioned requests
-    until promotion, and the candidate is reachable by its version for the smoke test."""
-    store = open_store(settings.repository)
-    verify_dir(store, f"{spec.name}/{ref.version}")
-    champion = registry.alias_version(settings, spec.name, registry.CHAMPION)
-    versions = [ref.version]
-    if champion is not None and champion != ref.version and _verified(store, spec, champion):
-        versions.insert(0, champion)
+def serve_candidate(
+    settings: Settings,
+    spec: ModelSpec,
+    ref: registry.ModelRef,
+    serving: ServingSpec | None = None,
+) -> ServingState:
+    """Serve the candidate's verified files as `<model>-candidate`, reachable for the smoke test
+    but never by production callers, who keep getting the champion until the swap."""
+    files = read_verified(open_store(settings.repository), f"{spec.name}/{ref.version}")
     endpoint = triton_server.endpoint(settings)
-    load_versions(endpoint, spec, settings.triton_backend, versions, settings.triton_load_timeout_s)
+    name = load_candidate(
+        endpoint,
+        spec,
+        settings.triton_backend,
+        ref.version,
+        files,
+        settings.triton_load_timeout_s,
+        serving,
+    )
+    return ServingState(endpoint=endpoint, model=name, versions=[ref.version])
+
+
+def live_versions(settings: Settings, spec: ModelSpec) -> list[int]:
+    """What the registry says is live (champion, and previous for instant rollback)."""
+    store = open_store(settings.repository)
+    live = {
+        registry.alias_version(settings, spec.name, a)
+        for a in (registry.PREVIOUS, registry.CHAMPION)
+    }
+    return sorted(v for v in live if v is not None and store.exists(f"{spec.name}/{v}/{MANIFEST}"))
+
+
+def go_live(settings: Settings, spec: ModelSpec, versions: list[int]) -> ServingState:
+    """Make exactly `versions` loaded under the model's own name; the newest answers unversioned
+    requests, with the serving configuration it was released with. Every file is verified first,
+    and config.pbtxt is rewritten afterwards, so the repository on disk matches what is served
+    (a production Triton started on it loads the same set)."""
+    store = open_store(settings.repository)
+    for version in versions:
+        verify_dir(store, f"{spec.name}/{version}")
+    endpoint = triton_server.endpoint(settings)
+    if not versions:
+        unload_model(endpoint, spec.name)
+        return ServingState(endpoint=endpoint, model=spec.name, versions=[])
+    config = load_versions(
+        endpoint,
+        spec,
+        settings.triton_backend,
+        versions,
+        settings.triton_load_timeout_s,
+        serving_for(settings, spec, max(versions)),
+    )
+    store.write_file(f"{spec.name}/config.pbtxt", config_text(config).encode())
     return ServingState(endpoint=endpoint, model=spec.name, versions=sorted(versions))
 
 
+def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
+    return go_live(settings, spec, live_versions(settings, spec))
+
+
 def withdraw(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> ServingState:
-    """Undo a candidate: Triton back to what the registry says is live, the version's files gone."""
+    """Undo a candidate: its candidate model unloaded, Triton back to what the registry says is
+    live (it may have been swapped in before a later step failed), the version's files gone."""
     endpoint = triton_server.endpoint(settings)
-    served = loaded_versions(endpoint, spec.name)
-    # restore_serving's version policy unloads the candidate; with nothing live, unload it all.
-    if ref.version in served and not restore_serving(settings, spec).versions:
-        unload_model(endpoint, spec.name)
+    unload_model(endpoint, candidate_name(spec.name))
+    if ref.version in loaded_versions(endpoint, spec.name):
+        restore_serving(settings, spec)
     open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
     return ServingState(
         endpoint=endpoint, model=spec.name, versions=loaded_versions(endpoint, spec.name)
     )
+
+
+def serve_only(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
+    """Make `version` the only loaded version (its files verified first)."""
+    if not open_store(settings.repository).exists(f"{spec.name}/{version}"):
+        raise TritonError(
+            f"{settings.repository}/{spec.name}/{version} does not exist; it cannot be served"
+        )
+    return go_live(settings, spec, [version])
 
 
 @task(name="publish-version")
@@ -286,11 +405,14 @@ def publish_task(
 
 @task(name="serve-candidate")
 def serve_candidate_task(
-    settings: Settings, spec: ModelSpec, ref: registry.ModelRef
+    settings: Settings,
+    spec: ModelSpec,
+    ref: registry.ModelRef,
+    serving: ServingSpec | None = None,
 ) -> ServingState:
-    state = serve_candidate(settings, spec, ref)
+    state = serve_candidate(settings, spec, ref, serving)
     get_run_logger().info(
-        "Triton %s serves %s versions %s", state.endpoint.http, spec.name, state.versions
+        "Triton %s serves the candidate as %s v%d", state.endpoint.http, state.model, ref.version
     )
     return state
 
@@ -305,36 +427,6 @@ def withdraw_task(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -
         state.versions,
     )
     return state
-
-
-def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
-    """Load what the registry says is live (champion, and previous for instant rollback)."""
-    store = open_store(settings.repository)
-    endpoint = triton_server.endpoint(settings)
-    live = {
-        registry.alias_version(settings, spec.name, a)
-        for a in (registry.PREVIOUS, registry.CHAMPION)
-    }
-    versions = sorted(v for v in live if v is not None and _verified(store, spec, v))
-    if versions:
-        load_versions(
-            endpoint, spec, settings.triton_backend, versions, settings.triton_load_timeout_s
-        )
-    return ServingState(endpoint=endpoint, model=spec.name, versions=versions)
-
-
-def serve_only(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
-    """Make `version` the only loaded version (its files verified first)."""
-    store = open_store(settings.repository)
-    if not _verified(store, spec, version):
-        raise TritonError(
-            f"{settings.repository}/{spec.name}/{version} does not exist; it cannot be served"
-        )
-    endpoint = triton_server.endpoint(settings)
-    load_versions(
-        endpoint, spec, settings.triton_backend, [version], settings.triton_load_timeout_s
-    )
-    return ServingState(endpoint=endpoint, model=spec.name, versions=[version])
 
 
 @task(name="serve-only")

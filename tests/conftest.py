@@ -57,6 +57,8 @@ def write_spec(directory: Path, **overrides: object) -> Path:
     raw["smoke"]["rows"] = 600
     raw["smoke"]["latency_requests"] = 100
     raw["smoke"]["load_requests"] = 400
+    # The serving sweep reloads the candidate six times; tests that need it turn it back on.
+    raw["serving"]["tuning"] = {"enabled": False}
     raw["search"] = {
         "trials": 2,
         "parallel": 2,
@@ -66,8 +68,11 @@ def write_spec(directory: Path, **overrides: object) -> Path:
         if "." not in dotted:
             raw[dotted] = value
             continue
-        section, key = dotted.split(".")
-        raw[section][key] = value
+        *sections, key = dotted.split(".")
+        target = raw
+        for section in sections:
+            target = target[section]
+        target[key] = value
     path = directory / f"spec-{next(_spec_numbers)}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -83,12 +83,13 @@ def _answers(url: str, status: int | None = None) -> Callable[[], bool]:
 
 
 @contextmanager
-def prefect_server(home: Path, timeout_s: float = 90.0) -> Iterator[str]:
-    """`prefect server start` in its own PREFECT_HOME; yields the API URL."""
+def prefect_server(home: Path, timeout_s: float = 90.0, **settings: str) -> Iterator[str]:
+    """`prefect server start` in its own PREFECT_HOME (plus PREFECT_* `settings`); yields the
+    API URL."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    env = clean_env(PREFECT_HOME=str(home))
+    env = clean_env(PREFECT_HOME=str(home), **settings)
     with serving(command, env, home / "server.log", _answers(f"{api}/health", 200), timeout_s):
         yield api
 

@@ -6,6 +6,7 @@ its latency budget (a real failure of the real server, not an injected one).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,13 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.release import ReleaseResult, release_flow
+from flows.rollback import rollback_flow
 from tasks import registry, triton, triton_server
 from tasks.data import load_dataset, to_features
 from tasks.onnx import predict, sha256
 from tasks.settings import ModelSpec, Settings, load_spec
 from tasks.smoke import SmokeTestError
+from tasks.traffic import Traffic
 from tests.conftest import write_spec
 
 
@@ -39,9 +42,11 @@ def releases(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         env.setenv("CONVEYOR_HOME", str(base / "state"))
         settings = Settings()
         spec_path = write_spec(base)
+        sweep = {"max_queue_delays_us": [0, 500], "instance_counts": [1, 2], "requests": 200}
+        tuned_path = write_spec(base, **{"serving.tuning": {"enabled": True, **sweep}})
         slow_path = write_spec(base, **{"smoke.p99_budget_ms": 0.001})
         try:
-            first = release_flow(str(spec_path))
+            first = release_flow(str(tuned_path))
             second = release_flow(str(spec_path))
             with pytest.raises(SmokeTestError) as failed:
                 release_flow(str(slow_path))
@@ -74,9 +79,33 @@ def test_first_release_becomes_champion(releases: Releases) -> None:
     assert load.p99_ms <= releases.spec.smoke.p99_budget_ms
 
 
+def test_first_release_went_live_with_the_measured_configuration(releases: Releases) -> None:
+    tuning = releases.first.export.tuning
+    assert [t.key for t in tuning.trials] == ["q0_i1", "q0_i2", "q500_i1", "q500_i2"]
+    assert all(t.load.requests == 200 and t.load.throughput_rps > 0 for t in tuning.trials)
+    chosen = (tuning.chosen.max_queue_delay_microseconds, tuning.chosen.instance_count)
+    best = max(
+        (t for t in tuning.trials if t.load.p99_ms <= releases.spec.smoke.p99_budget_ms),
+        key=lambda t: t.load.throughput_rps,
+    )
+    assert chosen == (best.max_queue_delay_microseconds, best.instance_count)
+    tagged = triton.serving_for(releases.settings, releases.spec, 1)
+    assert (tagged.max_queue_delay_microseconds, tagged.instance_count) == chosen
+    run = MlflowClient(releases.settings.tracking_uri).get_run(releases.first.run_id)
+    assert {f"tuning_{t.key}_rps" for t in tuning.trials} <= set(run.data.metrics)
+    assert run.data.params["serving_instance_count"] == str(chosen[1])
+    # The first release had no callers yet: it went live without a probe.
+    assert releases.first.swap.steady is None and releases.first.swap.after == [1]
+
+
 def test_second_release_moves_champion_and_previous(releases: Releases) -> None:
     assert releases.second.version == 2
     assert releases.second.promotion.previous == 1
+    swap = releases.second.swap
+    assert (swap.before, swap.after, swap.errors) == ([1], [1, 2], [])
+    assert swap.steady is not None and swap.during is not None
+    assert swap.during.requests > 0 and swap.p99_ratio is not None
+    assert releases.second.smoke.served_as == "fraud-detector-candidate"
     assert aliases(releases.settings, releases.spec.name) == {
         "champion": 2,
         "previous": 1,
@@ -126,5 +155,45 @@ def test_failed_smoke_test_leaves_champion_and_serving_untouched(releases: Relea
     assert failed.tags[registry.TAG_RELEASE].startswith("failed: SmokeTestError")
     endpoint = triton_server.endpoint(settings)
     assert triton.loaded_versions(endpoint, name) == [1, 2]
+    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name))
     assert not (Path(settings.repository) / name / "3").exists()
+    live = triton.parse_config((Path(settings.repository) / name / "config.pbtxt").read_text())
+    assert list(live.version_policy.specific.versions) == [1, 2]
     assert not list((Path(settings.repository) / name).glob(".staging-*"))
+
+
+def loads_logged(settings: Settings, name: str, version: int) -> int:
+    state = triton_server.status(settings)
+    assert state is not None
+    log = Path(state.log_path).read_text(errors="replace")
+    return log.count(f"successfully loaded '{name}' version {version}")
+
+
+def test_swap_and_rollback_under_load_fail_no_request(releases: Releases, tmp_path: Path) -> None:
+    """Callers keep sending unversioned requests over HTTP and gRPC through a whole release (v4)
+    and a rollback; runs last in this module, since it moves the champion."""
+    settings, name = releases.settings, releases.spec.name
+    endpoint = triton_server.endpoint(settings)
+    rows = to_features(load_dataset(releases.second.holdout.uri), releases.spec)[:500]
+    # The smoke test's latency budget is not under test here; the extra callers would eat it.
+    spec_path = write_spec(tmp_path, **{"smoke.p99_budget_ms": 60_000.0})
+    with Traffic(endpoint, name, rows, clients=4) as traffic:
+        traffic.wait_for(100)
+        release = release_flow(str(spec_path))
+        loads_before = loads_logged(settings, name, 2)
+        rollback_flow(str(spec_path), reason="swap test")
+        rolled_back = time.time()
+        traffic.wait_for(len(traffic.samples()) + 500)
+        traffic.wait_for(5_000, timeout_s=120)
+    samples = traffic.samples()
+    assert release.version == 4
+    assert len(samples) >= 5_000
+    assert [s.error for s in samples if s.version is None] == []
+    # The candidate answered no caller before its swap started (smoke test, sweep included).
+    swapped_at = release.swap.started_at.timestamp()
+    assert min(s.at for s in samples if s.version == 4) >= swapped_at
+    assert {s.version for s in samples if s.at < swapped_at} == {2}
+    # After the rollback only v2 answers, and v2 was not reloaded for it: it stayed loaded.
+    assert {s.version for s in samples if s.at > rolled_back} == {2}
+    assert loads_logged(settings, name, 2) == loads_before
+    assert triton.loaded_versions(endpoint, name) == [2]

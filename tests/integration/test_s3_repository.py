@@ -60,9 +60,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
             triton_server.stop(settings)
 
 
-def served(repo: Repo, version: int) -> tuple[np.ndarray, np.ndarray]:
+def served(repo: Repo, version: int, model: str = "") -> tuple[np.ndarray, np.ndarray]:
     client = triton.grpc_client(triton_server.endpoint(repo.settings))
-    return triton.infer_grpc(client, repo.spec.name, repo.features[:128], str(version))
+    name = model or repo.spec.name
+    return triton.infer_grpc(client, name, repo.features[:128], str(version))
 
 
 def test_triton_reads_the_repository_from_s3(repo: Repo) -> None:
@@ -79,8 +80,9 @@ def test_published_version_is_verified_and_served(repo: Repo) -> None:
     assert set(verify_dir(repo.store, f"{repo.spec.name}/1")) == {"model.onnx", "model.py"}
     assert not repo.store.list_files(".staging")
     ref = ModelRef(name=repo.spec.name, version=1, run_id="r1", model_uri="m")
-    assert triton.serve_candidate(repo.settings, repo.spec, ref).versions == [1]
-    labels, proba = served(repo, 1)
+    candidate = triton.serve_candidate(repo.settings, repo.spec, ref)
+    assert (candidate.model, candidate.versions) == (f"{repo.spec.name}-candidate", [1])
+    labels, proba = served(repo, 1, candidate.model)
     offline_labels, offline_proba = predict(repo.models[0], repo.features[:128])
     np.testing.assert_array_equal(labels, offline_labels)
     np.testing.assert_allclose(proba, offline_proba, atol=1e-6)
@@ -127,4 +129,6 @@ def test_a_release_publishes_to_s3_and_serves_from_it(
     assert result.export.published.repository == "s3://models/triton"
     assert set(verify_dir(repo.store, "card-fraud-s3/1")) == {"model.onnx", "model.py"}
     assert triton.loaded_versions(triton_server.endpoint(repo.settings), "card-fraud-s3") == [1]
+    live_config = triton.parse_config(repo.store.read_file("card-fraud-s3/config.pbtxt").decode())
+    assert list(live_config.version_policy.specific.versions) == [1]
     assert result.smoke.passed

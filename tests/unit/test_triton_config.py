@@ -4,7 +4,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tasks.settings import DEFAULT_SPEC, load_spec
-from tasks.triton import config_json, config_text, parse_config, render_config
+from tasks.triton import candidate_name, config_json, config_text, parse_config, render_config
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])
@@ -50,3 +50,24 @@ def test_gpu_instances_and_version_pinning_render() -> None:
     assert json.loads(config_json(config))["version_policy"] == {
         "specific": {"versions": ["2", "3"]}
     }  # proto3 JSON: int64 as string
+
+
+def test_every_version_is_warmed_up_before_it_is_ready() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    [warmup] = render_config(spec, "python").model_warmup
+    assert warmup.batch_size == 1
+    sample = warmup.inputs["features"]
+    assert (sample.data_type, list(sample.dims), sample.zero_data) == (
+        mc.TYPE_FP32,
+        [spec.n_features],
+        True,
+    )
+
+
+def test_tuned_serving_and_candidate_name_override_the_spec() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    tuned = spec.serving.model_copy(update={"max_queue_delay_microseconds": 0, "instance_count": 2})
+    config = render_config(spec, "python", [4], tuned, name=candidate_name(spec.name))
+    assert config.name == "fraud-detector-candidate"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert config.instance_group[0].count == 2

@@ -1,0 +1,30 @@
+"""retrain_flow: what a `conveyor.drift.detected` event runs: the release flow on fresh data,
+unless the model was retrained within its cooldown."""
+
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import BaseModel
+
+from flows.release import release_flow
+from tasks.retrain import RetrainClaim, claim_retrain_task
+from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+
+
+class RetrainResult(BaseModel):
+    claim: RetrainClaim
+    version: int | None  # the released version; None when skipped
+
+
+@flow(name="retrain")
+def retrain_flow(
+    spec_path: str = str(DEFAULT_SPEC), drift_share: float = 0.0, report_uri: str = ""
+) -> RetrainResult:
+    """Retrain the model described by `spec_path` (drift_share and report_uri come from the
+    drift event and are kept in the run's parameters for the record)."""
+    settings = Settings()
+    spec = load_spec(spec_path)
+    claim = claim_retrain_task(settings, spec)
+    if not claim.granted:
+        return RetrainResult(claim=claim, version=None)
+    return RetrainResult(claim=claim, version=release_flow(spec_path).version)
