@@ -168,11 +168,7 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
     drifted = write_spec(tmp_path, **{"data.drift": 1.0, "drift.cooldown_s": 3600})
     run = stack.run("drift-check", drifted)
     assert run["state"]["type"] == "COMPLETED", stack.logs(str(run["id"]))
-    deadline = time.monotonic() + 30
-    while not (events := stack.drift_events()):
-        assert time.monotonic() < deadline, stack.logs(str(run["id"]))
-        time.sleep(1)
-    [event] = events
+    [event] = wait_for_events(stack, 1, stack.logs(str(run["id"])))
     assert event["resource"]["prefect.resource.id"] == "conveyor.model.fraud-detector"  # type: ignore[index]
     assert float(event["payload"]["share"]) >= 0.3  # type: ignore[index]
     retrain = wait_for_runs(stack, "retrain", 1)[0]
@@ -181,8 +177,15 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
     assert registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION) == 2
     assert registry.alias_version(stack.settings, "fraud-detector", registry.PREVIOUS) == 1
 
-    # The same drift again, inside the cooldown: a retrain run starts and skips, saying why.
-    stack.run("drift-check", drifted)
+    # Version 2 learned the drifted distribution, so the drifted batch is now the norm and the
+    # old distribution is the drift. It comes back inside the cooldown: a retrain run starts and
+    # skips, saying why.
+    assert stack.run("drift-check", drifted)["state"]["type"] == "COMPLETED"
+    assert len(stack.drift_events()) == 1
+    reverted = write_spec(tmp_path, **{"drift.cooldown_s": 3600})
+    second_check = stack.run("drift-check", reverted)
+    assert second_check["state"]["type"] == "COMPLETED", stack.logs(str(second_check["id"]))
+    wait_for_events(stack, 2, stack.logs(str(second_check["id"])))
     second = wait_for_runs(stack, "retrain", 2)
     skipped = next(r for r in second if r["id"] != retrain["id"])
     assert stack.wait(str(skipped["id"]))["state"]["type"] == "COMPLETED"
@@ -196,3 +199,14 @@ def wait_for_runs(stack: Stack, deployment: str, count: int) -> list[dict[str, o
         assert time.monotonic() < deadline, f"{deployment}: {len(runs)} runs, expected {count}"
         time.sleep(2)
     return runs
+
+
+def wait_for_events(stack: Stack, count: int, context: str) -> list[dict[str, object]]:
+    """The server stores events in batches, a moment after its triggers have seen them."""
+    deadline = time.monotonic() + 30
+    while len(events := stack.drift_events()) < count:
+        assert time.monotonic() < deadline, (
+            f"{len(events)} drift events, expected {count}\n{context}"
+        )
+        time.sleep(1)
+    return events
