@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bootstrap run test lint format clean deploy ui
+.PHONY: bootstrap run test lint format clean deploy ui bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: bootstrap
 
 test: bootstrap
 	$(BIN)/pytest
+
+# Benchmarks (never part of `make test`): machine-readable results in bench-results/, tables in
+# BENCHMARKS.md.
+bench: bootstrap
+	$(BIN)/python -m bench.drift --unsampled
+	$(BIN)/python -m bench.report
 
 lint: bootstrap
 	$(BIN)/ruff check .

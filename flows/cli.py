@@ -48,6 +48,8 @@ def run(spec: SpecOption = None) -> None:
         return
     table = Table(title=f"conveyor release: {result.model}", show_header=False)
     metrics, smoke, onnx = result.metrics, result.smoke, result.export.onnx
+    tuning = result.export.tuning
+    chosen = tuning.chosen
     rows = [
         ("model", result.model),
         ("version", f"{result.version} (champion; previous: {result.promotion.previous})"),
@@ -78,6 +80,13 @@ def run(spec: SpecOption = None) -> None:
             f"{smoke.load.throughput_rps:.0f} req/s, p99 {smoke.load.p99_ms:.2f} ms, "
             f"{smoke.load.errors} errors",
         ),
+        (
+            "serving config",
+            f"{chosen.instance_count} instance(s), queue delay "
+            f"{chosen.max_queue_delay_microseconds} µs"
+            + (f" (tuned over {len(tuning.trials)} trials)" if tuning.trials else " (from spec)"),
+        ),
+        ("swap", result.swap.summary()),
         ("model card", result.model_card),
         ("MLflow store", settings.tracking_uri),
     ]
@@ -146,6 +155,32 @@ def smoke(
     console.print(
         f"{report.model} v{report.version}: passed; {report.rows} rows match offline ONNX, "
         f"p50 {report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms"
+    )
+
+
+@app.command()
+def drift(spec: SpecOption = None) -> None:
+    """Drift check of the champion against the newest batch; emits the retrain event on drift."""
+    from flows.drift import drift_check_flow
+    from tasks import registry
+
+    settings = Settings()
+    path = _spec_path(spec, settings)
+    try:
+        name = load_spec(path).name
+        if registry.alias_version(settings, name, registry.CHAMPION) is None:
+            # Before Prefect starts its API: there is nothing to compare against.
+            raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
+        report = drift_check_flow(spec_path=path)
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    verdict = "DRIFT (conveyor.drift.detected emitted)" if report.drifted else "no drift"
+    console.print(
+        f"{report.model} v{report.champion}: {verdict}; share {report.drift_share:.2f} "
+        f"(threshold {report.threshold_share:.2f}), drifted columns "
+        f"{', '.join(report.drifted_columns) or 'none'}, prediction drift "
+        f"{'yes' if report.prediction.drifted else 'no'}; report {report.report_uri}"
     )
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SPEC_DIR = Path("deployments/models")
@@ -29,7 +37,7 @@ class SpecError(ConveyorError):
 class Settings(BaseSettings):
     """Where conveyor keeps its state and which servers it talks to (env prefix `CONVEYOR_`)."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore", populate_by_name=True)
 
     home: Path = Field(default=Path(".conveyor"), description="State directory.")
     spec: Path = Field(default=DEFAULT_SPEC, description="Model spec used when none is given.")
@@ -43,7 +51,10 @@ class Settings(BaseSettings):
         default=None, description="Triton model repository; default: home/model_repository."
     )
     triton_http_url: str | None = Field(
-        default=None, description="An external Triton (host:port); unset: the embedded server."
+        default=None,
+        # TRITON_URL is what Triton's own tooling and most worker images already set.
+        validation_alias=AliasChoices("CONVEYOR_TRITON_HTTP_URL", "TRITON_URL"),
+        description="An external Triton (host:port); unset: the embedded server.",
     )
     triton_grpc_url: str | None = Field(default=None, description="gRPC host:port of that Triton.")
     triton_backend: Literal["python", "onnxruntime"] = Field(

@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     # A developer's own CONVEYOR_* settings must not leak into the tests' state directories.
-    for name in [n for n in os.environ if n.startswith("CONVEYOR_")]:
+    for name in [n for n in os.environ if n.startswith("CONVEYOR_") or n == "TRITON_URL"]:
         del os.environ[name]
 
 

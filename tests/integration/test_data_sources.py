@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from flows.release import release_flow
 from tasks.data import DataError, generate_transactions, load_source
+from tasks.drift import load_current
 from tasks.quality import DataQualityError
 from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
 from tests.conftest import write_spec
@@ -52,6 +53,10 @@ def test_s3_prefix_with_date_partitions_is_read_whole(aws, s3_endpoint, monkeypa
     loaded = load_source(with_source(load_spec(DEFAULT_SPEC), "s3://card-data/tx"))
     assert len(loaded) == 3000
     assert loaded.is_fraud.sum() == frame.is_fraud.sum()
+    # The drift check compares only the newest day against the champion's training data.
+    current, where = load_current(with_source(load_spec(DEFAULT_SPEC), "s3://card-data/tx"))
+    assert len(current) == 2000
+    assert where == "s3://card-data/tx (date=2026-11-02)"
 
 
 def test_missing_bucket_is_named(aws, s3_endpoint, monkeypatch) -> None:

@@ -44,3 +44,9 @@ def test_smoke_without_a_champion_says_what_to_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["smoke"], env={"CONVEYOR_HOME": str(tmp_path)})
     assert result.exit_code == 2
     assert "has no champion yet; run `conveyor run` first" in flat(result.output)
+
+
+def test_drift_without_a_champion_says_what_to_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["drift"], env={"CONVEYOR_HOME": str(tmp_path)})
+    assert result.exit_code == 2
+    assert "has no champion yet; run `conveyor run` first" in flat(result.output)

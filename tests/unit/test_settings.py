@@ -25,6 +25,14 @@ def test_settings_read_prefixed_environment(
     assert settings.mlflow_db == tmp_path / "mlflow.db"
 
 
+def test_triton_url_from_the_worker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_URL", "triton:8000")
+    assert Settings().triton_http_url == "triton:8000"
+    assert not Settings().embedded_triton
+    monkeypatch.setenv("CONVEYOR_TRITON_HTTP_URL", "other:8000")
+    assert Settings().triton_http_url == "other:8000"
+
+
 def test_default_spec_is_a_rare_class_fraud_model() -> None:
     spec = load_spec(DEFAULT_SPEC)
     assert spec.name == "fraud-detector"

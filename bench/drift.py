@@ -1,0 +1,139 @@
+"""Drift check time and peak memory against current-batch size.
+
+One champion trained on `--reference` synthetic rows; then, for each size, a fresh process runs
+`tasks.drift.check_drift` (the function the nightly flow runs: load the newest batch, sample,
+score both sides with the champion's ONNX file, Evidently, HTML report to MLflow) on a drifted
+batch of that size. Peak memory is that process's maximum RSS, imports included.
+
+    .venv/bin/python -m bench.drift --out bench-results/drift.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from tasks.settings import DEFAULT_SPEC
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_CHECK = """
+import json, resource, sys, time
+from tasks.drift import check_drift
+from tasks.settings import Settings, load_spec
+started = time.perf_counter()
+report = check_drift(Settings(), load_spec(sys.argv[1]))
+print(json.dumps({"seconds": time.perf_counter() - started, "share": report.drift_share,
+                  "compared": report.compared_rows, "current": report.current_rows,
+                  "reference": report.reference_rows, "columns": report.drifted_columns,
+                  "prediction_score": report.prediction.score,
+                  "column_scores": {c.column: c.score for c in report.columns},
+                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+class DriftRow(BaseModel):
+    current_rows: int
+    reference_rows: int
+    compared_rows: int
+    seconds: float  # check_drift only, imports excluded
+    process_seconds: float  # the whole process, imports included
+    peak_rss_mb: float
+    drift_share: float
+    drifted_columns: list[str]
+    prediction_score: float
+    column_scores: dict[str, float]
+    unsampled: bool  # the extra run of the largest size with sampling off
+
+
+def spec_file(directory: Path, rows: int, drift: float, max_rows: int) -> Path:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["data"].update(rows=rows, drift=drift)
+    raw["drift"]["max_rows"] = max_rows
+    # A small search: the benchmark is about the drift check, not training.
+    raw["search"].update(trials=1, parallel=1)
+    raw["estimator"]["params"]["n_estimators"] = 30
+    raw["serving"]["tuning"] = {"enabled": False}
+    path = directory / f"spec-{rows}-{drift}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_check(spec: Path, env: dict[str, str], unsampled: bool = False) -> DriftRow:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK, str(spec)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"drift check failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return DriftRow(
+        current_rows=result["current"],
+        reference_rows=result["reference"],
+        compared_rows=result["compared"],
+        seconds=result["seconds"],
+        process_seconds=elapsed,
+        peak_rss_mb=result["peak_kb"] / 1024,
+        drift_share=result["share"],
+        drifted_columns=result["columns"],
+        prediction_score=result["prediction_score"],
+        column_scores=result["column_scores"],
+        unsampled=unsampled,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--reference", type=int, default=100_000)
+    parser.add_argument("--max-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--unsampled",
+        action="store_true",
+        help="also run the largest size with no sampling, to compare scores and verdicts",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "drift.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+        env.update(CONVEYOR_HOME=str(base / "state"), PREFECT_HOME=str(base / "prefect"))
+        # The reference is the champion's training split, not the holdout.
+        holdout = float(yaml.safe_load(DEFAULT_SPEC.read_text())["data"]["holdout_fraction"])
+        release = spec_file(base, round(args.reference / (1 - holdout)), 0.0, args.max_rows)
+        conveyor = str(Path(sys.executable).parent / "conveyor")
+        try:
+            subprocess.run([conveyor, "run", "--spec", str(release)], env=env, cwd=ROOT, check=True)
+            rows = []
+            for size in sorted(args.sizes):
+                row = run_check(spec_file(base, size, 1.0, args.max_rows), env)
+                print(row.model_dump_json(), flush=True)
+                rows.append(row)
+            if args.unsampled:
+                largest = max(args.sizes)
+                row = run_check(spec_file(base, largest, 1.0, largest), env, unsampled=True)
+                print(row.model_dump_json(), flush=True)
+                rows.append(row)
+        finally:
+            subprocess.run([conveyor, "triton", "down"], env=env, cwd=ROOT, check=False)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
