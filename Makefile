@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bootstrap run test lint format clean deploy ui bench
+.PHONY: bootstrap system-deps run test lint format clean deploy ui bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,22 @@ bootstrap: $(STAMP)
 run: bootstrap
 	$(BIN)/conveyor run
 
-test: bootstrap
+# Debian's Prometheus and Pushgateway for the observability tests (CI runs as root). Elsewhere:
+# install them yourself; the tests that need them say so.
+SYSTEM_BINARIES := prometheus promtool prometheus-pushgateway
+system-deps:
+	@missing=$$(for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || echo $$b; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing prometheus prometheus-pushgateway (missing: $$missing)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends prometheus prometheus-pushgateway >/dev/null; \
+		else \
+			echo "missing $$missing: apt-get install prometheus prometheus-pushgateway (as root)"; \
+		fi; \
+	fi
+
+test: bootstrap system-deps
 	$(BIN)/pytest
 
 # Benchmarks (never part of `make test`): machine-readable results in bench-results/, tables in

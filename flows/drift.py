@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tasks import metrics
 from tasks.drift import DriftReport, check_drift_task, emit_drift_task
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 
@@ -14,6 +15,8 @@ def drift_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> DriftReport:
     """Check the model described by `spec_path` for data and prediction drift."""
     settings = Settings()
     spec = load_spec(spec_path)
-    report = check_drift_task(settings, spec)
-    emit_drift_task(report, spec_path)
+    with metrics.observed(settings, spec.name, "drift-check") as obs:
+        report = check_drift_task(settings, spec)
+        metrics.record_drift(obs, report)
+        emit_drift_task(report, spec_path)
     return report

@@ -11,6 +11,7 @@ from flows.registration import registration_flow
 from flows.smoke import smoke_test_flow
 from flows.training import training_flow
 from flows.validation import validation_flow
+from tasks import metrics
 from tasks.approval import (
     ApprovalDecision,
     ensure_approvable,
@@ -22,7 +23,7 @@ from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
 from tasks.search import task_runner
-from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
 from tasks.smoke import SmokeReport
 from tasks.swap import SwapReport, swap_task
 from tasks.triton import withdraw_task
@@ -78,19 +79,30 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
     move."""
     settings = Settings()
     spec = load_spec(spec_path)
+    with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
+        result = _release(settings, spec, obs)
+    create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
+    return result
+
+
+def _release(settings: Settings, spec: ModelSpec, obs: metrics.Observation) -> ReleaseResult:
+    metrics.record_budget(obs, spec)
     ensure_approvable(spec)
     runner = task_runner(settings.task_runner, spec.search.parallel, settings.dask_address)
     train = training_flow.with_options(task_runner=runner)(spec, settings)
     validation = validation_flow(spec, settings, train)
     ref = registration_flow(spec, settings, train, validation)
+    obs.registered(ref.version, train.metrics.model_dump(exclude={"rows"}))
     try:
         export = triton_export_flow(spec, settings, ref, train.holdout)
         smoke = smoke_test_flow(spec, settings, ref, train.holdout)
+        metrics.record_smoke(obs, smoke)
         approval = None
         if spec.promotion.requires_approval:
             approval = record_decision_task(settings, ref, request_approval(spec, ref.version))
         # Triton first: the version answers callers before the registry calls it champion.
         swap = swap_task(settings, spec, ref, train.holdout)
+        metrics.record_swap(obs, swap)
         promotion = promote_task(
             settings,
             ref,
@@ -108,7 +120,10 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
     card = model_card_task(
         settings, spec, ref, train, validation, export.onnx, smoke, approval, promotion
     )
-    result = ReleaseResult(
+    for gate in metrics.GATES:
+        if gate != "approval" or approval is not None:
+            obs.gate(gate, True)
+    return ReleaseResult(
         model=spec.name,
         version=ref.version,
         run_id=ref.run_id,
@@ -123,5 +138,3 @@ def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
         promotion=promotion,
         model_card=card,
     )
-    create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
-    return result

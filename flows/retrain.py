@@ -7,6 +7,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.release import release_flow
+from tasks import metrics
 from tasks.retrain import RetrainClaim, claim_retrain_task
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 
@@ -24,7 +25,11 @@ def retrain_flow(
     drift event and are kept in the run's parameters for the record)."""
     settings = Settings()
     spec = load_spec(spec_path)
-    claim = claim_retrain_task(settings, spec)
-    if not claim.granted:
-        return RetrainResult(claim=claim, version=None)
-    return RetrainResult(claim=claim, version=release_flow(spec_path).version)
+    with metrics.observed(settings, spec.name, "retrain") as obs:
+        claim = claim_retrain_task(settings, spec)
+        obs.gauge(
+            "conveyor_retrain_skipped", "1 if the last retrain was skipped.", not claim.granted
+        )
+        if not claim.granted:
+            return RetrainResult(claim=claim, version=None)
+        return RetrainResult(claim=claim, version=release_flow(spec_path).version)

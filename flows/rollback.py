@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tasks import metrics
 from tasks.registry import PromotionResult, default_actor, plan_rollback_task, rollback_task
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 from tasks.triton import serve_only_task
@@ -16,6 +17,7 @@ def rollback_flow(
     """Triton first: serving the good version is what stops the harm; the aliases follow."""
     settings = Settings()
     spec = load_spec(spec_path)
-    plan = plan_rollback_task(settings, spec.name)
-    serve_only_task(settings, spec, plan.target)
-    return rollback_task(settings, plan, reason, actor or default_actor())
+    with metrics.observed(settings, spec.name, "rollback"):
+        plan = plan_rollback_task(settings, spec.name)
+        serve_only_task(settings, spec, plan.target)
+        return rollback_task(settings, plan, reason, actor or default_actor())

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(
         default=None, description="An existing Dask scheduler; unset: a local cluster."
     )
+    pushgateway_url: str | None = Field(
+        default=None,
+        description="Prometheus Pushgateway (http://host:9091) for pipeline metrics; unset: none.",
+    )
     triton_startup_timeout_s: float = Field(default=60.0, gt=0)
     triton_load_timeout_s: float = Field(default=120.0, gt=0)
 

@@ -1,0 +1,385 @@
+"""Pipeline metrics for Prometheus, pushed to a Pushgateway at the end of every flow.
+
+Flows are batch jobs, so they push rather than wait to be scraped. Each push replaces one group
+on the Pushgateway (job `conveyor`, grouping key `model` + `flow`), so:
+
+- counters (`*_total`) are read back from the Pushgateway and carried forward before the push,
+  and every label set a counter can take starts at 0, so rates and alerts have a series to work
+  on before the first failure;
+- a released version's model metrics go to their own group (`version` in the grouping key) and
+  stay there when the next version is released;
+- the champion is pushed to a `flow="registry"` group from the registry's current alias, so
+  release, retrain and rollback all leave the same truthful series.
+
+Metrics never fail a flow: an unset `CONVEYOR_PUSHGATEWAY_URL` is one log line; an unreachable
+or malformed one is a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import httpx
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
+from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+from prometheus_client.parser import text_string_to_metric_families
+
+from tasks.settings import ConveyorError, ModelSpec, Settings
+
+if TYPE_CHECKING:
+    from tasks.drift import DriftReport
+    from tasks.smoke import SmokeReport
+    from tasks.swap import SwapReport
+
+JOB = "conveyor"
+OUTCOMES = ("completed", "failed")
+DECISIONS = ("pass", "fail")
+# The release's gates in the order they run; a failure at one means the earlier ones passed.
+GATES = (
+    "data_quality",
+    "model_validation",
+    "onnx_parity",
+    "repository_integrity",
+    "smoke_test",
+    "approval",
+    "swap",
+)
+_GATE_ERRORS = {
+    "DataQualityError": "data_quality",
+    "GateError": "model_validation",
+    "ParityError": "onnx_parity",
+    "IntegrityError": "repository_integrity",
+    "SmokeTestError": "smoke_test",
+    "ApprovalError": "approval",
+    "SwapError": "swap",
+}
+# (counter sample name, its own labels) → value, as read back from the Pushgateway.
+Carried = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("conveyor.metrics")
+
+
+def failed_gate(exc: BaseException) -> str | None:
+    """The release gate an exception stands for, or None for any other failure."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _GATE_ERRORS:
+            return _GATE_ERRORS[cls.__name__]
+    return None
+
+
+def gateway_problem(url: str) -> str | None:
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        return f"CONVEYOR_PUSHGATEWAY_URL={url!r} is not an http(s)://host:port URL"
+    try:
+        parsed.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return f"CONVEYOR_PUSHGATEWAY_URL={url!r} has a malformed port"
+    return None
+
+
+def _gateway(url: str) -> str:
+    return url if "://" in url else f"http://{url}"
+
+
+def pushed_counters(url: str, grouping: dict[str, str]) -> Carried:
+    """Counter samples currently held on the Pushgateway for one group: (name, labels) → value."""
+    response = httpx.get(f"{_gateway(url)}/metrics", timeout=5)
+    response.raise_for_status()
+    wanted = {"job": JOB, **grouping}
+    values: Carried = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.type != "counter" or not family.name.startswith("conveyor_"):
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            labels = dict(sample.labels)
+            if any(labels.get(k) != v for k, v in wanted.items()):
+                continue
+            own = frozenset((k, v) for k, v in labels.items() if k not in {"instance", *wanted})
+            values[(sample.name, own)] = sample.value
+    return values
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    help_text: str
+    labels: dict[str, str]
+    value: float | bool
+
+
+def _gauges(series: Iterable[Series], registry: CollectorRegistry) -> None:
+    families: dict[str, Gauge] = {}
+    for one in series:
+        names = sorted(one.labels)
+        if one.name not in families:
+            families[one.name] = Gauge(one.name, one.help_text, names, registry=registry)
+        gauge = families[one.name]
+        (gauge.labels(*[one.labels[k] for k in names]) if names else gauge).set(float(one.value))
+
+
+@dataclass
+class Observation:
+    """What one flow run records; pushed when the flow ends, whatever its outcome."""
+
+    model: str
+    flow: str
+    started: float = field(default_factory=time.monotonic)
+    outcome: str = "completed"
+    gates: dict[str, str] = field(default_factory=dict)
+    gauges: dict[str, Series] = field(default_factory=dict)
+    # A registered version's own series (its group outlives the next run's push).
+    version_gauges: dict[str, Series] = field(default_factory=dict)
+    version: int | None = None
+
+    def gauge(self, name: str, help_text: str, value: float | bool, **labels: str) -> None:
+        self.gauges[name + repr(sorted(labels.items()))] = Series(name, help_text, labels, value)
+
+    def version_gauge(self, name: str, help_text: str, value: float, **labels: str) -> None:
+        key = name + repr(sorted(labels.items()))
+        self.version_gauges[key] = Series(name, help_text, labels, value)
+
+    def gate(self, gate: str, passed: bool) -> None:
+        self.gates[gate] = "pass" if passed else "fail"
+
+    def failed(self, exc: BaseException, gates: tuple[str, ...] = ()) -> None:
+        self.outcome = "failed"
+        gate = failed_gate(exc)
+        if gate in gates:
+            for earlier in gates[: gates.index(gate)]:
+                self.gates.setdefault(earlier, "pass")
+            self.gate(gate, False)
+
+    def registered(self, version: int, metrics: dict[str, float]) -> None:
+        self.version = version
+        for name, value in metrics.items():
+            self.version_gauge(
+                "conveyor_model_metric_ratio", "Holdout metrics of a version.", value, metric=name
+            )
+
+
+def task_durations(flow_run_id: str) -> dict[str, float]:
+    """Seconds per task (name without Prefect's run suffix) in a flow run and its subflows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    durations: dict[str, float] = {}
+    with get_client(sync_client=True) as client:
+        runs, frontier = [flow_run_id], [flow_run_id]
+        while frontier:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+                )
+            )
+            frontier = [str(child.id) for child in children]
+            runs += frontier
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs))
+        )
+    for task_run in task_runs:
+        # Prefect names task runs `<task name>-<3 hex digits>`.
+        name = task_run.name.rsplit("-", 1)[0]
+        seconds = task_run.total_run_time.total_seconds()
+        durations[name] = durations.get(name, 0.0) + seconds
+    return durations
+
+
+def build_registry(
+    obs: Observation, seconds: float, tasks: dict[str, float], carried: Carried
+) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    runs = Counter("conveyor_flow_runs", "Flow runs by outcome.", ["outcome"], registry=registry)
+    for outcome in OUTCOMES:
+        before = carried.get(("conveyor_flow_runs_total", frozenset({("outcome", outcome)})), 0)
+        runs.labels(outcome).inc(before + (1 if outcome == obs.outcome else 0))
+    Gauge("conveyor_flow_duration_seconds", "Wall time of the last run.", registry=registry).set(
+        seconds
+    )
+    Gauge(
+        "conveyor_flow_last_run_timestamp_seconds", "When the last run ended.", registry=registry
+    ).set(time.time())
+    Gauge("conveyor_flow_last_run_success", "1 if the last run completed.", registry=registry).set(
+        obs.outcome == "completed"
+    )
+    if tasks:
+        task_gauge = Gauge(
+            "conveyor_task_duration_seconds",
+            "Run time of each task in the last run (summed over its calls).",
+            ["task"],
+            registry=registry,
+        )
+        for name, value in tasks.items():
+            task_gauge.labels(name).set(value)
+    if obs.gates or any(name == "conveyor_gate_decisions_total" for name, _ in carried):
+        decisions = Counter(
+            "conveyor_gate_decisions",
+            "Release gate decisions.",
+            ["gate", "decision"],
+            registry=registry,
+        )
+        for gate in GATES:
+            for decision in DECISIONS:
+                key = frozenset({("gate", gate), ("decision", decision)})
+                before = carried.get(("conveyor_gate_decisions_total", key), 0)
+                decisions.labels(gate, decision).inc(
+                    before + (1 if obs.gates.get(gate) == decision else 0)
+                )
+    _gauges(obs.gauges.values(), registry)
+    return registry
+
+
+def _push(url: str, registry: CollectorRegistry, grouping: dict[str, str]) -> None:
+    push_to_gateway(_gateway(url), job=JOB, registry=registry, grouping_key=grouping, timeout=5)
+
+
+def push_observation(settings: Settings, obs: Observation) -> bool:
+    """Push one flow run's metrics; True if pushed. Never raises."""
+    url = settings.pushgateway_url
+    log = _logger()
+    if not url:
+        log.info("CONVEYOR_PUSHGATEWAY_URL is unset: %s metrics not pushed", obs.flow)
+        return False
+    if problem := gateway_problem(url):
+        log.warning("%s; metrics not pushed (fix the URL, e.g. http://127.0.0.1:9091)", problem)
+        return False
+    grouping = {"model": obs.model, "flow": obs.flow}
+    seconds = time.monotonic() - obs.started
+    try:
+        tasks = task_durations(str(flow_run.id)) if flow_run.id else {}
+    except Exception as exc:  # the Prefect API is not what this function must never break
+        log.warning("task durations unavailable (%s); pushing flow metrics only", exc)
+        tasks = {}
+    try:
+        carried = pushed_counters(url, grouping)
+        _push(url, build_registry(obs, seconds, tasks, carried), grouping)
+        if obs.version is not None:
+            _push(url, version_registry(obs), {**grouping, "version": str(obs.version)})
+    except (OSError, httpx.HTTPError, ValueError) as exc:
+        log.warning("Pushgateway %s unreachable or refused the push (%s); metrics lost", url, exc)
+        return False
+    log.info("pushed %s metrics for %s to %s", obs.flow, obs.model, url)
+    return True
+
+
+def version_registry(obs: Observation) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    _gauges(obs.version_gauges.values(), registry)
+    return registry
+
+
+def push_champion(settings: Settings, model: str, version: int | None) -> None:
+    """The registry's champion as `conveyor_champion_version` and `conveyor_champion_info`."""
+    url = settings.pushgateway_url
+    if not url or gateway_problem(url) or version is None:
+        return
+    registry = CollectorRegistry()
+    Gauge("conveyor_champion_version", "Current champion version.", registry=registry).set(version)
+    Gauge(
+        "conveyor_champion_info",
+        "1 for the champion version (joins Triton's per-version series).",
+        ["version"],
+        registry=registry,
+    ).labels(str(version)).set(1)
+    try:
+        _push(url, registry, {"model": model, "flow": "registry"})
+    except (OSError, httpx.HTTPError, ValueError) as exc:
+        _logger().warning("Pushgateway %s: champion not pushed (%s)", url, exc)
+
+
+@contextmanager
+def observed(
+    settings: Settings, model: str, flow: str, gates: tuple[str, ...] = ()
+) -> Iterator[Observation]:
+    """Record a flow run's outcome and push everything when it ends, failure included."""
+    obs = Observation(model=model, flow=flow)
+    try:
+        yield obs
+    except BaseException as exc:
+        obs.failed(exc, gates)
+        raise
+    finally:
+        push_observation(settings, obs)
+        if flow in {"release", "retrain", "rollback"}:
+            _push_current_champion(settings, model)
+
+
+def _push_current_champion(settings: Settings, model: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from tasks import registry
+
+    try:
+        version = registry.alias_version(settings, model, registry.CHAMPION)
+    except (ConveyorError, MlflowException) as exc:
+        _logger().warning("champion not pushed: %s", exc)
+        return
+    push_champion(settings, model, version)
+
+
+def record_smoke(obs: Observation, smoke: SmokeReport) -> None:
+    for mode, p50, p99 in (
+        ("single", smoke.p50_ms, smoke.p99_ms),
+        ("load", smoke.load.p50_ms, smoke.load.p99_ms),
+    ):
+        obs.version_gauge("conveyor_smoke_latency_p50_seconds", "Smoke p50.", p50 / 1e3, mode=mode)
+        obs.version_gauge("conveyor_smoke_latency_p99_seconds", "Smoke p99.", p99 / 1e3, mode=mode)
+    obs.version_gauge(
+        "conveyor_smoke_throughput_requests_per_second",
+        "Smoke-test throughput under load.",
+        smoke.load.throughput_rps,
+    )
+
+
+def record_budget(obs: Observation, spec: ModelSpec) -> None:
+    """The spec's serving budget, which the Triton p99 alert compares against; pushed by every
+    release, whatever its outcome, so a failed release does not take it away."""
+    obs.gauge(
+        "conveyor_smoke_p99_budget_seconds",
+        "The spec's p99 budget (smoke.p99_budget_ms).",
+        spec.smoke.p99_budget_ms / 1e3,
+    )
+
+
+def record_swap(obs: Observation, swap: SwapReport) -> None:
+    obs.version_gauge("conveyor_swap_load_seconds", "Time to load the version.", swap.load_seconds)
+    if swap.p99_ratio is not None:
+        obs.version_gauge(
+            "conveyor_swap_p99_ratio", "Probe p99 during / before the swap.", swap.p99_ratio
+        )
+
+
+def record_drift(obs: Observation, report: DriftReport) -> None:
+    obs.gauge("conveyor_drift_share_ratio", "Share of drifted columns.", report.drift_share)
+    obs.gauge(
+        "conveyor_drift_threshold_ratio", "Share that counts as drift.", report.threshold_share
+    )
+    obs.gauge("conveyor_drift_detected", "1 if the last check found drift.", report.drifted)
+    for column in [*report.columns, report.prediction]:
+        obs.gauge(
+            "conveyor_drift_column_score",
+            "Drift score per column (the prediction is column `score`).",
+            column.score,
+            column=column.column,
+            method=column.method,
+        )
+    obs.gauge("conveyor_drift_current_rows", "Rows in the checked batch.", report.current_rows)
