@@ -40,6 +40,10 @@ test: bootstrap system-deps
 # Benchmarks (never part of `make test`): machine-readable results in bench-results/, tables in
 # BENCHMARKS.md.
 bench: bootstrap
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		{ echo "bench needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.drift --unsampled
 	$(BIN)/python -m bench.report
 

@@ -80,6 +80,62 @@ def drift_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def serving_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Serving",
+        "",
+        "The released fraud model, batch-1 requests on loopback, client and server on the same",
+        "cores. HTTP rows: `wrk --latency` for the stated seconds per concurrency; gRPC and",
+        "in-process rows: a closed loop of that many Python threads. The no-op row is a",
+        "python-backend model with the same I/O and serving configuration on the same Triton:",
+        "the server's own ceiling. Alternatives get the same 2 workers as there are cores.",
+        "",
+        "Reproduce: `.venv/bin/python -m bench.serving && .venv/bin/python -m bench.report`",
+        "",
+        "| target | protocol | concurrency | req/s | p50 (ms) | p99 (ms) | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {r['protocol']} | {r['concurrency']} | {r['throughput_rps']:,.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+        )
+
+    def rps(target: str, protocol: str, concurrency: int) -> float | None:
+        return next(
+            (
+                r["throughput_rps"]
+                for r in rows
+                if r["target"].startswith(target)
+                and r["protocol"].startswith(protocol)
+                and r["concurrency"] == concurrency
+            ),
+            None,
+        )
+
+    lines += ["", "Ratios from the rows above (HTTP, wrk):", ""]
+    for c in sorted({r["concurrency"] for r in rows}):
+        ours, noop = rps("conveyor", "HTTP", c), rps("no-op", "HTTP", c)
+        mlflow, fastapi = rps("mlflow", "HTTP", c), rps("FastAPI", "HTTP", c)
+        parts = []
+        if ours and mlflow:
+            parts.append(f"{ours / mlflow:.1f}x `mlflow models serve`")
+        if ours and fastapi:
+            parts.append(f"{ours / fastapi:.1f}x FastAPI + pickle")
+        if ours and noop:
+            parts.append(f"{100 * ours / noop:.0f} % of the no-op ceiling")
+        if parts:
+            lines.append(f"- concurrency {c}: conveyor Triton is " + ", ".join(parts) + ".")
+    p99_32 = next(
+        (r["p99_ms"] for r in rows if r["target"] == "conveyor Triton" and r["concurrency"] == 32
+         and r["protocol"].startswith("HTTP")),
+        None,
+    )  # fmt: skip
+    if p99_32 is not None:
+        lines.append(f"- p99 at concurrency 32 (HTTP): {p99_32:.2f} ms (target 5 ms).")
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -88,6 +144,10 @@ def main() -> None:
         "This machine is shared and noisy: compare rows of one run, not runs with each other.",
         "",
     ]
+    serving = RESULTS / "serving.json"
+    if serving.exists():
+        lines += serving_section(json.loads(serving.read_text()))
+        lines.append("")
     drift = RESULTS / "drift.json"
     if drift.exists():
         lines += drift_section(json.loads(drift.read_text()))

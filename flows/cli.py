@@ -73,7 +73,7 @@ def run(spec: SpecOption = None) -> None:
             "Triton HTTP / gRPC",
             f"http://{result.export.serving.endpoint.http} / {result.export.serving.endpoint.grpc}",
         ),
-        ("served versions", ", ".join(map(str, result.export.serving.versions))),
+        ("served versions", ", ".join(map(str, result.swap.after))),
         ("latency p50 / p99", f"{smoke.p50_ms:.2f} / {smoke.p99_ms:.2f} ms (batch 1, HTTP)"),
         (
             f"under load ({smoke.load.concurrency} clients)",

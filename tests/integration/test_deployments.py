@@ -189,7 +189,11 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
     second = wait_for_runs(stack, "retrain", 2)
     skipped = next(r for r in second if r["id"] != retrain["id"])
     assert stack.wait(str(skipped["id"]))["state"]["type"] == "COMPLETED"
-    assert "inside the 3600 s cooldown" in stack.logs(str(skipped["id"]))
+    # The run's logs reach the server in batches, a moment after its final state.
+    deadline = time.monotonic() + 30
+    while "inside the 3600 s cooldown" not in (logs := stack.logs(str(skipped["id"]))):
+        assert time.monotonic() < deadline, logs
+        time.sleep(1)
     assert registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION) == 2
 
 

@@ -1,0 +1,338 @@
+"""Serving throughput and latency, side by side in one run: the released fraud model through
+conveyor's Triton (HTTP with wrk, gRPC with a client loop) against what users would pick instead.
+
+    .venv/bin/python -m bench.serving --out bench-results/serving.json
+
+Every HTTP row is `wrk --latency` with a batch-1 JSON body for `--seconds` per concurrency; every
+in-process or gRPC row is a closed loop of `c` threads. Client and server share this machine's
+cores, as they would on a single-host deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+from pydantic import BaseModel
+
+from tasks.settings import DEFAULT_SPEC
+
+ROOT = Path(__file__).resolve().parent.parent
+ROW = [120.5, 14.0, 0.0, 0.2, 0.3, 400.0, 3.0, 12.0, 1.0, 1.0]
+
+NOOP_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Same I/O as the fraud model, no model: what the server itself costs per request."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "features").as_numpy().shape[0]
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("label", np.zeros((n, 1), np.int64)),
+                pb_utils.Tensor("probabilities", np.zeros((n, 2), np.float32)),
+            ]))
+        return responses
+'''
+
+FASTAPI_APP = """
+import pickle
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+model = pickle.loads(Path(__file__).with_name("model.pkl").read_bytes())
+app = FastAPI()
+
+
+class Rows(BaseModel):
+    rows: list[list[float]]
+
+
+@app.post("/predict")
+def predict(body: Rows) -> dict:
+    return {"probabilities": model.predict_proba(np.asarray(body.rows, dtype=np.float32)).tolist()}
+"""
+
+
+class Row(BaseModel):
+    target: str
+    protocol: str
+    concurrency: int
+    requests: int
+    seconds: float
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    command: str
+
+
+def wrk(url: str, body: str, concurrency: int, seconds: int, target: str, tmp: Path) -> Row:
+    script = tmp / f"{target}.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [[{body}]]\n"
+    )
+    threads = min(concurrency, 2)
+    command = [
+        "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script),
+        url,
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    elapsed = re.search(r"requests in ([\d.]+)(ms|s|m)", out)
+    assert elapsed is not None
+    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0}[elapsed.group(2)]
+    errors = 0
+    if non_2xx := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(non_2xx.group(1))
+    if sockets := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
+        errors += sum(int(g) for g in sockets.groups())
+    return Row(
+        target=target,
+        protocol="HTTP (wrk)",
+        concurrency=concurrency,
+        requests=requests,
+        seconds=float(elapsed.group(1)) * scale,
+        throughput_rps=requests / (float(elapsed.group(1)) * scale),
+        p50_ms=_wrk_ms(out, "50%"),
+        p99_ms=_wrk_ms(out, "99%"),
+        errors=errors,
+        command=" ".join(command[:-3]) + f" -s <batch-1 body> {url}",
+    )
+
+
+def _wrk_ms(out: str, percentile: str) -> float:
+    found = re.search(rf"{re.escape(percentile)}\s+([\d.]+)(us|ms|s)", out)
+    assert found is not None, out
+    return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[found.group(2)]
+
+
+def closed_loop(
+    call: Callable[[], None], concurrency: int, seconds: int, target: str, protocol: str
+) -> Row:
+    """`concurrency` threads calling back to back for `seconds`; latency of every call."""
+    stop = time.perf_counter() + seconds
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+
+    def loop(index: int) -> None:
+        while (start := time.perf_counter()) < stop:
+            try:
+                call()
+            except Exception:
+                errors[index] += 1
+                continue
+            latencies[index].append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    every = np.concatenate([np.asarray(x) for x in latencies]) * 1e3
+    return Row(
+        target=target,
+        protocol=protocol,
+        concurrency=concurrency,
+        requests=len(every),
+        seconds=elapsed,
+        throughput_rps=len(every) / elapsed,
+        p50_ms=float(np.percentile(every, 50)),
+        p99_ms=float(np.percentile(every, 99)),
+        errors=sum(errors),
+        command=f"python -m bench.serving ({protocol}, {concurrency} threads)",
+    )
+
+
+def grpc_caller(url: str, model: str, features: np.ndarray) -> Callable[[], None]:
+    """A batch-1 gRPC infer with one client (channel) per thread."""
+    import tritonclient.grpc as grpcclient
+
+    local = threading.local()
+
+    def call() -> None:
+        if not hasattr(local, "client"):
+            local.client = grpcclient.InferenceServerClient(url)
+        inp = grpcclient.InferInput("features", list(features.shape), "FP32")
+        inp.set_data_from_numpy(features)
+        local.client.infer(model, [inp])
+
+    return call
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], ready: str, log: Path) -> Iterator[None]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(ready, timeout=2).status_code < 500:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[0]} did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+            yield
+        finally:
+            os.killpg(process.pid, 15)
+            process.wait(30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def release(base: Path, env: dict[str, str]) -> Path:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    spec = base / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    conveyor = str(Path(sys.executable).parent / "conveyor")
+    subprocess.run([conveyor, "run", "--spec", str(spec)], env=env, cwd=ROOT, check=True)
+    return spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "serving.json")
+    args = parser.parse_args()
+
+    import onnxruntime as ort
+
+    from tasks import registry, triton, triton_server
+    from tasks.settings import Settings, load_spec
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+        env.update(CONVEYOR_HOME=str(tmp / "state"), PREFECT_HOME=str(tmp / "prefect"))
+        os.environ.update(CONVEYOR_HOME=env["CONVEYOR_HOME"])
+        conveyor = str(Path(sys.executable).parent / "conveyor")
+        try:
+            spec = load_spec(release(tmp, env))
+            settings = Settings()
+            endpoint = triton_server.endpoint(settings)
+            version = registry.alias_version(settings, spec.name, registry.CHAMPION)
+            assert version is not None
+            ref = registry.version_ref(settings, spec.name, version)
+            # The no-op model: the champion's served configuration, nothing inside.
+            served = triton.control_client(endpoint).get_model_config(spec.name, as_json=True)
+            config = served["config"]
+            config["name"] = "noop"
+            config.pop("version_policy", None)
+            triton.control_client(endpoint).load_model(
+                "noop",
+                config=json.dumps(config),
+                files={"file:1/model.py": NOOP_MODEL.encode()},
+            )
+            triton_body = json.dumps(
+                {
+                    "inputs": [
+                        {"name": "features", "shape": [1, 10], "datatype": "FP32", "data": ROW}
+                    ]
+                }
+            )
+            http = f"http://{endpoint.http}/v2/models"
+            for c in args.concurrency:
+                rows.append(wrk(f"{http}/{spec.name}/infer", triton_body, c, args.seconds,
+                                "conveyor Triton", tmp))  # fmt: skip
+                rows.append(wrk(f"{http}/noop/infer", triton_body, c, args.seconds,
+                                "no-op model, same Triton", tmp))  # fmt: skip
+
+            features = np.asarray([ROW], dtype=np.float32)
+            for target, name in (
+                ("conveyor Triton", spec.name),
+                ("no-op model, same Triton", "noop"),
+            ):
+                for c in args.concurrency:
+                    call = grpc_caller(endpoint.grpc, name, features)
+                    rows.append(closed_loop(call, c, args.seconds, target, "gRPC (python loop)"))
+
+            onnx_bytes = registry.read_artifact(
+                settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}"
+            )
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+            for c in args.concurrency:
+                rows.append(closed_loop(
+                    lambda: session.run(None, {"features": features}), c, args.seconds,
+                    "onnxruntime in-process", "in-process (threads)",
+                ))  # fmt: skip
+
+            # What users would pick instead, given the same model and the same cores.
+            model = registry.load_model(settings, ref.model_uri)
+            import pickle
+
+            (tmp / "model.pkl").write_bytes(pickle.dumps(model))
+            (tmp / "app.py").write_text(FASTAPI_APP)
+            port = free_port()
+            fastapi_cmd = [
+                str(Path(sys.executable).parent / "uvicorn"), "app:app", "--app-dir", str(tmp),
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-level",
+                "warning",
+            ]  # fmt: skip
+            with server(fastapi_cmd, env, f"http://127.0.0.1:{port}/docs", tmp / "fastapi.log"):
+                body = json.dumps({"rows": [ROW]})
+                for c in args.concurrency:
+                    rows.append(wrk(f"http://127.0.0.1:{port}/predict", body, c, args.seconds,
+                                    "FastAPI + pickle (2 workers)", tmp))  # fmt: skip
+            port = free_port()
+            mlflow_cmd = [
+                str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                ref.model_uri, "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port),
+                "-w", "2",
+            ]  # fmt: skip
+            menv = {**env, "MLFLOW_TRACKING_URI": settings.tracking_uri}
+            with server(mlflow_cmd, menv, f"http://127.0.0.1:{port}/ping", tmp / "mlflow.log"):
+                body = json.dumps({"inputs": [ROW]})
+                for c in args.concurrency:
+                    rows.append(wrk(f"http://127.0.0.1:{port}/invocations", body, c, args.seconds,
+                                    "mlflow models serve (2 workers)", tmp))  # fmt: skip
+        finally:
+            subprocess.run([conveyor, "triton", "down"], env=env, cwd=ROOT, check=False)
+    for row in rows:
+        print(row.model_dump_json(), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
