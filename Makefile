@@ -44,6 +44,7 @@ bench: bootstrap
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		{ echo "bench needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.swap
 	$(BIN)/python -m bench.drift --unsampled
 	$(BIN)/python -m bench.report
 

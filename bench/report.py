@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,31 @@ def serving_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def swap_section(rows: list[dict[str, Any]]) -> list[str]:
+    median = statistics.median(r["p99_ratio"] for r in rows)
+    lines = [
+        "## Zero-downtime swap",
+        "",
+        "Each release after the first swaps its version in while probe clients keep sending",
+        "unversioned batch-1 requests (HTTP and gRPC); p99 of the probe before the swap (steady)",
+        "and while the new version loads (during), from the release's SwapReport.",
+        "Target: during ≤ 3x steady.",
+        "",
+        "Reproduce: `.venv/bin/python -m bench.swap && .venv/bin/python -m bench.report`",
+        "",
+        "| version | load (s) | steady p99 (ms) | during p99 (ms) | ratio | failed requests |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['version']} | {r['load_seconds']:.2f} | {r['steady_p99_ms']:.2f} "
+            f"| {r['during_p99_ms']:.2f} | {r['p99_ratio']:.2f}x | {r['errors']} |"
+            for r in rows
+        ],
+        "",
+        f"Median ratio over {len(rows)} swaps: {median:.2f}x.",
+    ]
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -144,6 +170,10 @@ def main() -> None:
         "This machine is shared and noisy: compare rows of one run, not runs with each other.",
         "",
     ]
+    swap = RESULTS / "swap.json"
+    if swap.exists():
+        lines += swap_section(json.loads(swap.read_text()))
+        lines.append("")
     serving = RESULTS / "serving.json"
     if serving.exists():
         lines += serving_section(json.loads(serving.read_text()))

@@ -88,11 +88,16 @@ class Row(BaseModel):
 
 
 def wrk(url: str, body: str, concurrency: int, seconds: int, target: str, tmp: Path) -> Row:
-    script = tmp / f"{target}.lua"
+    # A wrong body would benchmark error responses: one request must succeed first.
+    check = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=10)
+    if check.status_code != 200:
+        raise RuntimeError(f"{target}: {url} answered {check.status_code}: {check.text[:300]}")
+    script = tmp / f"{target.replace(' ', '_')}.lua"
+    # A level-2 long bracket: JSON bodies contain `]]`, which would end a plain [[...]] string.
     script.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [[{body}]]\n"
+        f"wrk.body = [==[{body}]==]\n"
     )
     threads = min(concurrency, 2)
     command = [
@@ -205,8 +210,14 @@ def server(command: list[str], env: dict[str, str], ready: str, log: Path) -> It
                 time.sleep(0.5)
             yield
         finally:
-            os.killpg(process.pid, 15)
-            process.wait(30)
+            if process.poll() is None:
+                os.killpg(process.pid, 15)
+                process.wait(30)
+
+
+def keep(rows: list[Row], row: Row) -> None:
+    print(row.model_dump_json(), flush=True)
+    rows.append(row)
 
 
 def free_port() -> int:
@@ -243,6 +254,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
         env.update(CONVEYOR_HOME=str(tmp / "state"), PREFECT_HOME=str(tmp / "prefect"))
+        # `mlflow models serve` starts `uvicorn` from PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         os.environ.update(CONVEYOR_HOME=env["CONVEYOR_HOME"])
         conveyor = str(Path(sys.executable).parent / "conveyor")
         try:
@@ -271,9 +284,9 @@ def main() -> None:
             )
             http = f"http://{endpoint.http}/v2/models"
             for c in args.concurrency:
-                rows.append(wrk(f"{http}/{spec.name}/infer", triton_body, c, args.seconds,
+                keep(rows, wrk(f"{http}/{spec.name}/infer", triton_body, c, args.seconds,
                                 "conveyor Triton", tmp))  # fmt: skip
-                rows.append(wrk(f"{http}/noop/infer", triton_body, c, args.seconds,
+                keep(rows, wrk(f"{http}/noop/infer", triton_body, c, args.seconds,
                                 "no-op model, same Triton", tmp))  # fmt: skip
 
             features = np.asarray([ROW], dtype=np.float32)
@@ -283,7 +296,7 @@ def main() -> None:
             ):
                 for c in args.concurrency:
                     call = grpc_caller(endpoint.grpc, name, features)
-                    rows.append(closed_loop(call, c, args.seconds, target, "gRPC (python loop)"))
+                    keep(rows, closed_loop(call, c, args.seconds, target, "gRPC (python loop)"))
 
             onnx_bytes = registry.read_artifact(
                 settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}"
@@ -292,7 +305,7 @@ def main() -> None:
             options.intra_op_num_threads = 1
             session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
             for c in args.concurrency:
-                rows.append(closed_loop(
+                keep(rows, closed_loop(
                     lambda: session.run(None, {"features": features}), c, args.seconds,
                     "onnxruntime in-process", "in-process (threads)",
                 ))  # fmt: skip
@@ -312,7 +325,7 @@ def main() -> None:
             with server(fastapi_cmd, env, f"http://127.0.0.1:{port}/docs", tmp / "fastapi.log"):
                 body = json.dumps({"rows": [ROW]})
                 for c in args.concurrency:
-                    rows.append(wrk(f"http://127.0.0.1:{port}/predict", body, c, args.seconds,
+                    keep(rows, wrk(f"http://127.0.0.1:{port}/predict", body, c, args.seconds,
                                     "FastAPI + pickle (2 workers)", tmp))  # fmt: skip
             port = free_port()
             mlflow_cmd = [
@@ -324,12 +337,10 @@ def main() -> None:
             with server(mlflow_cmd, menv, f"http://127.0.0.1:{port}/ping", tmp / "mlflow.log"):
                 body = json.dumps({"inputs": [ROW]})
                 for c in args.concurrency:
-                    rows.append(wrk(f"http://127.0.0.1:{port}/invocations", body, c, args.seconds,
+                    keep(rows, wrk(f"http://127.0.0.1:{port}/invocations", body, c, args.seconds,
                                     "mlflow models serve (2 workers)", tmp))  # fmt: skip
         finally:
             subprocess.run([conveyor, "triton", "down"], env=env, cwd=ROOT, check=False)
-    for row in rows:
-        print(row.model_dump_json(), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,8 @@ class Gate:
     api: str
     base: Path
     settings: Settings
+    # Every release started, so a test that fails while one is paused does not leave it behind.
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         return clean_env(
@@ -37,13 +39,15 @@ class Gate:
         )
 
     def release(self, spec: Path) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [str(BIN / "conveyor"), "run", "--spec", str(spec)],
             env=self.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.started.append(process)
+        return process
 
     def paused_run(self, release: subprocess.Popen[bytes], timeout_s: float = 240) -> str:
         deadline = time.monotonic() + timeout_s
@@ -70,9 +74,12 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
     base = tmp_path_factory.mktemp("approval")
     settings = Settings(home=base / "state")
     with prefect_server(base / "prefect") as api:
+        gate = Gate(api, base, settings)
         try:
-            yield Gate(api, base, settings)
+            yield gate
         finally:
+            for release in gate.started:
+                stop_process(release)
             triton_server.stop(settings)
 
 

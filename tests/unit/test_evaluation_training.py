@@ -168,3 +168,12 @@ def test_single_class_target_is_refused() -> None:
     spec = load_spec(DEFAULT_SPEC)
     with pytest.raises(DataError, match="only class"):
         fit(spec, np.zeros((10, spec.n_features), dtype=np.float32), np.zeros(10, dtype=np.int64))
+
+
+def test_the_fitted_model_predicts_on_one_core() -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    rng = np.random.default_rng(0)
+    features = rng.random((200, spec.n_features), dtype=np.float32)
+    target = (features[:, 0] > 0.5).astype(np.int64)
+    model = fit(spec, features, target, {"n_estimators": 5})
+    assert model[-1].get_params()["n_jobs"] == 1
