@@ -134,6 +134,30 @@ def serving_section(rows: list[dict[str, Any]]) -> list[str]:
     )  # fmt: skip
     if p99_32 is not None:
         lines.append(f"- p99 at concurrency 32 (HTTP): {p99_32:.2f} ms (target 5 ms).")
+    noop_p99 = next(
+        (r["p99_ms"] for r in rows if r["target"].startswith("no-op") and r["concurrency"] == 32
+         and r["protocol"].startswith("HTTP")),
+        None,
+    )  # fmt: skip
+    ort_p50 = next((r["p50_ms"] for r in rows if r["target"].startswith("onnxruntime")), None)
+    sk_p50 = next((r["p50_ms"] for r in rows if r["target"].startswith("FastAPI")), None)
+    lines += [
+        "",
+        "Targets (>= 100x `mlflow models serve` at concurrency 8, >= 90 % of the no-op ceiling,",
+        "p99 <= 5 ms at concurrency 32) and where the time goes:",
+        "",
+        f"- The alternatives run the sklearn forest in Python: about {sk_p50:.1f} ms per batch-1",
+        f"  request (FastAPI p50 at concurrency 1) against {ort_p50:.3f} ms for the same forest in",
+        "  onnxruntime. That gap, not HTTP, is the ratio; our own model used to make it",
+        "  larger (n_jobs=-1 cost joblib dispatch on every call, ~50 ms; the registered model",
+        "  now predicts on one core).",
+        "- Against the no-op model the difference is onnxruntime's work inside Triton's python",
+        "  stub (the only backend in the embedded build); production's onnxruntime_onnx platform",
+        "  runs it in C++ and is not measurable here.",
+        f"- p99 at concurrency 32: the no-op model's is {noop_p99:.1f} ms as well, so the tail is",
+        "  wrk and Triton sharing 2 cores with 32 connections, not the model. Measure with the",
+        "  client on another machine before comparing with the 5 ms target.",
+    ]
     return lines
 
 
@@ -181,6 +205,15 @@ def main() -> None:
     drift = RESULTS / "drift.json"
     if drift.exists():
         lines += drift_section(json.loads(drift.read_text()))
+    lines += [
+        "",
+        "## Not measured yet",
+        "",
+        "- Pipeline: a full release on 100,000 rows with an 8-trial search, per step, against the",
+        "  same steps as plain functions without Prefect (orchestration overhead).",
+        "- Resume: a release killed at the smoke step and run again, against a cold run; needs",
+        "  result persistence and input cache keys on the tasks first.",
+    ]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
 
 
