@@ -45,6 +45,7 @@ bench: bootstrap
 		{ echo "bench needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.swap
+	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.drift --unsampled
 	$(BIN)/python -m bench.report
 
