@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,9 +21,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from bench.common import CONVEYOR, ROOT, isolated, write_results
 from tasks.settings import DEFAULT_SPEC
-
-ROOT = Path(__file__).resolve().parent.parent
 
 _CHECK = """
 import json, resource, sys, time
@@ -109,30 +107,21 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "drift.json")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, isolated(Path(tmp)) as env:
         base = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
-        env.update(CONVEYOR_HOME=str(base / "state"), PREFECT_HOME=str(base / "prefect"))
         # The reference is the champion's training split, not the holdout.
         holdout = float(yaml.safe_load(DEFAULT_SPEC.read_text())["data"]["holdout_fraction"])
         release = spec_file(base, round(args.reference / (1 - holdout)), 0.0, args.max_rows)
-        conveyor = str(Path(sys.executable).parent / "conveyor")
-        try:
-            subprocess.run([conveyor, "run", "--spec", str(release)], env=env, cwd=ROOT, check=True)
-            rows = []
-            for size in sorted(args.sizes):
-                row = run_check(spec_file(base, size, 1.0, args.max_rows), env)
-                print(row.model_dump_json(), flush=True)
-                rows.append(row)
-            if args.unsampled:
-                largest = max(args.sizes)
-                row = run_check(spec_file(base, largest, 1.0, largest), env, unsampled=True)
-                print(row.model_dump_json(), flush=True)
-                rows.append(row)
-        finally:
-            subprocess.run([conveyor, "triton", "down"], env=env, cwd=ROOT, check=False)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+        subprocess.run([CONVEYOR, "run", "--spec", str(release)], env=env, cwd=ROOT, check=True)
+        checks = [(size, args.max_rows, False) for size in sorted(args.sizes)]
+        if args.unsampled:
+            checks.append((max(args.sizes), max(args.sizes), True))
+        for size, max_rows, unsampled in checks:
+            row = run_check(spec_file(base, size, 1.0, max_rows), env, unsampled=unsampled)
+            print(row.model_dump_json(), flush=True)
+            rows.append(row)
+    write_results(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from bench.common import CONVEYOR, ROOT
 from tasks.settings import DEFAULT_SPEC
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class PipelineResult(BaseModel):
@@ -57,8 +55,7 @@ def main() -> None:
             run_id = str(state.state_details.flow_run_id)
             tasks = metrics.task_durations(run_id)
         finally:
-            conveyor = str(Path(sys.executable).parent / "conveyor")
-            subprocess.run([conveyor, "triton", "down"], check=False)
+            subprocess.run([CONVEYOR, "triton", "down"], check=False)
     result = PipelineResult(
         rows=args.rows, trials=int(raw["search"]["trials"]), wall_seconds=wall, tasks=tasks
     )

@@ -28,9 +28,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
+from bench.common import CONVEYOR, ROOT, isolated, write_results
 from tasks.settings import DEFAULT_SPEC
 
-ROOT = Path(__file__).resolve().parent.parent
 ROW = [120.5, 14.0, 0.0, 0.2, 0.3, 400.0, 3.0, 12.0, 1.0, 1.0]
 
 NOOP_MODEL = '''
@@ -232,8 +232,7 @@ def release(base: Path, env: dict[str, str]) -> Path:
     raw = yaml.safe_load(DEFAULT_SPEC.read_text())
     spec = base / "spec.yaml"
     spec.write_text(yaml.safe_dump(raw))
-    conveyor = str(Path(sys.executable).parent / "conveyor")
-    subprocess.run([conveyor, "run", "--spec", str(spec)], env=env, cwd=ROOT, check=True)
+    subprocess.run([CONVEYOR, "run", "--spec", str(spec)], env=env, cwd=ROOT, check=True)
     return spec
 
 
@@ -250,99 +249,86 @@ def main() -> None:
     from tasks.settings import Settings, load_spec
 
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory() as tmp_name, isolated(Path(tmp_name)) as env:
         tmp = Path(tmp_name)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
-        env.update(CONVEYOR_HOME=str(tmp / "state"), PREFECT_HOME=str(tmp / "prefect"))
-        # `mlflow models serve` starts `uvicorn` from PATH.
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         os.environ.update(CONVEYOR_HOME=env["CONVEYOR_HOME"])
-        conveyor = str(Path(sys.executable).parent / "conveyor")
-        try:
-            spec = load_spec(release(tmp, env))
-            settings = Settings()
-            endpoint = triton_server.endpoint(settings)
-            version = registry.alias_version(settings, spec.name, registry.CHAMPION)
-            assert version is not None
-            ref = registry.version_ref(settings, spec.name, version)
-            # The no-op model: the champion's served configuration, nothing inside.
-            served = triton.control_client(endpoint).get_model_config(spec.name, as_json=True)
-            config = served["config"]
-            config["name"] = "noop"
-            config.pop("version_policy", None)
-            triton.control_client(endpoint).load_model(
-                "noop",
-                config=json.dumps(config),
-                files={"file:1/model.py": NOOP_MODEL.encode()},
-            )
-            triton_body = json.dumps(
-                {
-                    "inputs": [
-                        {"name": "features", "shape": [1, 10], "datatype": "FP32", "data": ROW}
-                    ]
-                }
-            )
-            http = f"http://{endpoint.http}/v2/models"
+        spec = load_spec(release(tmp, env))
+        settings = Settings()
+        endpoint = triton_server.endpoint(settings)
+        version = registry.alias_version(settings, spec.name, registry.CHAMPION)
+        assert version is not None
+        ref = registry.version_ref(settings, spec.name, version)
+        # The no-op model: the champion's served configuration, nothing inside.
+        served = triton.control_client(endpoint).get_model_config(spec.name, as_json=True)
+        config = served["config"]
+        config["name"] = "noop"
+        config.pop("version_policy", None)
+        triton.control_client(endpoint).load_model(
+            "noop",
+            config=json.dumps(config),
+            files={"file:1/model.py": NOOP_MODEL.encode()},
+        )
+        triton_body = json.dumps(
+            {"inputs": [{"name": "features", "shape": [1, 10], "datatype": "FP32", "data": ROW}]}
+        )
+        http = f"http://{endpoint.http}/v2/models"
+        for c in args.concurrency:
+            keep(rows, wrk(f"{http}/{spec.name}/infer", triton_body, c, args.seconds,
+                            "conveyor Triton", tmp))  # fmt: skip
+            keep(rows, wrk(f"{http}/noop/infer", triton_body, c, args.seconds,
+                            "no-op model, same Triton", tmp))  # fmt: skip
+
+        features = np.asarray([ROW], dtype=np.float32)
+        for target, name in (
+            ("conveyor Triton", spec.name),
+            ("no-op model, same Triton", "noop"),
+        ):
             for c in args.concurrency:
-                keep(rows, wrk(f"{http}/{spec.name}/infer", triton_body, c, args.seconds,
-                                "conveyor Triton", tmp))  # fmt: skip
-                keep(rows, wrk(f"{http}/noop/infer", triton_body, c, args.seconds,
-                                "no-op model, same Triton", tmp))  # fmt: skip
+                call = grpc_caller(endpoint.grpc, name, features)
+                keep(rows, closed_loop(call, c, args.seconds, target, "gRPC (python loop)"))
 
-            features = np.asarray([ROW], dtype=np.float32)
-            for target, name in (
-                ("conveyor Triton", spec.name),
-                ("no-op model, same Triton", "noop"),
-            ):
-                for c in args.concurrency:
-                    call = grpc_caller(endpoint.grpc, name, features)
-                    keep(rows, closed_loop(call, c, args.seconds, target, "gRPC (python loop)"))
+        onnx_bytes = registry.read_artifact(
+            settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}"
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        for c in args.concurrency:
+            keep(rows, closed_loop(
+                lambda: session.run(None, {"features": features}), c, args.seconds,
+                "onnxruntime in-process", "in-process (threads)",
+            ))  # fmt: skip
 
-            onnx_bytes = registry.read_artifact(
-                settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}"
-            )
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        # What users would pick instead, given the same model and the same cores.
+        model = registry.load_model(settings, ref.model_uri)
+        import pickle
+
+        (tmp / "model.pkl").write_bytes(pickle.dumps(model))
+        (tmp / "app.py").write_text(FASTAPI_APP)
+        port = free_port()
+        fastapi_cmd = [
+            str(Path(sys.executable).parent / "uvicorn"), "app:app", "--app-dir", str(tmp),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-level",
+            "warning",
+        ]  # fmt: skip
+        with server(fastapi_cmd, env, f"http://127.0.0.1:{port}/docs", tmp / "fastapi.log"):
+            body = json.dumps({"rows": [ROW]})
             for c in args.concurrency:
-                keep(rows, closed_loop(
-                    lambda: session.run(None, {"features": features}), c, args.seconds,
-                    "onnxruntime in-process", "in-process (threads)",
-                ))  # fmt: skip
-
-            # What users would pick instead, given the same model and the same cores.
-            model = registry.load_model(settings, ref.model_uri)
-            import pickle
-
-            (tmp / "model.pkl").write_bytes(pickle.dumps(model))
-            (tmp / "app.py").write_text(FASTAPI_APP)
-            port = free_port()
-            fastapi_cmd = [
-                str(Path(sys.executable).parent / "uvicorn"), "app:app", "--app-dir", str(tmp),
-                "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-level",
-                "warning",
-            ]  # fmt: skip
-            with server(fastapi_cmd, env, f"http://127.0.0.1:{port}/docs", tmp / "fastapi.log"):
-                body = json.dumps({"rows": [ROW]})
-                for c in args.concurrency:
-                    keep(rows, wrk(f"http://127.0.0.1:{port}/predict", body, c, args.seconds,
-                                    "FastAPI + pickle (2 workers)", tmp))  # fmt: skip
-            port = free_port()
-            mlflow_cmd = [
-                str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                ref.model_uri, "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port),
-                "-w", "2",
-            ]  # fmt: skip
-            menv = {**env, "MLFLOW_TRACKING_URI": settings.tracking_uri}
-            with server(mlflow_cmd, menv, f"http://127.0.0.1:{port}/ping", tmp / "mlflow.log"):
-                body = json.dumps({"inputs": [ROW]})
-                for c in args.concurrency:
-                    keep(rows, wrk(f"http://127.0.0.1:{port}/invocations", body, c, args.seconds,
-                                    "mlflow models serve (2 workers)", tmp))  # fmt: skip
-        finally:
-            subprocess.run([conveyor, "triton", "down"], env=env, cwd=ROOT, check=False)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+                keep(rows, wrk(f"http://127.0.0.1:{port}/predict", body, c, args.seconds,
+                                "FastAPI + pickle (2 workers)", tmp))  # fmt: skip
+        port = free_port()
+        mlflow_cmd = [
+            str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+            ref.model_uri, "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port),
+            "-w", "2",
+        ]  # fmt: skip
+        menv = {**env, "MLFLOW_TRACKING_URI": settings.tracking_uri}
+        with server(mlflow_cmd, menv, f"http://127.0.0.1:{port}/ping", tmp / "mlflow.log"):
+            body = json.dumps({"inputs": [ROW]})
+            for c in args.concurrency:
+                keep(rows, wrk(f"http://127.0.0.1:{port}/invocations", body, c, args.seconds,
+                                "mlflow models serve (2 workers)", tmp))  # fmt: skip
+    write_results(args.out, rows)
 
 
 if __name__ == "__main__":

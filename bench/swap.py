@@ -10,10 +10,7 @@ MLflow run (`swap_*`), which is where this reads them.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,9 +18,8 @@ import yaml
 from mlflow import MlflowClient
 from pydantic import BaseModel
 
+from bench.common import CONVEYOR, ROOT, isolated, write_results
 from tasks.settings import DEFAULT_SPEC
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class SwapRow(BaseModel):
@@ -41,46 +37,39 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "swap.json")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory() as tmp_name, isolated(Path(tmp_name)) as env:
         tmp = Path(tmp_name)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
-        env.update(CONVEYOR_HOME=str(tmp / "state"), PREFECT_HOME=str(tmp / "prefect"))
         raw = yaml.safe_load(DEFAULT_SPEC.read_text())
         # The swap is what is measured: a small search, the spec's serving configuration.
         raw["search"].update(trials=2, parallel=2)
         raw["serving"]["tuning"] = {"enabled": False}
         spec = tmp / "spec.yaml"
         spec.write_text(yaml.safe_dump(raw))
-        conveyor = str(Path(sys.executable).parent / "conveyor")
-        try:
-            for _ in range(args.releases):
-                subprocess.run(
-                    [conveyor, "run", "--spec", str(spec)],
-                    env=env,
-                    cwd=ROOT,
-                    check=True,
-                    capture_output=True,
-                )
-            client = MlflowClient(f"sqlite:///{tmp / 'state' / 'mlflow.db'}")
-            for version in client.search_model_versions(f"name='{raw['name']}'"):
-                metrics = client.get_run(version.run_id).data.metrics
-                if "swap_p99_ratio" not in metrics:
-                    continue  # the first release: nothing was served before it
-                row = SwapRow(
-                    version=int(version.version),
-                    load_seconds=metrics["swap_load_seconds"],
-                    steady_p99_ms=metrics["swap_steady_p99_ms"],
-                    during_p99_ms=metrics["swap_during_p99_ms"],
-                    p99_ratio=metrics["swap_p99_ratio"],
-                    errors=int(metrics["swap_errors"]),
-                )
-                print(row.model_dump_json(), flush=True)
-                rows.append(row)
-        finally:
-            subprocess.run([conveyor, "triton", "down"], env=env, cwd=ROOT, check=False)
+        for _ in range(args.releases):
+            subprocess.run(
+                [CONVEYOR, "run", "--spec", str(spec)],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+        client = MlflowClient(f"sqlite:///{tmp / 'state' / 'mlflow.db'}")
+        for version in client.search_model_versions(f"name='{raw['name']}'"):
+            metrics = client.get_run(version.run_id).data.metrics
+            if "swap_p99_ratio" not in metrics:
+                continue  # the first release: nothing was served before it
+            row = SwapRow(
+                version=int(version.version),
+                load_seconds=metrics["swap_load_seconds"],
+                steady_p99_ms=metrics["swap_steady_p99_ms"],
+                during_p99_ms=metrics["swap_during_p99_ms"],
+                p99_ratio=metrics["swap_p99_ratio"],
+                errors=int(metrics["swap_errors"]),
+            )
+            print(row.model_dump_json(), flush=True)
+            rows.append(row)
     rows.sort(key=lambda r: r.version)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+    write_results(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""What every benchmark shares: a state directory of its own, and Triton stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parent.parent
+CONVEYOR = str(Path(sys.executable).parent / "conveyor")
+
+
+@contextmanager
+def isolated(tmp: Path) -> Iterator[dict[str, str]]:
+    """An environment with its own CONVEYOR_HOME and PREFECT_HOME under `tmp` (the caller's own
+    settings must not leak in); the embedded Triton it starts is stopped on the way out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+    env.update(CONVEYOR_HOME=str(tmp / "state"), PREFECT_HOME=str(tmp / "prefect"))
+    # Tools the benchmarks start (`mlflow models serve` starts `uvicorn`) come from this venv.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    try:
+        yield env
+    finally:
+        subprocess.run([CONVEYOR, "triton", "down"], env=env, cwd=ROOT, check=False)
+
+
+def write_results(path: Path, rows: Sequence[BaseModel]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
