@@ -103,6 +103,7 @@ def test_bad_data_stops_the_release_before_training(
                     key=ArtifactFilterKey(any_=["data-validation-fraud-detector"])
                 )
             )
-            return str(found[-1].data)
+            # The newest one: other modules' releases share this API and the key.
+            return str(max(found, key=lambda a: str(a.created)).data)
 
     assert "Data validation FAILED" in asyncio.run(artifact())
