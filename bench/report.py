@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -223,23 +224,16 @@ def main() -> None:
         "This machine is shared and noisy: compare rows of one run, not runs with each other.",
         "",
     ]
-    swap = RESULTS / "swap.json"
-    if swap.exists():
-        lines += swap_section(json.loads(swap.read_text()))
-        lines.append("")
-    pipeline = RESULTS / "pipeline.json"
-    if pipeline.exists():
-        lines += pipeline_section(json.loads(pipeline.read_text()))
-        lines.append("")
-    serving = RESULTS / "serving.json"
-    if serving.exists():
-        lines += serving_section(json.loads(serving.read_text()))
-        lines.append("")
-    drift = RESULTS / "drift.json"
-    if drift.exists():
-        lines += drift_section(json.loads(drift.read_text()))
+    sections: list[tuple[str, Callable[[Any], list[str]]]] = [
+        ("swap.json", swap_section),
+        ("pipeline.json", pipeline_section),
+        ("serving.json", serving_section),
+        ("drift.json", drift_section),
+    ]
+    for name, section in sections:
+        if (RESULTS / name).exists():
+            lines += [*section(json.loads((RESULTS / name).read_text())), ""]
     lines += [
-        "",
         "## Not measured yet",
         "",
         "- Pipeline without Prefect: the same steps as plain functions, to measure the",

@@ -23,6 +23,8 @@ POLL_SECONDS = 2
 class ApprovalError(ConveyorError):
     """Approval could not be asked for, or was not given."""
 
+    gate = "approval"
+
 
 class ApprovalInput(RunInput):
     """The form a reviewer fills in (Prefect UI "Resume", or `conveyor approve`)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -185,6 +186,7 @@ def to_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
 
 
 SUFFIXES = (".parquet", ".csv")
+PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 
 
 def read_bytes(data: bytes, name: str) -> pd.DataFrame:
@@ -212,9 +214,21 @@ def local_files(path: Path) -> list[Path]:
     return files
 
 
-def s3_objects(uri: str) -> list[tuple[str, bytes]]:
-    """Objects under s3://bucket/prefix. Credentials and endpoint come from the standard AWS
-    variables (AWS_ENDPOINT_URL points boto3 at MinIO or another S3-compatible store)."""
+def newest_partition(keys: list[str]) -> str | None:
+    """The newest `date=YYYY-MM-DD` partition among the keys, or None if they are not dated."""
+    dates = {m.group(1) for key in keys if (m := PARTITION.search(key))}
+    return f"date={max(dates)}" if dates else None
+
+
+def _in_newest(names: list[str]) -> tuple[list[str], str | None]:
+    newest = newest_partition(names)
+    return [n for n in names if newest is None or newest in n], newest
+
+
+def s3_objects(uri: str, newest_only: bool = False) -> list[tuple[str, bytes]]:
+    """Objects under s3://bucket/prefix (only its newest date partition if asked: the others are
+    not downloaded). Credentials and endpoint come from the standard AWS variables
+    (AWS_ENDPOINT_URL points boto3 at MinIO or another S3-compatible store)."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -231,6 +245,8 @@ def s3_objects(uri: str) -> list[tuple[str, bytes]]:
         ]
         if not keys:
             raise DataError(f"no .parquet or .csv objects under {uri}")
+        if newest_only:
+            keys, _ = _in_newest(keys)
         return [
             (key, client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in sorted(keys)
         ]
@@ -250,6 +266,20 @@ def s3_objects(uri: str) -> list[tuple[str, bytes]]:
         raise DataError(f"cannot reach S3 for {uri}: {exc}; check AWS_ENDPOINT_URL") from exc
 
 
+def read_source(source: str, newest_only: bool = False) -> tuple[pd.DataFrame, str | None]:
+    """A local file or folder, or s3://bucket/prefix, read whole or only its newest
+    `date=YYYY-MM-DD` partition; returns the rows and the partition read (None: all of it)."""
+    if source.startswith("s3://"):
+        objects = s3_objects(source, newest_only)
+        newest = newest_partition([key for key, _ in objects]) if newest_only else None
+        parts = [read_bytes(data, key) for key, data in objects]
+    else:
+        files = {str(path): path for path in local_files(Path(source))}
+        names, newest = _in_newest(list(files)) if newest_only else (list(files), None)
+        parts = [read_bytes(files[name].read_bytes(), name) for name in names]
+    return (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]), newest
+
+
 def load_source(spec: ModelSpec) -> pd.DataFrame:
     """The spec's data: synthetic, a local file or folder, or s3://bucket/prefix."""
     source = spec.data.source
@@ -257,11 +287,7 @@ def load_source(spec: ModelSpec) -> pd.DataFrame:
         return generate_transactions(
             spec.data.rows, spec.data.seed, spec.data.fraud_rate, spec.data.drift
         )
-    if source.startswith("s3://"):
-        parts = [read_bytes(data, key) for key, data in s3_objects(source)]
-    else:
-        parts = [read_bytes(path.read_bytes(), str(path)) for path in local_files(Path(source))]
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return read_source(source)[0]
 
 
 def snapshot(spec: ModelSpec, settings: Settings) -> DatasetRef:

@@ -12,7 +12,6 @@ time and memory stop growing with the batch.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,19 +26,10 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from tasks import events, onnx, registry
-from tasks.data import (
-    DataError,
-    generate_transactions,
-    load_dataset,
-    local_files,
-    read_bytes,
-    s3_objects,
-    to_features,
-)
+from tasks.data import generate_transactions, load_dataset, read_source, to_features
 from tasks.settings import FeatureType, ModelSpec, Settings
 
 SCORE = "score"
-PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 
 
 class ColumnDrift(BaseModel):
@@ -74,12 +64,6 @@ class DriftReport(BaseModel):
         return [c.column for c in self.columns if c.drifted]
 
 
-def newest_partition(keys: list[str]) -> str | None:
-    """The newest `date=YYYY-MM-DD` partition among the keys, or None if they are not dated."""
-    dates = {m.group(1) for key in keys if (m := PARTITION.search(key))}
-    return f"date={max(dates)}" if dates else None
-
-
 def load_current(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
     """The newest batch of the spec's source and a description of where it came from."""
     source = spec.data.source
@@ -89,21 +73,8 @@ def load_current(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
             spec.data.rows, spec.data.seed + 1, spec.data.fraud_rate, spec.data.drift
         )
         return frame, f"synthetic (drift {spec.data.drift})"
-    if source.startswith("s3://"):
-        objects = s3_objects(source)
-        newest = newest_partition([key for key, _ in objects])
-        chosen = [(k, d) for k, d in objects if newest is None or newest in k]
-        parts = [read_bytes(data, key) for key, data in chosen]
-    else:
-        files = local_files(Path(source))
-        newest = newest_partition([str(f) for f in files])
-        parts = [
-            read_bytes(f.read_bytes(), str(f)) for f in files if newest is None or newest in str(f)
-        ]
-    if not parts:
-        raise DataError(f"no data under {source}")
-    where = f"{source} ({newest})" if newest else source
-    return (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]), where
+    frame, newest = read_source(source, newest_only=True)
+    return frame, f"{source} ({newest})" if newest else source
 
 
 def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:

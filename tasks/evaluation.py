@@ -22,6 +22,8 @@ from tasks.settings import ConveyorError, EvaluationSpec, Thresholds, Validation
 class GateError(ConveyorError):
     """A model missed a threshold from its spec."""
 
+    gate = "model_validation"
+
 
 class ModelMetrics(BaseModel):
     """Holdout metrics. Threshold-free (ROC AUC, PR AUC, Brier) and at the operating threshold."""

@@ -17,6 +17,7 @@ or malformed one is a warning.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -52,15 +53,6 @@ GATES = (
     "approval",
     "swap",
 )
-_GATE_ERRORS = {
-    "DataQualityError": "data_quality",
-    "GateError": "model_validation",
-    "ParityError": "onnx_parity",
-    "IntegrityError": "repository_integrity",
-    "SmokeTestError": "smoke_test",
-    "ApprovalError": "approval",
-    "SwapError": "swap",
-}
 # (counter sample name, its own labels) → value, as read back from the Pushgateway.
 Carried = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -74,10 +66,7 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 
 def failed_gate(exc: BaseException) -> str | None:
     """The release gate an exception stands for, or None for any other failure."""
-    for cls in type(exc).__mro__:
-        if cls.__name__ in _GATE_ERRORS:
-            return _GATE_ERRORS[cls.__name__]
-    return None
+    return exc.gate if isinstance(exc, ConveyorError) else None
 
 
 def gateway_problem(url: str) -> str | None:
@@ -204,14 +193,37 @@ def task_durations(flow_run_id: str) -> dict[str, float]:
     return durations
 
 
+def _carried_counter(
+    registry: CollectorRegistry,
+    name: str,
+    help_text: str,
+    labelnames: tuple[str, ...],
+    label_sets: list[tuple[str, ...]],
+    this_run: set[tuple[str, ...]],
+    carried: Carried,
+) -> None:
+    """A counter over every label set (0 if never seen): its pushed value, plus 1 for the label
+    sets this run adds to."""
+    counter = Counter(name, help_text, list(labelnames), registry=registry)
+    for values in label_sets:
+        labels = frozenset(zip(labelnames, values, strict=True))
+        before = carried.get((f"{name}_total", labels), 0.0)
+        counter.labels(*values).inc(before + (1 if values in this_run else 0))
+
+
 def build_registry(
     obs: Observation, seconds: float, tasks: dict[str, float], carried: Carried
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
-    runs = Counter("conveyor_flow_runs", "Flow runs by outcome.", ["outcome"], registry=registry)
-    for outcome in OUTCOMES:
-        before = carried.get(("conveyor_flow_runs_total", frozenset({("outcome", outcome)})), 0)
-        runs.labels(outcome).inc(before + (1 if outcome == obs.outcome else 0))
+    _carried_counter(
+        registry,
+        "conveyor_flow_runs",
+        "Flow runs by outcome.",
+        ("outcome",),
+        [(outcome,) for outcome in OUTCOMES],
+        {(obs.outcome,)},
+        carried,
+    )
     Gauge("conveyor_flow_duration_seconds", "Wall time of the last run.", registry=registry).set(
         seconds
     )
@@ -231,19 +243,15 @@ def build_registry(
         for name, value in tasks.items():
             task_gauge.labels(name).set(value)
     if obs.gates or any(name == "conveyor_gate_decisions_total" for name, _ in carried):
-        decisions = Counter(
+        _carried_counter(
+            registry,
             "conveyor_gate_decisions",
             "Release gate decisions.",
-            ["gate", "decision"],
-            registry=registry,
+            ("gate", "decision"),
+            list(itertools.product(GATES, DECISIONS)),
+            set(obs.gates.items()),
+            carried,
         )
-        for gate in GATES:
-            for decision in DECISIONS:
-                key = frozenset({("gate", gate), ("decision", decision)})
-                before = carried.get(("conveyor_gate_decisions_total", key), 0)
-                decisions.labels(gate, decision).inc(
-                    before + (1 if obs.gates.get(gate) == decision else 0)
-                )
     _gauges(obs.gauges.values(), registry)
     return registry
 
@@ -319,7 +327,8 @@ def observed(
         raise
     finally:
         push_observation(settings, obs)
-        if flow in {"release", "retrain", "rollback"}:
+        # A retrain moves the champion through its release subflow, which pushes it.
+        if flow in {"release", "rollback"}:
             _push_current_champion(settings, model)
 
 

@@ -26,6 +26,8 @@ PROBABILITIES = "probabilities"
 class ParityError(ConveyorError):
     """The ONNX model does not reproduce the sklearn model."""
 
+    gate = "onnx_parity"
+
 
 class ParityReport(BaseModel):
     rows: int

@@ -29,6 +29,8 @@ EXAMPLES = 5
 class DataQualityError(ConveyorError):
     """The data breaks the spec's contract."""
 
+    gate = "data_quality"
+
 
 class QualityIssue(BaseModel):
     check: str

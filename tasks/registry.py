@@ -205,6 +205,11 @@ def log_candidate(
     return run.model_copy(update={"model_uri": info.model_uri})
 
 
+def _root_flow_run() -> str:
+    """The Prefect flow run a check belongs to (the release, not its subflow); "" outside one."""
+    return str(flow_run.root_flow_run_id or flow_run.id or "")
+
+
 def log_data_validation(
     settings: Settings, name: str, data: DataRef, passed: bool, report_markdown: str
 ) -> str:
@@ -213,7 +218,7 @@ def log_data_validation(
         "conveyor.data_validation": "passed" if passed else "failed",
         TAG_DATA: data.sha256,
         "conveyor.data_uri": data.uri,
-        TAG_FLOW_RUN: str(flow_run.root_flow_run_id or flow_run.id or ""),
+        TAG_FLOW_RUN: _root_flow_run(),
     }
     run = open_run(settings, name, "data-validation", tags)
     client(settings).log_text(run.run_id, report_markdown, "data_validation.md")
@@ -223,7 +228,7 @@ def log_data_validation(
 
 def log_drift_run(settings: Settings, name: str, html: Path, metrics: dict[str, float]) -> str:
     """One run per drift check in the model's experiment; returns the HTML report's URI."""
-    tags = {TAG_FLOW_RUN: str(flow_run.root_flow_run_id or flow_run.id or "")}
+    tags = {TAG_FLOW_RUN: _root_flow_run()}
     run = open_run(settings, name, "drift-check", tags)
     try:
         log_to_run(settings, run.run_id, metrics=metrics)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,9 @@ DEFAULT_SPEC = SPEC_DIR / "fraud-detector.yaml"
 
 class ConveyorError(Exception):
     """An error whose message already says what went wrong and how to fix it."""
+
+    # The release gate this error is the verdict of (for gate metrics); None: not a gate.
+    gate: ClassVar[str | None] = None
 
 
 class SpecError(ConveyorError):

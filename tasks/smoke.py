@@ -23,6 +23,8 @@ from tasks.triton_server import Endpoint
 class SmokeTestError(ConveyorError):
     """The served model failed its smoke test."""
 
+    gate = "smoke_test"
+
 
 class SmokeReport(BaseModel):
     model: str

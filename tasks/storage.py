@@ -27,6 +27,8 @@ class StorageError(ConveyorError):
 class IntegrityError(StorageError):
     """Published files do not match their manifest."""
 
+    gate = "repository_integrity"
+
 
 class Store(Protocol):
     """A model repository root that conveyor publishes into."""

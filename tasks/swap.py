@@ -16,10 +16,13 @@ from tasks.traffic import LoadResult, Traffic
 
 WARM_REQUESTS = 50  # connection set-up and first requests, left out of the steady window
 STEADY_REQUESTS = 300
+SETTLE_S = 0.5  # probe traffic kept after the new version first answers
 
 
 class SwapError(ConveyorError):
     """Clients saw errors while a version was swapped in."""
+
+    gate = "swap"
 
 
 class SwapReport(BaseModel):
@@ -92,9 +95,7 @@ def swap_in(
         loaded = time.monotonic()
         answered = traffic.wait_for_version(ref.version, since=began)
         # A little traffic after the switch, so requests the old version drained are counted.
-        settled = time.monotonic() + 0.5
-        while time.monotonic() < settled:
-            time.sleep(0.05)
+        time.sleep(SETTLE_S)
     samples = traffic.samples()
     report = SwapReport(
         model=spec.name,
@@ -104,7 +105,7 @@ def swap_in(
         after=state.versions,
         load_seconds=loaded - began,
         steady=traffic.window(steady_from, began),
-        during=traffic.window(began, max(loaded, answered) + 0.5),
+        during=traffic.window(began, max(loaded, answered) + SETTLE_S),
         errors=[s.error for s in samples if s.version is None],
     )
     triton.unload_model(endpoint, triton.candidate_name(spec.name))

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 from tritonclient.utils import InferenceServerException
 
 from tasks import triton
-from tasks.onnx import INPUT, LABEL, PROBABILITIES
 from tasks.triton_server import Endpoint
 
 WARMUP_REQUESTS = 20
@@ -133,18 +132,11 @@ class Traffic:
         index: int,
         row: np.ndarray,
     ) -> int:
+        """The version that answered: half the clients ask over gRPC, half over HTTP."""
         if index % 2:
-            inp = grpcclient.InferInput(INPUT, list(row.shape), "FP32")
-            inp.set_data_from_numpy(row)
-            return int(grpc.infer(self.model, [inp]).get_response().model_version)
-        inp = httpclient.InferInput(INPUT, list(row.shape), "FP32")
-        inp.set_data_from_numpy(row, binary_data=True)
-        outputs = [
-            httpclient.InferRequestedOutput(LABEL, binary_data=True),
-            httpclient.InferRequestedOutput(PROBABILITIES, binary_data=True),
-        ]
-        answer = http.infer(self.model, [inp], outputs=outputs)
-        return int(answer.get_response()["model_version"])
+            answer = triton.infer_grpc_result(grpc, self.model, row)
+            return int(answer.get_response().model_version)
+        return int(triton.infer_http_result(http, self.model, row).get_response()["model_version"])
 
     def samples(self) -> list[Sample]:
         with self._lock:

@@ -6,6 +6,7 @@ The embedded server's process control lives in `tasks/triton_server.py`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -162,6 +163,24 @@ def control_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
     return grpc_client(endpoint)
 
 
+def _load(
+    endpoint: Endpoint, name: str, config: mc.ModelConfig, files: dict[str, bytes] | None = None
+) -> None:
+    """Ask Triton to load `name` with `config` (and `files`, which override the repository's)."""
+    try:
+        control_client(endpoint).load_model(name, config=config_json(config), files=files)
+    except InferenceServerException as exc:
+        raise TritonError(f"Triton could not load {name}: {exc.message()}") from exc
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float, problem: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TritonError(problem())
+        time.sleep(0.1)
+
+
 def load_versions(
     endpoint: Endpoint,
     spec: ModelSpec,
@@ -175,32 +194,25 @@ def load_versions(
     The config override pins the version policy, so loading version N never unloads a version the
     caller still wants (previous stays loaded for an instant rollback).
     """
-    client = control_client(endpoint)
     rendered = render_config(spec, backend, versions, serving)
-    try:
-        client.load_model(spec.name, config=config_json(rendered))
-    except InferenceServerException as exc:
-        raise TritonError(
-            f"Triton could not load {spec.name} versions {versions}: {exc.message()}"
-        ) from exc
-    deadline = time.monotonic() + timeout_s
-    while (ready := loaded_versions(endpoint, spec.name)) != sorted(versions):
-        if time.monotonic() > deadline:
-            raise TritonError(
-                f"{spec.name}: Triton has versions {ready} ready, not {sorted(versions)}, "
-                f"{timeout_s:.0f} s after loading; see the server log"
-            )
-        time.sleep(0.1)
+    _load(endpoint, spec.name, rendered)
+    _wait(
+        lambda: loaded_versions(endpoint, spec.name) == sorted(versions),
+        timeout_s,
+        lambda: (
+            f"{spec.name}: Triton has versions {loaded_versions(endpoint, spec.name)} ready, "
+            f"not {sorted(versions)}, {timeout_s:.0f} s after loading; see the server log"
+        ),
+    )
     return rendered
 
 
 def load_candidate(
+    settings: Settings,
     endpoint: Endpoint,
     spec: ModelSpec,
-    backend: Backend,
     version: int,
     files: dict[str, bytes],
-    timeout_s: float,
     serving: ServingSpec | None = None,
 ) -> str:
     """Serve verified `files` as `<model>-candidate` version `version`; return that name.
@@ -208,21 +220,15 @@ def load_candidate(
     The files travel in the load request, so the candidate needs no second copy in the repository
     and leaves nothing behind there when it is unloaded."""
     name = candidate_name(spec.name)
-    config = config_json(render_config(spec, backend, [version], serving, name=name))
-    client = control_client(endpoint)
-    try:
-        client.load_model(
-            name, config=config, files={f"file:{version}/{n}": data for n, data in files.items()}
-        )
-    except InferenceServerException as exc:
-        raise TritonError(f"Triton could not load {name} v{version}: {exc.message()}") from exc
-    deadline = time.monotonic() + timeout_s
-    while not client.is_model_ready(name, str(version)):
-        if time.monotonic() > deadline:
-            raise TritonError(
-                f"{name} v{version} not ready {timeout_s:.0f} s after loading; see the server log"
-            )
-        time.sleep(0.1)
+    config = render_config(spec, settings.triton_backend, [version], serving, name=name)
+    _load(endpoint, name, config, {f"file:{version}/{n}": data for n, data in files.items()})
+    # Models loaded from files in the request are not in the repository index: ask the model.
+    timeout_s, client = settings.triton_load_timeout_s, control_client(endpoint)
+    _wait(
+        lambda: client.is_model_ready(name, str(version)),
+        timeout_s,
+        lambda: f"{name} v{version} not ready {timeout_s:.0f} s after loading; see the server log",
+    )
     return name
 
 
@@ -235,11 +241,11 @@ def unload_model(endpoint: Endpoint, name: str, timeout_s: float = 60.0) -> None
         client.unload_model(name)
     except InferenceServerException as exc:
         raise TritonError(f"Triton could not unload {name}: {exc.message()}") from exc
-    deadline = time.monotonic() + timeout_s
-    while client.is_model_ready(name):
-        if time.monotonic() > deadline:
-            raise TritonError(f"{name} still has READY versions {timeout_s:.0f} s after unload")
-        time.sleep(0.1)
+    _wait(
+        lambda: not client.is_model_ready(name),
+        timeout_s,
+        lambda: f"{name} still has READY versions {timeout_s:.0f} s after unload",
+    )
 
 
 def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
@@ -252,29 +258,41 @@ def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
     )
 
 
-def infer_http(
+def infer_http_result(
     client: httpclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
-) -> tuple[np.ndarray, np.ndarray]:
+) -> httpclient.InferResult:
     inp = httpclient.InferInput(INPUT, list(features.shape), "FP32")
     inp.set_data_from_numpy(features, binary_data=True)
     outputs = [
         httpclient.InferRequestedOutput(LABEL, binary_data=True),
         httpclient.InferRequestedOutput(PROBABILITIES, binary_data=True),
     ]
-    result = client.infer(name, [inp], model_version=version, outputs=outputs)
-    return result.as_numpy(LABEL).reshape(-1), result.as_numpy(PROBABILITIES)
+    return client.infer(name, [inp], model_version=version, outputs=outputs)
 
 
-def infer_grpc(
+def infer_grpc_result(
     client: grpcclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
-) -> tuple[np.ndarray, np.ndarray]:
+) -> grpcclient.InferResult:
     inp = grpcclient.InferInput(INPUT, list(features.shape), "FP32")
     inp.set_data_from_numpy(features)
     outputs = [
         grpcclient.InferRequestedOutput(LABEL),
         grpcclient.InferRequestedOutput(PROBABILITIES),
     ]
-    result = client.infer(name, [inp], model_version=version, outputs=outputs)
+    return client.infer(name, [inp], model_version=version, outputs=outputs)
+
+
+def infer_http(
+    client: httpclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    result = infer_http_result(client, name, features, version)
+    return result.as_numpy(LABEL).reshape(-1), result.as_numpy(PROBABILITIES)
+
+
+def infer_grpc(
+    client: grpcclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    result = infer_grpc_result(client, name, features, version)
     return result.as_numpy(LABEL).reshape(-1), result.as_numpy(PROBABILITIES)
 
 
@@ -316,15 +334,7 @@ def serve_candidate(
     but never by production callers, who keep getting the champion until the swap."""
     files = read_verified(open_store(settings.repository), f"{spec.name}/{ref.version}")
     endpoint = triton_server.endpoint(settings)
-    name = load_candidate(
-        endpoint,
-        spec,
-        settings.triton_backend,
-        ref.version,
-        files,
-        settings.triton_load_timeout_s,
-        serving,
-    )
+    name = load_candidate(settings, endpoint, spec, ref.version, files, serving)
     return ServingState(endpoint=endpoint, model=name, versions=[ref.version])
 
 

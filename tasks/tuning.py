@@ -41,6 +41,12 @@ def choose(trials: list[TuningTrial], budget_ms: float) -> tuple[TuningTrial, bo
     return min(clean, key=lambda t: t.load.p99_ms), False
 
 
+def _configured(base: ServingSpec, delay_us: int, instances: int) -> ServingSpec:
+    return base.model_copy(
+        update={"max_queue_delay_microseconds": delay_us, "instance_count": instances}
+    )
+
+
 def tune(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
 ) -> TuningResult:
@@ -54,18 +60,8 @@ def tune(
     endpoint = triton_server.endpoint(settings)
     trials = []
     for delay, count in itertools.product(sweep.max_queue_delays_us, sweep.instance_counts):
-        serving = spec.serving.model_copy(
-            update={"max_queue_delay_microseconds": delay, "instance_count": count}
-        )
-        name = triton.load_candidate(
-            endpoint,
-            spec,
-            settings.triton_backend,
-            ref.version,
-            files,
-            settings.triton_load_timeout_s,
-            serving,
-        )
+        serving = _configured(spec.serving, delay, count)
+        name = triton.load_candidate(settings, endpoint, spec, ref.version, files, serving)
         load = measure(
             endpoint, name, rows, str(ref.version), spec.smoke.concurrency, sweep.requests
         )
@@ -73,12 +69,7 @@ def tune(
             TuningTrial(max_queue_delay_microseconds=delay, instance_count=count, load=load)
         )
     best, within = choose(trials, spec.smoke.p99_budget_ms)
-    chosen = spec.serving.model_copy(
-        update={
-            "max_queue_delay_microseconds": best.max_queue_delay_microseconds,
-            "instance_count": best.instance_count,
-        }
-    )
+    chosen = _configured(spec.serving, best.max_queue_delay_microseconds, best.instance_count)
     return TuningResult(trials=trials, chosen=chosen, within_budget=within)
 
 

@@ -1,8 +1,8 @@
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tasks.data import generate_transactions
-from tasks.drift import load_current, newest_partition
+from tasks.data import generate_transactions, newest_partition
+from tasks.drift import load_current
 from tasks.retrain import claim_retrain
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 
