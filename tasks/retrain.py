@@ -32,6 +32,8 @@ def claim_retrain(settings: Settings, spec: ModelSpec, now: datetime | None = No
     try:
         tags = client.get_registered_model(spec.name).tags
     except MlflowException:
+        # Never released: claim it anyway, so a retrain storm on a new model is throttled too.
+        client.create_registered_model(spec.name)
         tags = {}
     last = datetime.fromisoformat(tags[TAG_LAST_RETRAIN]) if TAG_LAST_RETRAIN in tags else None
     cooldown = spec.drift.cooldown_s
@@ -44,8 +46,6 @@ def claim_retrain(settings: Settings, spec: ModelSpec, now: datetime | None = No
             reason=f"last retrain started {(now - last).total_seconds():.0f} s ago, inside the "
             f"{cooldown} s cooldown (drift.cooldown_s)",
         )
-    if last is None and not tags:
-        client.create_registered_model(spec.name)
     client.set_registered_model_tag(spec.name, TAG_LAST_RETRAIN, now.isoformat())
     client.set_registered_model_tag(
         spec.name, f"{TAG_LAST_RETRAIN}_flow_run", str(flow_run.id or "")

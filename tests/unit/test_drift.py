@@ -1,6 +1,7 @@
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tasks import registry
 from tasks.data import generate_transactions, newest_partition
 from tasks.drift import load_current
 from tasks.retrain import claim_retrain
@@ -37,3 +38,9 @@ def test_retrain_claim_is_refused_inside_the_cooldown_and_granted_after(
     assert f"inside the {spec.drift.cooldown_s} s cooldown" in inside.reason
     after = claim_retrain(settings, spec, now=start + timedelta(seconds=spec.drift.cooldown_s))
     assert after.granted and after.last_at == start
+
+
+def test_retrain_claim_on_a_registered_model_without_tags(settings: Settings) -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    registry.client(settings).create_registered_model(spec.name)
+    assert claim_retrain(settings, spec).granted
