@@ -32,7 +32,17 @@ def _spec_path(spec: Path | None, settings: Settings) -> str:
 
 
 @app.command()
-def run(spec: SpecOption = None) -> None:
+def run(
+    spec: SpecOption = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted release of this spec (its flow run id, or 'last'): "
+            "the steps it finished are reused.",
+        ),
+    ] = None,
+) -> None:
     """Release: train, validate, register, export to Triton, smoke-test, promote."""
     from flows.release import release_flow
 
@@ -40,9 +50,13 @@ def run(spec: SpecOption = None) -> None:
     path = _spec_path(spec, settings)
     try:
         from tasks.approval import ensure_approvable
+        from tasks.resume import LAST, check_resumable, last_release
 
         ensure_approvable(load_spec(path))  # fail fast, before Prefect starts its API
-        result = release_flow(spec_path=path)
+        resume_from = last_release(path) if resume == LAST else resume
+        if resume_from:
+            check_resumable(resume_from, path)
+        result = release_flow(spec_path=path, resume_from=resume_from)
     except ConveyorError as exc:
         _fail(exc)
         return

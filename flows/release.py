@@ -22,6 +22,7 @@ from tasks.data import DatasetRef
 from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
+from tasks.resume import resume_task
 from tasks.search import task_runner
 from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
 from tasks.smoke import SmokeReport
@@ -71,15 +72,23 @@ class ReleaseResult(BaseModel):
 
 
 @flow(name="release")
-def release_flow(spec_path: str = str(DEFAULT_SPEC)) -> ReleaseResult:
+def release_flow(
+    spec_path: str = str(DEFAULT_SPEC), resume_from: str | None = None
+) -> ReleaseResult:
     """Release the model described by `spec_path`. A challenger the gate rejects is never
     registered; the candidate is smoke-tested under its own Triton name, so callers keep getting
     the champion until the swap. On any failure after registration (export, smoke test, approval,
     swap) the new version is withdrawn from Triton and the repository, and `champion` does not
-    move."""
+    move.
+
+    `resume_from`: the flow run id of an interrupted release of the same spec; the steps it
+    finished (data snapshot and contract, search, refit, ONNX export, serving tuning) are reused,
+    the rest run again (see `tasks.resume`)."""
     settings = Settings()
     spec = load_spec(spec_path)
     with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
+        if resume_from:
+            resume_task(resume_from, spec_path)
         result = _release(settings, spec, obs)
     create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
     return result
@@ -89,12 +98,16 @@ def _release(settings: Settings, spec: ModelSpec, obs: metrics.Observation) -> R
     metrics.record_budget(obs, spec)
     ensure_approvable(spec)
     runner = task_runner(settings.task_runner, spec.search.parallel, settings.dask_address)
-    train = training_flow.with_options(task_runner=runner)(spec, settings)
+    # Subflows holding resumable steps keep their results where a later process finds them.
+    results = settings.results
+    train = training_flow.with_options(task_runner=runner, result_storage=results)(spec, settings)
     validation = validation_flow(spec, settings, train)
     ref = registration_flow(spec, settings, train, validation)
     obs.registered(ref.version, train.metrics.model_dump(exclude={"rows"}))
     try:
-        export = triton_export_flow(spec, settings, ref, train.holdout)
+        export = triton_export_flow.with_options(result_storage=results)(
+            spec, settings, ref, train.holdout
+        )
         smoke = smoke_test_flow(spec, settings, ref, train.holdout)
         metrics.record_smoke(obs, smoke)
         approval = None

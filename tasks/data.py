@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 from sklearn.model_selection import train_test_split
 
+from tasks.resume import RESUMABLE
 from tasks.settings import ConveyorError, FeatureType, ModelSpec, Settings
 
 
@@ -308,7 +309,7 @@ def split_dataset(spec: ModelSpec, settings: Settings, data: DatasetRef) -> Spli
     )
 
 
-@task(name="snapshot-data")
+@task(name="snapshot-data", cache_policy=RESUMABLE, persist_result=True)
 def snapshot_task(spec: ModelSpec, settings: Settings) -> DatasetRef:
     ref = snapshot(spec, settings)
     get_run_logger().info(
@@ -321,6 +322,6 @@ def snapshot_task(spec: ModelSpec, settings: Settings) -> DatasetRef:
     return ref
 
 
-@task(name="split-data")
+@task(name="split-data", cache_policy=RESUMABLE, persist_result=True)
 def split_task(spec: ModelSpec, settings: Settings, data: DatasetRef) -> SplitResult:
     return split_dataset(spec, settings, data)

@@ -16,6 +16,7 @@ from sklearn.pipeline import Pipeline
 
 from tasks import registry
 from tasks.data import DatasetRef, load_dataset, to_features
+from tasks.resume import RESUMABLE
 from tasks.settings import ConveyorError, ModelSpec, Settings
 
 INPUT = "features"
@@ -131,7 +132,7 @@ def export_onnx(
     return OnnxArtifact(uri=uri, sha256=digest, parity=parity)
 
 
-@task(name="export-onnx")
+@task(name="export-onnx", cache_policy=RESUMABLE, persist_result=True)
 def export_onnx_task(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
 ) -> OnnxArtifact:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tasks import registry
 from tasks.data import DatasetRef, load_dataset
+from tasks.resume import RESUMABLE
 from tasks.settings import ConveyorError, FeatureType, ModelSpec, Settings
 
 Severity = Literal["error", "warning"]
@@ -213,7 +214,7 @@ def require_quality(report: DataQualityReport, uri: str) -> None:
     )
 
 
-@task(name="validate-data")
+@task(name="validate-data", cache_policy=RESUMABLE, persist_result=True)
 def validate_data_task(settings: Settings, spec: ModelSpec, data: DatasetRef) -> DataQualityReport:
     """Run the contract; the report goes to a Prefect artifact and MLflow whatever the outcome."""
     report = check_frame(load_dataset(data.uri), spec, data.sha256)

@@ -13,6 +13,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tasks import registry
 from tasks.data import SplitResult, load_dataset, split, to_features, to_target
 from tasks.evaluation import METRICS
+from tasks.resume import RESUMABLE
 from tasks.settings import Dimension, ModelSpec, Settings
 from tasks.training import Params, SearchSummary, TrialSummary, build_pipeline
 
@@ -48,6 +49,11 @@ def run_trial(
     since it judges the final model and the champion comparison."""
     started = datetime.now(UTC)
     frame = load_dataset(data.train.uri)
+    cap = spec.search.max_rows
+    if cap is not None and len(frame) > cap:
+        # Trials only rank configurations: a sample ranks them at a fraction of the cost on large
+        # data, and the candidate is refit on every training row.
+        frame, _ = split(frame, spec.target.name, 1 - cap / len(frame), spec.search.seed)
     fit_part, check_part = split(
         frame, spec.target.name, spec.search.validation_fraction, spec.search.seed
     )
@@ -69,7 +75,7 @@ def run_trial(
     )
 
 
-@task(name="trial")
+@task(name="trial", cache_policy=RESUMABLE, persist_result=True)
 def trial_task(
     spec: ModelSpec,
     settings: Settings,
@@ -128,7 +134,7 @@ def task_runner(kind: RunnerKind, workers: int, dask_address: str | None = None)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
 
 
-@task(name="open-candidate-run")
+@task(name="open-candidate-run", cache_policy=RESUMABLE, persist_result=True)
 def open_candidate_task(settings: Settings, spec: ModelSpec) -> registry.CandidateRun:
     return registry.open_run(settings, spec.name, f"train-{spec.name}", {})
 

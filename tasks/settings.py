@@ -6,6 +6,7 @@ starts and load a spec with `load_spec`.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
         default=None,
         description="Prometheus Pushgateway (http://host:9091) for pipeline metrics; unset: none.",
     )
+    result_storage: str | None = Field(
+        default=None,
+        description="Where finished release steps keep their results, so that an interrupted "
+        "release resumes: a Prefect storage block slug (`s3-bucket/conveyor-results`) when "
+        "workers run on several hosts; default: home/results.",
+    )
     triton_startup_timeout_s: float = Field(default=60.0, gt=0)
     triton_load_timeout_s: float = Field(default=120.0, gt=0)
 
@@ -101,6 +108,16 @@ class Settings(BaseSettings):
     @property
     def triton_dir(self) -> Path:
         return self.home / "triton"
+
+    @property
+    def results(self) -> str | Path:
+        """What Prefect's `result_storage` takes: a block slug, or a local directory."""
+        value = self.result_storage
+        if value is None:
+            return self.home / "results"
+        if re.fullmatch(r"[\w-]+/[\w-]+", value):
+            return value
+        return Path(value).expanduser().resolve()
 
     @property
     def tracking_uri(self) -> str:
@@ -217,6 +234,8 @@ class SearchSpec(BaseModel):
     parallel: int = Field(default=2, ge=1)
     metric: Literal["roc_auc", "pr_auc"] = "pr_auc"
     validation_fraction: float = Field(default=0.25, gt=0, lt=1)
+    # Trials fit on at most this many training rows (a stratified sample); the refit uses all.
+    max_rows: int | None = Field(default=None, ge=100)
     seed: int = 0
     space: dict[str, Dimension] = Field(default_factory=dict)
 

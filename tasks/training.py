@@ -26,6 +26,7 @@ from tasks.evaluation import (
     figures,
     operating_threshold,
 )
+from tasks.resume import RESUMABLE
 from tasks.settings import EstimatorFamily, FeatureType, ModelSpec, Settings
 
 # Types skops must be told to trust when MLflow saves each family (pickle stays out).
@@ -182,7 +183,7 @@ def train_candidate(
     )
 
 
-@task(name="train-candidate")
+@task(name="train-candidate", cache_policy=RESUMABLE, persist_result=True)
 def train_candidate_task(
     spec: ModelSpec,
     settings: Settings,

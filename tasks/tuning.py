@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tasks import registry, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
+from tasks.resume import RESUMABLE
 from tasks.settings import ModelSpec, ServingSpec, Settings
 from tasks.storage import open_store, read_verified
 from tasks.traffic import LoadResult, measure
@@ -92,7 +93,7 @@ def record(settings: Settings, ref: registry.ModelRef, result: TuningResult) -> 
     registry.tag_version(settings, ref, {registry.TAG_SERVING: result.chosen.model_dump_json()})
 
 
-@task(name="tune-serving")
+@task(name="tune-serving", cache_policy=RESUMABLE, persist_result=True)
 def tune_task(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
 ) -> TuningResult:

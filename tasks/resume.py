@@ -1,0 +1,145 @@
+"""Resuming an interrupted release: which steps' results may be reused, and from which run.
+
+A release is one *attempt*: the flow run that started it, or, when it was started with
+`resume_from`, the attempt of that run. Steps that are expensive and whose results are references
+to things that stay (a data snapshot, MLflow runs, an ONNX artifact, a measured serving
+configuration) are cached on their inputs, their source and the code version *within one
+attempt*; their results are persisted (`Settings.results`), so a new process finds them. Steps
+that act on shared state (the champion comparison, registration, publishing, loading, smoke test,
+swap, promotion) always run again: what they act on may have changed while the release was down.
+
+Keys never cross attempts: the same data and spec released twice trains twice, and a finished
+release is never resumed into a second promotion of itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.context import TaskRunContext
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
+from prefect.utilities.hashing import hash_objects
+
+from tasks.registry import code_version
+from tasks.settings import ConveyorError
+
+RELEASE_FLOW = "release"
+LAST = "last"
+
+
+class ResumeError(ConveyorError):
+    """The release to resume does not exist, is not a release of this model, or finished."""
+
+
+def _read(run_id: str) -> FlowRun:
+    try:
+        key = UUID(run_id)
+    except ValueError:
+        raise ResumeError(
+            f"{run_id!r} is not a flow run id: pass the id of the interrupted release (the "
+            f"Prefect UI shows it on the run's page) or {LAST!r}"
+        ) from None
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_flow_run(key)
+        except ObjectNotFound:
+            raise ResumeError(
+                f"no flow run {run_id} on this Prefect API: resume against the server (or "
+                "PREFECT_HOME) the interrupted release ran on"
+            ) from None
+
+
+@cache
+def attempt_of(run_id: str) -> str:
+    """The attempt a flow run belongs to: its own id, or that of the run it resumed."""
+    resumed = _read(run_id).parameters.get("resume_from")
+    return attempt_of(str(resumed)) if resumed else run_id
+
+
+def current_attempt() -> str | None:
+    root = flow_run.root_flow_run_id
+    return attempt_of(str(root)) if root else None
+
+
+@dataclass
+class ReleaseAttempt(CachePolicy):
+    """Inputs + task source + code version, scoped to the current release attempt."""
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        attempt = current_attempt()
+        if attempt is None:
+            return None
+        steps = (INPUTS + TASK_SOURCE).compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        return hash_objects(attempt, code_version(), steps, raise_on_failure=True)
+
+
+RESUMABLE = ReleaseAttempt()
+
+
+def _same_spec(run: FlowRun, spec_path: str) -> bool:
+    return Path(str(run.parameters.get("spec_path", ""))).resolve() == Path(spec_path).resolve()
+
+
+def last_release(spec_path: str) -> str:
+    """The newest release of this spec; `ResumeError` when there is none."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[RELEASE_FLOW])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=200,
+        )
+    for run in runs:
+        if _same_spec(run, spec_path):
+            return str(run.id)
+    raise ResumeError(
+        f"no release of {spec_path} on this Prefect API: there is nothing to resume; start one "
+        "with `conveyor run`"
+    )
+
+
+def check_resumable(run_id: str, spec_path: str) -> str:
+    """The attempt to continue; `ResumeError` unless `run_id` is an unfinished release of
+    `spec_path`."""
+    run = _read(run_id)
+    with get_client(sync_client=True) as client:
+        flow_name = client.read_flow(run.flow_id).name
+    if flow_name != RELEASE_FLOW:
+        raise ResumeError(f"flow run {run_id} is a {flow_name!r} run, not a release")
+    if not _same_spec(run, spec_path):
+        raise ResumeError(
+            f"flow run {run_id} released {run.parameters.get('spec_path')}, not {spec_path}: "
+            "resume it with the spec it started with"
+        )
+    if run.state is not None and run.state.is_completed():
+        raise ResumeError(
+            f"release {run_id} completed: there is nothing to resume; start a new release with "
+            "`conveyor run`"
+        )
+    return attempt_of(run_id)
+
+
+@task(name="check-resume")
+def resume_task(run_id: str, spec_path: str) -> str:
+    attempt = check_resumable(run_id, spec_path)
+    get_run_logger().info(
+        "resuming release attempt %s: the steps it finished are reused, the rest run again",
+        attempt,
+    )
+    return attempt

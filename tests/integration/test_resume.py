@@ -1,0 +1,181 @@
+"""A release killed (SIGKILL, no clean-up) while its smoke test runs, then resumed with
+`conveyor run --resume last`: the finished steps are reused, nothing is trained twice, and the
+version the killed release registered is the one that goes live."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    TaskRunFilter,
+)
+from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.settings import PREFECT_API_URL
+from prefect.states import State
+
+from tasks import registry, triton, triton_server
+from tasks.resume import RESUMABLE
+from tasks.settings import Settings, load_spec
+from tests.conftest import write_spec
+from tests.servers import BIN, clean_env, stop_process
+
+RESUMED_STEPS = {"snapshot-data", "validate-data", "split-data", "open-candidate-run", "trial"}
+RESUMED_STEPS |= {"train-candidate", "export-onnx", "tune-serving"}
+
+
+def release_runs() -> list[FlowRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["release"])))
+
+
+def smoke_started() -> bool:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["smoke-test"]))
+        )
+    return any(run.state is not None and run.state.is_running() for run in runs)
+
+
+def task_runs(flow_run_id: str) -> list[TaskRun]:
+    """Every task run of a flow run and of its subflows."""
+    with get_client(sync_client=True) as client:
+        ids = {flow_run_id}
+        frontier = [flow_run_id]
+        while frontier:
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
+                )
+            )
+            frontier = [str(c.id) for c in children if str(c.id) not in ids]
+            ids.update(frontier)
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": list(ids)}), task_run_filter=TaskRunFilter()
+        )
+
+
+@dataclass
+class Resumed:
+    settings: Settings
+    name: str
+    killed: FlowRun
+    resumed: FlowRun
+    again: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def resumed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resumed]:
+    base = tmp_path_factory.mktemp("resume")
+    env = clean_env(CONVEYOR_HOME=str(base / "state"), PREFECT_API_URL=str(PREFECT_API_URL.value()))
+    spec = write_spec(base)
+    command = [str(BIN / "conveyor"), "run", "--spec", str(spec)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONVEYOR_HOME", str(base / "state"))
+        settings = Settings()
+        try:
+            with (base / "killed.log").open("wb") as log:
+                process = subprocess.Popen(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                deadline = time.monotonic() + 300
+                while not smoke_started():
+                    assert process.poll() is None, (base / "killed.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "the release never reached its smoke test"
+                    time.sleep(0.2)
+                process.kill()  # SIGKILL: no except-block clean-up, no final state
+                process.wait(10)
+            (killed,) = release_runs()
+            done = subprocess.run(
+                [*command, "--resume", "last"], env=env, capture_output=True, text=True, timeout=600
+            )
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            (resumed,) = [run for run in release_runs() if run.id != killed.id]
+            again = subprocess.run(
+                [*command, "--resume", "last"], env=env, capture_output=True, text=True, timeout=120
+            )
+            yield Resumed(settings, load_spec(spec).name, killed, resumed, again)
+        finally:
+            if process.poll() is None:
+                stop_process(process)
+            triton_server.stop(settings)
+
+
+def test_the_killed_release_left_its_version_as_challenger_only(resumed: Resumed) -> None:
+    assert resumed.killed.state is not None and not resumed.killed.state.is_completed()
+    assert resumed.resumed.parameters["resume_from"] == str(resumed.killed.id)
+
+
+def test_resume_reuses_the_finished_steps_and_reruns_the_rest(resumed: Resumed) -> None:
+    states: dict[str, set[str]] = {}
+    for run in task_runs(str(resumed.resumed.id)):
+        assert run.state is not None
+        states.setdefault(run.name.rsplit("-", 1)[0], set()).add(run.state.name)
+    for step in RESUMED_STEPS:
+        assert states[step] == {"Cached"}, (step, states)
+    for step in ("register-challenger", "publish-version", "serve-candidate", "smoke-test"):
+        assert states[step] == {"Completed"}, (step, states)
+    assert states["swap-in"] == {"Completed"} and states["promote"] == {"Completed"}
+
+
+def test_nothing_was_trained_or_registered_twice(resumed: Resumed) -> None:
+    settings, name = resumed.settings, resumed.name
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    candidates = [r for r in runs if r.info.run_name == f"train-{name}"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(candidates) == 1 and len(trials) == 2
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == [1]
+    assert registry.alias_version(settings, name, registry.CHAMPION) == 1
+    assert registry.alias_version(settings, name, registry.CHALLENGER) is None
+    endpoint = triton_server.endpoint(settings)
+    assert triton.loaded_versions(endpoint, name) == [1]
+    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name))
+    assert candidates[0].info.status == "FINISHED"
+    assert Path(settings.repository, name, "1", "model.onnx").exists()
+
+
+def test_a_completed_release_is_not_resumed(resumed: Resumed) -> None:
+    assert resumed.again.returncode == 2
+    assert "completed: there is nothing to resume" in " ".join(resumed.again.stdout.split())
+
+
+def test_results_are_reused_within_an_attempt_never_across(prefect_api: None, tmp_path: Path):
+    calls: list[int] = []
+
+    @task(cache_policy=RESUMABLE, persist_result=True)
+    def step(x: int) -> int:
+        calls.append(x)
+        return x * 2
+
+    @flow
+    def attempt(x: int, resume_from: str | None = None) -> int:
+        return step(x)
+
+    run = attempt.with_options(result_storage=tmp_path)
+
+    def run_id(state: State) -> str:
+        assert state.is_completed()
+        return str(state.state_details.flow_run_id)
+
+    first = run_id(run(1, return_state=True))
+    run_id(run(1, return_state=True))
+    assert calls == [1, 1]  # the same inputs in a new release: computed again
+    resumed = run_id(run(1, resume_from=first, return_state=True))
+    assert calls == [1, 1]
+    run_id(run(1, resume_from=resumed, return_state=True))  # a resume of a resume
+    run_id(run(2, resume_from=first, return_state=True))  # other inputs: computed
+    assert calls == [1, 1, 2]
