@@ -17,11 +17,12 @@ CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 
 
 @contextmanager
-def isolated(tmp: Path) -> Iterator[dict[str, str]]:
-    """An environment with its own CONVEYOR_HOME and PREFECT_HOME under `tmp` (the caller's own
-    settings must not leak in); the embedded Triton it starts is stopped on the way out."""
+def isolated(tmp: Path, home: Path | None = None) -> Iterator[dict[str, str]]:
+    """An environment with its own CONVEYOR_HOME (`home`, default under `tmp`) and PREFECT_HOME
+    under `tmp` (the caller's own settings must not leak in); the embedded Triton it starts is
+    stopped on the way out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
-    env.update(CONVEYOR_HOME=str(tmp / "state"), PREFECT_HOME=str(tmp / "prefect"))
+    env.update(CONVEYOR_HOME=str(home or tmp / "state"), PREFECT_HOME=str(tmp / "prefect"))
     # Tools the benchmarks start (`mlflow models serve` starts `uvicorn`) come from this venv.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     try:

@@ -98,22 +98,32 @@ def run_check(spec: Path, env: dict[str, str], unsampled: bool = False) -> Drift
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--reference", type=int, default=100_000)
+    parser.add_argument(
+        "--reference", type=int, default=100_000, help="training rows (without --state)"
+    )
     parser.add_argument("--max-rows", type=int, default=100_000)
     parser.add_argument(
         "--unsampled",
         action="store_true",
         help="also run the largest size with no sampling, to compare scores and verdicts",
     )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="use the champion in this state directory (bench.pipeline --keep-state) instead of "
+        "releasing one",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "drift.json")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, isolated(Path(tmp)) as env:
+    with tempfile.TemporaryDirectory() as tmp, isolated(Path(tmp), args.state) as env:
         base = Path(tmp)
-        # The reference is the champion's training split, not the holdout.
-        holdout = float(yaml.safe_load(DEFAULT_SPEC.read_text())["data"]["holdout_fraction"])
-        release = spec_file(base, round(args.reference / (1 - holdout)), 0.0, args.max_rows)
-        subprocess.run([CONVEYOR, "run", "--spec", str(release)], env=env, cwd=ROOT, check=True)
+        if not args.state:
+            # The reference is the champion's training split, not the holdout.
+            holdout = float(yaml.safe_load(DEFAULT_SPEC.read_text())["data"]["holdout_fraction"])
+            release = spec_file(base, round(args.reference / (1 - holdout)), 0.0, args.max_rows)
+            subprocess.run([CONVEYOR, "run", "--spec", str(release)], env=env, cwd=ROOT, check=True)
         checks = [(size, args.max_rows, False) for size in sorted(args.sizes)]
         if args.unsampled:
             checks.append((max(args.sizes), max(args.sizes), True))

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, isolated, write_results
 from tasks.settings import DEFAULT_SPEC
+from tests.servers import free_port
 
 ROW = [120.5, 14.0, 0.0, 0.2, 0.3, 400.0, 3.0, 12.0, 1.0, 1.0]
 
@@ -220,14 +221,6 @@ def keep(rows: list[Row], row: Row) -> None:
     rows.append(row)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def release(base: Path, env: dict[str, str]) -> Path:
     raw = yaml.safe_load(DEFAULT_SPEC.read_text())
     spec = base / "spec.yaml"
@@ -240,6 +233,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="use the champion in this state directory (bench.pipeline --keep-state) instead of "
+        "releasing one",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "serving.json")
     args = parser.parse_args()
 
@@ -249,10 +249,14 @@ def main() -> None:
     from tasks.settings import Settings, load_spec
 
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp_name, isolated(Path(tmp_name)) as env:
+    with tempfile.TemporaryDirectory() as tmp_name, isolated(Path(tmp_name), args.state) as env:
         tmp = Path(tmp_name)
         os.environ.update(CONVEYOR_HOME=env["CONVEYOR_HOME"])
-        spec = load_spec(release(tmp, env))
+        if args.state:
+            subprocess.run([CONVEYOR, "triton", "up"], env=env, cwd=ROOT, check=True)
+            spec = load_spec(DEFAULT_SPEC)
+        else:
+            spec = load_spec(release(tmp, env))
         settings = Settings()
         endpoint = triton_server.endpoint(settings)
         version = registry.alias_version(settings, spec.name, registry.CHAMPION)

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, isolated, write_results
 from tasks.settings import DEFAULT_SPEC
+from tests.servers import prefect_server
 
 
 class SwapRow(BaseModel):
@@ -40,19 +41,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name, isolated(Path(tmp_name)) as env:
         tmp = Path(tmp_name)
         raw = yaml.safe_load(DEFAULT_SPEC.read_text())
-        # The swap is what is measured: a small search, the spec's serving configuration.
-        raw["search"].update(trials=2, parallel=2)
+        # The swap is what is measured: the spec's estimator and serving configuration, trained
+        # on less data with its fixed parameters.
+        raw["data"]["rows"] = 20_000
+        raw["search"]["space"] = {}
         raw["serving"]["tuning"] = {"enabled": False}
         spec = tmp / "spec.yaml"
         spec.write_text(yaml.safe_dump(raw))
-        for _ in range(args.releases):
-            subprocess.run(
-                [CONVEYOR, "run", "--spec", str(spec)],
-                env=env,
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-            )
+        # One Prefect server for every release instead of an ephemeral API per process.
+        with prefect_server(tmp / "prefect-server") as api:
+            for _ in range(args.releases):
+                subprocess.run(
+                    [CONVEYOR, "run", "--spec", str(spec)],
+                    env={**env, "PREFECT_API_URL": api},
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                )
         client = MlflowClient(f"sqlite:///{tmp / 'state' / 'mlflow.db'}")
         for version in client.search_model_versions(f"name='{raw['name']}'"):
             metrics = client.get_run(version.run_id).data.metrics

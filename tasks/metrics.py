@@ -36,6 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks.settings import ConveyorError, ModelSpec, Settings
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import TaskRun
+
     from tasks.drift import DriftReport
     from tasks.smoke import SmokeReport
     from tasks.swap import SwapReport
@@ -162,8 +164,8 @@ class Observation:
             )
 
 
-def task_durations(flow_run_id: str) -> dict[str, float]:
-    """Seconds per task (name without Prefect's run suffix) in a flow run and its subflows."""
+def task_runs(flow_run_id: str) -> list[TaskRun]:
+    """Every task run of a flow run and of its subflows, however deep."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -171,7 +173,6 @@ def task_durations(flow_run_id: str) -> dict[str, float]:
         FlowRunFilterParentFlowRunId,
     )
 
-    durations: dict[str, float] = {}
     with get_client(sync_client=True) as client:
         runs, frontier = [flow_run_id], [flow_run_id]
         while frontier:
@@ -182,14 +183,20 @@ def task_durations(flow_run_id: str) -> dict[str, float]:
             )
             frontier = [str(child.id) for child in children]
             runs += frontier
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs))
-        )
-    for task_run in task_runs:
-        # Prefect names task runs `<task name>-<3 hex digits>`.
-        name = task_run.name.rsplit("-", 1)[0]
-        seconds = task_run.total_run_time.total_seconds()
-        durations[name] = durations.get(name, 0.0) + seconds
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)))
+
+
+def step_name(task_run: TaskRun) -> str:
+    # Prefect names task runs `<task name>-<3 hex digits>`.
+    return task_run.name.rsplit("-", 1)[0]
+
+
+def task_durations(flow_run_id: str) -> dict[str, float]:
+    """Seconds per task (name without Prefect's run suffix) in a flow run and its subflows."""
+    durations: dict[str, float] = {}
+    for task_run in task_runs(flow_run_id):
+        name = step_name(task_run)
+        durations[name] = durations.get(name, 0.0) + task_run.total_run_time.total_seconds()
     return durations
 
 

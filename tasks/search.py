@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import optuna
 from prefect import get_run_logger, task
@@ -92,12 +93,22 @@ def trial_task(
     return result
 
 
+class Pending(Protocol):
+    def result(self) -> TrialSummary: ...
+
+
 def run_search(
-    spec: ModelSpec, settings: Settings, data: SplitResult, parent_run_id: str
+    spec: ModelSpec,
+    settings: Settings,
+    data: SplitResult,
+    parent_run_id: str,
+    submit: Callable[..., Pending] | None = None,
 ) -> SearchSummary:
     """Ask `parallel` configurations at a time, run them as concurrent tasks on the calling
     flow's task runner, tell Optuna the scores. With an empty space: one trial of the fixed
-    parameters, so every candidate has a scored trial."""
+    parameters, so every candidate has a scored trial. `submit` (default: the trial task's)
+    takes `run_trial`'s arguments and returns something with `.result()`."""
+    submit = submit or trial_task.submit
     search = spec.search
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=search.seed)
@@ -109,9 +120,7 @@ def run_search(
     while len(results) < total:
         batch = [study.ask() for _ in range(min(search.parallel, total - len(results)))]
         futures = [
-            trial_task.submit(
-                spec, settings, data, parent_run_id, t.number, suggest(t, search.space), n_jobs
-            )
+            submit(spec, settings, data, parent_run_id, t.number, suggest(t, search.space), n_jobs)
             for t in batch
         ]
         for trial, future in zip(batch, futures, strict=True):

@@ -17,15 +17,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterParentFlowRunId,
-    TaskRunFilter,
 )
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
-from tasks import registry, triton, triton_server
+from tasks import metrics, registry, triton, triton_server
 from tasks.resume import RESUMABLE
 from tasks.settings import Settings, load_spec
 from tests.conftest import write_spec
@@ -46,24 +43,6 @@ def smoke_started() -> bool:
             flow_filter=FlowFilter(name=FlowFilterName(any_=["smoke-test"]))
         )
     return any(run.state is not None and run.state.is_running() for run in runs)
-
-
-def task_runs(flow_run_id: str) -> list[TaskRun]:
-    """Every task run of a flow run and of its subflows."""
-    with get_client(sync_client=True) as client:
-        ids = {flow_run_id}
-        frontier = [flow_run_id]
-        while frontier:
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)
-                )
-            )
-            frontier = [str(c.id) for c in children if str(c.id) not in ids]
-            ids.update(frontier)
-        return client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id={"any_": list(ids)}), task_run_filter=TaskRunFilter()
-        )
 
 
 @dataclass
@@ -119,9 +98,9 @@ def test_the_killed_release_left_its_version_as_challenger_only(resumed: Resumed
 
 def test_resume_reuses_the_finished_steps_and_reruns_the_rest(resumed: Resumed) -> None:
     states: dict[str, set[str]] = {}
-    for run in task_runs(str(resumed.resumed.id)):
+    for run in metrics.task_runs(str(resumed.resumed.id)):
         assert run.state is not None
-        states.setdefault(run.name.rsplit("-", 1)[0], set()).add(run.state.name)
+        states.setdefault(metrics.step_name(run), set()).add(run.state.name)
     for step in RESUMED_STEPS:
         assert states[step] == {"Cached"}, (step, states)
     for step in ("register-challenger", "publish-version", "serve-candidate", "smoke-test"):

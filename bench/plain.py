@@ -1,0 +1,85 @@
+"""The release's steps as plain function calls, without Prefect: the baseline for what
+orchestration costs. Same functions, same order, same parallel trials (a thread pool instead of
+Prefect's task runner); no flow runs, task runs, result persistence, artifacts or events.
+
+    .venv/bin/python -m bench.plain SPEC   (prints one JSON line: seconds per step)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from tasks import registry
+from tasks.data import load_dataset, snapshot, split_dataset
+from tasks.evaluation import require_valid
+from tasks.onnx import export_onnx
+from tasks.quality import check_frame, require_quality
+from tasks.search import run_search, run_trial
+from tasks.settings import Settings, load_spec
+from tasks.smoke import require_passed, smoke_test
+from tasks.swap import swap_in
+from tasks.training import train_candidate
+from tasks.triton import publish, serve_candidate
+from tasks.tuning import record, tune
+from tasks.validation import validate
+
+
+def release(spec_path: str) -> dict[str, float]:
+    settings, spec = Settings(), load_spec(spec_path)
+    seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        seconds[name] = time.perf_counter() - started
+
+    with step("snapshot-data"):
+        data = snapshot(spec, settings)
+    with step("validate-data"):
+        quality = check_frame(load_dataset(data.uri), spec, data.sha256)
+        registry.log_data_validation(settings, spec.name, data, quality.passed, quality.markdown())
+        require_quality(quality, data.uri)
+    with step("split-data"):
+        parts = split_dataset(spec, settings, data)
+    with step("open-candidate-run"):
+        run = registry.open_run(settings, spec.name, f"train-{spec.name}", {})
+    with step("trials"), ThreadPoolExecutor(spec.search.parallel) as pool:
+        search = run_search(
+            spec, settings, parts, run.run_id, lambda *args: pool.submit(run_trial, *args)
+        )
+    seconds["trial"] = sum((t.finished_at - t.started_at).total_seconds() for t in search.trials)
+    with step("train-candidate"):
+        train = train_candidate(spec, settings, parts, run, search, "")
+    with step("validate-candidate"):
+        validation = validate(settings, spec, train)
+        registry.log_to_run(settings, train.run_id, tags=validation.tags())
+        require_valid(validation)
+    with step("register-challenger"):
+        tags = train.lineage | validation.tags()
+        ref = registry.register_challenger(settings, spec.name, train.candidate, tags)
+    with step("export-onnx"):
+        onnx = export_onnx(settings, spec, ref, train.holdout)
+    with step("publish-version"):
+        publish(settings, spec, ref, onnx)
+    with step("tune-serving"):
+        tuning = tune(settings, spec, ref, train.holdout)
+        record(settings, ref, tuning)
+    with step("serve-candidate"):
+        serve_candidate(settings, spec, ref, tuning.chosen)
+    with step("smoke-test"):
+        require_passed(smoke_test(settings, spec, ref, train.holdout))
+    with step("swap-in"):
+        swap_in(settings, spec, ref, train.holdout)
+    with step("promote"):
+        registry.promote(settings, ref, "benchmark without Prefect", registry.default_actor())
+    return seconds
+
+
+if __name__ == "__main__":
+    print(json.dumps(release(sys.argv[1])), flush=True)
