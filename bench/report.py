@@ -237,9 +237,17 @@ def pipeline_section(result: dict[str, Any]) -> list[str]:
         ],
         "",
         "Where the time goes: the search and the refit of the best configuration (random forests",
-        "of up to ~200 trees, depth up to 16, on 2 cores) are most of it. The 60 s target at",
-        "100,000 rows is missed; what is left is the spec's estimator and search space, or more",
-        "cores (`CONVEYOR_TASK_RUNNER=dask`), more than the pipeline.",
+        "of up to ~200 trees, depth up to 16, on 2 cores) are most of it, with the trials on a",
+        "sample (`search.max_rows`). The same steps take longer as Prefect task runs than as",
+        "plain calls (table above); not profiled further: the likely share is Prefect's API",
+        "server, log and event shipping competing with the training threads for the 2 cores.",
+        "The resumed run's time is the process start (imports ~3.5 s), the steps that must run",
+        "again and Prefect's bookkeeping.",
+        "",
+        f"Against the targets in this run: wall {cold:.1f} s vs 60 s "
+        f"({'met' if cold <= 60 else 'missed'}), overhead {overhead:.0%} vs 10 % "
+        f"({'met' if overhead <= 0.10 else 'missed'}), resume {resumed / cold:.0%} vs 20 % "
+        f"({'met' if resumed / cold <= 0.20 else 'missed'}).",
     ]
 
 

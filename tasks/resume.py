@@ -3,9 +3,9 @@
 A release is one *attempt*: the flow run that started it, or, when it was started with
 `resume_from`, the attempt of that run. Steps that are expensive and whose results are references
 to things that stay (a data snapshot, MLflow runs, an ONNX artifact, a measured serving
-configuration) are cached on their inputs, their source and the code version *within one
-attempt*; their results are persisted (`Settings.results`), so a new process finds them. Steps
-that act on shared state (the champion comparison, registration, publishing, loading, smoke test,
+configuration) are cached on their inputs and conveyor's code *within one attempt*; their
+results are persisted (`Settings.results`), so a new process finds them. Steps that act on
+shared state (the champion comparison, registration, publishing, loading, smoke test,
 swap, promotion) always run again: what they act on may have changed while the release was down.
 
 Keys never cross attempts: the same data and spec released twice trains twice, and a finished
@@ -31,7 +31,6 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.utilities.hashing import hash_objects
 
-from tasks.registry import code_version
 from tasks.settings import ConveyorError
 
 RELEASE_FLOW = "release"
@@ -72,9 +71,18 @@ def current_attempt() -> str | None:
     return attempt_of(str(root)) if root else None
 
 
+@cache
+def code_fingerprint() -> str:
+    """Every module the steps are made of: a task wrapper's own source does not change when the
+    plain function it calls does, and a git commit does not cover uncommitted edits."""
+    packages = [Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "flows"]
+    sources = sorted(path for package in packages for path in package.glob("*.py"))
+    return hash_objects(*[(path.name, path.read_bytes()) for path in sources])
+
+
 @dataclass
 class ReleaseAttempt(CachePolicy):
-    """Inputs + task source + code version, scoped to the current release attempt."""
+    """Inputs + task source + conveyor's code, scoped to the current release attempt."""
 
     def compute_key(
         self,
@@ -87,7 +95,7 @@ class ReleaseAttempt(CachePolicy):
         if attempt is None:
             return None
         steps = (INPUTS + TASK_SOURCE).compute_key(task_ctx, inputs, flow_parameters, **kwargs)
-        return hash_objects(attempt, code_version(), steps, raise_on_failure=True)
+        return hash_objects(attempt, code_fingerprint(), steps, raise_on_failure=True)
 
 
 RESUMABLE = ReleaseAttempt()

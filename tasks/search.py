@@ -63,13 +63,15 @@ def run_trial(
     )
     scores = model.predict_proba(to_features(check_part, spec))[:, 1]
     score = float(METRICS[spec.search.metric](to_target(check_part, spec), scores))
+    logged = {**params, "fit_rows": len(fit_part)}
     run_id = registry.log_trial(
-        settings, spec.name, parent_run_id, number, dict(params), {spec.search.metric: score}
+        settings, spec.name, parent_run_id, number, logged, {spec.search.metric: score}
     )
     return TrialSummary(
         number=number,
         params=params,
         score=score,
+        fit_rows=len(fit_part),
         run_id=run_id,
         started_at=started,
         finished_at=datetime.now(UTC),

@@ -98,6 +98,7 @@ class TrialSummary(BaseModel):
     number: int
     params: Params
     score: float
+    fit_rows: int  # what the trial fit on: part of the training split, sampled to search.max_rows
     run_id: str
     started_at: datetime
     finished_at: datetime

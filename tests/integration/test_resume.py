@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -110,7 +109,7 @@ def test_resume_reuses_the_finished_steps_and_reruns_the_rest(resumed: Resumed) 
 
 def test_nothing_was_trained_or_registered_twice(resumed: Resumed) -> None:
     settings, name = resumed.settings, resumed.name
-    client = MlflowClient(settings.tracking_uri)
+    client = registry.client(settings)
     experiment = client.get_experiment_by_name(name)
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])

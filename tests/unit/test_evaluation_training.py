@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.data import DataError
+from tasks import registry
+from tasks.data import DataError, snapshot, split_dataset
 from tasks.evaluation import (
     METRICS,
     GateError,
@@ -16,6 +17,7 @@ from tasks.evaluation import (
     threshold_failures,
     weighted_metric,
 )
+from tasks.search import run_trial
 from tasks.settings import DEFAULT_SPEC, EvaluationSpec, Thresholds, ValidationSpec, load_spec
 from tasks.training import fit
 
@@ -177,3 +179,21 @@ def test_the_fitted_model_predicts_on_one_core() -> None:
     target = (features[:, 0] > 0.5).astype(np.int64)
     model = fit(spec, features, target, {"n_estimators": 5})
     assert model[-1].get_params()["n_jobs"] == 1
+
+
+@pytest.mark.parametrize(("max_rows", "fit_rows"), [(None, 3375), (1000, 750)])
+def test_trials_fit_on_at_most_search_max_rows(settings, max_rows, fit_rows) -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    spec = spec.model_copy(
+        update={
+            "data": spec.data.model_copy(update={"rows": 6000}),
+            "search": spec.search.model_copy(update={"max_rows": max_rows}),
+        }
+    )
+    parts = split_dataset(spec, settings, snapshot(spec, settings))
+    parent = registry.open_run(settings, spec.name, "train", {})
+    params = {"n_estimators": 5, "max_depth": 3}
+    trial = run_trial(spec, settings, parts, parent.run_id, 0, params, n_jobs=1)
+    assert trial.fit_rows == fit_rows
+    logged = registry.client(settings).get_run(trial.run_id).data.params
+    assert logged["fit_rows"] == str(fit_rows)
