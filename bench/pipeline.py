@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT
 from tasks.settings import DEFAULT_SPEC
-from tests.servers import clean_env, prefect_server
+from tests.servers import clean_env, in_smoke_test, prefect_server
 
 
 class PipelineResult(BaseModel):
@@ -60,22 +60,11 @@ def timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, st
     return elapsed, done.stdout
 
 
-def smoke_running() -> bool:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["smoke-test"]))
-        )
-    return any(run.state is not None and run.state.is_running() for run in runs)
-
-
-def kill_at_smoke(command: list[str], env: dict[str, str], log: Path) -> float:
+def kill_at_smoke(command: list[str], env: dict[str, str], spec: str, log: Path) -> float:
     started = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        while not smoke_running():
+        while not in_smoke_test(spec):
             if process.poll() is not None:
                 raise RuntimeError(f"the release ended before its smoke test, see {log}")
             time.sleep(0.2)
@@ -122,7 +111,7 @@ def main() -> None:
                 )
                 plain_steps = json.loads(out.strip().splitlines()[-1])
                 subprocess.run([CONVEYOR, "triton", "down"], env=envs["plain"], check=False)
-                killed = kill_at_smoke(release, envs["resumed"], tmp / "killed.log")
+                killed = kill_at_smoke(release, envs["resumed"], spec, tmp / "killed.log")
                 resumed, _ = timed(
                     [*release, "--resume", "last"], envs["resumed"], tmp / "resumed.log"
                 )

@@ -46,8 +46,9 @@ def drift_section(rows: list[dict[str, Any]]) -> list[str]:
         "Peak memory is the process's maximum RSS, imports (Prefect, MLflow, Evidently) included.",
         "Target at 1,000,000 current rows: 20 s and 2 GB.",
         "",
-        "Reproduce: `.venv/bin/python -m bench.drift --unsampled && "
-        ".venv/bin/python -m bench.report`",
+        "Reproduce: `make bench` (against the pipeline benchmark's champion), or alone:",
+        "`.venv/bin/python -m bench.drift --unsampled && .venv/bin/python -m bench.report`",
+        "(trains its own champion on `--reference` rows first).",
         "",
         "| current rows | reference rows | compared per side | check (s) | process (s) "
         "| peak RSS (MB) | drift share |",
@@ -92,7 +93,9 @@ def serving_section(rows: list[dict[str, Any]]) -> list[str]:
         "python-backend model with the same I/O and serving configuration on the same Triton:",
         "the server's own ceiling. Alternatives get the same 2 workers as there are cores.",
         "",
-        "Reproduce: `.venv/bin/python -m bench.serving && .venv/bin/python -m bench.report`",
+        "Reproduce: `make bench` (on the pipeline benchmark's champion, 5 s per row), or alone:",
+        "`.venv/bin/python -m bench.serving --seconds 5 && .venv/bin/python -m bench.report`",
+        "(releases its own champion of the spec first).",
         "",
         "| target | protocol | concurrency | req/s | p50 (ms) | p99 (ms) | errors |",
         "|---|---|---:|---:|---:|---:|---:|",

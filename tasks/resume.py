@@ -105,21 +105,26 @@ def _same_spec(run: FlowRun, spec_path: str) -> bool:
     return Path(str(run.parameters.get("spec_path", ""))).resolve() == Path(spec_path).resolve()
 
 
-def last_release(spec_path: str) -> str:
-    """The newest release of this spec; `ResumeError` when there is none."""
+def releases(spec_path: str) -> list[FlowRun]:
+    """The release flow runs of this spec on the current Prefect API, newest first."""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[RELEASE_FLOW])),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=200,
         )
-    for run in runs:
-        if _same_spec(run, spec_path):
-            return str(run.id)
-    raise ResumeError(
-        f"no release of {spec_path} on this Prefect API: there is nothing to resume; start one "
-        "with `conveyor run`"
-    )
+    return [run for run in runs if _same_spec(run, spec_path)]
+
+
+def last_release(spec_path: str) -> str:
+    """The newest release of this spec; `ResumeError` when there is none."""
+    runs = releases(spec_path)
+    if not runs:
+        raise ResumeError(
+            f"no release of {spec_path} on this Prefect API: there is nothing to resume; start "
+            "one with `conveyor run`"
+        )
+    return str(runs[0].id)
 
 
 def check_resumable(run_id: str, spec_path: str) -> str:

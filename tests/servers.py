@@ -105,3 +105,28 @@ def moto_s3(log_dir: Path, require_auth: bool = False, timeout_s: float = 30.0) 
     command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     with serving(command, env, log_dir / f"moto-{port}.log", _answers(endpoint), timeout_s):
         yield endpoint
+
+
+def in_smoke_test(spec_path: str) -> bool:
+    """Whether the newest release of `spec_path` is running its smoke-test subflow."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    from tasks.resume import releases
+
+    runs = releases(spec_path)
+    if not runs:
+        return False
+    with get_client(sync_client=True) as client:
+        smoke = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["smoke-test"])),
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[runs[0].id])
+            ),
+        )
+    return any(run.state is not None and run.state.is_running() for run in smoke)

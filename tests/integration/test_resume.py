@@ -12,36 +12,18 @@ from pathlib import Path
 
 import pytest
 from prefect import flow, task
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-)
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
 from tasks import metrics, registry, triton, triton_server
-from tasks.resume import RESUMABLE
+from tasks.resume import RESUMABLE, releases
 from tasks.settings import Settings, load_spec
 from tests.conftest import write_spec
-from tests.servers import BIN, clean_env, stop_process
+from tests.servers import BIN, clean_env, in_smoke_test, stop_process
 
 RESUMED_STEPS = {"snapshot-data", "validate-data", "split-data", "open-candidate-run", "trial"}
 RESUMED_STEPS |= {"train-candidate", "export-onnx", "tune-serving"}
-
-
-def release_runs() -> list[FlowRun]:
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["release"])))
-
-
-def smoke_started() -> bool:
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["smoke-test"]))
-        )
-    return any(run.state is not None and run.state.is_running() for run in runs)
 
 
 @dataclass
@@ -68,18 +50,18 @@ def resumed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
                 deadline = time.monotonic() + 300
-                while not smoke_started():
+                while not in_smoke_test(str(spec)):
                     assert process.poll() is None, (base / "killed.log").read_text()[-3000:]
                     assert time.monotonic() < deadline, "the release never reached its smoke test"
                     time.sleep(0.2)
                 process.kill()  # SIGKILL: no except-block clean-up, no final state
                 process.wait(10)
-            (killed,) = release_runs()
+            (killed,) = releases(str(spec))
             done = subprocess.run(
                 [*command, "--resume", "last"], env=env, capture_output=True, text=True, timeout=600
             )
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            (resumed,) = [run for run in release_runs() if run.id != killed.id]
+            resumed, _ = releases(str(spec))
             again = subprocess.run(
                 [*command, "--resume", "last"], env=env, capture_output=True, text=True, timeout=120
             )
