@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -34,3 +35,13 @@ def isolated(tmp: Path, home: Path | None = None) -> Iterator[dict[str, str]]:
 def write_results(path: Path, rows: Sequence[BaseModel]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+
+
+def add_state_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="use the champion in this state directory (bench.pipeline --keep-state) instead of "
+        "releasing one",
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from bench.common import CONVEYOR, ROOT, isolated, write_results
+from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, write_results
 from tasks.settings import DEFAULT_SPEC
 
 _CHECK = """
@@ -107,13 +107,7 @@ def main() -> None:
         action="store_true",
         help="also run the largest size with no sampling, to compare scores and verdicts",
     )
-    parser.add_argument(
-        "--state",
-        type=Path,
-        default=None,
-        help="use the champion in this state directory (bench.pipeline --keep-state) instead of "
-        "releasing one",
-    )
+    add_state_argument(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "drift.json")
     args = parser.parse_args()
     rows = []

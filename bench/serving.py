@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel
 
-from bench.common import CONVEYOR, ROOT, isolated, write_results
+from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, write_results
 from tasks.settings import DEFAULT_SPEC
 from tests.servers import free_port
 
@@ -233,13 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument(
-        "--state",
-        type=Path,
-        default=None,
-        help="use the champion in this state directory (bench.pipeline --keep-state) instead of "
-        "releasing one",
-    )
+    add_state_argument(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "serving.json")
     args = parser.parse_args()
 

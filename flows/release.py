@@ -21,6 +21,7 @@ from tasks.approval import (
 from tasks.data import DatasetRef
 from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
+from tasks.orchestration import subflows_without_heartbeats
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
 from tasks.resume import resume_task
 from tasks.search import task_runner
@@ -89,7 +90,8 @@ def release_flow(
     with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
         if resume_from:
             resume_task(resume_from, spec_path)
-        result = _release(settings, spec, obs)
+        with subflows_without_heartbeats():
+            result = _release(settings, spec, obs)
     create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
     return result
 
