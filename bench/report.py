@@ -244,8 +244,11 @@ def pipeline_section(result: dict[str, Any]) -> list[str]:
         "sample (`search.max_rows`). The same steps take longer as Prefect task runs than as",
         "plain calls (table above); not profiled further: the likely share is Prefect's API",
         "server, log and event shipping competing with the training threads for the 2 cores.",
-        "The resumed run's time is the process start (imports ~3.5 s), the steps that must run",
-        "again and Prefect's bookkeeping.",
+        "Subflows run without Prefect's heartbeat thread, which made each of the 6 cost ~1 s",
+        "more (see `tasks/orchestration.py`). A resumed run's time, profiled at 12,000 rows:",
+        "process start and imports ~3.5 s, Prefect creating the 6 subflow runs ~0.35 s each",
+        "(its subflow-tracking task runs), and the steps that must run again (validation,",
+        "registration, publishing, loading, smoke test ~1.1 s, swap ~1.4 s).",
         "",
         f"Against the targets in this run: wall {cold:.1f} s vs 60 s "
         f"({'met' if cold <= 60 else 'missed'}), overhead {overhead:.0%} vs 10 % "
