@@ -81,3 +81,13 @@ def test_spec_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(SpecError, match="must be a YAML mapping"):
         load_spec(path)
+
+
+def test_result_storage_is_a_directory_or_a_prefect_block(
+    monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path
+) -> None:
+    assert Settings().results == home.resolve() / "results"
+    monkeypatch.setenv("CONVEYOR_RESULT_STORAGE", "s3-bucket/conveyor-results")
+    assert Settings().results == "s3-bucket/conveyor-results"
+    monkeypatch.setenv("CONVEYOR_RESULT_STORAGE", str(tmp_path / "shared" / "results"))
+    assert Settings().results == tmp_path / "shared" / "results"
