@@ -116,7 +116,7 @@ def main() -> None:
                     [*release, "--resume", "last"], envs["resumed"], tmp / "resumed.log"
                 )
                 runs = metrics.task_runs(last_release(spec))
-                resumed_steps = metrics.task_durations(last_release(spec))
+                resumed_steps = metrics.summed_durations(runs)
             finally:
                 for env in envs.values():
                     subprocess.run([CONVEYOR, "triton", "down"], env=env, check=False)

@@ -193,8 +193,13 @@ def step_name(task_run: TaskRun) -> str:
 
 def task_durations(flow_run_id: str) -> dict[str, float]:
     """Seconds per task (name without Prefect's run suffix) in a flow run and its subflows."""
+    return summed_durations(task_runs(flow_run_id))
+
+
+def summed_durations(runs: Iterable[TaskRun]) -> dict[str, float]:
+    """Seconds per task name, summed over its runs."""
     durations: dict[str, float] = {}
-    for task_run in task_runs(flow_run_id):
+    for task_run in runs:
         name = step_name(task_run)
         durations[name] = durations.get(name, 0.0) + task_run.total_run_time.total_seconds()
     return durations

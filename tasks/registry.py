@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -205,9 +206,16 @@ def log_candidate(
     return run.model_copy(update={"model_uri": info.model_uri})
 
 
-def _root_flow_run() -> str:
-    """The Prefect flow run a check belongs to (the release, not its subflow); "" outside one."""
-    return str(flow_run.root_flow_run_id or flow_run.id or "")
+@cache
+def _root_of(flow_run_id: str) -> str:
+    # Prefect walks the parent chain through its API on every read; a chain never changes.
+    return str(flow_run.root_flow_run_id or flow_run_id)
+
+
+def root_flow_run() -> str:
+    """The Prefect flow run a step belongs to (the release, not its subflow); "" outside one."""
+    current = flow_run.id
+    return _root_of(str(current)) if current else ""
 
 
 def log_data_validation(
@@ -218,7 +226,7 @@ def log_data_validation(
         "conveyor.data_validation": "passed" if passed else "failed",
         TAG_DATA: data.sha256,
         "conveyor.data_uri": data.uri,
-        TAG_FLOW_RUN: _root_flow_run(),
+        TAG_FLOW_RUN: root_flow_run(),
     }
     run = open_run(settings, name, "data-validation", tags)
     client(settings).log_text(run.run_id, report_markdown, "data_validation.md")
@@ -228,7 +236,7 @@ def log_data_validation(
 
 def log_drift_run(settings: Settings, name: str, html: Path, metrics: dict[str, float]) -> str:
     """One run per drift check in the model's experiment; returns the HTML report's URI."""
-    tags = {TAG_FLOW_RUN: _root_flow_run()}
+    tags = {TAG_FLOW_RUN: root_flow_run()}
     run = open_run(settings, name, "drift-check", tags)
     try:
         log_to_run(settings, run.run_id, metrics=metrics)

@@ -28,9 +28,9 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
-from prefect.runtime import flow_run
 from prefect.utilities.hashing import hash_objects
 
+from tasks.registry import root_flow_run
 from tasks.settings import ConveyorError
 
 RELEASE_FLOW = "release"
@@ -59,16 +59,20 @@ def _read(run_id: str) -> FlowRun:
             ) from None
 
 
+def _attempt(run: FlowRun) -> str:
+    resumed = run.parameters.get("resume_from")
+    return attempt_of(str(resumed)) if resumed else str(run.id)
+
+
 @cache
 def attempt_of(run_id: str) -> str:
     """The attempt a flow run belongs to: its own id, or that of the run it resumed."""
-    resumed = _read(run_id).parameters.get("resume_from")
-    return attempt_of(str(resumed)) if resumed else run_id
+    return _attempt(_read(run_id))
 
 
 def current_attempt() -> str | None:
-    root = flow_run.root_flow_run_id
-    return attempt_of(str(root)) if root else None
+    root = root_flow_run()
+    return attempt_of(root) if root else None
 
 
 @cache
@@ -145,7 +149,7 @@ def check_resumable(run_id: str, spec_path: str) -> str:
             f"release {run_id} completed: there is nothing to resume; start a new release with "
             "`conveyor run`"
         )
-    return attempt_of(run_id)
+    return _attempt(run)
 
 
 @task(name="check-resume")

@@ -8,7 +8,6 @@ from datetime import datetime
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 from sklearn.base import ClassifierMixin
 from sklearn.compose import ColumnTransformer
@@ -193,8 +192,7 @@ def train_candidate_task(
     search: SearchSummary,
 ) -> TrainResult:
     logger = get_run_logger()
-    root = str(flow_run.root_flow_run_id or flow_run.id)
-    result = train_candidate(spec, settings, data, run, search, root)
+    result = train_candidate(spec, settings, data, run, search, registry.root_flow_run())
     m = result.metrics
     create_table_artifact(
         key=f"evaluation-{spec.name}",

@@ -22,8 +22,16 @@ from tasks.settings import Settings, load_spec
 from tests.conftest import write_spec
 from tests.servers import BIN, clean_env, in_smoke_test, stop_process
 
-RESUMED_STEPS = {"snapshot-data", "validate-data", "split-data", "open-candidate-run", "trial"}
-RESUMED_STEPS |= {"train-candidate", "export-onnx", "tune-serving"}
+RESUMED_STEPS = {
+    "snapshot-data",
+    "validate-data",
+    "split-data",
+    "open-candidate-run",
+    "trial",
+    "train-candidate",
+    "export-onnx",
+    "tune-serving",
+}
 
 
 @dataclass
