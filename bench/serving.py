@@ -257,15 +257,11 @@ def main() -> None:
         assert version is not None
         ref = registry.version_ref(settings, spec.name, version)
         # The no-op model: the champion's served configuration, nothing inside.
-        served = triton.control_client(endpoint).get_model_config(spec.name, as_json=True)
-        config = served["config"]
+        control = triton.control_client(endpoint)
+        config = control.config(spec.name)
         config["name"] = "noop"
         config.pop("version_policy", None)
-        triton.control_client(endpoint).load_model(
-            "noop",
-            config=json.dumps(config),
-            files={"file:1/model.py": NOOP_MODEL.encode()},
-        )
+        control.load("noop", json.dumps(config), {"file:1/model.py": NOOP_MODEL.encode()})
         triton_body = json.dumps(
             {"inputs": [{"name": "features", "shape": [1, 10], "datatype": "FP32", "data": ROW}]}
         )

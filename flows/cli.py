@@ -162,7 +162,8 @@ def smoke(
             rows=0,
             positives=0,
         )
-        report = smoke_test_flow(model_spec, settings, ref, holdout)
+        # A live version answers under the model's own name (the candidate name is a release's).
+        report = smoke_test_flow(model_spec, settings, ref, holdout, served_as=model_spec.name)
     except ConveyorError as exc:
         _fail(exc)
         return
@@ -317,8 +318,12 @@ def triton_status() -> None:
     if state is None:
         console.print("the embedded Triton is not running (`conveyor triton up` starts it)")
         raise typer.Exit(1)
-    index = triton.http_client(state.endpoint).get_model_repository_index()
-    loaded = [f"{m['name']}:{m.get('version', '?')}" for m in index if m.get("state") == "READY"]
+    try:
+        index = triton.control_client(state.endpoint).index()
+    except ConveyorError as exc:
+        _fail(exc)
+        return
+    loaded = [f"{m.name}:{m.version or '?'}" for m in index if m.state == "READY"]
     console.print(
         f"up: pid {state.pid}, http://{state.endpoint.http}, grpc {state.endpoint.grpc}, "
         f"metrics {state.metrics_url}, repository {state.repository}; "

@@ -12,8 +12,13 @@ from tasks.smoke import SmokeReport, require_passed, smoke_test_task
 
 @flow(name="smoke-test")
 def smoke_test_flow(
-    spec: ModelSpec, settings: Settings, ref: ModelRef, holdout: DatasetRef
+    spec: ModelSpec,
+    settings: Settings,
+    ref: ModelRef,
+    holdout: DatasetRef,
+    served_as: str | None = None,
 ) -> SmokeReport:
-    report = smoke_test_task(settings, spec, ref, holdout)
+    """`served_as`: the Triton model name to test; default the release's candidate."""
+    report = smoke_test_task(settings, spec, ref, holdout, served_as)
     require_passed(report)
     return report

@@ -193,15 +193,20 @@ def require_passed(report: SmokeReport) -> None:
 
 
 def smoke_test(
-    settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
+    settings: Settings,
+    spec: ModelSpec,
+    ref: registry.ModelRef,
+    holdout: DatasetRef,
+    served_as: str | None = None,
 ) -> SmokeReport:
-    """Smoke-test the candidate `ref` (served under its candidate name) against the offline
-    predictions of its own ONNX file."""
+    """Smoke-test `ref` against the offline predictions of its own ONNX file: as the candidate
+    (its own Triton name, during a release) or, with `served_as`, under that name (a live
+    version, `conveyor smoke`)."""
     onnx_bytes = registry.read_artifact(settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}")
     features = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
     labels, probabilities = onnx.predict(onnx_bytes, features)
     endpoint = triton_server.endpoint(settings)
-    name = triton.candidate_name(spec.name)
+    name = served_as or triton.candidate_name(spec.name)
     report = run_smoke(endpoint, spec, name, ref.version, features, labels, probabilities)
     registry.log_to_run(
         settings,
@@ -247,9 +252,13 @@ def report_markdown(report: SmokeReport) -> str:
 
 @task(name="smoke-test")
 def smoke_test_task(
-    settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
+    settings: Settings,
+    spec: ModelSpec,
+    ref: registry.ModelRef,
+    holdout: DatasetRef,
+    served_as: str | None = None,
 ) -> SmokeReport:
-    report = smoke_test(settings, spec, ref, holdout)
+    report = smoke_test(settings, spec, ref, holdout, served_as)
     create_markdown_artifact(
         key=f"smoke-{spec.name}", markdown=report_markdown(report), description="Smoke test"
     )

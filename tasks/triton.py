@@ -17,9 +17,10 @@ from google.protobuf import json_format, text_format
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as mc_index
 from tritonclient.utils import InferenceServerException
 
-from tasks import registry, triton_server
+from tasks import credentials, registry, triton_server
 from tasks.onnx import INPUT, LABEL, PROBABILITIES, OnnxArtifact, sha256
 from tasks.settings import ConveyorError, ModelSpec, ServingSpec, Settings
 from tasks.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
@@ -156,21 +157,65 @@ def grpc_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(endpoint.grpc)
 
 
-def control_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
-    """Repository control (load, unload, index) goes over gRPC. Triton's HTTP frontend answers a
-    load request on an event-loop thread it shares with inference connections, and holds them for
-    the whole load (1.5 to 2 s measured here); its gRPC frontend does not."""
-    return grpc_client(endpoint)
+class ControlClient:
+    """Triton's model-control API (load, unload, repository index, model config) with conveyor's
+    key on every call; Triton refuses these to anyone without it (`tasks.credentials`).
+
+    It goes over gRPC: Triton's HTTP frontend answers a load request on an event-loop thread it
+    shares with inference connections and holds them for the whole load (1.5 to 2 s measured
+    here); its gRPC frontend does not."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._client = grpc_client(endpoint)
+        self._headers = credentials.triton_grpc_headers(endpoint.key_file)
+
+    def _refused(self, exc: InferenceServerException, operation: str) -> Exception:
+        if "restricted" in (exc.message() or "").lower():
+            return credentials.triton_refused(self.endpoint.grpc, operation)
+        return TritonError(f"Triton could not {operation}: {exc.message()}")
+
+    def load(self, name: str, config: str, files: dict[str, bytes] | None = None) -> None:
+        try:
+            self._client.load_model(name, headers=self._headers, config=config, files=files)
+        except InferenceServerException as exc:
+            raise self._refused(exc, f"load {name}") from exc
+
+    def unload(self, name: str) -> None:
+        try:
+            self._client.unload_model(name, headers=self._headers)
+        except InferenceServerException as exc:
+            raise self._refused(exc, f"unload {name}") from exc
+
+    def index(self) -> list[mc_index.RepositoryIndexResponse.ModelIndex]:
+        try:
+            response = self._client.get_model_repository_index(headers=self._headers)
+        except InferenceServerException as exc:
+            raise self._refused(exc, "list its model repository") from exc
+        return list(response.models)
+
+    def config(self, name: str) -> dict[str, object]:
+        try:
+            response = self._client.get_model_config(name, headers=self._headers, as_json=True)
+        except InferenceServerException as exc:
+            raise self._refused(exc, f"show the config of {name}") from exc
+        config: dict[str, object] = response["config"]
+        return config
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        # Health is open to callers: no key needed, none sent.
+        return bool(self._client.is_model_ready(name, version))
+
+
+def control_client(endpoint: Endpoint) -> ControlClient:
+    return ControlClient(endpoint)
 
 
 def _load(
     endpoint: Endpoint, name: str, config: mc.ModelConfig, files: dict[str, bytes] | None = None
 ) -> None:
     """Ask Triton to load `name` with `config` (and `files`, which override the repository's)."""
-    try:
-        control_client(endpoint).load_model(name, config=config_json(config), files=files)
-    except InferenceServerException as exc:
-        raise TritonError(f"Triton could not load {name}: {exc.message()}") from exc
+    control_client(endpoint).load(name, config_json(config), files)
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, problem: Callable[[], str]) -> None:
@@ -225,7 +270,7 @@ def load_candidate(
     # Models loaded from files in the request are not in the repository index: ask the model.
     timeout_s, client = settings.triton_load_timeout_s, control_client(endpoint)
     _wait(
-        lambda: client.is_model_ready(name, str(version)),
+        lambda: client.is_ready(name, str(version)),
         timeout_s,
         lambda: f"{name} v{version} not ready {timeout_s:.0f} s after loading; see the server log",
     )
@@ -235,14 +280,11 @@ def load_candidate(
 def unload_model(endpoint: Endpoint, name: str, timeout_s: float = 60.0) -> None:
     """Unload every version of `name` and wait until none is READY; nothing loaded, nothing done."""
     client = control_client(endpoint)
-    if not client.is_model_ready(name):
+    if not client.is_ready(name):
         return
-    try:
-        client.unload_model(name)
-    except InferenceServerException as exc:
-        raise TritonError(f"Triton could not unload {name}: {exc.message()}") from exc
+    client.unload(name)
     _wait(
-        lambda: not client.is_model_ready(name),
+        lambda: not client.is_ready(name),
         timeout_s,
         lambda: f"{name} still has READY versions {timeout_s:.0f} s after unload",
     )
@@ -250,10 +292,9 @@ def unload_model(endpoint: Endpoint, name: str, timeout_s: float = 60.0) -> None
 
 def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
     """Versions of `name` that are READY, from the repository index."""
-    index = control_client(endpoint).get_model_repository_index().models
     return sorted(
         int(entry.version)
-        for entry in index
+        for entry in control_client(endpoint).index()
         if entry.name == name and entry.state == "READY" and entry.version
     )
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from tasks import credentials
 from tasks.settings import ConveyorError, Settings
 from tasks.storage import open_store
 
@@ -29,13 +30,19 @@ HOST = "127.0.0.1"
 STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
 REPOSITORY_MARKER = ".conveyor-repository"
+KEY_FILE = "admin.key"
 
 
 class Endpoint(BaseModel):
-    """How to reach a Triton server: HTTP and gRPC as host:port, without a scheme."""
+    """How to reach a Triton server: HTTP and gRPC as host:port, without a scheme.
+
+    `key_file` is where the embedded server's control key is kept (a reference, never the key:
+    endpoints travel in task results). Unset, the key comes from the environment or a Secret
+    block (see `tasks.credentials`)."""
 
     http: str
     grpc: str
+    key_file: str | None = None
 
 
 class TritonServerError(ConveyorError):
@@ -54,10 +61,17 @@ class ServerState(BaseModel):
     repository: str
     log_path: str
     started_at: datetime
+    # The control key's file when the server generated it, None when it came from the
+    # environment or a Secret block; its fingerprint tells a process holding another key why it
+    # is refused.
+    key_file: str | None = None
+    key_fingerprint: str = ""
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(http=f"{HOST}:{self.http_port}", grpc=f"{HOST}:{self.grpc_port}")
+        return Endpoint(
+            http=f"{HOST}:{self.http_port}", grpc=f"{HOST}:{self.grpc_port}", key_file=self.key_file
+        )
 
     @property
     def metrics_url(self) -> str:
@@ -100,11 +114,22 @@ def _backends_dir(settings: Settings, install: TritonInstall) -> Path:
     """A backends directory of our own: the wheel's python backend plus the stub for this Python."""
     python = settings.triton_dir / "backends" / "python"
     python.mkdir(parents=True, exist_ok=True)
-    for source in install.python_backend.iterdir():
-        if source.is_file():
-            shutil.copy2(source, python / source.name)
-    shutil.copy2(install.stub, python / install.stub.name)
+    sources = [s for s in install.python_backend.iterdir() if s.is_file()] + [install.stub]
+    for source in sources:
+        _install_file(source, python / source.name)
     return python.parent
+
+
+def _install_file(source: Path, target: Path) -> None:
+    """Copy `source` to `target` unless it is already there, by a rename: a stub of a server that
+    died may still be running from `target`, and writing over a running binary fails with
+    "Text file busy" while replacing its directory entry does not."""
+    same_size = target.is_file() and target.stat().st_size == source.stat().st_size
+    if same_size and target.read_bytes() == source.read_bytes():
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copy2(source, tmp)
+    tmp.replace(target)
 
 
 def _environment(install: TritonInstall) -> dict[str, str]:
@@ -215,8 +240,22 @@ def start(settings: Settings) -> ServerState:
             f"the embedded Triton is already running (pid {running.pid}, "
             f"http {running.endpoint.http}); stop it with `conveyor triton down`"
         )
+    if read_state(settings) is not None:
+        # A server that died (killed, OOM) leaves its state file and possibly its stubs: clear
+        # both before starting over, so no stub of the dead server keeps its memory.
+        stop(settings)
     install = find_install()
     settings.triton_dir.mkdir(parents=True, exist_ok=True)
+    # Its log, state and key are the operator's: nobody else on the host reads them.
+    settings.triton_dir.chmod(0o700)
+    key_path = settings.triton_dir / KEY_FILE
+    key = credentials.configured_triton_key()
+    if key is None:
+        key, key_file = credentials.new_triton_key(key_path), str(key_path)
+    else:
+        # A configured key is the only one: a stale generated file must not be mistaken for it.
+        key_path.unlink(missing_ok=True)
+        key_file = None
     repository = settings.repository
     if repository.startswith("s3://"):
         store = open_store(repository)
@@ -246,6 +285,10 @@ def start(settings: Settings) -> ServerState:
         "--metrics-config=summary_latencies=true",
         "--exit-timeout-secs=5",
         "--log-verbose=0",
+        # Only the KServe HTTP/gRPC endpoints, whose control APIs the key guards.
+        "--allow-sagemaker=false",
+        "--allow-vertex-ai=false",
+        *credentials.triton_restriction_flags(key),
     ]
     with log_path.open("ab") as log:
         log.write(
@@ -269,6 +312,8 @@ def start(settings: Settings) -> ServerState:
         repository=repository,
         log_path=str(log_path),
         started_at=datetime.now(UTC),
+        key_file=key_file,
+        key_fingerprint=credentials.fingerprint(key),
     )
     _write_state(settings, state)
     deadline = time.monotonic() + settings.triton_startup_timeout_s
@@ -294,20 +339,49 @@ def start(settings: Settings) -> ServerState:
 
 
 def stop(settings: Settings, timeout_s: float = 15.0) -> bool:
-    """Stop the embedded server by its recorded pid; True if one was running."""
+    """Stop the embedded server by its recorded pid; True if one was running.
+
+    The server was started in a session of its own, so its process group is the server and its
+    python-backend stubs: the whole group goes, or stubs of a killed server keep running."""
     state = read_state(settings)
     _state_path(settings).unlink(missing_ok=True)
-    if state is None or not _alive(state.pid):
+    if state is None:
         return False
-    os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(state.pid) and time.monotonic() < deadline:
-        _reap(state.pid)
-        time.sleep(0.1)
-    if _alive(state.pid):
-        os.kill(state.pid, signal.SIGKILL)
-        _reap(state.pid)
-    return True
+    running = _alive(state.pid)
+    if running:
+        _signal_group(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(state.pid) and time.monotonic() < deadline:
+            _reap(state.pid)
+            time.sleep(0.1)
+    # SIGKILL for whatever is left of the group: a hung server, or stubs that outlived it.
+    if _alive(state.pid) or stray_stubs(state.pid):
+        _signal_group(state.pid, signal.SIGKILL)
+    _reap(state.pid)
+    return running
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def stray_stubs(pgid: int) -> list[int]:
+    """Python-backend stub processes still in the process group of a server started as `pgid`
+    (checked by name, so a recycled group id of another program is never signalled)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Field 5 of /proc/PID/stat is the process group; the name in (...) may hold spaces.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and b"triton_python_backend_stub" in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 def _reap(pid: int) -> None:
@@ -326,6 +400,16 @@ def ensure_running(settings: Settings) -> ServerState:
         raise TritonServerError(
             f"the embedded Triton (pid {state.pid}) serves {state.repository}, not "
             f"{settings.repository}; stop it with `conveyor triton down` and run again"
+        )
+    key = credentials.triton_key(state.key_file)
+    if key is None or credentials.fingerprint(key) != state.key_fingerprint:
+        configured = "set" if credentials.configured_triton_key() else "unset"
+        raise credentials.CredentialError(
+            f"the embedded Triton (pid {state.pid}) was started with another control key "
+            f"(fingerprint {state.key_fingerprint or 'unknown'}) than this process has "
+            f"({credentials.TRITON_KEY_ENV} is {configured}). "
+            f"Set {credentials.TRITON_KEY_ENV} to the key it was started with, or restart it "
+            "with this process's settings: `conveyor triton down`, then `conveyor triton up`."
         )
     return state
 
