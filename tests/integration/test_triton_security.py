@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from typer.testing import CliRunner
 from tritonclient.utils import InferenceServerException
+from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks import credentials, registry, triton, triton_server
@@ -89,7 +89,9 @@ def test_http_control_calls_without_the_key_are_refused(released: Released, head
         "index": lambda: client.get_model_repository_index(headers=headers),
         "config": lambda: client.get_model_config(NAME, headers=headers),
         "logging": lambda: client.update_log_settings({"log_verbose_level": 1}, headers=headers),
-        "trace": lambda: client.update_trace_settings(settings={"trace_rate": "1"}, headers=headers),
+        "trace": lambda: client.update_trace_settings(
+            settings={"trace_rate": "1"}, headers=headers
+        ),
     }
     for what, call in calls.items():
         assert "restricted" in _refused(call).lower(), what
