@@ -12,7 +12,8 @@ on the Pushgateway (job `conveyor`, grouping key `model` + `flow`), so:
   release, retrain and rollback all leave the same truthful series.
 
 Metrics never fail a flow: an unset `CONVEYOR_PUSHGATEWAY_URL` is one log line; an unreachable
-or malformed one is a warning.
+or malformed one is a warning, and so is a refusal (which says which credentials to set).
+Pushes and read-backs carry basic auth when `tasks.credentials.pushgateway_auth` has some.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,8 +32,10 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.parser import text_string_to_metric_families
 
+from tasks import credentials
 from tasks.settings import ConveyorError, ModelSpec, Settings
 
 if TYPE_CHECKING:
@@ -88,7 +91,7 @@ def _gateway(url: str) -> str:
 
 def pushed_counters(url: str, grouping: dict[str, str]) -> Carried:
     """Counter samples currently held on the Pushgateway for one group: (name, labels) → value."""
-    response = httpx.get(f"{_gateway(url)}/metrics", timeout=5)
+    response = httpx.get(f"{_gateway(url)}/metrics", timeout=5, auth=credentials.pushgateway_auth())
     response.raise_for_status()
     wanted = {"job": JOB, **grouping}
     values: Carried = {}
@@ -268,8 +271,34 @@ def build_registry(
     return registry
 
 
+def _auth_handler(
+    url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes
+) -> Callable[[], None]:
+    auth = credentials.pushgateway_auth()
+    if auth is None:
+        return default_handler(url, method, timeout, headers, data)
+    return basic_auth_handler(url, method, timeout, headers, data, *auth)
+
+
 def _push(url: str, registry: CollectorRegistry, grouping: dict[str, str]) -> None:
-    push_to_gateway(_gateway(url), job=JOB, registry=registry, grouping_key=grouping, timeout=5)
+    push_to_gateway(
+        _gateway(url),
+        job=JOB,
+        registry=registry,
+        grouping_key=grouping,
+        timeout=5,
+        handler=_auth_handler,
+    )
+
+
+def _push_problem(url: str, exc: Exception) -> str:
+    """What went wrong with a push, as the operator needs to hear it."""
+    status = getattr(exc, "code", None)  # urllib's HTTPError
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+    if status in {401, 403}:
+        return credentials.pushgateway_refused(url, int(status))
+    return f"Pushgateway {url} unreachable or refused the push ({exc})"
 
 
 def push_observation(settings: Settings, obs: Observation) -> bool:
@@ -295,7 +324,7 @@ def push_observation(settings: Settings, obs: Observation) -> bool:
         if obs.version is not None:
             _push(url, version_registry(obs), {**grouping, "version": str(obs.version)})
     except (OSError, httpx.HTTPError, ValueError) as exc:
-        log.warning("Pushgateway %s unreachable or refused the push (%s); metrics lost", url, exc)
+        log.warning("%s; metrics lost", _push_problem(url, exc))
         return False
     log.info("pushed %s metrics for %s to %s", obs.flow, obs.model, url)
     return True
@@ -323,7 +352,7 @@ def push_champion(settings: Settings, model: str, version: int | None) -> None:
     try:
         _push(url, registry, {"model": model, "flow": "registry"})
     except (OSError, httpx.HTTPError, ValueError) as exc:
-        _logger().warning("Pushgateway %s: champion not pushed (%s)", url, exc)
+        _logger().warning("%s; champion not pushed", _push_problem(url, exc))
 
 
 @contextmanager

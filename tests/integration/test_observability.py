@@ -7,21 +7,25 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import shutil
 import subprocess
 import time
+import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import httpx
 import numpy as np
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from flows.drift import drift_check_flow
 from flows.release import ReleaseResult, release_flow
-from tasks import metrics, triton_server
+from tasks import credentials, metrics, triton_server
 from tasks.evaluation import GateError
 from tasks.settings import Settings
 from tasks.traffic import measure
@@ -38,6 +42,7 @@ WEAK = {
     "thresholds.roc_auc": 0.5,
     "thresholds.pr_auc": 0.02,
 }
+PUSH_USER = "conveyor-push"
 # What Grafana substitutes in dashboard expressions.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$model": "fraud-detector"}
 
@@ -52,9 +57,9 @@ def binary(name: str) -> str:
     return found
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, auth: tuple[str, str] | None = None) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, timeout=2, auth=auth).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -63,6 +68,7 @@ def _ready(url: str) -> bool:
 class Observed:
     settings: Settings
     pushgateway: str
+    push_auth: tuple[str, str]
     prometheus: str
     released: ReleaseResult  # pushed, and swapped in under the probe
     unreachable: ReleaseResult  # the first release, its Pushgateway down
@@ -79,16 +85,32 @@ class Observed:
         return float(sample["value"][1])  # type: ignore[index]
 
 
-def prometheus_config(base: Path, pushgateway: str, triton_metrics: str) -> Path:
-    """infra/prometheus/prometheus.yml with loopback targets, a 1 s scrape and absolute paths."""
+def prometheus_config(
+    base: Path, pushgateway: str, triton_metrics: str, password_files: dict[str, Path]
+) -> Path:
+    """infra/prometheus/prometheus.yml with loopback targets, a 1 s scrape, absolute paths, and
+    the scrape credentials' files where this test keeps them."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     targets = {"pushgateway": pushgateway, "triton": triton_metrics, "mlflow": "127.0.0.1:1"}
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(PROMETHEUS / pattern) for pattern in config["rule_files"]]
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        if "basic_auth" in job:
+            job["basic_auth"]["password_file"] = str(password_files[job["job_name"]])
     path = base / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def pushgateway_web_config(base: Path, users: dict[str, str]) -> Path:
+    """The Pushgateway's --web.config.file: its users, their passwords bcrypt-hashed."""
+    hashed = {
+        user: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+        for user, password in users.items()
+    }
+    path = base / "pushgateway-web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": hashed}))
     return path
 
 
@@ -97,17 +119,26 @@ def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     base = tmp_path_factory.mktemp("observability")
     gateway_port, prometheus_port = free_port(), free_port()
     gateway = f"http://127.0.0.1:{gateway_port}"
+    # Two users, as in compose: conveyor pushes, Prometheus (user `prometheus`) scrapes.
+    password, scrape_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    password_file = base / "pushgateway.password"
+    password_file.write_text(scrape_password)
+    web_config = pushgateway_web_config(base, {PUSH_USER: password, "prometheus": scrape_password})
     gateway_cmd = [
         binary("prometheus-pushgateway"),
         f"--web.listen-address=127.0.0.1:{gateway_port}",
+        f"--web.config.file={web_config}",
         # Debian's build persists to /var/lib/prometheus by default: earlier runs would leak in.
         f"--persistence.file={base / 'pushgateway.data'}",
     ]
+    up = lambda: _ready(gateway, auth=(PUSH_USER, password))  # noqa: E731
     with (
         pytest.MonkeyPatch.context() as env,
-        serving(gateway_cmd, clean_env(), base / "pushgateway.log", lambda: _ready(gateway), 30),
+        serving(gateway_cmd, clean_env(), base / "pushgateway.log", up, 30),
     ):
         env.setenv("CONVEYOR_HOME", str(base / "state"))
+        env.setenv(credentials.PUSHGATEWAY_USER_ENV, PUSH_USER)
+        env.setenv(credentials.PUSHGATEWAY_PASSWORD_ENV, password)
         settings = Settings()
         try:
             # First, a Pushgateway nobody listens on: the release warns and completes.
@@ -123,7 +154,10 @@ def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             state = triton_server.read_state(settings)
             assert state is not None
             config = prometheus_config(
-                base, f"127.0.0.1:{gateway_port}", f"127.0.0.1:{state.metrics_port}"
+                base,
+                f"127.0.0.1:{gateway_port}",
+                f"127.0.0.1:{state.metrics_port}",
+                {"pushgateway": password_file},
             )
             prometheus = f"http://127.0.0.1:{prometheus_port}"
             prometheus_cmd = [
@@ -140,7 +174,15 @@ def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 60,
             ):
                 more_traffic(endpoint, second.model)
-                yield Observed(settings, gateway, prometheus, second, unreachable, failure.value)
+                yield Observed(
+                    settings,
+                    gateway,
+                    (PUSH_USER, password),
+                    prometheus,
+                    second,
+                    unreachable,
+                    failure.value,
+                )
         finally:
             triton_server.stop(settings)
 
@@ -280,7 +322,7 @@ def test_drift_metrics_and_alert(observed: Observed) -> None:
 def test_unreachable_pushgateway_warns_and_the_release_completes(observed: Observed) -> None:
     assert observed.unreachable.promotion.champion == 1
     # Nothing from it reached the Pushgateway: it holds one completed release, the second.
-    body = httpx.get(f"{observed.pushgateway}/metrics", timeout=10).text
+    body = httpx.get(f"{observed.pushgateway}/metrics", timeout=10, auth=observed.push_auth).text
     assert 'conveyor_flow_runs_total{flow="release",instance="",job="conveyor"' in body
     assert re.search(r'conveyor_flow_runs_total\{[^}]*outcome="completed"[^}]*\} 1\b', body)
 
@@ -302,6 +344,27 @@ def test_push_never_raises_on_bad_configuration(
     monkeypatch.delenv("CONVEYOR_PUSHGATEWAY_URL")
     assert metrics.push_observation(Settings(), obs) is False
     assert "CONVEYOR_PUSHGATEWAY_URL is unset" in caplog.text
+
+
+def test_pushgateway_refuses_anonymous_and_wrong_pushes(
+    observed: Observed, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = CollectorRegistry()
+    Gauge("conveyor_champion_version", "forged", registry=registry).set(99)
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        push_to_gateway(observed.pushgateway, job="conveyor", registry=registry)
+    assert anonymous.value.code == 401
+    assert httpx.get(f"{observed.pushgateway}/metrics", timeout=5).status_code == 401
+    # conveyor with a wrong password: a warning that says what to set, and the flow goes on.
+    monkeypatch.setenv(credentials.PUSHGATEWAY_PASSWORD_ENV, "wrong")
+    caplog.set_level(logging.WARNING, logger="conveyor.metrics")
+    obs = metrics.Observation(model="forged", flow="release")
+    settings = observed.settings.model_copy(update={"pushgateway_url": observed.pushgateway})
+    assert metrics.push_observation(settings, obs) is False
+    assert "answered 401" in caplog.text and credentials.PUSHGATEWAY_PASSWORD_ENV in caplog.text
+    model = observed.released.model
+    assert observed.value(f'conveyor_champion_version{{model="{model}"}}') == 2
+    assert not observed.query('conveyor_champion_version{model="forged"}')
 
 
 @pytest.mark.parametrize(
