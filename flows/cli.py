@@ -23,7 +23,14 @@ SpecOption = Annotated[
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    """Expected errors (conveyor's own, a service refusing credentials) are one paragraph and
+    exit 2; anything else keeps its traceback."""
+    from tasks.credentials import explain
+
+    expected = exc if isinstance(exc, ConveyorError) else explain(exc)
+    if expected is None:
+        raise exc
+    console.print(f"[bold red]error:[/] {expected}", highlight=False)
     raise typer.Exit(2) from None
 
 
@@ -57,7 +64,7 @@ def run(
         if resume_from:
             check_resumable(resume_from, path)
         result = release_flow(spec_path=path, resume_from=resume_from)
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     table = Table(title=f"conveyor release: {result.model}", show_header=False)
@@ -126,7 +133,7 @@ def train(spec: SpecOption = None) -> None:
             settings.task_runner, model_spec.search.parallel, settings.dask_address
         )
         result = training_flow.with_options(task_runner=runner)(model_spec, settings)
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     m = result.metrics
@@ -164,7 +171,7 @@ def smoke(
         )
         # A live version answers under the model's own name (the candidate name is a release's).
         report = smoke_test_flow(model_spec, settings, ref, holdout, served_as=model_spec.name)
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     console.print(
@@ -187,7 +194,7 @@ def drift(spec: SpecOption = None) -> None:
             # Before Prefect starts its API: there is nothing to compare against.
             raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
         report = drift_check_flow(spec_path=path)
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     verdict = "DRIFT (conveyor.drift.detected emitted)" if report.drifted else "no drift"
@@ -219,7 +226,7 @@ def approve(
         return
     try:
         asyncio.run(answer(run_id, not reject, approver, reason))
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     console.print(f"{'rejected' if reject else 'approved'}: flow run {run_id} resumes")
@@ -241,7 +248,7 @@ def rollback(
     try:
         spec = load_spec(SPEC_DIR / f"{model}.yaml")
         result = rollback_flow(spec_path=str(SPEC_DIR / f"{model}.yaml"), reason=reason)
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     console.print(f"{spec.name}: champion is v{result.champion} again, served alone on Triton")
@@ -257,7 +264,7 @@ def history(
 
     try:
         moves = registry.alias_history(Settings(), model)
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     if as_json:
@@ -289,7 +296,7 @@ def triton_up(spec: SpecOption = None) -> None:
         model_spec = load_spec(_spec_path(spec, settings))
         state = triton_server.ensure_running(settings)
         serving = triton.restore_serving(settings, model_spec)
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     console.print(
@@ -320,7 +327,7 @@ def triton_status() -> None:
         raise typer.Exit(1)
     try:
         index = triton.control_client(state.endpoint).index()
-    except ConveyorError as exc:
+    except Exception as exc:
         _fail(exc)
         return
     loaded = [f"{m.name}:{m.version or '?'}" for m in index if m.state == "READY"]

@@ -7,7 +7,7 @@ from prefect import flow
 from tasks import metrics
 from tasks.registry import PromotionResult, default_actor, plan_rollback_task, rollback_task
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
-from tasks.triton import serve_only_task
+from tasks.triton import restore_serving_task, serve_only_task
 
 
 @flow(name="rollback")
@@ -20,4 +20,10 @@ def rollback_flow(
     with metrics.observed(settings, spec.name, "rollback"):
         plan = plan_rollback_task(settings, spec.name)
         serve_only_task(settings, spec, plan.target)
-        return rollback_task(settings, plan, reason, actor or default_actor())
+        try:
+            return rollback_task(settings, plan, reason, actor or default_actor())
+        except Exception:
+            # The registry refused the move (a read-only user, an outage): Triton goes back to
+            # what the aliases say, so the champion is still the version served.
+            restore_serving_task(settings, spec)
+            raise

@@ -199,3 +199,29 @@ def prefect_refused(url: str) -> CredentialError:
         "PREFECT_SERVER_API_AUTH_STRING. Set PREFECT_API_AUTH_STRING to the same `user:password` "
         "(PREFECT_AUTH_STRING in infra/.env for compose) for conveyor, `make deploy` and workers."
     )
+
+
+def explain(exc: BaseException) -> CredentialError | None:
+    """The paragraph for a service's refusal of conveyor's credentials; None for other errors."""
+    import httpx
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, CredentialError):
+        return exc
+    if isinstance(exc, MlflowException) and exc.error_code in MLFLOW_REFUSALS:
+        import mlflow
+
+        # "API request to endpoint /api/2.0/mlflow/<operation> failed with error code 403 ..."
+        words = str(exc).split()
+        operation = next((w for w in words if w.startswith("/api/")), "the request")
+        return mlflow_refused(mlflow.get_tracking_uri(), exc.get_http_status_code(), operation)
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 401:
+        from prefect.settings import PREFECT_API_URL
+
+        api = PREFECT_API_URL.value()
+        if api and str(exc.request.url).startswith(api):
+            return prefect_refused(api)
+    return None
+
+
+MLFLOW_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")

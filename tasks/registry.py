@@ -7,6 +7,8 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -27,7 +29,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 from sklearn.pipeline import Pipeline
 
-from tasks import events
+from tasks import credentials, events
 from tasks.settings import ConveyorError, ModelSpec, Settings
 
 CHALLENGER = "challenger"
@@ -82,17 +84,55 @@ class PromotionResult(BaseModel):
 def client(settings: Settings) -> MlflowClient:
     # Progress bars on every artifact download drown the flow logs.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    credentials.load_mlflow_password()
     # The fluent API (start_run, log_model) reads the process-wide URI; set it for both.
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    if not settings.home.exists():
+        # The state directory holds the registry and the Triton key: its owner's alone.
+        settings.home.mkdir(parents=True, mode=0o700)
+    if settings.mlflow_tracking_uri is None and not settings.mlflow_db.exists():
+        # SQLite takes an empty file as a new database: create it owner-only before MLflow
+        # creates it with the umask's permissions.
+        os.close(os.open(settings.mlflow_db, os.O_CREAT | os.O_WRONLY, 0o600))
+    mlflow_client = MlflowClient(
+        tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
+    )
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        user = os.environ.get(credentials.MLFLOW_USER_ENV, "")
+        password = os.environ.get(credentials.MLFLOW_PASSWORD_ENV, "")
+        _check_access(settings.tracking_uri, user, credentials.fingerprint(password))
+    return mlflow_client
+
+
+@cache
+def _check_access(uri: str, user: str, password_fingerprint: str) -> None:
+    """One read per server and credentials per process: missing or wrong credentials are one
+    clear paragraph before any work, not a 401 in the middle of a release."""
+    with refusals_explained():
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+@contextmanager
+def refusals_explained() -> Iterator[None]:
+    """MLflow's 401/403 as the paragraph that says which credentials or permission to fix."""
+    try:
+        yield
+    except MlflowException as exc:
+        refused = credentials.explain(exc)
+        if refused is None:
+            raise
+        raise refused from exc
 
 
 def ensure_experiment(mlflow_client: MlflowClient, settings: Settings, name: str) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        # A tracking server stores artifacts where it was told (--artifacts-destination,
+        # proxied): a client-side path would bypass its credentials and its bucket.
+        return str(mlflow_client.create_experiment(name))
     # Explicit artifact root: with a SQLite store MLflow would otherwise write ./mlruns in the cwd.
     location = (settings.artifacts_dir / name).as_uri()
     return str(mlflow_client.create_experiment(name, artifact_location=location))
@@ -328,8 +368,15 @@ def register(
     if existing:
         version = min(existing, key=lambda v: int(v.version))
     else:
+        # A tracking server checks that a `models:/m-<id>` source names its logged model; the
+        # SQLite store does not, so only the server path would show a missing model_id.
+        logged = candidate.model_uri.removeprefix("models:/")
         version = mlflow_client.create_model_version(
-            name, source=candidate.model_uri, run_id=candidate.run_id, tags=tags
+            name,
+            source=candidate.model_uri,
+            run_id=candidate.run_id,
+            tags=tags,
+            model_id=logged if logged.startswith("m-") else None,
         )
     return ModelRef(
         name=name,
@@ -374,10 +421,11 @@ def move_alias(
     current = alias_version(settings, name, alias)
     if current == version:
         return None
-    if version is None:
-        mlflow_client.delete_registered_model_alias(name, alias)
-    else:
-        mlflow_client.set_registered_model_alias(name, alias, str(version))
+    with refusals_explained():
+        if version is None:
+            mlflow_client.delete_registered_model_alias(name, alias)
+        else:
+            mlflow_client.set_registered_model_alias(name, alias, str(version))
     move = AliasMove(
         alias=alias,
         from_version=current,

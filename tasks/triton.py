@@ -485,3 +485,15 @@ def serve_only_task(settings: Settings, spec: ModelSpec, version: int) -> Servin
     state = serve_only(settings, spec, version)
     get_run_logger().info("Triton %s serves %s v%d only", state.endpoint.http, spec.name, version)
     return state
+
+
+@task(name="restore-serving")
+def restore_serving_task(settings: Settings, spec: ModelSpec) -> ServingState:
+    state = restore_serving(settings, spec)
+    get_run_logger().warning(
+        "Triton %s serves %s versions %s again, as the registry's aliases say",
+        state.endpoint.http,
+        spec.name,
+        state.versions,
+    )
+    return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -92,6 +93,54 @@ def prefect_server(home: Path, timeout_s: float = 90.0, **settings: str) -> Iter
     env = clean_env(PREFECT_HOME=str(home), **settings)
     with serving(command, env, home / "server.log", _answers(f"{api}/health", 200), timeout_s):
         yield api
+
+
+MLFLOW_ADMIN = "admin"
+
+
+@contextmanager
+def mlflow_server(
+    base: Path, admin_password: str, artifacts: str | None = None, timeout_s: float = 120.0
+) -> Iterator[str]:
+    """`mlflow server --app-name basic-auth` on SQLite, artifacts proxied to `artifacts` (default
+    a directory under `base`), default permission READ; yields its URI."""
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    config = base / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{base / 'auth.db'}\n"
+        f"admin_username = {MLFLOW_ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Each request otherwise re-derives the PBKDF2 hash: a release makes hundreds.
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{base / 'mlflow.db'}",
+        "--artifacts-destination",
+        artifacts or str(base / "artifacts"),
+    ]
+    env = clean_env(
+        MLFLOW_AUTH_CONFIG_PATH=str(config),
+        MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+        # CSRF protection of the auth app's forms needs a stable secret.
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+    )
+    with serving(command, env, base / "mlflow.log", _answers(f"{uri}/health", 200), timeout_s):
+        yield uri
 
 
 @contextmanager

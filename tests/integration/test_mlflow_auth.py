@@ -1,0 +1,161 @@
+"""MLflow writes need credentials: a real `mlflow server --app-name basic-auth` on 127.0.0.1
+with the users compose creates (infra/mlflow/users.py). A release with the worker's credentials
+passes; an anonymous or read-only client cannot move `champion`; conveyor says which credential
+to set in one paragraph; a refused rollback leaves the champion served."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.release import release_flow
+from flows.rollback import rollback_flow
+from tasks import credentials, registry, triton, triton_server
+from tasks.settings import Settings
+from tests.conftest import ROOT, write_spec
+from tests.servers import MLFLOW_ADMIN, mlflow_server
+
+NAME = "fraud-detector"
+WORKER, READER = "conveyor-worker", "conveyor-reader"
+
+
+@dataclass
+class Server:
+    uri: str
+    base: Path
+    passwords: dict[str, str]
+    settings: Settings
+
+    def as_user(self, user: str | None) -> dict[str, str]:
+        if user is None:
+            return {credentials.MLFLOW_USER_ENV: "", credentials.MLFLOW_PASSWORD_ENV: ""}
+        return {
+            credentials.MLFLOW_USER_ENV: user,
+            credentials.MLFLOW_PASSWORD_ENV: self.passwords[user],
+        }
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        if value:
+            monkeypatch.setenv(key, value)
+        else:
+            monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="module")
+def server(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("mlflow-auth")
+    passwords = {user: secrets.token_urlsafe(12) for user in (MLFLOW_ADMIN, WORKER, READER)}
+    with mlflow_server(base / "mlflow", passwords[MLFLOW_ADMIN]) as uri:
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_ADMIN_USER": MLFLOW_ADMIN,
+            "MLFLOW_ADMIN_PASSWORD": passwords[MLFLOW_ADMIN],
+            "MLFLOW_WORKER_USER": WORKER,
+            "MLFLOW_WORKER_PASSWORD": passwords[WORKER],
+            "MLFLOW_READER_USER": READER,
+            "MLFLOW_READER_PASSWORD": passwords[READER],
+        }
+        users = [sys.executable, str(ROOT / "infra" / "mlflow" / "users.py")]
+        done = subprocess.run(users, env=env, capture_output=True, text=True, check=True)
+        assert done.stdout.count("created") == 2, done.stdout
+        # Idempotent, as compose's one-shot job runs it on every `up`.
+        again = subprocess.run(users, env=env, capture_output=True, text=True, check=True)
+        assert again.stdout.count("exists") == 2, again.stdout
+        settings = Settings(home=base / "state", mlflow_tracking_uri=uri)
+        try:
+            yield Server(uri, base, passwords, settings)
+        finally:
+            triton_server.stop(settings)
+
+
+@pytest.fixture(scope="module")
+def released(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """Two releases with the worker's credentials: champion 2, previous 1."""
+    base = tmp_path_factory.mktemp("mlflow-auth-specs")
+    with pytest.MonkeyPatch.context() as env:
+        _use(env, server.as_user(WORKER))
+        env.setenv("CONVEYOR_HOME", str(server.settings.home))
+        env.setenv("CONVEYOR_MLFLOW_TRACKING_URI", server.uri)
+        for expected in (1, 2):
+            assert release_flow(str(write_spec(base))).version == expected
+    return server
+
+
+def test_release_with_the_worker_credentials_passes(released: Server) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        _use(env, released.as_user(READER))  # readers may browse
+        client = MlflowClient(released.uri)
+        assert client.get_model_version_by_alias(NAME, registry.CHAMPION).version == "2"
+        assert client.get_model_version_by_alias(NAME, registry.PREVIOUS).version == "1"
+    # Artifacts went through the server's proxy into its destination, not a client-side path.
+    stored = {p.name for p in (released.base / "mlflow" / "artifacts").rglob("*") if p.is_file()}
+    assert {"model.onnx", "MLmodel"} <= stored
+    assert not (released.settings.home / "mlartifacts").exists()
+
+
+@pytest.mark.parametrize("user", [None, READER], ids=["anonymous", "read-only"])
+def test_anonymous_and_read_only_cannot_move_champion(
+    released: Server, user: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use(monkeypatch, released.as_user(user))
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(released.uri).set_registered_model_alias(NAME, registry.CHAMPION, "1")
+    assert refused.value.get_http_status_code() == (401 if user is None else 403)
+    _use(monkeypatch, released.as_user(WORKER))
+    assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 2
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "says"),
+    [
+        (None, None, "no credentials were sent"),
+        (WORKER, "wrong-password", "(401, user 'conveyor-worker')"),
+    ],
+    ids=["anonymous", "wrong-password"],
+)
+def test_missing_or_wrong_credentials_are_one_paragraph(
+    released: Server, user: str | None, password: str | None, says: str
+) -> None:
+    env = {
+        "CONVEYOR_HOME": str(released.settings.home),
+        "CONVEYOR_MLFLOW_TRACKING_URI": released.uri,
+        credentials.MLFLOW_USER_ENV: user or "",
+        credentials.MLFLOW_PASSWORD_ENV: password or "",
+    }
+    result = CliRunner().invoke(app, ["history", NAME], env=env)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert f"MLflow at {released.uri} refused" in output and says in output
+    assert credentials.MLFLOW_USER_ENV in output
+    assert "wrong-password" not in output
+
+
+def test_refused_rollback_leaves_the_champion_served(
+    released: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A read-only user's rollback: Triton had already switched to the previous version when
+    the registry refused the alias move; it goes back, so the champion is what is served."""
+    monkeypatch.setenv("CONVEYOR_HOME", str(released.settings.home))
+    monkeypatch.setenv("CONVEYOR_MLFLOW_TRACKING_URI", released.uri)
+    _use(monkeypatch, released.as_user(READER))
+    with pytest.raises(credentials.CredentialError, match="give that user EDIT"):
+        rollback_flow(str(write_spec(tmp_path)), reason="read-only attempt")
+    _use(monkeypatch, released.as_user(WORKER))
+    assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 2
+    endpoint = triton_server.endpoint(released.settings)
+    assert triton.loaded_versions(endpoint, NAME) == [1, 2]
