@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,46 @@ def prefect_server(home: Path, timeout_s: float = 90.0, **settings: str) -> Iter
 
 
 MLFLOW_ADMIN = "admin"
+
+
+def system_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(
+            f"{name} is not installed: `make test` installs Debian's prometheus and "
+            "prometheus-pushgateway as root (apt-get install prometheus prometheus-pushgateway)"
+        )
+    return found
+
+
+@contextmanager
+def pushgateway(base: Path, users: dict[str, str], timeout_s: float = 30.0) -> Iterator[str]:
+    """Debian's Pushgateway behind basic auth for `users` (name → password), as compose runs
+    it (infra/render_secrets.py writes the web config); yields its URL."""
+    from infra.render_secrets import pushgateway_web_config
+
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    web_config = base / "pushgateway-web.yml"
+    web_config.write_text(pushgateway_web_config(users))
+    command = [
+        system_binary("prometheus-pushgateway"),
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--web.config.file={web_config}",
+        # Debian's build persists to /var/lib/prometheus by default: earlier runs would leak in.
+        f"--persistence.file={base / 'pushgateway.data'}",
+    ]
+    user, password = next(iter(users.items()))
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/-/ready", auth=(user, password), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with serving(command, clean_env(), base / "pushgateway.log", up, timeout_s):
+        yield url
 
 
 @contextmanager

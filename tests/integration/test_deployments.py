@@ -7,6 +7,7 @@ picked up by the worker in their own processes, the drift event matched by the s
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,10 +28,17 @@ class Stack:
     api: str
     base: Path
     settings: Settings
+    auth_string: str  # the server runs with PREFECT_SERVER_API_AUTH_STRING
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        user, password = self.auth_string.split(":", 1)
+        return user, password
 
     def env(self) -> dict[str, str]:
         return clean_env(
             PREFECT_API_URL=self.api,
+            PREFECT_API_AUTH_STRING=self.auth_string,
             PREFECT_HOME=str(self.base / "client"),
             CONVEYOR_HOME=str(self.settings.home),
             CONVEYOR_PROJECT_DIR=str(ROOT),
@@ -49,7 +57,7 @@ class Stack:
         return done.stdout
 
     def post(self, path: str, body: dict[str, object]) -> list[dict[str, object]]:
-        response = httpx.post(f"{self.api}{path}", json=body, timeout=10)
+        response = httpx.post(f"{self.api}{path}", json=body, timeout=10, auth=self.auth)
         response.raise_for_status()
         result: list[dict[str, object]] = response.json()
         return result
@@ -78,7 +86,7 @@ class Stack:
     def wait(self, run_id: str, timeout_s: float = 300) -> dict[str, object]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            run = httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=10).json()
+            run = httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=10, auth=self.auth).json()
             if run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
                 return dict(run)
             time.sleep(1)
@@ -90,14 +98,14 @@ class Stack:
 
     def drift_events(self) -> list[dict[str, object]]:
         body = {"filter": {"event": {"name": ["conveyor.drift.detected"]}}, "limit": 50}
-        response = httpx.post(f"{self.api}/events/filter", json=body, timeout=10)
+        response = httpx.post(f"{self.api}/events/filter", json=body, timeout=10, auth=self.auth)
         response.raise_for_status()
         return list(response.json()["events"])
 
 
-def _worker_up(api: str) -> bool:
+def _worker_up(api: str, auth: tuple[str, str]) -> bool:
     try:
-        response = httpx.post(f"{api}/work_pools/cpu/workers/filter", json={}, timeout=2)
+        response = httpx.post(f"{api}/work_pools/cpu/workers/filter", json={}, timeout=2, auth=auth)
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and bool(response.json())
@@ -107,17 +115,28 @@ def _worker_up(api: str) -> bool:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("deployments")
     settings = Settings(home=base / "state")
+    auth_string = f"conveyor:{secrets.token_urlsafe(16)}"
     # The scheduler checks every 5 s instead of 60, so the nightly runs appear during the test.
     with prefect_server(
-        base / "prefect", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5"
+        base / "prefect",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
+        PREFECT_SERVER_API_AUTH_STRING=auth_string,
     ) as api:
-        stack = Stack(api, base, settings)
-        for pool in ("cpu", "gpu"):
-            stack.cli("work-pool", "create", pool, "--type", "process")
-        stack.cli("--no-prompt", "deploy", "--all", timeout_s=180)
+        stack = Stack(api, base, settings, auth_string)
+        # What an operator runs: work pools and every deployment, with the credential.
+        deploy = subprocess.run(
+            ["make", "-s", "deploy", f"PREFECT_API_URL={api}"],
+            env=stack.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         worker = [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--limit", "2"]
+        up = lambda: _worker_up(api, stack.auth)  # noqa: E731
         try:
-            with serving(worker, stack.env(), base / "worker.log", lambda: _worker_up(api), 90):
+            with serving(worker, stack.env(), base / "worker.log", up, 90):
                 yield stack
         finally:
             triton_server.stop(settings)
@@ -142,6 +161,36 @@ def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: 
     [schedule] = nightly["schedules"]  # type: ignore[misc]
     assert schedule["schedule"]["cron"] == "0 2 * * *"
     assert schedule["schedule"]["timezone"] == "Europe/London"
+
+
+def test_anonymous_api_calls_are_refused(stack: Stack) -> None:
+    for method, path in (
+        ("POST", "/flow_runs/filter"),
+        ("POST", f"/deployments/{stack.deployment_id('release')}/create_flow_run"),
+        ("POST", "/events/filter"),
+    ):
+        response = httpx.request(method, f"{stack.api}{path}", json={}, timeout=10)
+        assert response.status_code == 401, (path, response.status_code)
+    wrong = httpx.post(f"{stack.api}/flow_runs/filter", json={}, auth=("conveyor", "x"))
+    assert wrong.status_code == 401
+    assert stack.runs("release", ["SCHEDULED", "PENDING"]) == []
+
+
+def test_conveyor_without_the_credential_is_one_paragraph(stack: Stack, tmp_path: Path) -> None:
+    env = {**stack.env(), "CONVEYOR_HOME": str(tmp_path / "state")}
+    del env["PREFECT_API_AUTH_STRING"]
+    done = subprocess.run(
+        [str(BIN / "conveyor"), "run", "--spec", str(write_spec(tmp_path))],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert "Traceback" not in output
+    assert "answered 401 Unauthorized" in output and "PREFECT_API_AUTH_STRING" in output
 
 
 def test_nightly_schedule_has_scheduled_runs(stack: Stack) -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import secrets
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
 import httpx
 import numpy as np
 import pytest
@@ -25,13 +23,14 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from flows.drift import drift_check_flow
 from flows.release import ReleaseResult, release_flow
+from infra.render_secrets import SCRAPE_USER
 from tasks import credentials, metrics, triton_server
 from tasks.evaluation import GateError
 from tasks.settings import Settings
 from tasks.traffic import measure
 from tasks.triton_server import Endpoint
 from tests.conftest import ROOT, write_spec
-from tests.servers import clean_env, free_port, serving
+from tests.servers import clean_env, free_port, pushgateway, serving, system_binary
 
 INFRA = ROOT / "infra"
 PROMETHEUS = INFRA / "prometheus"
@@ -48,13 +47,10 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$model": "frau
 
 
 def binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(
-            f"{name} is not installed: `make test` installs Debian's prometheus and "
-            "prometheus-pushgateway as root (apt-get install prometheus prometheus-pushgateway)"
-        )
-    return found
+    try:
+        return system_binary(name)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def _ready(url: str, auth: tuple[str, str] | None = None) -> bool:
@@ -103,39 +99,16 @@ def prometheus_config(
     return path
 
 
-def pushgateway_web_config(base: Path, users: dict[str, str]) -> Path:
-    """The Pushgateway's --web.config.file: its users, their passwords bcrypt-hashed."""
-    hashed = {
-        user: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
-        for user, password in users.items()
-    }
-    path = base / "pushgateway-web.yml"
-    path.write_text(yaml.safe_dump({"basic_auth_users": hashed}))
-    return path
-
-
 @pytest.fixture(scope="module")
 def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     base = tmp_path_factory.mktemp("observability")
-    gateway_port, prometheus_port = free_port(), free_port()
-    gateway = f"http://127.0.0.1:{gateway_port}"
+    prometheus_port = free_port()
     # Two users, as in compose: conveyor pushes, Prometheus (user `prometheus`) scrapes.
     password, scrape_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     password_file = base / "pushgateway.password"
     password_file.write_text(scrape_password)
-    web_config = pushgateway_web_config(base, {PUSH_USER: password, "prometheus": scrape_password})
-    gateway_cmd = [
-        binary("prometheus-pushgateway"),
-        f"--web.listen-address=127.0.0.1:{gateway_port}",
-        f"--web.config.file={web_config}",
-        # Debian's build persists to /var/lib/prometheus by default: earlier runs would leak in.
-        f"--persistence.file={base / 'pushgateway.data'}",
-    ]
-    up = lambda: _ready(gateway, auth=(PUSH_USER, password))  # noqa: E731
-    with (
-        pytest.MonkeyPatch.context() as env,
-        serving(gateway_cmd, clean_env(), base / "pushgateway.log", up, 30),
-    ):
+    users = {PUSH_USER: password, SCRAPE_USER: scrape_password}
+    with pytest.MonkeyPatch.context() as env, pushgateway(base / "pushgateway", users) as gateway:
         env.setenv("CONVEYOR_HOME", str(base / "state"))
         env.setenv(credentials.PUSHGATEWAY_USER_ENV, PUSH_USER)
         env.setenv(credentials.PUSHGATEWAY_PASSWORD_ENV, password)
@@ -155,7 +128,7 @@ def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             assert state is not None
             config = prometheus_config(
                 base,
-                f"127.0.0.1:{gateway_port}",
+                gateway.removeprefix("http://"),
                 f"127.0.0.1:{state.metrics_port}",
                 {"pushgateway": password_file},
             )

@@ -7,8 +7,11 @@ import json
 import re
 from pathlib import Path
 
+import bcrypt
 import yaml
 
+from infra.render_secrets import SCRAPE_USER, read_env, render
+from tasks import credentials
 from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"
@@ -22,6 +25,7 @@ def test_compose_has_every_service_of_the_stack() -> None:
         "minio",
         "minio-buckets",
         "mlflow",
+        "mlflow-users",
         "triton",
         "prefect-server",
         "worker-cpu",
@@ -78,11 +82,18 @@ def test_mlflow_uses_postgres_and_minio() -> None:
     assert SERVICES["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
 
 
+# Written from infra/.env by infra/render_secrets.py (git-ignored, so absent in a clone).
+RENDERED = {"./pushgateway/web.yml", "./prometheus/secrets"}
+
+
 def test_every_file_the_stack_mounts_or_builds_exists() -> None:
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):
             source = volume.split(":", 1)[0]
-            if source.startswith("."):
+            if source in RENDERED:
+                assert any(f"infra/{source[2:]}".startswith(i.rstrip("/")) for i in ignored)
+            elif source.startswith("."):
                 assert (INFRA / source).exists(), f"{name} mounts missing {source}"
         if "build" in service:
             build = service["build"]
@@ -139,3 +150,105 @@ def test_prometheus_scrapes_the_pushgateway_triton_and_mlflow() -> None:
     mounted = " ".join(SERVICES["prometheus"]["volumes"])
     assert "./prometheus/rules:/etc/prometheus/rules" in mounted
     assert Path(INFRA / "prometheus/rules").is_dir()
+
+
+def _env_secret(value: str) -> bool:
+    """A value compose reads from infra/.env, never a literal."""
+    return bool(re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]*)?\}", value))
+
+
+def test_triton_is_pinned_locked_and_unprivileged() -> None:
+    triton = SERVICES["triton"]
+    year, month = triton["image"].split(":")[1].split("-")[0].split(".")
+    assert (int(year), int(month)) >= (26, 3), "26.03 fixes CVE-2026-24207"
+    assert triton["user"] not in {"0", "root"} and not triton["user"].startswith("0:")
+    command = triton["command"]
+    apis = ",".join(credentials.TRITON_RESTRICTED)
+    header = credentials.TRITON_KEY_HEADER
+    assert f"--http-restricted-api={apis}:{header}=${{TRITON_ADMIN_KEY}}" in command
+    assert f"--grpc-restricted-protocol={apis}:{header}=${{TRITON_ADMIN_KEY}}" in command
+    assert {"--allow-sagemaker=false", "--allow-vertex-ai=false"} <= set(command)
+    # Read-only MinIO user, not root.
+    assert triton["environment"]["AWS_ACCESS_KEY_ID"] == "${MINIO_TRITON_USER}"
+
+
+def test_embedded_triton_restricts_the_same_apis_as_compose() -> None:
+    flags = credentials.triton_restriction_flags("k")
+    assert flags == [
+        f"--http-restricted-api={','.join(credentials.TRITON_RESTRICTED)}:conveyor-admin-key=k",
+        f"--grpc-restricted-protocol={','.join(credentials.TRITON_RESTRICTED)}:conveyor-admin-key=k",
+    ]
+
+
+def test_workers_hold_every_credential_from_the_env_file_and_no_root_one() -> None:
+    for name in ("worker-cpu", "worker-gpu"):
+        env = SERVICES[name]["environment"]
+        for variable in (
+            "PREFECT_API_AUTH_STRING",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+            credentials.TRITON_KEY_ENV,
+            credentials.PUSHGATEWAY_USER_ENV,
+            credentials.PUSHGATEWAY_PASSWORD_ENV,
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ):
+            assert _env_secret(env[variable]), f"{name}: {variable}={env[variable]}"
+        assert "MINIO_WORKER" in env["AWS_ACCESS_KEY_ID"]
+    root_users = {n for n, s in SERVICES.items() if "MINIO_ROOT_PASSWORD" in json.dumps(s)}
+    assert root_users == {"minio", "minio-buckets"}
+
+
+def test_servers_take_writes_only_with_credentials() -> None:
+    assert _env_secret(SERVICES["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"])
+    mlflow = SERVICES["mlflow"]
+    assert "--app-name basic-auth" in mlflow["command"]
+    assert "default_permission = READ" in mlflow["command"]
+    assert "5432/mlflow_auth" in mlflow["command"]
+    assert "CREATE DATABASE mlflow_auth;" in (INFRA / "postgres/init.sql").read_text()
+    assert _env_secret(mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    assert SERVICES["mlflow-users"]["command"][-1].endswith("users.py")
+    assert "--web.config.file=/etc/pushgateway/web.yml" in SERVICES["pushgateway"]["command"]
+    config = yaml.safe_load((INFRA / "prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for job in ("pushgateway", "mlflow"):
+        assert jobs[job]["basic_auth"]["password_file"].startswith("/etc/prometheus/secrets/")
+    assert "./prometheus/secrets:/etc/prometheus/secrets:ro" in SERVICES["prometheus"]["volumes"]
+
+
+def test_minio_policies_give_each_service_only_its_buckets() -> None:
+    def grants(role: str) -> dict[str, set[str]]:
+        policy = json.loads((INFRA / "minio" / f"conveyor-{role}.json").read_text())
+        found: dict[str, set[str]] = {}
+        for statement in policy["Statement"]:
+            assert statement["Effect"] == "Allow"
+            for resource in statement["Resource"]:
+                found.setdefault(resource, set()).update(statement["Action"])
+        return found
+
+    triton = grants("triton")
+    assert set(triton) == {"arn:aws:s3:::MODEL_BUCKET", "arn:aws:s3:::MODEL_BUCKET/*"}
+    assert triton["arn:aws:s3:::MODEL_BUCKET/*"] == {"s3:GetObject"}
+    assert set(grants("mlflow")) == {"arn:aws:s3:::MLFLOW_BUCKET", "arn:aws:s3:::MLFLOW_BUCKET/*"}
+    worker = grants("worker")
+    assert "s3:PutObject" in worker["arn:aws:s3:::MODEL_BUCKET/*"]
+    assert "s3:PutObject" in worker["arn:aws:s3:::MLFLOW_BUCKET/*"]
+    assert not any(a.startswith("admin:") or a == "s3:*" for acts in worker.values() for a in acts)
+    entrypoint = SERVICES["minio-buckets"]["entrypoint"]
+    for role in ("triton", "mlflow", "worker"):
+        assert f"mc admin policy attach local conveyor-{role} --user" in entrypoint
+
+
+def test_render_secrets_writes_a_web_config_that_verifies(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        (INFRA / ".env.example").read_text()
+        + "PUSHGATEWAY_PASSWORD=push-pw\nPUSHGATEWAY_SCRAPE_PASSWORD=scrape-pw\n"
+    )
+    written = render(read_env(env_file), tmp_path)
+    web = yaml.safe_load((tmp_path / "pushgateway" / "web.yml").read_text())["basic_auth_users"]
+    assert bcrypt.checkpw(b"push-pw", web["conveyor"].encode())
+    assert bcrypt.checkpw(b"scrape-pw", web[SCRAPE_USER].encode())
+    password_file = tmp_path / "prometheus" / "secrets" / "pushgateway-password"
+    assert password_file.read_text() == "scrape-pw"
+    assert "push-pw" not in "".join(p.read_text() for p in written)
