@@ -49,6 +49,7 @@ bench: bootstrap
 	$(BIN)/python -m bench.serving --state "$$state/fraud" --seconds 5 && \
 	$(BIN)/python -m bench.drift --state "$$state/fraud" --unsampled && \
 	$(BIN)/python -m bench.swap && \
+	$(BIN)/python -m bench.control_key && \
 	$(BIN)/python -m bench.report
 
 lint: bootstrap

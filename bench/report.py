@@ -257,6 +257,33 @@ def pipeline_section(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def control_key_section(rows: list[dict[str, Any]]) -> list[str]:
+    by = {r["server"]: r for r in rows}
+    locked, open_ = by["restricted"], by["open"]
+    return [
+        "## Locked control APIs: what the key costs callers",
+        "",
+        "`python -m bench.control_key`: the embedded Triton as conveyor starts it (model-control",
+        "APIs restricted to the key header) against the same server without the restriction",
+        f"flags; one 100-tree forest, {locked['clients']} HTTP clients (tritonclient, batch 1),",
+        f"{locked['requests']} requests a round, {locked['rounds']} alternating rounds, medians.",
+        "",
+        "| server | req/s | p50 ms | p99 ms | keyed control call (repository index) ms |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {name} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['control_call_ms']:.2f} |"
+            for name, r in (("restricted (conveyor)", locked), ("open (baseline)", open_))
+        ],
+        "",
+        "Throughput ratio restricted/open: "
+        f"{locked['throughput_rps'] / open_['throughput_rps']:.2f}.",
+        "Inference is not a restricted API, so Triton only looks the request's API up in its",
+        "restriction map; the difference between the rows is within this machine's run-to-run",
+        "noise (the Python client, not the server, bounds these figures).",
+    ]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -270,6 +297,7 @@ def main() -> None:
         ("pipeline.json", pipeline_section),
         ("serving.json", serving_section),
         ("drift.json", drift_section),
+        ("control_key.json", control_key_section),
     ]
     for name, section in sections:
         if (RESULTS / name).exists():
