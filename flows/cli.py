@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +35,16 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2) from None
 
 
+def _tagged() -> contextlib.AbstractContextManager[None]:
+    """Flow runs this command starts carry its pid and host, so that a later command can tell
+    a killed one (still "Running") from a live one (`tasks.crashed_runs`)."""
+    from prefect import tags
+
+    from tasks.crashed_runs import process_tags
+
+    return tags(*process_tags())
+
+
 def _spec_path(spec: Path | None, settings: Settings) -> str:
     return str(spec or settings.spec)
 
@@ -49,6 +60,14 @@ def run(
             "the steps it finished are reused.",
         ),
     ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="If another flow holds the model (a release, a rollback), exit 2 at once "
+            "naming it instead of waiting for it.",
+        ),
+    ] = False,
 ) -> None:
     """Release: train, validate, register, export to Triton, smoke-test, promote."""
     from flows.release import release_flow
@@ -57,13 +76,18 @@ def run(
     path = _spec_path(spec, settings)
     try:
         from tasks.approval import ensure_approvable
+        from tasks.crashed_runs import dead_runs, mark_crashed
         from tasks.resume import LAST, check_resumable, last_release
 
         ensure_approvable(load_spec(path))  # fail fast, before Prefect starts its API
-        resume_from = last_release(path) if resume == LAST else resume
-        if resume_from:
-            check_resumable(resume_from, path)
-        result = release_flow(spec_path=path, resume_from=resume_from)
+        with _tagged():
+            if resume:
+                # A killed release must read Crashed, not Running, to be resumed.
+                mark_crashed(dead_runs())
+            resume_from = last_release(path) if resume == LAST else resume
+            if resume_from:
+                check_resumable(resume_from, path)
+            result = release_flow(spec_path=path, resume_from=resume_from, wait=not no_wait)
     except Exception as exc:
         _fail(exc)
         return
@@ -193,7 +217,8 @@ def drift(spec: SpecOption = None) -> None:
         if registry.alias_version(settings, name, registry.CHAMPION) is None:
             # Before Prefect starts its API: there is nothing to compare against.
             raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
-        report = drift_check_flow(spec_path=path)
+        with _tagged():
+            report = drift_check_flow(spec_path=path)
     except Exception as exc:
         _fail(exc)
         return
@@ -247,7 +272,8 @@ def rollback(
 
     try:
         spec = load_spec(SPEC_DIR / f"{model}.yaml")
-        result = rollback_flow(spec_path=str(SPEC_DIR / f"{model}.yaml"), reason=reason)
+        with _tagged():
+            result = rollback_flow(spec_path=str(SPEC_DIR / f"{model}.yaml"), reason=reason)
     except Exception as exc:
         _fail(exc)
         return
@@ -284,6 +310,35 @@ def history(
             move.reason,
         )
     console.print(table)
+
+
+@app.command()
+def doctor(
+    model: Annotated[
+        str | None, typer.Argument(help="One model (default: every model conveyor knows).")
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what is safe, and say what was done.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+) -> None:
+    """Check registry, repository and Triton against each other; exit 0 only when clean."""
+    from tasks import doctor as checks
+
+    settings = Settings()
+    try:
+        models = [model] if model else checks.fleet(settings)
+        report = checks.check_and_repair(settings, models, repair)
+    except Exception as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        for line in checks.report_lines(report):
+            console.print(line, highlight=False)
+    if not report.clean:
+        raise typer.Exit(1)
 
 
 @triton_app.command("up")

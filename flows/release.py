@@ -11,14 +11,16 @@ from flows.registration import registration_flow
 from flows.smoke import smoke_test_flow
 from flows.training import training_flow
 from flows.validation import validation_flow
-from tasks import metrics
+from tasks import lease, metrics
 from tasks.approval import (
     ApprovalDecision,
     ensure_approvable,
     record_decision_task,
     request_approval,
 )
+from tasks.crashed_runs import mark_crashed_task
 from tasks.data import DatasetRef
+from tasks.doctor import repair_leftovers_task
 from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.orchestration import subflows_without_heartbeats
@@ -74,7 +76,7 @@ class ReleaseResult(BaseModel):
 
 @flow(name="release")
 def release_flow(
-    spec_path: str = str(DEFAULT_SPEC), resume_from: str | None = None
+    spec_path: str = str(DEFAULT_SPEC), resume_from: str | None = None, wait: bool = True
 ) -> ReleaseResult:
     """Release the model described by `spec_path`. A challenger the gate rejects is never
     registered; the candidate is smoke-tested under its own Triton name, so callers keep getting
@@ -84,14 +86,22 @@ def release_flow(
 
     `resume_from`: the flow run id of an interrupted release of the same spec; the steps it
     finished (data snapshot and contract, search, refit, ONNX export, serving tuning) are reused,
-    the rest run again (see `tasks.resume`)."""
+    the rest run again (see `tasks.resume`).
+
+    One release per model at a time: the model's lease is held throughout (`tasks.lease`); a
+    second release waits for it (`wait`, bounded by CONVEYOR_LEASE_TIMEOUT_S) or fails at once
+    naming the holder. Holding it, the release first clears what a crashed release left
+    (`tasks.doctor.repair_leftovers`)."""
     settings = Settings()
     spec = load_spec(spec_path)
-    with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
-        if resume_from:
-            resume_task(resume_from, spec_path)
-        with subflows_without_heartbeats():
-            result = _release(settings, spec, obs)
+    with lease.model_lease(settings, spec.name, "release", wait=wait):
+        mark_crashed_task()
+        with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
+            if resume_from:
+                resume_task(resume_from, spec_path)
+            repair_leftovers_task(settings, spec)
+            with subflows_without_heartbeats():
+                result = _release(settings, spec, obs)
     create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
     return result
 

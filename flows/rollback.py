@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks import metrics
+from tasks import lease, metrics
 from tasks.registry import PromotionResult, default_actor, plan_rollback_task, rollback_task
 from tasks.settings import DEFAULT_SPEC, Settings, load_spec
 from tasks.triton import restore_serving_task, serve_only_task
@@ -17,7 +17,12 @@ def rollback_flow(
     """Triton first: serving the good version is what stops the harm; the aliases follow."""
     settings = Settings()
     spec = load_spec(spec_path)
-    with metrics.observed(settings, spec.name, "rollback"):
+    # The model's lease: a rollback during a release waits for it (and then rolls back what it
+    # promoted), never interleaves with its swap.
+    with (
+        lease.model_lease(settings, spec.name, "rollback"),
+        metrics.observed(settings, spec.name, "rollback"),
+    ):
         plan = plan_rollback_task(settings, spec.name)
         serve_only_task(settings, spec, plan.target)
         try:

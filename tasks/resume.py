@@ -144,6 +144,11 @@ def check_resumable(run_id: str, spec_path: str) -> str:
             f"flow run {run_id} released {run.parameters.get('spec_path')}, not {spec_path}: "
             "resume it with the spec it started with"
         )
+    if run.state is not None and run.state.is_running():
+        raise ResumeError(
+            f"release {run_id} is still running (its process is alive); wait for it, or stop "
+            "it (Prefect UI: Cancel) before resuming"
+        )
     if run.state is not None and run.state.is_completed():
         raise ResumeError(
             f"release {run_id} completed: there is nothing to resume; start a new release with "

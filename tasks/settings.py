@@ -84,6 +84,16 @@ class Settings(BaseSettings):
         "release resumes: a Prefect storage block slug (`s3-bucket/conveyor-results`) when "
         "workers run on several hosts; default: home/results.",
     )
+    lease_timeout_s: float = Field(
+        default=1800.0,
+        ge=0,
+        description="How long a release waits for another flow holding the model's lease.",
+    )
+    lease_duration_s: float = Field(
+        default=60.0,
+        ge=60,
+        description="Prefect-server lease on the model: a dead holder's expires after this.",
+    )
     triton_startup_timeout_s: float = Field(default=60.0, gt=0)
     triton_load_timeout_s: float = Field(default=120.0, gt=0)
 

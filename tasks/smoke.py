@@ -206,7 +206,7 @@ def smoke_test(
     features = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
     labels, probabilities = onnx.predict(onnx_bytes, features)
     endpoint = triton_server.endpoint(settings)
-    name = served_as or triton.candidate_name(spec.name)
+    name = served_as or triton.candidate_name(spec.name, ref.version)
     report = run_smoke(endpoint, spec, name, ref.version, features, labels, probabilities)
     registry.log_to_run(
         settings,

@@ -72,7 +72,7 @@ def swap_in(
         began = time.monotonic()
         state = triton.go_live(settings, spec, target)
         elapsed = time.monotonic() - began
-        triton.unload_model(endpoint, triton.candidate_name(spec.name))
+        triton.unload_model(endpoint, triton.candidate_name(spec.name, ref.version))
         return SwapReport(
             model=spec.name,
             version=ref.version,
@@ -108,7 +108,7 @@ def swap_in(
         during=traffic.window(began, max(loaded, answered) + SETTLE_S),
         errors=[s.error for s in samples if s.version is None],
     )
-    triton.unload_model(endpoint, triton.candidate_name(spec.name))
+    triton.unload_model(endpoint, triton.candidate_name(spec.name, ref.version))
     if report.errors:
         raise SwapError(
             f"{len(report.errors)} of {len(samples)} probe requests failed while {spec.name} "

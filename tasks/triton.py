@@ -29,7 +29,9 @@ from tasks.triton_server import Endpoint
 Backend = Literal["python", "onnxruntime"]
 # A candidate is served under its own name until promotion: unversioned requests go to the highest
 # READY version of a model, so loading it beside the champion would hand it production traffic.
-CANDIDATE_SUFFIX = "-candidate"
+# The name carries the version, so two releases of one model (should the lease ever fail) never
+# test, replace or unload each other's candidate.
+CANDIDATE_SUFFIX = "-candidate-v"
 TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "triton" / "python_model" / "model.py"
 
 
@@ -44,8 +46,15 @@ class PublishResult(BaseModel):
     files: dict[str, str]  # name → sha256
 
 
-def candidate_name(model: str) -> str:
-    return f"{model}{CANDIDATE_SUFFIX}"
+def candidate_name(model: str, version: int) -> str:
+    return f"{model}{CANDIDATE_SUFFIX}{version}"
+
+
+def candidate_version(model: str, name: str) -> int | None:
+    """The version a Triton model name is the candidate of, for `model`; None if it is not one."""
+    prefix = f"{model}{CANDIDATE_SUFFIX}"
+    tail = name.removeprefix(prefix)
+    return int(tail) if name.startswith(prefix) and tail.isdigit() else None
 
 
 def render_config(
@@ -260,11 +269,12 @@ def load_candidate(
     files: dict[str, bytes],
     serving: ServingSpec | None = None,
 ) -> str:
-    """Serve verified `files` as `<model>-candidate` version `version`; return that name.
+    """Serve verified `files` as `<model>-candidate-v<version>` version `version`; return that
+    name.
 
     The files travel in the load request, so the candidate needs no second copy in the repository
     and leaves nothing behind there when it is unloaded."""
-    name = candidate_name(spec.name)
+    name = candidate_name(spec.name, version)
     config = render_config(spec, settings.triton_backend, [version], serving, name=name)
     _load(endpoint, name, config, {f"file:{version}/{n}": data for n, data in files.items()})
     # Models loaded from files in the request are not in the repository index: ask the model.
@@ -371,7 +381,7 @@ def serve_candidate(
     ref: registry.ModelRef,
     serving: ServingSpec | None = None,
 ) -> ServingState:
-    """Serve the candidate's verified files as `<model>-candidate`, reachable for the smoke test
+    """Serve the candidate's verified files under its candidate name, reachable for the smoke test
     but never by production callers, who keep getting the champion until the swap."""
     files = read_verified(open_store(settings.repository), f"{spec.name}/{ref.version}")
     endpoint = triton_server.endpoint(settings)
@@ -421,7 +431,7 @@ def withdraw(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> Ser
     """Undo a candidate: its candidate model unloaded, Triton back to what the registry says is
     live (it may have been swapped in before a later step failed), the version's files gone."""
     endpoint = triton_server.endpoint(settings)
-    unload_model(endpoint, candidate_name(spec.name))
+    unload_model(endpoint, candidate_name(spec.name, ref.version))
     if ref.version in loaded_versions(endpoint, spec.name):
         restore_serving(settings, spec)
     open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")

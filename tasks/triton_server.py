@@ -31,6 +31,7 @@ STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
 REPOSITORY_MARKER = ".conveyor-repository"
 KEY_FILE = "admin.key"
+CONFIG = "/config.pbtxt"
 
 
 class Endpoint(BaseModel):
@@ -392,10 +393,17 @@ def _reap(pid: int) -> None:
 
 
 def ensure_running(settings: Settings) -> ServerState:
-    """The embedded server for this state directory, started if it is not running."""
+    """The embedded server for this state directory, started if it is not running.
+
+    A server that was running and died (its state file is still there) is supervised back: it
+    is started cleanly and serves again what its repository says it served."""
     state = status(settings)
     if state is None:
-        return start(settings)
+        crashed = read_state(settings) is not None
+        state = start(settings)
+        if crashed:
+            restore_repository(settings, state)
+        return state
     if state.repository != settings.repository:
         raise TritonServerError(
             f"the embedded Triton (pid {state.pid}) serves {state.repository}, not "
@@ -424,3 +432,40 @@ def endpoint(settings: Settings) -> Endpoint:
             )
         return Endpoint(http=settings.triton_http_url, grpc=settings.triton_grpc_url)
     return ensure_running(settings).endpoint
+
+
+def served_models(settings: Settings) -> list[str]:
+    """Models the repository says are served: those with a config.pbtxt, which conveyor writes
+    only when a set of versions goes live (`triton.go_live`)."""
+    files = open_store(settings.repository).list_files("")
+    return sorted(f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(CONFIG))
+
+
+def restore_repository(settings: Settings, state: ServerState) -> list[str]:
+    """Load every served model from its config.pbtxt (the versions it pins, verified when they
+    went live) and wait until each is ready; return their names. Candidates are not among them:
+    they were a release's, and are gone with the server that held them."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(state.endpoint.grpc)
+    headers = credentials.triton_grpc_headers(state.key_file)
+    names = served_models(settings)
+    for name in names:
+        try:
+            client.load_model(name, headers=headers)
+        except InferenceServerException as exc:
+            raise TritonServerError(
+                f"the embedded Triton was restarted but could not load {name} from "
+                f"{settings.repository}: {exc.message()}; `conveyor doctor --repair` reloads "
+                "champion and previous from the registry"
+            ) from exc
+    deadline = time.monotonic() + settings.triton_load_timeout_s
+    while not all(client.is_model_ready(name) for name in names):
+        if time.monotonic() > deadline:
+            raise TritonServerError(
+                f"the restarted embedded Triton did not get {names} ready in "
+                f"{settings.triton_load_timeout_s:.0f} s; see {state.log_path}"
+            )
+        time.sleep(0.2)
+    return names

@@ -105,7 +105,7 @@ def test_second_release_moves_champion_and_previous(releases: Releases) -> None:
     assert (swap.before, swap.after, swap.errors) == ([1], [1, 2], [])
     assert swap.steady is not None and swap.during is not None
     assert swap.during.requests > 0 and swap.p99_ratio is not None
-    assert releases.second.smoke.served_as == "fraud-detector-candidate"
+    assert releases.second.smoke.served_as == "fraud-detector-candidate-v2"
     assert aliases(releases.settings, releases.spec.name) == {
         "champion": 2,
         "previous": 1,
@@ -155,7 +155,7 @@ def test_failed_smoke_test_leaves_champion_and_serving_untouched(releases: Relea
     assert failed.tags[registry.TAG_RELEASE].startswith("failed: SmokeTestError")
     endpoint = triton_server.endpoint(settings)
     assert triton.loaded_versions(endpoint, name) == [1, 2]
-    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name))
+    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name, 3))
     assert not (Path(settings.repository) / name / "3").exists()
     live = triton.parse_config((Path(settings.repository) / name / "config.pbtxt").read_text())
     assert list(live.version_policy.specific.versions) == [1, 2]

@@ -111,7 +111,7 @@ def test_nothing_was_trained_or_registered_twice(resumed: Resumed) -> None:
     assert registry.alias_version(settings, name, registry.CHALLENGER) is None
     endpoint = triton_server.endpoint(settings)
     assert triton.loaded_versions(endpoint, name) == [1]
-    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name))
+    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name, 1))
     assert candidates[0].info.status == "FINISHED"
     assert Path(settings.repository, name, "1", "model.onnx").exists()
 

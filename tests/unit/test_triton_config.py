@@ -4,7 +4,14 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tasks.settings import DEFAULT_SPEC, load_spec
-from tasks.triton import candidate_name, config_json, config_text, parse_config, render_config
+from tasks.triton import (
+    candidate_name,
+    candidate_version,
+    config_json,
+    config_text,
+    parse_config,
+    render_config,
+)
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])
@@ -67,7 +74,10 @@ def test_every_version_is_warmed_up_before_it_is_ready() -> None:
 def test_tuned_serving_and_candidate_name_override_the_spec() -> None:
     spec = load_spec(DEFAULT_SPEC)
     tuned = spec.serving.model_copy(update={"max_queue_delay_microseconds": 0, "instance_count": 2})
-    config = render_config(spec, "python", [4], tuned, name=candidate_name(spec.name))
-    assert config.name == "fraud-detector-candidate"
+    config = render_config(spec, "python", [4], tuned, name=candidate_name(spec.name, 4))
+    assert config.name == "fraud-detector-candidate-v4"
+    assert candidate_version(spec.name, config.name) == 4
+    assert candidate_version(spec.name, spec.name) is None
+    assert candidate_version(spec.name, "fraud-detector-candidate-vx") is None
     assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert config.instance_group[0].count == 2
