@@ -27,10 +27,14 @@ from tasks.orchestration import subflows_without_heartbeats
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
 from tasks.resume import resume_task
 from tasks.search import task_runner
-from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
+from tasks.settings import DEFAULT_SPEC, ConveyorError, ModelSpec, Settings, load_spec
 from tasks.smoke import SmokeReport
 from tasks.swap import SwapReport, swap_task
 from tasks.triton import withdraw_task
+
+
+class ReleaseWithdrawnError(ConveyorError):
+    """A release failed past registration for a reason outside conveyor's gates, and was undone."""
 
 
 class ReleaseResult(BaseModel):
@@ -140,8 +144,18 @@ def _release(settings: Settings, spec: ModelSpec, obs: metrics.Observation) -> R
         try:
             retire_candidate_task(settings, ref, f"{type(exc).__name__}: {exc}")
         finally:
-            withdraw_task(settings, spec, ref)
-        raise
+            state = withdraw_task(settings, spec, ref)
+        if isinstance(exc, ConveyorError):
+            raise
+        # A component failed under the release (Triton killed, a server gone): the clean-up
+        # above put production back, so this is an expected failure, said in one paragraph;
+        # the traceback stays in the flow run's logs.
+        raise ReleaseWithdrawnError(
+            f"the release of {spec.name} v{ref.version} failed ({type(exc).__name__}: "
+            f"{str(exc)[:300]}) and was withdrawn: Triton serves {spec.name} "
+            f"{state.versions or 'nothing yet'}, the aliases did not move. Fix the cause "
+            f"and run again; `conveyor doctor {spec.name}` checks the state."
+        ) from exc
     card = model_card_task(
         settings, spec, ref, train, validation, export.onnx, smoke, approval, promotion
     )

@@ -12,8 +12,11 @@ Two locks, each for what the other cannot see:
   (one slot) on top, across hosts and workers. Its lease is renewed while the holder lives and
   expires `lease_duration_s` after it dies (Prefect's minimum is 60 s).
 
-The holder writes who it is into the lock file, and tags its flow run `conveyor.model:<name>`, so
-a second flow that finds the model busy can say which run holds it and since when.
+The holder writes who it is into the lock file (with its Prefect lease id), and tags its flow run
+`conveyor.model:<name>`, so a second flow that finds the model busy can say which run holds it
+and since when. A flow that gets the host lock finds there the lease of a holder that died on
+this host (it would still hold the lock otherwise) and releases it at once, instead of making
+every later flow wait out its expiry.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
@@ -47,6 +51,7 @@ class LeaseHolder(BaseModel):
     pid: int
     host: str
     since: datetime
+    lease_id: str | None = None  # the Prefect server's lease, when there is one
 
     def describe(self) -> str:
         run = f"flow run {self.flow_run_id}" if self.flow_run_id else "a process"
@@ -181,6 +186,7 @@ def model_lease(settings: Settings, model: str, flow: str, wait: bool = True) ->
                     _log("%s is busy (%s); waiting", model, holder.describe() if holder else "?")
                     told = True
                 time.sleep(POLL_S)
+        stale = read_holder(settings, model)  # written by a holder now provably gone
         holder = LeaseHolder(
             model=model,
             flow=flow,
@@ -189,9 +195,10 @@ def model_lease(settings: Settings, model: str, flow: str, wait: bool = True) ->
             host=socket.gethostname(),
             since=datetime.now(UTC),
         )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.model_dump_json().encode(), 0)
-        with _server_lease(settings, model, flow, deadline, began):
+        with _server_lease(settings, holder, stale, deadline, began) as lease_id:
+            holder.lease_id = lease_id
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.model_dump_json().encode(), 0)
             _log("%s: lease held by this %s", model, flow)
             yield
     finally:
@@ -202,28 +209,48 @@ def model_lease(settings: Settings, model: str, flow: str, wait: bool = True) ->
 
 @contextlib.contextmanager
 def _server_lease(
-    settings: Settings, model: str, flow: str, deadline: float, began: float
-) -> Iterator[None]:
+    settings: Settings,
+    holder: LeaseHolder,
+    stale: LeaseHolder | None,
+    deadline: float,
+    began: float,
+) -> Iterator[str | None]:
+    """The Prefect global concurrency limit's slot, renewed while the block runs; yields the
+    lease id (None without a server). Prefect's own leases API (the one `concurrency()` wraps)
+    is used directly, so that the lease id can be written down for the stale-holder release."""
     if not PREFECT_API_URL.value():
-        yield
+        yield None
         return
-    from prefect.concurrency.sync import concurrency
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency._leases import maintain_concurrency_lease
+    from prefect.concurrency._sync import (
+        acquire_concurrency_slots_with_lease,
+        release_concurrency_slots_with_lease,
+    )
 
+    model = holder.model
     _ensure_limit(model)
     _tag_flow_run(model)
-    acquired = False
+    if stale is not None and stale.lease_id:
+        with contextlib.suppress(Exception):  # it may have expired, or the server restarted
+            release_concurrency_slots_with_lease(UUID(stale.lease_id))
+            _log("%s: released the lease of %s, which died", model, stale.describe())
     try:
-        with concurrency(
-            limit_name(model),
-            occupy=1,
+        acquired = acquire_concurrency_slots_with_lease(
+            [limit_name(model)],
+            1,
             timeout_seconds=max(deadline - time.monotonic(), 0.1),
             lease_duration=settings.lease_duration_s,
             strict=True,
-        ):
-            acquired = True
-            yield
+            holder=ConcurrencyLeaseHolder(type="flow_run", id=UUID(holder.flow_run_id))
+            if holder.flow_run_id
+            else None,
+        )
     except TimeoutError:
-        if acquired:  # the flow's own timeout, not the lease's
-            raise
         # The holder is on another host or state directory: the server knows which run it is.
-        raise _busy(model, flow, time.monotonic() - began, None) from None
+        raise _busy(model, holder.flow, time.monotonic() - began, None) from None
+    try:
+        with maintain_concurrency_lease(acquired.lease_id, settings.lease_duration_s):
+            yield str(acquired.lease_id)
+    finally:
+        release_concurrency_slots_with_lease(acquired.lease_id)
