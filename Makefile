@@ -70,6 +70,11 @@ deploy: bootstrap
 		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create gpu --type process
 	PREFECT_API_URL=$(PREFECT_API_URL) CONVEYOR_PROJECT_DIR=$(CURDIR) \
 		$(BIN)/prefect --no-prompt deploy --all
+	@# Zombie-run detection: runs whose heartbeats stop are marked Crashed (infra/prefect).
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation inspect \
+		conveyor-crash-zombie-flow-runs >/dev/null 2>&1 || \
+		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation create \
+		--from-file infra/prefect/zombie-runs.yaml
 
 # A local Prefect server (UI) and the MLflow UI on the embedded state; Ctrl-C stops both.
 ui: bootstrap

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +25,49 @@ SpecOption = Annotated[
 ]
 
 
+LOG_FILE = "conveyor.log"
+# Loggers Prefect gives a console handler (the root, and its embedded server's uvicorn/fastapi).
+CONSOLE_LOGGERS = ("", "uvicorn", "fastapi")
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Show Prefect's log lines on the console.")
+    ] = False,
+) -> None:
+    """Prefect's log lines go to <CONVEYOR_HOME>/logs/conveyor.log (and to the Prefect API, as
+    always); the console shows conveyor's own output, unless -v."""
+    # The ephemeral API's telemetry cannot reach anything here and logs an ERROR each start.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    route_logs(Settings().home / "logs" / LOG_FILE, verbose)
+
+
+def route_logs(path: Path, verbose: bool) -> None:
+    import prefect  # noqa: F401 - importing Prefect installs its logging configuration
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handler = logging.FileHandler(path)
+    handler.set_name("conveyor-file")
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
+    )
+    for name in CONSOLE_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            console = type(old).__name__ == "PrefectConsoleHandler"
+            if old.get_name() == "conveyor-file" or (console and not verbose):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+
+
+def log_path() -> Path | None:
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "conveyor-file" and isinstance(handler, logging.FileHandler):
+            return Path(handler.baseFilename)
+    return None
+
+
 def _fail(exc: Exception) -> None:
     """Expected errors (conveyor's own, a service refusing credentials) are one paragraph and
     exit 2; anything else keeps its traceback."""
@@ -31,7 +76,10 @@ def _fail(exc: Exception) -> None:
     expected = exc if isinstance(exc, ConveyorError) else explain(exc)
     if expected is None:
         raise exc
-    console.print(f"[bold red]error:[/] {expected}", highlight=False)
+    where = log_path()
+    logged = where is not None and where.exists() and where.stat().st_size > 0
+    details = f" (details: {where})" if logged else ""
+    console.print(f"[bold red]error:[/] {expected}{details}", highlight=False)
     raise typer.Exit(2) from None
 
 

@@ -27,6 +27,7 @@ Kind = Literal[
     "stray-stubs",
     "alias-unservable",
     "not-served",
+    "unaliased-served",
     "dangling-challenger",
     "orphan-candidate",
     "orphan-version",
@@ -157,6 +158,19 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
                     repair="load champion and previous (their files verified first)",
                 )
             )
+    stray = sorted(set(served) - live)
+    if stray and not (lease.is_held(settings, model) and not holding_lease):
+        # Callers reach the newest loaded version: one no alias names (a release killed
+        # mid-swap) answers production traffic without having been promoted.
+        problems.append(
+            Problem(
+                model=model,
+                kind="unaliased-served",
+                detail=f"Triton serves v{', v'.join(map(str, stray))}, which neither champion "
+                "nor previous names",
+                repair="serve champion and previous only",
+            )
+        )
     busy = not holding_lease and lease.is_held(settings, model)
     if busy:
         holder = lease.read_holder(settings, model)
@@ -180,16 +194,19 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
             )
         )
     if endpoint is not None:
-        for entry in triton.control_client(endpoint).index():
-            version = triton.candidate_version(model, entry.name)
-            if version is not None and entry.state == "READY":
+        # Candidates are loaded from files sent in the request, so Triton's repository index
+        # does not list them: ask for each version's candidate name.
+        control = triton.control_client(endpoint)
+        for version in registered_versions(settings, model):
+            name = triton.candidate_name(model, version)
+            if control.is_ready(name):
                 leftovers.append(
                     Problem(
                         model=model,
                         kind="orphan-candidate",
-                        detail=f"{entry.name} is loaded with no release running",
+                        detail=f"{name} is loaded with no release running",
                         repair="unload it",
-                        key=entry.name,
+                        key=name,
                     )
                 )
     for version in _repository_versions(store, model):
@@ -215,6 +232,11 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
             )
         )
     return problems + ([] if busy else leftovers)
+
+
+def registered_versions(settings: Settings, model: str) -> list[int]:
+    found = registry.client(settings).search_model_versions(f"name='{model}'")
+    return sorted(int(v.version) for v in found)
 
 
 def _repository_versions(store: Store, model: str) -> list[int]:
@@ -249,8 +271,18 @@ def examine(settings: Settings, models: list[str]) -> DoctorReport:
 
 
 def _repair_model(settings: Settings, model: str, problems: list[Problem]) -> None:
-    """Repair `model`'s problems in place (the caller holds its lease)."""
+    """Repair `model`'s problems in place (the caller holds its lease). Serving first: Triton is
+    back on champion and previous before any file it might still be serving is deleted."""
     store = open_store(settings.repository)
+    unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
+    spec = _spec(model)
+    if unserved and spec is None:
+        for problem in unserved:
+            problem.repair = f"none: no spec {SPEC_DIR}/{model}.yaml to render its config from"
+    elif unserved and spec is not None:
+        triton.restore_serving(settings, spec)
+        for problem in unserved:
+            problem.repaired = True
     for problem in problems:
         if problem.kind == "dangling-challenger":
             version = registry.alias_version(settings, model, registry.CHALLENGER)
@@ -264,15 +296,6 @@ def _repair_model(settings: Settings, model: str, problems: list[Problem]) -> No
         else:
             continue
         problem.repaired = True
-    unserved = [p for p in problems if p.kind == "not-served"]
-    spec = _spec(model)
-    if unserved and spec is None:
-        for problem in unserved:
-            problem.repair = f"none: no spec {SPEC_DIR}/{model}.yaml to render its config from"
-    elif unserved and spec is not None:
-        triton.restore_serving(settings, spec)
-        for problem in unserved:
-            problem.repaired = True
 
 
 def _repair_server(settings: Settings, problems: list[Problem]) -> None:

@@ -7,7 +7,10 @@ picked up by the worker in their own processes, the drift event matched by the s
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks import registry, triton_server
+from tasks import registry, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, write_spec
-from tests.servers import BIN, clean_env, prefect_server, serving
+from tests.servers import BIN, clean_env, prefect_server, stop_process
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Stack:
     base: Path
     settings: Settings
     auth_string: str  # the server runs with PREFECT_SERVER_API_AUTH_STRING
+    worker: subprocess.Popen[bytes] | None = None
 
     @property
     def auth(self) -> tuple[str, str]:
@@ -42,7 +46,20 @@ class Stack:
             PREFECT_HOME=str(self.base / "client"),
             CONVEYOR_HOME=str(self.settings.home),
             CONVEYOR_PROJECT_DIR=str(ROOT),
+            # As compose's workers: the heartbeats the zombie-run automation watches.
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
         )
+
+    def start_worker(self, log: str) -> subprocess.Popen[bytes]:
+        command = [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--limit", "2"]
+        with (self.base / log).open("ab") as handle:
+            return subprocess.Popen(
+                command,
+                env=self.env(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def cli(self, *args: str, timeout_s: float = 120) -> str:
         done = subprocess.run(
@@ -74,14 +91,17 @@ class Stack:
             body["flow_runs"] = {"state": {"type": {"any_": states}}}
         return self.post("/flow_runs/filter", body)
 
+    def start_run(self, deployment: str, spec: Path) -> str:
+        """Ask for a deployment run; its flow run id."""
+        flow = {"release": "release", "drift-check": "drift-check", "retrain": "retrain"}
+        output = self.cli(
+            "deployment", "run", f"{flow[deployment]}/{deployment}", "--param", f"spec_path={spec}"
+        )
+        return next(line.split(":")[-1].strip() for line in output.splitlines() if "UUID" in line)
+
     def run(self, deployment: str, spec: Path, timeout_s: float = 300) -> dict[str, object]:
         """Run a deployment through the worker and wait for a final state."""
-        flow = {"release": "release", "drift-check": "drift-check"}[deployment]
-        output = self.cli(
-            "deployment", "run", f"{flow}/{deployment}", "--param", f"spec_path={spec}"
-        )
-        run_id = next(line.split(":")[-1].strip() for line in output.splitlines() if "UUID" in line)
-        return self.wait(run_id, timeout_s)
+        return self.wait(self.start_run(deployment, spec), timeout_s)
 
     def wait(self, run_id: str, timeout_s: float = 300) -> dict[str, object]:
         deadline = time.monotonic() + timeout_s
@@ -133,12 +153,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             timeout=240,
         )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        worker = [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--limit", "2"]
-        up = lambda: _worker_up(api, stack.auth)  # noqa: E731
+        stack.worker = stack.start_worker("worker.log")
         try:
-            with serving(worker, stack.env(), base / "worker.log", up, 90):
-                yield stack
+            deadline = time.monotonic() + 90
+            while not _worker_up(api, stack.auth):
+                assert stack.worker.poll() is None and time.monotonic() < deadline, (
+                    base / "worker.log"
+                ).read_text()[-3000:]
+                time.sleep(0.5)
+            yield stack
         finally:
+            stop_process(stack.worker)
             triton_server.stop(settings)
 
 
@@ -244,6 +269,68 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
         assert time.monotonic() < deadline, logs
         time.sleep(1)
     assert registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION) == 2
+
+
+def test_make_deploy_creates_the_zombie_run_automation(stack: Stack) -> None:
+    automations = stack.post("/automations/filter", {})
+    [zombie] = [a for a in automations if a["name"] == "conveyor-crash-zombie-flow-runs"]
+    assert zombie["trigger"]["posture"] == "Proactive"  # type: ignore[index]
+    assert zombie["actions"][0]["type"] == "change-flow-run-state"  # type: ignore[index]
+    # Idempotent: a second `make deploy` adds no second automation.
+    again = subprocess.run(
+        ["make", "-s", "deploy", f"PREFECT_API_URL={stack.api}"],
+        env=stack.env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    names = [a["name"] for a in stack.post("/automations/filter", {})]
+    assert names.count("conveyor-crash-zombie-flow-runs") == 1
+
+
+def _flow_run_processes(run_id: str) -> list[int]:
+    """Processes running a flow run (the process worker sets PREFECT__FLOW_RUN_ID for it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_worker_s_run_ends_crashed_and_the_next_retrain_runs(
+    stack: Stack, released: Path, tmp_path: Path
+) -> None:
+    """Runs last: it kills the module's worker. The run it held is marked Crashed by the
+    zombie-run automation, which frees the retrain deployment's single slot and the model's
+    lease, so a retrain on a fresh worker completes."""
+    spec = write_spec(tmp_path, **{"drift.cooldown_s": 0})
+    champion = registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION)
+    run_id = stack.start_run("retrain", spec)
+    lock = stack.settings.home / "locks" / "fraud-detector.lock"
+    deadline = time.monotonic() + 180
+    while not (lock.is_file() and lock.read_text()):  # its release holds the model
+        assert time.monotonic() < deadline, stack.logs(run_id)
+        time.sleep(0.5)
+    assert stack.worker is not None
+    for pid in [stack.worker.pid, *_flow_run_processes(run_id)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    stack.worker.wait(10)
+    crashed = stack.wait(run_id, timeout_s=240)
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]  # type: ignore[index]
+    stack.worker = stack.start_worker("worker-2.log")
+    retrain = stack.wait(stack.start_run("retrain", spec), timeout_s=400)
+    assert retrain["state"]["type"] == "COMPLETED", stack.logs(str(retrain["id"]))
+    after = registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION)
+    assert champion is not None and after is not None and after > champion
+    endpoint = triton_server.endpoint(stack.settings)
+    assert triton.loaded_versions(endpoint, "fraud-detector")[-1] == after
 
 
 def wait_for_runs(stack: Stack, deployment: str, count: int) -> list[dict[str, object]]:

@@ -1,0 +1,291 @@
+"""Faults on real components, one state directory: `conveyor run` processes against a real
+Prefect API, the embedded Triton and the SQLite registry. Each fault ends with the same check:
+the champion answers like its ONNX file, every alias is on a servable version, no candidate,
+orphan file or stray stub is left, and `conveyor doctor` exits 0.
+
+The tests run in file order and each starts from the state the previous one left (a champion
+served); every one of them restores that state or moves it forward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from tasks import doctor, registry, triton, triton_server
+from tasks.data import generate_transactions, to_features
+from tasks.onnx import predict
+from tasks.settings import ModelSpec, Settings, load_spec
+from tasks.storage import open_store, verify_dir
+from tests.conftest import ROOT, write_spec
+from tests.servers import BIN, clean_env
+
+NAME = "fraud-detector"
+CONVEYOR = str(BIN / "conveyor")
+
+
+@dataclass
+class Site:
+    base: Path
+    settings: Settings
+    spec_path: Path
+    env: dict[str, str]
+    killed_servers: list[int] = field(default_factory=list)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return load_spec(self.spec_path)
+
+    def start(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        """A conveyor command in its own session (so SIGKILL takes all of it)."""
+        handle = (self.base / log).open("wb")
+        return subprocess.Popen(
+            [CONVEYOR, *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self, log: str) -> str:
+        return (self.base / log).read_text(errors="replace")
+
+    def run(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CONVEYOR, *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+
+    def release(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run("run", "--spec", str(self.spec_path), *args)
+
+    def champion(self) -> int | None:
+        return registry.alias_version(self.settings, NAME, registry.CHAMPION)
+
+
+def _ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout
+
+
+def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 300
+    while not condition():
+        assert process.poll() is None, f"the release ended before {what}"
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.1)
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the whole command: no except-block clean-up, no final state."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def serving(site: Site) -> triton_server.ServerState | None:
+    return triton_server.status(site.settings)
+
+
+def loaded(site: Site) -> list[str]:
+    state = serving(site)
+    if state is None:
+        return []
+    return [f"{e.name}:{e.version}" for e in triton.control_client(state.endpoint).index()
+            if e.state == "READY"]  # fmt: skip
+
+
+def next_version(site: Site) -> int:
+    return max(doctor.registered_versions(site.settings, NAME), default=0) + 1
+
+
+def candidate_ready(site: Site, version: int) -> bool:
+    """The release's candidate is served (its smoke test is next). Candidates are loaded from
+    the request's files, so Triton's index does not list them: ask the model."""
+    state = serving(site)
+    name = triton.candidate_name(NAME, version)
+    return state is not None and triton.control_client(state.endpoint).is_ready(name)
+
+
+def assert_invariant(site: Site) -> None:
+    """The promise after any failure, checked against the real servers."""
+    settings = site.settings
+    state = serving(site)
+    assert state is not None, "the embedded Triton is not serving"
+    champion = site.champion()
+    previous = registry.alias_version(settings, NAME, registry.PREVIOUS)
+    assert champion is not None
+    assert registry.alias_version(settings, NAME, registry.CHALLENGER) is None
+    store = open_store(settings.repository)
+    live = sorted(v for v in (champion, previous) if v is not None)
+    for version in live:
+        verify_dir(store, f"{NAME}/{version}")
+    assert triton.loaded_versions(state.endpoint, NAME) == live
+    control = triton.control_client(state.endpoint)
+    for version in doctor.registered_versions(settings, NAME):
+        assert not control.is_ready(triton.candidate_name(NAME, version)), version
+    # The champion answers unversioned requests like its own ONNX file.
+    rows = to_features(generate_transactions(200, seed=11, fraud_rate=0.05), site.spec)
+    offline_labels, offline_proba = predict(store.read_file(f"{NAME}/{champion}/model.onnx"), rows)
+    labels, proba = triton.infer_http(triton.http_client(state.endpoint), NAME, rows)
+    np.testing.assert_array_equal(labels, offline_labels)
+    np.testing.assert_allclose(proba, offline_proba, atol=1e-5)
+    for pid in site.killed_servers:
+        assert triton_server.stray_stubs(pid) == [], f"stubs of killed server {pid} still run"
+    report = doctor.examine(settings, [NAME])
+    assert report.clean and not report.problems, doctor.report_lines(report)
+    done = site.run("doctor", NAME)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def assert_one_paragraph(output: str) -> None:
+    assert "Traceback" not in output, output[-3000:]
+    assert "error:" in output
+
+
+@pytest.fixture(scope="module")
+def site(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("faults")
+    settings = Settings(home=base / "state")
+    spec_path = write_spec(
+        base,
+        **{
+            "data.rows": 4000,
+            "estimator.params": {"n_estimators": 12, "max_depth": 8},
+            "search.trials": 1,
+            "search.parallel": 1,
+            "smoke.rows": 300,
+            "smoke.latency_requests": 50,
+            "smoke.load_requests": 200,
+        },
+    )
+    env = clean_env(
+        CONVEYOR_HOME=str(settings.home),
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        # A release that finds the model busy waits at most this long in these tests.
+        CONVEYOR_LEASE_TIMEOUT_S="240",
+    )
+    site = Site(base, settings, spec_path, env)
+    try:
+        _ok(site.release())
+        assert site.champion() == 1
+        yield site
+    finally:
+        triton_server.stop(settings)
+
+
+def test_two_releases_of_one_model_at_once_run_one_after_the_other(site: Site) -> None:
+    before = site.champion()
+    assert before is not None
+    first = site.start("run", "--spec", str(site.spec_path), log="first.log")
+    second = site.start("run", "--spec", str(site.spec_path), log="second.log")
+    codes = (first.wait(400), second.wait(400))
+    outputs = site.output("first.log") + site.output("second.log")
+    assert codes == (0, 0), outputs[-4000:]
+    assert "503" not in outputs and "unknown model" not in outputs
+    assert site.champion() == before + 2
+    assert registry.alias_version(site.settings, NAME, registry.PREVIOUS) == before + 1
+    assert_invariant(site)
+
+
+def test_no_wait_exits_2_naming_the_release_in_progress(site: Site) -> None:
+    first = site.start("run", "--spec", str(site.spec_path), log="holder.log")
+    try:
+        holder = site.settings.home / "locks" / f"{NAME}.lock"
+        wait_until(lambda: holder.is_file() and bool(holder.read_text()), "the lease", first)
+        held = json.loads(holder.read_text())
+        second = site.release("--no-wait")
+        output = " ".join((second.stdout + second.stderr).split())
+        assert second.returncode == 2, output
+        assert_one_paragraph(output)
+        assert f"{NAME} is busy" in output
+        assert f"pid {held['pid']}" in output and str(held["flow_run_id"]) in output
+    finally:
+        assert first.wait(400) == 0, site.output("holder.log")[-4000:]
+    assert_invariant(site)
+
+
+@pytest.mark.parametrize("moment", ["smoke", "swap"])
+def test_release_killed_then_a_fresh_release_repairs_and_completes(site: Site, moment: str) -> None:
+    before = site.champion()
+    assert before is not None
+    new = next_version(site)
+    reached = {
+        "smoke": lambda: candidate_ready(site, new),
+        # The new version is loaded under the model's own name beside the champion.
+        "swap": lambda: f"{NAME}:{new}" in loaded(site),
+    }[moment]
+    process = site.start("run", "--spec", str(site.spec_path), log=f"killed-{moment}.log")
+    wait_until(reached, moment, process)
+    kill(process)
+    report = doctor.examine(site.settings, [NAME])
+    assert not report.clean, "the killed release should have left something behind"
+    kinds = {p.kind for p in report.problems}
+    assert {"dangling-challenger", "orphan-version"} <= kinds, doctor.report_lines(report)
+    if moment == "swap":  # callers were reaching the unpromoted version
+        assert "unaliased-served" in kinds, doctor.report_lines(report)
+    _ok(site.release())
+    # The killed release used up its version number.
+    assert site.champion() == new + 1
+    assert_invariant(site)
+
+
+def test_release_killed_at_smoke_then_resumed(site: Site) -> None:
+    new = next_version(site)
+    process = site.start("run", "--spec", str(site.spec_path), log="killed-resume.log")
+    wait_until(lambda: candidate_ready(site, new), "the smoke test", process)
+    kill(process)
+    _ok(site.release("--resume", "last"))
+    assert_invariant(site)
+
+
+def test_triton_killed_mid_smoke_the_release_fails_cleanly_and_the_champion_is_served(
+    site: Site,
+) -> None:
+    champion, new = site.champion(), next_version(site)
+    process = site.start("run", "--spec", str(site.spec_path), log="triton-killed.log")
+    wait_until(lambda: candidate_ready(site, new), "the smoke test", process)
+    state = serving(site)
+    assert state is not None
+    os.kill(state.pid, signal.SIGKILL)
+    site.killed_servers.append(state.pid)
+    code = process.wait(300)
+    output = " ".join(site.output("triton-killed.log").split())
+    assert code == 2, output[-4000:]
+    assert_one_paragraph(output)
+    # Either the smoke test saw its candidate gone (a gate: SmokeTestError) or a client call
+    # failed outright (withdrawn): one paragraph either way, after the clean-up.
+    assert "is not loaded on Triton" in output or "was withdrawn" in output, output[-2000:]
+    assert site.champion() == champion
+    assert_invariant(site)
+
+
+def test_rollback_during_a_release_waits_for_it_then_rolls_it_back(site: Site) -> None:
+    before = site.champion()
+    assert before is not None
+    release = site.start("run", "--spec", str(site.spec_path), log="during.log")
+    holder = site.settings.home / "locks" / f"{NAME}.lock"
+    wait_until(lambda: holder.is_file() and bool(holder.read_text()), "the lease", release)
+    rollback = site.run("rollback", NAME, "--reason", "fault test", timeout_s=400)
+    assert release.wait(400) == 0, site.output("during.log")[-4000:]
+    _ok(rollback)
+    # The rollback waited for the release (v before+1) and then undid it.
+    assert site.champion() == before
+    history = registry.alias_history(site.settings, NAME)
+    champion_moves = [m for m in history if m.alias == registry.CHAMPION][-2:]
+    assert [m.to_version for m in champion_moves] == [before + 1, before]
+    assert_invariant(site)
