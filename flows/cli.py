@@ -127,7 +127,12 @@ def run(
         from tasks.crashed_runs import dead_runs, mark_crashed
         from tasks.resume import LAST, check_resumable, last_release
 
-        ensure_approvable(load_spec(path))  # fail fast, before Prefect starts its API
+        model_spec = load_spec(path)
+        ensure_approvable(model_spec)  # fail fast, before Prefect starts its API
+        console.print(
+            f"releasing {model_spec.name} from {path}; Prefect's log: {log_path()}",
+            highlight=False,
+        )
         with _tagged():
             if resume:
                 # A killed release must read Crashed, not Running, to be resumed.

@@ -158,8 +158,9 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
                     repair="load champion and previous (their files verified first)",
                 )
             )
+    busy = not holding_lease and lease.is_held(settings, model)
     stray = sorted(set(served) - live)
-    if stray and not (lease.is_held(settings, model) and not holding_lease):
+    if stray and not busy:
         # Callers reach the newest loaded version: one no alias names (a release killed
         # mid-swap) answers production traffic without having been promoted.
         problems.append(
@@ -171,7 +172,6 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
                 repair="serve champion and previous only",
             )
         )
-    busy = not holding_lease and lease.is_held(settings, model)
     if busy:
         holder = lease.read_holder(settings, model)
         problems.append(

@@ -112,6 +112,9 @@ def run_search(
     takes `run_trial`'s arguments and returns something with `.result()`."""
     submit = submit or trial_task.submit
     search = spec.search
+    # Optuna announces every study at INFO on its own stderr handler; the trials are in the
+    # flow's logs and MLflow already.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=search.seed)
     )

@@ -50,6 +50,18 @@ class Stack:
             PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
         )
 
+    def make_deploy(self) -> None:
+        """What an operator runs: work pools, every deployment, the zombie-run automation."""
+        done = subprocess.run(
+            ["make", "-s", "deploy", f"PREFECT_API_URL={self.api}"],
+            env=self.env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
     def start_worker(self, log: str) -> subprocess.Popen[bytes]:
         command = [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--limit", "2"]
         with (self.base / log).open("ab") as handle:
@@ -143,16 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         PREFECT_SERVER_API_AUTH_STRING=auth_string,
     ) as api:
         stack = Stack(api, base, settings, auth_string)
-        # What an operator runs: work pools and every deployment, with the credential.
-        deploy = subprocess.run(
-            ["make", "-s", "deploy", f"PREFECT_API_URL={api}"],
-            env=stack.env(),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        stack.make_deploy()
         stack.worker = stack.start_worker("worker.log")
         try:
             deadline = time.monotonic() + 90
@@ -276,16 +279,7 @@ def test_make_deploy_creates_the_zombie_run_automation(stack: Stack) -> None:
     [zombie] = [a for a in automations if a["name"] == "conveyor-crash-zombie-flow-runs"]
     assert zombie["trigger"]["posture"] == "Proactive"  # type: ignore[index]
     assert zombie["actions"][0]["type"] == "change-flow-run-state"  # type: ignore[index]
-    # Idempotent: a second `make deploy` adds no second automation.
-    again = subprocess.run(
-        ["make", "-s", "deploy", f"PREFECT_API_URL={stack.api}"],
-        env=stack.env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert again.returncode == 0, again.stdout + again.stderr
+    stack.make_deploy()  # idempotent: no second automation
     names = [a["name"] for a in stack.post("/automations/filter", {})]
     assert names.count("conveyor-crash-zombie-flow-runs") == 1
 
@@ -309,7 +303,9 @@ def test_a_killed_worker_s_run_ends_crashed_and_the_next_retrain_runs(
     """Runs last: it kills the module's worker. The run it held is marked Crashed by the
     zombie-run automation, which frees the retrain deployment's single slot and the model's
     lease, so a retrain on a fresh worker completes."""
-    spec = write_spec(tmp_path, **{"drift.cooldown_s": 0})
+    # No cooldown, and a lenient champion/challenger margin: the retrain's data is the one the
+    # champion already learned, so only noise separates them; the gate is not under test here.
+    spec = write_spec(tmp_path, **{"drift.cooldown_s": 0, "validation.margin": 0.5})
     champion = registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION)
     run_id = stack.start_run("retrain", spec)
     lock = stack.settings.home / "locks" / "fraud-detector.lock"

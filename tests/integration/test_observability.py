@@ -130,7 +130,8 @@ def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 base,
                 gateway.removeprefix("http://"),
                 f"127.0.0.1:{state.metrics_port}",
-                {"pushgateway": password_file},
+                # MLflow's target is unreachable here (no MLflow server); its file must exist.
+                {"pushgateway": password_file, "mlflow": password_file},
             )
             prometheus = f"http://127.0.0.1:{prometheus_port}"
             prometheus_cmd = [
