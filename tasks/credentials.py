@@ -41,6 +41,8 @@ PUSHGATEWAY_PASSWORD_BLOCK_ENV = "CONVEYOR_PUSHGATEWAY_PASSWORD_BLOCK"
 MLFLOW_USER_ENV = "MLFLOW_TRACKING_USERNAME"
 MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 MLFLOW_PASSWORD_BLOCK_ENV = "CONVEYOR_MLFLOW_PASSWORD_BLOCK"
+# MLflow's error codes for a 401 and a 403.
+MLFLOW_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 # 32 random bytes: far beyond guessing over a network, short enough for a header.
 KEY_BYTES = 32
 
@@ -222,6 +224,3 @@ def explain(exc: BaseException) -> CredentialError | None:
         if api and str(exc.request.url).startswith(api):
             return prefect_refused(api)
     return None
-
-
-MLFLOW_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
