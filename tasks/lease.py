@@ -54,7 +54,7 @@ class LeaseHolder(BaseModel):
     lease_id: str | None = None  # the Prefect server's lease, when there is one
 
     def describe(self) -> str:
-        run = f"flow run {self.flow_run_id}" if self.flow_run_id else "a process"
+        run = f"flow run {self.flow_run_id}" if self.flow_run_id else "(outside Prefect)"
         return (
             f"{self.flow} {run} (pid {self.pid} on {self.host}) since "
             f"{self.since:%Y-%m-%d %H:%M:%S} UTC"
@@ -171,11 +171,13 @@ def model_lease(settings: Settings, model: str, flow: str, wait: bool = True) ->
     began = time.monotonic()
     deadline = began + (settings.lease_timeout_s if wait else 0.0)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    locked = False
     try:
         told = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -202,8 +204,9 @@ def model_lease(settings: Settings, model: str, flow: str, wait: bool = True) ->
             _log("%s: lease held by this %s", model, flow)
             yield
     finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+        if locked:  # a flow that never got the lock must not erase its holder's record
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)  # releases the flock
 
 
