@@ -77,25 +77,38 @@ def _refused(call: object) -> str:
     return str(refused.value.message())
 
 
+def _shared_control_calls(client: object, headers: dict[str, str] | None) -> dict[str, object]:
+    """The control calls both tritonclient flavours spell alike: unload the champion, load a
+    python model of the caller's own (code the server would run), list and read configs."""
+    files = {"file:1/model.py": HOSTILE_MODEL}
+    c = client  # httpclient or grpcclient InferenceServerClient
+    return {
+        "unload": lambda: c.unload_model(NAME, headers=headers),  # type: ignore[attr-defined]
+        "load": lambda: c.load_model(  # type: ignore[attr-defined]
+            "intruder", headers=headers, config=_python_model_config(), files=files
+        ),
+        "index": lambda: c.get_model_repository_index(headers=headers),  # type: ignore[attr-defined]
+        "config": lambda: c.get_model_config(NAME, headers=headers),  # type: ignore[attr-defined]
+    }
+
+
+def _assert_all_refused(client: object, calls: dict[str, object]) -> None:
+    for what, call in calls.items():
+        assert "restricted" in _refused(call).lower(), what
+    assert not client.is_model_ready("intruder")  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("headers", [None, {credentials.TRITON_KEY_HEADER: "guessed"}])
 def test_http_control_calls_without_the_key_are_refused(released: Released, headers) -> None:
     client = httpclient.InferenceServerClient(released.endpoint.http)
-    files = {"file:1/model.py": HOSTILE_MODEL}
     calls = {
-        "unload": lambda: client.unload_model(NAME, headers=headers),
-        "load": lambda: client.load_model(
-            "intruder", headers=headers, config=_python_model_config(), files=files
-        ),
-        "index": lambda: client.get_model_repository_index(headers=headers),
-        "config": lambda: client.get_model_config(NAME, headers=headers),
+        **_shared_control_calls(client, headers),
         "logging": lambda: client.update_log_settings({"log_verbose_level": 1}, headers=headers),
         "trace": lambda: client.update_trace_settings(
             settings={"trace_rate": "1"}, headers=headers
         ),
     }
-    for what, call in calls.items():
-        assert "restricted" in _refused(call).lower(), what
-    assert not client.is_model_ready("intruder")
+    _assert_all_refused(client, calls)
     assert not Path("/tmp/conveyor-pwned").exists()
 
 
@@ -104,19 +117,11 @@ def test_http_control_calls_without_the_key_are_refused(released: Released, head
 )
 def test_grpc_control_calls_without_the_key_are_refused(released: Released, headers) -> None:
     client = grpcclient.InferenceServerClient(released.endpoint.grpc)
-    files = {"file:1/model.py": HOSTILE_MODEL}
     calls = {
-        "unload": lambda: client.unload_model(NAME, headers=headers),
-        "load": lambda: client.load_model(
-            "intruder", headers=headers, config=_python_model_config(), files=files
-        ),
-        "index": lambda: client.get_model_repository_index(headers=headers),
-        "config": lambda: client.get_model_config(NAME, headers=headers),
+        **_shared_control_calls(client, headers),
         "shared memory": lambda: client.unregister_system_shared_memory(headers=headers),
     }
-    for what, call in calls.items():
-        assert "restricted" in _refused(call).lower(), what
-    assert not client.is_model_ready("intruder")
+    _assert_all_refused(client, calls)
 
 
 def test_champion_still_ready_and_open_to_callers(released: Released) -> None:
