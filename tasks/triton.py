@@ -166,6 +166,11 @@ def grpc_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(endpoint.grpc)
 
 
+# gRPC codes for a server that died or closed the connection mid-call (tritonclient passes the
+# code through as `status()`): said as such rather than as a failed operation.
+CONNECTION_LOST = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"})
+
+
 class ControlClient:
     """Triton's model-control API (load, unload, repository index, model config) with conveyor's
     key on every call; Triton refuses these to anyone without it (`tasks.credentials`).
@@ -182,6 +187,13 @@ class ControlClient:
     def _refused(self, exc: InferenceServerException, operation: str) -> Exception:
         if "restricted" in (exc.message() or "").lower():
             return credentials.triton_refused(self.endpoint.grpc, operation)
+        if exc.status() in CONNECTION_LOST:
+            return TritonError(
+                f"Triton at {self.endpoint.grpc} stopped answering during `{operation}` "
+                f"({exc.message()}): the server died, restarted or is not running. "
+                "`conveyor doctor` shows what it serves now; `conveyor triton up` starts the "
+                "embedded one."
+            )
         return TritonError(f"Triton could not {operation}: {exc.message()}")
 
     def load(self, name: str, config: str, files: dict[str, bytes] | None = None) -> None:

@@ -1,10 +1,13 @@
 import json
+import socket
 
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tasks.settings import DEFAULT_SPEC, load_spec
 from tasks.triton import (
+    ControlClient,
+    TritonError,
     candidate_name,
     candidate_version,
     config_json,
@@ -12,6 +15,7 @@ from tasks.triton import (
     parse_config,
     render_config,
 )
+from tasks.triton_server import Endpoint
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])
@@ -81,3 +85,14 @@ def test_tuned_serving_and_candidate_name_override_the_spec() -> None:
     assert candidate_version(spec.name, "fraud-detector-candidate-vx") is None
     assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert config.instance_group[0].count == 2
+
+
+def test_a_control_call_to_a_server_that_is_gone_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_TRITON_ADMIN_KEY", "k" * 32)
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = ControlClient(Endpoint(http=f"127.0.0.1:{port}", grpc=f"127.0.0.1:{port}"))
+    with pytest.raises(TritonError, match="stopped answering during `unload m`") as caught:
+        client.unload("m")
+    assert "conveyor doctor" in str(caught.value)
