@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bootstrap system-deps run test lint format clean deploy ui bench
+.PHONY: bootstrap system-deps run test lint format clean deploy ui bench stack stack-down stack-status
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,stack]'
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
@@ -19,18 +19,24 @@ bootstrap: $(STAMP)
 run: bootstrap
 	$(BIN)/conveyor run
 
-# Debian's Prometheus and Pushgateway for the observability tests (CI runs as root). Elsewhere:
-# install them yourself; the tests that need them say so.
-SYSTEM_BINARIES := prometheus promtool prometheus-pushgateway
+# Debian packages the server tests and `make stack` start: Prometheus and its Pushgateway,
+# PostgreSQL and Redis (CI runs as root). Elsewhere: install them yourself; what needs them
+# says so. PostgreSQL's programs live off PATH, under /usr/lib/postgresql/<major>/bin.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server
 system-deps:
-	@missing=$$(for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || echo $$b; done); \
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-pushgateway >/dev/null || missing="$$missing prometheus-pushgateway"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "installing prometheus prometheus-pushgateway (missing: $$missing)"; \
+			echo "installing$$missing"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends prometheus prometheus-pushgateway >/dev/null; \
+				--no-install-recommends $$missing >/dev/null; \
 		else \
-			echo "missing $$missing: apt-get install prometheus prometheus-pushgateway (as root)"; \
+			echo "missing:$$missing; install them as root: apt-get install$$missing"; \
 		fi; \
 	fi
 
@@ -75,6 +81,20 @@ deploy: bootstrap
 		conveyor-crash-zombie-flow-runs >/dev/null 2>&1 || \
 		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation create \
 		--from-file infra/prefect/zombie-runs.yaml
+
+# The production topology on 127.0.0.1 without Docker (infra/stack.py): PostgreSQL, Redis, S3,
+# MLflow and Prefect servers, a worker per pool, Triton on the S3 repository, Prometheus and
+# the Pushgateway, in STACK_DIR. Then `source $(STACK_DIR)/conveyor.env` and `make deploy`.
+STACK_DIR ?= $(CURDIR)/.stack
+stack: bootstrap system-deps
+	$(BIN)/python -m infra.stack up --dir $(STACK_DIR)
+
+stack-status: bootstrap
+	$(BIN)/python -m infra.stack status --dir $(STACK_DIR)
+
+# Stops every process of the stack and deletes its data (S3 is in memory): logs stay.
+stack-down: bootstrap
+	$(BIN)/python -m infra.stack down --dir $(STACK_DIR)
 
 # A local Prefect server (UI) and the MLflow UI on the embedded state; Ctrl-C stops both.
 ui: bootstrap

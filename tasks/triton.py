@@ -196,10 +196,25 @@ class ControlClient:
             )
         return TritonError(f"Triton could not {operation}: {exc.message()}")
 
-    def load(self, name: str, config: str, files: dict[str, bytes] | None = None) -> None:
+    def load(
+        self,
+        name: str,
+        config: str,
+        files: dict[str, bytes] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Load `name`; Triton answers once the load has finished or failed. A python-backend
+        stub that never starts holds the call open indefinitely: `timeout_s` bounds it."""
         try:
-            self._client.load_model(name, headers=self._headers, config=config, files=files)
+            self._client.load_model(
+                name, headers=self._headers, config=config, files=files, client_timeout=timeout_s
+            )
         except InferenceServerException as exc:
+            if exc.status() == "StatusCode.DEADLINE_EXCEEDED":
+                raise TritonError(
+                    f"Triton did not finish loading {name} within {timeout_s:.0f} s; its server "
+                    "log says why (for the embedded one: `conveyor triton status` names it)"
+                ) from exc
             raise self._refused(exc, f"load {name}") from exc
 
     def unload(self, name: str) -> None:
@@ -233,10 +248,14 @@ def control_client(endpoint: Endpoint) -> ControlClient:
 
 
 def _load(
-    endpoint: Endpoint, name: str, config: mc.ModelConfig, files: dict[str, bytes] | None = None
+    endpoint: Endpoint,
+    name: str,
+    config: mc.ModelConfig,
+    timeout_s: float,
+    files: dict[str, bytes] | None = None,
 ) -> None:
     """Ask Triton to load `name` with `config` (and `files`, which override the repository's)."""
-    control_client(endpoint).load(name, config_json(config), files)
+    control_client(endpoint).load(name, config_json(config), files, timeout_s)
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, problem: Callable[[], str]) -> None:
@@ -261,7 +280,7 @@ def load_versions(
     caller still wants (previous stays loaded for an instant rollback).
     """
     rendered = render_config(spec, backend, versions, serving)
-    _load(endpoint, spec.name, rendered)
+    _load(endpoint, spec.name, rendered, timeout_s)
     _wait(
         lambda: loaded_versions(endpoint, spec.name) == sorted(versions),
         timeout_s,
@@ -288,9 +307,10 @@ def load_candidate(
     and leaves nothing behind there when it is unloaded."""
     name = candidate_name(spec.name, version)
     config = render_config(spec, settings.triton_backend, [version], serving, name=name)
-    _load(endpoint, name, config, {f"file:{version}/{n}": data for n, data in files.items()})
-    # Models loaded from files in the request are not in the repository index: ask the model.
     timeout_s, client = settings.triton_load_timeout_s, control_client(endpoint)
+    request_files = {f"file:{version}/{n}": data for n, data in files.items()}
+    _load(endpoint, name, config, timeout_s, request_files)
+    # Models loaded from files in the request are not in the repository index: ask the model.
     _wait(
         lambda: client.is_ready(name, str(version)),
         timeout_s,

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tasks.settings import DEFAULT_SPEC, Settings
+from tests.servers import ProductionStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,3 +91,14 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def production() -> Iterator[ProductionStack]:
+    """`make stack`'s topology, once per session, for the server tests (each uses its own model
+    names and state directories, so they stay independent on it)."""
+    from tests.servers import production_stack
+
+    # The scheduler checks every 5 s instead of 60, so nightly runs appear during a test.
+    with production_stack(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5") as stack:
+        yield stack

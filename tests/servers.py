@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -220,3 +222,52 @@ def in_smoke_test(spec_path: str) -> bool:
             ),
         )
     return any(run.state is not None and run.state.is_running() for run in smoke)
+
+
+@dataclass
+class ProductionStack:
+    """`make stack` started by the tests: its directory and the env file it wrote."""
+
+    root: Path
+    env: dict[str, str]  # exactly compose's x-conveyor-env, for this stack
+
+    @property
+    def api(self) -> str:
+        return self.env["PREFECT_API_URL"]
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        user, password = self.env["PREFECT_API_AUTH_STRING"].split(":", 1)
+        return user, password
+
+
+def _stack_command(root: Path, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "python"), "-m", "infra.stack", *args, "--dir", str(root)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@contextmanager
+def production_stack(**prefect_settings: str) -> Iterator[ProductionStack]:
+    """The production topology (`infra/stack.py`) on free ports; stopped, and checked to leave
+    no process behind, when the block ends."""
+    from infra.stack import ENV_FILE, read_env_file
+
+    # PostgreSQL runs as its own user when the tests run as root: it must be able to reach
+    # the directory, which pytest's tmp_path (0700, root's) does not allow.
+    root = Path(tempfile.mkdtemp(prefix="conveyor-stack-"))
+    root.chmod(0o711)
+    settings = [f"--prefect-setting={k}={v}" for k, v in prefect_settings.items()]
+    started = _stack_command(root, "up", "--free-ports", *settings, timeout_s=600)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield ProductionStack(root, read_env_file(root / ENV_FILE))
+    finally:
+        stopped = _stack_command(root, "down", timeout_s=300)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -1,8 +1,9 @@
-"""The approval gate on a real `prefect server start`: approve, reject, and time out.
+"""The approval gate on the production topology (`make stack`: Prefect server on PostgreSQL,
+MLflow's basic-auth server, Triton on the S3 repository): approve, reject, and time out.
 
-Releases run as `conveyor run` subprocesses against that server, as a scheduled or UI-triggered
-run would. Approval goes through `conveyor approve`; rejection through the same REST call the
-Prefect UI's "Resume" form makes.
+Releases run as `conveyor run` subprocesses against that server with the stack's env file, as a
+scheduled or UI-triggered run would. Approval goes through `conveyor approve`; rejection through
+the same REST call the Prefect UI's "Resume" form makes.
 """
 
 from __future__ import annotations
@@ -19,24 +20,37 @@ from mlflow import MlflowClient
 
 from tasks import registry, triton, triton_server
 from tasks.settings import Settings
+from tasks.storage import open_store
 from tests.conftest import write_spec
-from tests.servers import BIN, clean_env, prefect_server, stop_process
+from tests.servers import BIN, ProductionStack, clean_env, stop_process
+
+# Its own model on the shared stack: the other server tests' models are theirs.
+NAME = "approval-fraud"
 
 
 @dataclass
 class Gate:
-    api: str
+    production: ProductionStack
     base: Path
     settings: Settings
     # Every release started, so a test that fails while one is paused does not leave it behind.
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @property
+    def api(self) -> str:
+        return self.production.api
+
     def env(self) -> dict[str, str]:
         return clean_env(
-            PREFECT_API_URL=self.api,
+            **{**self.production.env, "CONVEYOR_HOME": str(self.settings.home)},
             PREFECT_HOME=str(self.base / "client"),
-            CONVEYOR_HOME=str(self.settings.home),
         )
+
+    def spec(self, **overrides: object) -> Path:
+        return write_spec(self.base, name=NAME, **overrides)
+
+    def post(self, path: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{self.api}{path}", json=body, timeout=30, auth=self.production.auth)
 
     def release(self, spec: Path) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
@@ -53,7 +67,7 @@ class Gate:
         deadline = time.monotonic() + timeout_s
         body = {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
         while time.monotonic() < deadline:
-            runs = httpx.post(f"{self.api}/flow_runs/filter", json=body, timeout=10).json()
+            runs = self.post("/flow_runs/filter", body).json()
             if runs:
                 return str(runs[0]["id"])
             assert release.poll() is None, release.stdout.read().decode() if release.stdout else ""
@@ -70,31 +84,30 @@ def finish(release: subprocess.Popen[bytes], timeout_s: float = 240) -> tuple[in
 
 
 @pytest.fixture(scope="module")
-def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
+def gate(production: ProductionStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
     base = tmp_path_factory.mktemp("approval")
-    settings = Settings(home=base / "state")
-    with prefect_server(base / "prefect") as api:
-        gate = Gate(api, base, settings)
+    with pytest.MonkeyPatch.context() as env:
+        # This process reads the registry and Triton as the releases do.
+        for key, value in production.env.items():
+            env.setenv(key, value)
+        gate = Gate(production, base, Settings(home=base / "state"))
         try:
             yield gate
         finally:
             for release in gate.started:
                 stop_process(release)
-            triton_server.stop(settings)
 
 
 def version_tags(gate: Gate, version: int) -> dict[str, str]:
-    return (
-        MlflowClient(gate.settings.tracking_uri)
-        .get_model_version("fraud-detector", str(version))
-        .tags
-    )
+    return MlflowClient(gate.settings.tracking_uri).get_model_version(NAME, str(version)).tags
+
+
+def served(gate: Gate) -> list[int]:
+    return triton.loaded_versions(triton_server.endpoint(gate.settings), NAME)
 
 
 def test_approved_release_is_promoted_and_the_decision_recorded(gate: Gate) -> None:
-    spec = write_spec(
-        gate.base, **{"promotion.requires_approval": True, "promotion.approval_timeout_s": 600}
-    )
+    spec = gate.spec(**{"promotion.requires_approval": True, "promotion.approval_timeout_s": 600})
     release = gate.release(spec)
     run_id = gate.paused_run(release)
     approve = subprocess.run(
@@ -115,57 +128,45 @@ def test_approved_release_is_promoted_and_the_decision_recorded(gate: Gate) -> N
     assert approve.returncode == 0, approve.stdout + approve.stderr
     code, output = finish(release)
     assert code == 0, output
-    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHAMPION) == 1
+    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == 1
     tags = version_tags(gate, 1)
     assert tags["conveyor.approval"] == "approved"
     assert tags["conveyor.approval.approver"] == "alice@bank"
     champion_move = [
-        m for m in registry.alias_history(gate.settings, "fraud-detector") if m.alias == "champion"
+        m for m in registry.alias_history(gate.settings, NAME) if m.alias == "champion"
     ]
     assert champion_move[-1].actor == "alice@bank"
     assert champion_move[-1].reason == "approved: RISK-42 signed"
 
 
 def test_rejection_from_the_ui_api_keeps_the_champion(gate: Gate) -> None:
-    spec = write_spec(
-        gate.base, **{"promotion.requires_approval": True, "promotion.approval_timeout_s": 600}
-    )
+    spec = gate.spec(**{"promotion.requires_approval": True, "promotion.approval_timeout_s": 600})
     release = gate.release(spec)
     run_id = gate.paused_run(release)
-    # What the Prefect UI's Resume form sends. The server answers 503 while its SQLite store is
-    # locked by another writer (a busy CI machine); Prefect's own client retries those too.
-    for _ in range(10):
-        response = httpx.post(
-            f"{gate.api}/flow_runs/{run_id}/resume",
-            json={
-                "run_input": {"approve": False, "approver": "bob", "reason": "calibration drifted"}
-            },
-            timeout=30,
-        )
-        if response.status_code != 503:
-            break
-        time.sleep(2)
+    # What the Prefect UI's Resume form sends.
+    response = gate.post(
+        f"/flow_runs/{run_id}/resume",
+        {"run_input": {"approve": False, "approver": "bob", "reason": "calibration drifted"}},
+    )
     assert response.status_code in (200, 201), response.text
     code, output = finish(release)
     assert code == 2, output
     assert "was not approved (bob: calibration drifted)" in output
-    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHAMPION) == 1
-    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHALLENGER) is None
+    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == 1
+    assert registry.alias_version(gate.settings, NAME, registry.CHALLENGER) is None
     assert version_tags(gate, 2)["conveyor.approval"] == "rejected"
-    assert triton.loaded_versions(triton_server.endpoint(gate.settings), "fraud-detector") == [1]
-    assert not (Path(gate.settings.repository) / "fraud-detector" / "2").exists()
+    assert served(gate) == [1]
+    assert not open_store(gate.settings.repository).exists(f"{NAME}/2")
 
 
 def test_no_decision_in_time_is_a_rejection(gate: Gate) -> None:
-    spec = write_spec(
-        gate.base, **{"promotion.requires_approval": True, "promotion.approval_timeout_s": 6}
-    )
+    spec = gate.spec(**{"promotion.requires_approval": True, "promotion.approval_timeout_s": 6})
     code, output = finish(gate.release(spec))
     assert code == 2, output
     assert "no decision within 6 s" in output
-    assert registry.alias_version(gate.settings, "fraud-detector", registry.CHAMPION) == 1
+    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == 1
     assert version_tags(gate, 3)["conveyor.approval.approver"] == "(nobody)"
-    assert triton.loaded_versions(triton_server.endpoint(gate.settings), "fraud-detector") == [1]
+    assert served(gate) == [1]
 
 
 def test_approval_without_a_server_fails_before_any_work(tmp_path: Path) -> None:
@@ -188,13 +189,13 @@ def test_decisions_were_emitted_as_events(gate: Gate) -> None:
     body = {
         "filter": {
             "event": {"name": ["conveyor.model.approved", "conveyor.model.rejected"]},
-            "resource": {"id": ["conveyor.model.fraud-detector"]},
+            "resource": {"id": [f"conveyor.model.{NAME}"]},
         },
         "limit": 50,
     }
     deadline = time.monotonic() + 30  # the server persists events asynchronously
     while True:
-        page = httpx.post(f"{gate.api}/events/filter", json=body, timeout=10).json()
+        page = gate.post("/events/filter", body).json()
         seen = sorted((e["event"], e["payload"]["approver"]) for e in page["events"])
         if len(seen) >= 3 or time.monotonic() > deadline:
             break

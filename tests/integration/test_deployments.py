@@ -1,54 +1,55 @@
-"""prefect.yaml on a real `prefect server start` with a real `prefect worker start --pool cpu`:
-the release deployment, the nightly drift check, and retraining triggered by its event.
+"""prefect.yaml on the production topology (`make stack`: Prefect server on PostgreSQL and
+Redis, its cpu worker, MLflow's basic-auth server on PostgreSQL with artifacts on S3, Triton on
+the S3 model repository): the release deployment, the nightly drift check, and retraining
+triggered by its event.
 
-Everything runs as it would in production: `prefect deploy --all` from this checkout, flow runs
-picked up by the worker in their own processes, the drift event matched by the server's trigger.
+Everything runs as it would in production: `make deploy` from this checkout with the stack's env
+file, flow runs picked up by the worker in their own processes, the drift event matched by the
+server's trigger.
 """
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 
-from tasks import registry, triton_server
+from tasks import registry, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, write_spec
-from tests.servers import BIN, clean_env, prefect_server, stop_process
+from tests.servers import BIN, ProductionStack, clean_env
+
+NAME = "fraud-detector"
 
 
 @dataclass
 class Stack:
-    api: str
+    production: ProductionStack
     base: Path
     settings: Settings
-    auth_string: str  # the server runs with PREFECT_SERVER_API_AUTH_STRING
-    worker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> str:
+        return self.production.api
 
     @property
     def auth(self) -> tuple[str, str]:
-        user, password = self.auth_string.split(":", 1)
-        return user, password
+        return self.production.auth
 
     def env(self) -> dict[str, str]:
-        return clean_env(
-            PREFECT_API_URL=self.api,
-            PREFECT_API_AUTH_STRING=self.auth_string,
-            PREFECT_HOME=str(self.base / "client"),
-            CONVEYOR_HOME=str(self.settings.home),
-            CONVEYOR_PROJECT_DIR=str(ROOT),
-        )
+        """What an operator's shell has after `source .stack/conveyor.env`."""
+        return clean_env(PREFECT_HOME=str(self.base / "client"), **self.production.env)
 
     def make_deploy(self) -> None:
         """What an operator runs: work pools, every deployment, the zombie-run automation."""
         done = subprocess.run(
-            ["make", "-s", "deploy", f"PREFECT_API_URL={self.api}"],
+            ["make", "-s", "deploy"],
             env=self.env(),
             cwd=ROOT,
             capture_output=True,
@@ -56,17 +57,6 @@ class Stack:
             timeout=240,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-
-    def start_worker(self, log: str) -> subprocess.Popen[bytes]:
-        command = [str(BIN / "prefect"), "worker", "start", "--pool", "cpu", "--limit", "2"]
-        with (self.base / log).open("ab") as handle:
-            return subprocess.Popen(
-                command,
-                env=self.env(),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
 
     def cli(self, *args: str, timeout_s: float = 120) -> str:
         done = subprocess.run(
@@ -130,39 +120,16 @@ class Stack:
         return list(response.json()["events"])
 
 
-def _worker_up(api: str, auth: tuple[str, str]) -> bool:
-    try:
-        response = httpx.post(f"{api}/work_pools/cpu/workers/filter", json={}, timeout=2, auth=auth)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200 and bool(response.json())
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(production: ProductionStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("deployments")
-    settings = Settings(home=base / "state")
-    auth_string = f"conveyor:{secrets.token_urlsafe(16)}"
-    # The scheduler checks every 5 s instead of 60, so the nightly runs appear during the test.
-    with prefect_server(
-        base / "prefect",
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
-        PREFECT_SERVER_API_AUTH_STRING=auth_string,
-    ) as api:
-        stack = Stack(api, base, settings, auth_string)
+    with pytest.MonkeyPatch.context() as env:
+        # This process reads the registry and the bucket as the workers do.
+        for key, value in production.env.items():
+            env.setenv(key, value)
+        stack = Stack(production, base, Settings())
         stack.make_deploy()
-        stack.worker = stack.start_worker("worker.log")
-        try:
-            deadline = time.monotonic() + 90
-            while not _worker_up(api, stack.auth):
-                assert stack.worker.poll() is None and time.monotonic() < deadline, (
-                    base / "worker.log"
-                ).read_text()[-3000:]
-                time.sleep(0.5)
-            yield stack
-        finally:
-            stop_process(stack.worker)
-            triton_server.stop(settings)
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +140,28 @@ def released(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert run["state"]["type"] == "COMPLETED", stack.logs(str(run["id"]))
     assert registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION) == 1
     return spec
+
+
+def _s3_keys(bucket: str, prefix: str) -> list[str]:
+    client = boto3.client("s3")  # the stack's endpoint and worker credentials, from the env
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_them(
+    stack: Stack, released: Path
+) -> None:
+    # MLflow's server proxied the model's artifacts into its bucket (no local artifact root).
+    artifacts = _s3_keys("mlflow", "artifacts/")
+    assert any(key.endswith("/MLmodel") for key in artifacts), artifacts[:20]
+    assert not (stack.settings.home / "mlartifacts").exists()
+    # Triton serves the champion from the S3 repository conveyor published it to.
+    served = _s3_keys("models", f"triton/{NAME}/")
+    assert {f"triton/{NAME}/1/model.onnx", f"triton/{NAME}/config.pbtxt"} <= set(served), served
+    endpoint = triton_server.endpoint(stack.settings)
+    assert triton.loaded_versions(endpoint, NAME) == [1]
+    [state] = [m for m in triton.control_client(endpoint).index() if m.name == NAME]
+    assert state.state == "READY"
 
 
 def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: Stack) -> None:

@@ -1,0 +1,131 @@
+"""`make stack` follows compose: the same worker environment, Prefect server environment,
+databases, buckets and workers, with only addresses and local paths changed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from infra import stack
+from infra.render_secrets import read_env
+
+COMPOSE_SERVICES = set(stack.compose()["services"])
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> stack.Stack:
+    return stack.Stack.open(tmp_path / "stack", free_ports=True)
+
+
+def _compose_addresses(value: str) -> list[str]:
+    return [f"{n}:{p}" for n, p in stack.ADDRESS.findall(value) if n in COMPOSE_SERVICES]
+
+
+def test_the_env_file_has_exactly_the_variables_compose_gives_its_workers(
+    local: stack.Stack,
+) -> None:
+    written = stack.read_env_file(
+        _write_env(local, local.root / stack.ENV_FILE),
+    )
+    assert list(written) == list(stack.compose()["x-conveyor-env"])
+
+
+def _write_env(local: stack.Stack, path: Path) -> Path:
+    stack.write_private(path, stack.env_file_text(local.worker_environment(), "test"))
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds the workers' credentials
+    return path
+
+
+def test_every_compose_address_moves_to_the_stack_and_nothing_else_changes(
+    local: stack.Stack,
+) -> None:
+    template = stack.worker_environment_template()
+    values = local.worker_environment()
+    for key, raw in template.items():
+        value = values[key]
+        assert _compose_addresses(value) == [], (key, value)
+        for address in _compose_addresses(raw):
+            assert f"127.0.0.1:{local.ports[address]}" in value, (key, value)
+        if key in stack.LOCAL_PATHS or key in stack.LOCAL_VALUES:
+            continue
+        if "${" not in raw and not _compose_addresses(raw):
+            assert value == raw, key  # e.g. the heartbeat frequency, the region
+    assert values["CONVEYOR_PROJECT_DIR"] == str(stack.ROOT)
+    assert values["CONVEYOR_HOME"] == str(local.root / "conveyor")
+    assert values["CONVEYOR_MODEL_REPOSITORY"] == "s3://models/triton"
+    assert values["PREFECT_API_AUTH_STRING"] == local.variables["PREFECT_AUTH_STRING"]
+
+
+def test_the_prefect_server_runs_on_the_stacks_postgres_and_redis(local: stack.Stack) -> None:
+    server = local.localise(stack.prefect_server_environment_template())
+    postgres = local.ports["postgres:5432"]
+    assert server["PREFECT_API_DATABASE_CONNECTION_URL"].endswith(f"127.0.0.1:{postgres}/prefect")
+    assert server["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == "prefect_redis.lease_storage"
+    assert f"127.0.0.1:{local.ports['redis:6379']}/0" in server["PREFECT_REDIS_MESSAGING_URL"]
+    assert "EXTRA_PIP_PACKAGES" not in server  # installed in the virtual environment instead
+
+
+def test_databases_buckets_and_workers_are_composes() -> None:
+    init_sql = (stack.INFRA / "postgres" / "init.sql").read_text()
+    assert stack.database_names() == ["prefect", *re.findall(r"CREATE DATABASE (\w+);", init_sql)]
+    assert stack.bucket_names({}) == ["mlflow", "models"]
+    assert stack.bucket_names({"MODEL_BUCKET": "prod-models"}) == ["mlflow", "prod-models"]
+    assert stack.workers() == {"cpu": 4, "gpu": 2}
+
+
+def test_every_variable_the_stack_takes_from_compose_is_generated_and_documented(
+    local: stack.Stack,
+) -> None:
+    blocks = {**stack.worker_environment_template(), **stack.prefect_server_environment_template()}
+    found = [m for value in blocks.values() for m in stack.VARIABLE.findall(value)]
+    needed = {name for name, kind, _ in found if name and kind != "-"}  # no default
+    assert "TRITON_ADMIN_KEY" in needed and "REDIS_PASSWORD" in needed
+    assert needed <= set(local.variables), needed - set(local.variables)
+    documented = set(read_env(stack.INFRA / ".env.example"))
+    assert needed <= documented, needed - documented
+
+
+def test_credentials_are_made_once_per_stack_directory(tmp_path: Path) -> None:
+    first = stack.Stack.open(tmp_path / "s", free_ports=True)
+    again = stack.Stack.open(tmp_path / "s", free_ports=True)
+    assert first.variables == again.variables and first.ports == again.ports
+    assert (tmp_path / "s" / stack.SECRETS_FILE).stat().st_mode & 0o777 == 0o600
+    other = stack.Stack.open(tmp_path / "t", free_ports=True)
+    assert other.variables["TRITON_ADMIN_KEY"] != first.variables["TRITON_ADMIN_KEY"]
+
+
+def test_default_ports_are_composes_plus_the_offset(tmp_path: Path) -> None:
+    fixed = stack.Stack.open(tmp_path / "s")
+    assert fixed.ports["prefect-server:4200"] == 4200 + stack.PORT_OFFSET
+    assert fixed.ports["triton:8001"] == 8001 + stack.PORT_OFFSET
+
+
+def test_prometheus_scrapes_the_stacks_targets(local: stack.Stack, tmp_path: Path) -> None:
+    import yaml
+
+    config = yaml.safe_load(stack.prometheus_config(local, tmp_path))
+    targets = {
+        job["job_name"]: group["targets"]
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+    }
+    assert targets["triton"] == [f"127.0.0.1:{local.ports['triton:8002']}"]
+    assert targets["pushgateway"] == [f"127.0.0.1:{local.ports['pushgateway:9091']}"]
+    for job in config["scrape_configs"]:
+        if "basic_auth" in job:
+            assert Path(job["basic_auth"]["password_file"]).parent == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [("${A}", "a"), ("${B:-dflt}", "dflt"), ("${A:-dflt}", "a"), ("$${A}", "${A}")],
+)
+def test_interpolation_follows_compose(template: str, expected: str) -> None:
+    assert stack.interpolate(template, {"A": "a"}) == expected
+
+
+def test_a_missing_required_variable_is_named() -> None:
+    with pytest.raises(stack.StackError, match=r"compose needs B .*set B in infra/\.env"):
+        stack.interpolate("${B:?set B in infra/.env}", {})
