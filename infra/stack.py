@@ -582,8 +582,9 @@ def start_prefect(stack: Stack) -> str:
     server_env = stack.localise(prefect_server_environment_template())
     port = stack.port("prefect-server", 4200)
     command = [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    # Extra settings win over compose's (a benchmark swaps the database for SQLite).
     env = stack.process_environment(
-        PREFECT_HOME=str(directory), **server_env, **stack.prefect_settings
+        PREFECT_HOME=str(directory), **{**server_env, **stack.prefect_settings}
     )
     spawn(stack, "prefect-server", command, env, directory)
     api = f"{stack.url('prefect-server', 4200)}/api"

@@ -271,3 +271,4 @@ def production_stack(**prefect_settings: str) -> Iterator[ProductionStack]:
     finally:
         stopped = _stack_command(root, "down", timeout_s=300)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        shutil.rmtree(root)  # only its logs were left; kept when stopping failed
