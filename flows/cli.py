@@ -425,22 +425,29 @@ def triton_down() -> None:
 
 @triton_app.command("status")
 def triton_status() -> None:
-    """Say whether the embedded Triton is up, where, and what it serves."""
+    """Say whether Triton (the embedded one, or the one TRITON_URL names) is up, where, and
+    what it serves."""
     from tasks import triton, triton_server
 
     settings = Settings()
-    state = triton_server.status(settings)
-    if state is None:
-        console.print("the embedded Triton is not running (`conveyor triton up` starts it)")
-        raise typer.Exit(1)
+    if not settings.embedded_triton:
+        # TRITON_URL points at a server conveyor did not start (compose, `make stack`).
+        where = triton_server.endpoint(settings)
+        described = f"http://{where.http}, grpc {where.grpc} (external: TRITON_URL)"
+    else:
+        state = triton_server.status(settings)
+        if state is None:
+            console.print("the embedded Triton is not running (`conveyor triton up` starts it)")
+            raise typer.Exit(1)
+        where = state.endpoint
+        described = (
+            f"pid {state.pid}, http://{where.http}, grpc {where.grpc}, "
+            f"metrics {state.metrics_url}, repository {state.repository}"
+        )
     try:
-        index = triton.control_client(state.endpoint).index()
+        index = triton.control_client(where).index()
     except Exception as exc:
         _fail(exc)
         return
     loaded = [f"{m.name}:{m.version or '?'}" for m in index if m.state == "READY"]
-    console.print(
-        f"up: pid {state.pid}, http://{state.endpoint.http}, grpc {state.endpoint.grpc}, "
-        f"metrics {state.metrics_url}, repository {state.repository}; "
-        f"loaded: {', '.join(loaded) or 'nothing'}"
-    )
+    console.print(f"up: {described}; loaded: {', '.join(loaded) or 'nothing'}")

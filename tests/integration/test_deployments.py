@@ -162,6 +162,16 @@ def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_
     assert triton.loaded_versions(endpoint, NAME) == [1]
     [state] = [m for m in triton.control_client(endpoint).index() if m.name == NAME]
     assert state.state == "READY"
+    # The operator's view of it, with the stack's env file sourced.
+    status = subprocess.run(
+        [str(BIN / "conveyor"), "triton", "status"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "(external: TRITON_URL)" in status.stdout and f"{NAME}:1" in status.stdout
 
 
 def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: Stack) -> None:
