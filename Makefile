@@ -56,6 +56,7 @@ bench: bootstrap
 	$(BIN)/python -m bench.drift --state "$$state/fraud" --unsampled && \
 	$(BIN)/python -m bench.swap && \
 	$(BIN)/python -m bench.control_key && \
+	$(BIN)/python -m bench.stack && \
 	$(BIN)/python -m bench.report
 
 lint: bootstrap

@@ -16,6 +16,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +35,7 @@ PYTHON = str(Path(CONVEYOR).parent / "python")
 PREFECT = str(Path(CONVEYOR).parent / "prefect")
 MODELS = ("fraud-detector", "fraud-detector-b")
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SETUPS = ("embedded", "postgresql", "sqlite")
 
 
 class StackRow(BaseModel):
@@ -77,31 +79,39 @@ def embedded(directory: Path) -> StackRow:
     specs = _specs(directory)
     with isolated(directory) as env:
         started = time.monotonic()
+        logs = [(directory / f"{spec.stem}.log").open("w+") for spec in specs]
         processes = [
-            (
-                time.monotonic(),
-                subprocess.Popen(
-                    [CONVEYOR, "run", "--spec", str(spec)],
-                    env=env,
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                ),
+            subprocess.Popen(
+                [CONVEYOR, "run", "--spec", str(spec)],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
-            for spec in specs
+            for spec, log in zip(specs, logs, strict=True)
         ]
-        ends, outcomes = [], []
-        for began, process in processes:
-            code = process.wait(1200)
-            ends.append(time.monotonic() - began)
-            outcomes.append("COMPLETED" if code == 0 else f"exit {code}")
+        ends: dict[int, float] = {}
+        while len(ends) < len(processes) and time.monotonic() - started < 1800:
+            for n, process in enumerate(processes):
+                if n not in ends and process.poll() is not None:
+                    ends[n] = time.monotonic() - started
+            time.sleep(0.5)
+        outcomes = []
+        for process, log in zip(processes, logs, strict=True):
+            outcomes.append(
+                "COMPLETED" if process.returncode == 0 else f"exit {process.returncode}"
+            )
+            if process.returncode != 0:
+                log.seek(0)
+                print(log.read()[-3000:], file=sys.stderr)
+            log.close()
         wall = time.monotonic() - started
     return StackRow(
         setup="embedded (two `conveyor run`, ephemeral Prefect, SQLite MLflow)",
         models=len(specs),
         workers=0,
         wall_s=round(wall, 1),
-        release_s=[round(e, 1) for e in ends],
+        release_s=[round(ends[n], 1) for n in sorted(ends)],
         outcomes=outcomes,
         api_p50_ms=None,
         api_p99_ms=None,
@@ -203,9 +213,10 @@ def on_stack(directory: Path, database: str) -> StackRow:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
+    args = parser.parse_args()
     rows = []
-    for setup in ("embedded", "postgresql", "sqlite"):
+    for setup in args.setups:
         with tempfile.TemporaryDirectory(prefix=f"bench-stack-{setup}-") as tmp:
             directory = Path(tmp)
             directory.chmod(0o711)

@@ -7,6 +7,7 @@ champion; its pid, ports and repository are recorded in `<home>/triton/server.js
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +33,7 @@ STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
 REPOSITORY_MARKER = ".conveyor-repository"
 KEY_FILE = "admin.key"
+START_LOCK = "start.lock"
 CONFIG = "/config.pbtxt"
 
 
@@ -392,18 +395,34 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+@contextlib.contextmanager
+def _one_starter(settings: Settings) -> Iterator[None]:
+    """One process of a state directory at a time looks for the server and starts it: releases
+    of two models on one host otherwise both start one, racing on the backend files, and the
+    second's state file hides the first server. The others wait (at most a start) and find it up.
+    The kernel drops the lock with its holder, so a killed starter blocks nobody."""
+    settings.triton_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.triton_dir / START_LOCK).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_running(settings: Settings) -> ServerState:
     """The embedded server for this state directory, started if it is not running.
 
     A server that was running and died (its state file is still there) is supervised back: it
     is started cleanly and serves again what its repository says it served."""
-    state = status(settings)
-    if state is None:
-        crashed = read_state(settings) is not None
-        state = start(settings)
-        if crashed:
-            restore_repository(settings, state)
-        return state
+    with _one_starter(settings):
+        state = status(settings)
+        if state is None:
+            crashed = read_state(settings) is not None
+            state = start(settings)
+            if crashed:
+                restore_repository(settings, state)
+            return state
     if state.repository != settings.repository:
         raise TritonServerError(
             f"the embedded Triton (pid {state.pid}) serves {state.repository}, not "

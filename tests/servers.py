@@ -147,19 +147,14 @@ def mlflow_server(
 ) -> Iterator[str]:
     """`mlflow server --app-name basic-auth` on SQLite, artifacts proxied to `artifacts` (default
     a directory under `base`), default permission READ; yields its URI."""
+    from infra.stack import mlflow_auth_config
+
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     config = base / "basic_auth.ini"
-    config.write_text(
-        "[mlflow]\n"
-        "default_permission = READ\n"
-        f"database_uri = sqlite:///{base / 'auth.db'}\n"
-        f"admin_username = {MLFLOW_ADMIN}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        # Each request otherwise re-derives the PBKDF2 hash: a release makes hundreds.
-        "auth_cache_ttl_seconds = 60\n"
-    )
+    # The same config compose and `make stack` give their MLflow servers.
+    config.write_text(mlflow_auth_config(f"sqlite:///{base / 'auth.db'}", MLFLOW_ADMIN))
     command = [
         str(BIN / "mlflow"),
         "server",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +142,29 @@ def test_stop_ends_the_process(tmp_path: Path) -> None:
     )
     assert not triton_server.stop(settings)
     assert os.environ.get("CONVEYOR_HOME") is None
+
+
+def test_two_processes_needing_the_server_at_once_start_one(tmp_path: Path) -> None:
+    """Releases of two models on one state directory both call ensure_running at their start."""
+    env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state")}
+    code = "from tasks import triton_server as t; from tasks.settings import Settings as S; "
+    code += "print(t.ensure_running(S()).pid)"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in processes]
+    settings = Settings(home=tmp_path / "state")
+    pids = {int(out) for out, _ in results if out.strip().isdigit()}
+    try:
+        assert [p.returncode for p in processes] == [0, 0], [r[1][-2000:] for r in results]
+        assert len(pids) == 1, pids  # the second found the first's server, started no other
+        state = triton_server.status(settings)
+        assert state is not None and {state.pid} == pids
+    finally:
+        triton_server.stop(settings)
+        for pid in pids:  # a second server, had there been one
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
