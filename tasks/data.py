@@ -190,13 +190,77 @@ SUFFIXES = (".parquet", ".csv")
 PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 
 
+# Only an empty cell is a null. pyarrow's defaults also read "n/a", "NA", "null", "nan" and
+# others as nulls: a column of such strings would then be reported as nulls, not as the text it
+# is, and a category named "NA" would vanish.
+CSV_CONVERT = pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
+# Separators a CSV export may have used instead of commas, as they are said to the user.
+OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
+EXAMPLES = 5
+
+
 def read_bytes(data: bytes, name: str) -> pd.DataFrame:
     """Columnar readers (pyarrow) for both formats: no row-by-row parsing of large files."""
     if not data:
         raise DataError(f"{name} is empty (0 bytes); point the spec's data.source at real data")
     if name.endswith(".parquet"):
-        return pq.read_table(pa.BufferReader(data)).to_pandas()
-    return pa_csv.read_csv(pa.BufferReader(data)).to_pandas()
+        table = pq.read_table(pa.BufferReader(data))
+    else:
+        table = pa_csv.read_csv(pa.BufferReader(data), convert_options=CSV_CONVERT)
+        _require_commas(table.column_names, name)
+    _require_unique_header(table.column_names, name)
+    return table.to_pandas()
+
+
+def _require_commas(header: list[str], name: str) -> None:
+    if len(header) != 1:
+        return
+    for delimiter, said in OTHER_DELIMITERS.items():
+        if delimiter in header[0]:
+            raise DataError(
+                f"{name} looks separated by {said}, not commas: its header is one column "
+                f"{header[0][:80]!r}. conveyor reads comma-separated CSV; re-export it with "
+                "commas (or as Parquet)."
+            )
+
+
+def _require_unique_header(header: list[str], name: str) -> None:
+    seen: dict[str, int] = {}
+    for position, column in enumerate(header, start=1):
+        if column in seen:
+            raise DataError(
+                f"the header of {name} names `{column}` twice (columns {seen[column]} and "
+                f"{position}): rename one, or drop the copy, so that each column is one feature."
+            )
+        seen[column] = position
+
+
+def require_numbers(frame: pd.DataFrame, spec: ModelSpec, source: str) -> None:
+    """Numeric and integer features must hold numbers: text in such a column (a "n/a" marker, a
+    decimal comma, a word) is named as text, with examples, not left to read as nulls."""
+    for feature in spec.features:
+        if feature.type not in (FeatureType.numeric, FeatureType.integer):
+            continue
+        if feature.name not in frame.columns or pd.api.types.is_numeric_dtype(frame[feature.name]):
+            continue
+        values = frame[feature.name]
+        text = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()]
+        if text.empty:
+            continue
+        counts = text.astype(str).value_counts()
+        examples = ", ".join(
+            f"{value!r} ({count} row{'s' if count > 1 else ''})"
+            for value, count in counts.head(EXAMPLES).items()
+        )
+        more = f" and {len(counts) - EXAMPLES} other value(s)" if len(counts) > EXAMPLES else ""
+        # Line numbers as an editor shows them for a CSV (the header is line 1).
+        first = f" (first at line {int(text.index[0]) + 2})" if source.endswith(".csv") else ""
+        raise DataError(
+            f"`{feature.name}` is {feature.type.value} in the spec, but {len(text)} of "
+            f"{len(frame)} rows hold text that is not a number: {examples}{more}{first}, in "
+            f"{source}. Fix them at the source; leave a missing value empty (and mark the "
+            "feature `nullable: true`) rather than writing a placeholder."
+        )
 
 
 def local_files(path: Path) -> list[Path]:
@@ -288,7 +352,9 @@ def load_source(spec: ModelSpec) -> pd.DataFrame:
         return generate_transactions(
             spec.data.rows, spec.data.seed, spec.data.fraud_rate, spec.data.drift
         )
-    return read_source(source)[0]
+    frame = read_source(source)[0]
+    require_numbers(frame, spec, source)
+    return frame
 
 
 def snapshot(spec: ModelSpec, settings: Settings) -> DatasetRef:

@@ -26,7 +26,13 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from tasks import events, onnx, registry
-from tasks.data import generate_transactions, load_dataset, read_source, to_features
+from tasks.data import (
+    generate_transactions,
+    load_dataset,
+    read_source,
+    require_numbers,
+    to_features,
+)
 from tasks.settings import FeatureType, ModelSpec, Settings
 
 SCORE = "score"
@@ -74,7 +80,9 @@ def load_current(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
         )
         return frame, f"synthetic (drift {spec.data.drift})"
     frame, newest = read_source(source, newest_only=True)
-    return frame, f"{source} ({newest})" if newest else source
+    where = f"{source} ({newest})" if newest else source
+    require_numbers(frame, spec, where)
+    return frame, where
 
 
 def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
