@@ -22,6 +22,7 @@ SERVICES = COMPOSE["services"]
 def test_compose_has_every_service_of_the_stack() -> None:
     assert set(SERVICES) == {
         "postgres",
+        "redis",
         "minio",
         "minio-buckets",
         "mlflow",
