@@ -544,12 +544,14 @@ def start_mlflow(stack: Stack) -> str:
     command = [
         str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
         "--host", HOST, "--port", str(stack.port("mlflow", 5000)), "--workers", "2",
-        "--backend-store-uri", postgres_url(stack, "mlflow"),
         "--artifacts-destination", f"s3://{bucket}/artifacts",
         "--serve-artifacts", "--expose-prometheus", str(directory / "metrics"),
     ]  # fmt: skip
     s3 = s3_env(stack)
     env = stack.process_environment(
+        # In the environment, not on the command line: `ps` shows every user a command line,
+        # and this URL carries the database password.
+        MLFLOW_BACKEND_STORE_URI=postgres_url(stack, "mlflow"),
         MLFLOW_AUTH_CONFIG_PATH=str(config),
         MLFLOW_AUTH_ADMIN_PASSWORD=v["MLFLOW_ADMIN_PASSWORD"],
         MLFLOW_FLASK_SERVER_SECRET_KEY=v["MLFLOW_SECRET_KEY"],

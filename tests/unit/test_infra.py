@@ -77,8 +77,10 @@ def test_workers_get_the_production_endpoints_and_the_gpu_pool_the_nvidia_runtim
 
 
 def test_mlflow_uses_postgres_and_minio() -> None:
-    command = SERVICES["mlflow"]["command"]
-    assert "--backend-store-uri postgresql://" in command
+    command, environment = SERVICES["mlflow"]["command"], SERVICES["mlflow"]["environment"]
+    # The store's URL carries the database password: environment, never the command line.
+    assert environment["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert "--backend-store-uri" not in command
     assert "--artifacts-destination s3://" in command
     assert SERVICES["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
 
