@@ -50,8 +50,9 @@ def operating_threshold(target: np.ndarray, scores: np.ndarray, spec: Evaluation
     reaching = np.flatnonzero(precision >= spec.target_precision)
     if reaching.size == 0:
         raise GateError(
-            f"no threshold reaches precision {spec.target_precision} on the holdout "
-            f"(best {precision.max():.3f}); lower evaluation.target_precision or improve the model"
+            f"no threshold reaches precision {spec.target_precision} on the training split's "
+            f"out-of-fold scores (best {precision.max():.3f}); lower "
+            "evaluation.target_precision or improve the model"
         )
     return float(thresholds[reaching[0]])
 

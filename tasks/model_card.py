@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import registry
+from tasks import registry, training
 from tasks.approval import ApprovalDecision
 from tasks.evaluation import ValidationReport
 from tasks.onnx import OnnxArtifact
@@ -64,7 +64,9 @@ def render(
             f"| {m.roc_auc:.4f} | {m.pr_auc:.4f} | {m.brier:.4f} | {m.threshold:.4f} | "
             f"{m.precision:.4f} | {m.recall:.4f} | {m.f1:.4f} | {m.positive_rate:.4f} |",
             "",
-            f"Operating point: {spec.evaluation.operating_point}. Triton's `label` output is the "
+            f"Operating point: {spec.evaluation.operating_point}, chosen on "
+            f"{training.THRESHOLD_SOURCE}: the holdout had no part in it, so the figures above "
+            "are what to expect of unseen data. Triton's `label` output is the "
             f"argmax (0.5); flag a transaction when `probabilities[:, 1] >= {m.threshold:.4f}`.",
             "",
             "## Serving",

@@ -46,6 +46,7 @@ TAG_HOLDOUT_URI = "conveyor.holdout_uri"
 TAG_TRAIN_URI = "conveyor.train_uri"  # the drift check's reference
 TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
+TAG_THRESHOLD_SOURCE = "conveyor.operating_threshold_source"  # what it was chosen on
 TAG_SERVING = "conveyor.serving"  # the serving configuration (JSON) the version went live with
 ONNX_ARTIFACT = "onnx/model.onnx"
 HISTORY_PREFIX = "conveyor.history."

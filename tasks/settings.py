@@ -251,7 +251,8 @@ class SearchSpec(BaseModel):
 
 
 class EvaluationSpec(BaseModel):
-    """How the operating threshold on the fraud score is chosen (on the holdout)."""
+    """How the operating threshold on the fraud score is chosen: on out-of-fold scores of the
+    training split, never on the holdout that reports the figures at it."""
 
     model_config = ConfigDict(extra="forbid")
 
