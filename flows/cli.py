@@ -185,6 +185,7 @@ def run(
             + (f" (tuned over {len(tuning.trials)} trials)" if tuning.trials else " (from spec)"),
         ),
         ("swap", result.swap.summary()),
+        ("repository", result.retention.summary()),
         ("model card", result.model_card),
         ("MLflow store", settings.tracking_uri),
     ]

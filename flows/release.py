@@ -26,6 +26,7 @@ from tasks.model_card import model_card_task
 from tasks.orchestration import subflows_without_heartbeats
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
 from tasks.resume import resume_task
+from tasks.retention import RetentionReport, retire_old_versions_task
 from tasks.search import task_runner
 from tasks.settings import DEFAULT_SPEC, ConveyorError, ModelSpec, Settings, load_spec
 from tasks.smoke import SmokeReport
@@ -51,6 +52,7 @@ class ReleaseResult(BaseModel):
     swap: SwapReport
     promotion: PromotionResult
     model_card: str
+    retention: RetentionReport
 
     def markdown(self) -> str:
         m, s, o = self.metrics, self.smoke, self.export.onnx
@@ -74,6 +76,7 @@ class ReleaseResult(BaseModel):
                 f"| previous champion | {self.promotion.previous} |",
                 f"| validation | {self.validation.verdict} |",
                 f"| model card | `{self.model_card}` |",
+                f"| repository | {self.retention.summary()} |",
             ]
         )
 
@@ -159,6 +162,7 @@ def _release(settings: Settings, spec: ModelSpec, obs: metrics.Observation) -> R
     card = model_card_task(
         settings, spec, ref, train, validation, export.onnx, smoke, approval, promotion
     )
+    retention = retire_old_versions_task(settings, spec)
     for gate in metrics.GATES:
         if gate != "approval" or approval is not None:
             obs.gate(gate, True)
@@ -176,4 +180,5 @@ def _release(settings: Settings, spec: ModelSpec, obs: metrics.Observation) -> R
         swap=swap,
         promotion=promotion,
         model_card=card,
+        retention=retention,
     )

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from tasks import lease, registry, triton, triton_server
 from tasks.settings import SPEC_DIR, ConveyorError, ModelSpec, Settings, load_spec
-from tasks.storage import StorageError, Store, open_store, verify_dir
+from tasks.storage import StorageError, Store, open_store, repository_versions, verify_dir
 
 Kind = Literal[
     "triton-down",
@@ -209,7 +209,7 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
                         key=name,
                     )
                 )
-    for version in _repository_versions(store, model):
+    for version in repository_versions(store, model):
         if version not in live and not _went_live(settings, model, version):
             leftovers.append(
                 Problem(
@@ -237,11 +237,6 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
 def registered_versions(settings: Settings, model: str) -> list[int]:
     found = registry.client(settings).search_model_versions(f"name='{model}'")
     return sorted(int(v.version) for v in found)
-
-
-def _repository_versions(store: Store, model: str) -> list[int]:
-    heads = {f.split("/")[0] for f in store.list_files(model)}
-    return sorted(int(h) for h in heads if h.isdigit())
 
 
 def _staged(store: Store, model: str) -> list[str]:

@@ -47,6 +47,7 @@ TAG_TRAIN_URI = "conveyor.train_uri"  # the drift check's reference
 TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
 TAG_THRESHOLD_SOURCE = "conveyor.operating_threshold_source"  # what it was chosen on
+TAG_RETIRED = "conveyor.retired"  # its repository files were deleted by retention
 TAG_SERVING = "conveyor.serving"  # the serving configuration (JSON) the version went live with
 ONNX_ARTIFACT = "onnx/model.onnx"
 HISTORY_PREFIX = "conveyor.history."
@@ -456,6 +457,11 @@ def version_tag(settings: Settings, name: str, version: int, key: str) -> str | 
     tags = client(settings).get_model_version(name, str(version)).tags
     value = tags.get(key)
     return None if value is None else str(value)
+
+
+def retire_version(settings: Settings, name: str, version: int, reason: str) -> None:
+    """Say on the MLflow version that its repository files are gone (`tasks.retention`)."""
+    client(settings).set_model_version_tag(name, str(version), TAG_RETIRED, reason)
 
 
 def tag_version(settings: Settings, ref: ModelRef, tags: dict[str, str]) -> None:

@@ -304,6 +304,16 @@ class PromotionSpec(BaseModel):
     approval_timeout_s: int = Field(default=86_400, gt=0)
 
 
+class RetentionSpec(BaseModel):
+    """What the model repository keeps after a promotion: champion, previous and the newest
+    `keep_last` versions; older ones lose their files (their MLflow versions stay, tagged
+    `conveyor.retired`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_last: int = Field(default=3, ge=0)
+
+
 class TuningSpec(BaseModel):
     """A short measured sweep on the candidate before its smoke test. The best throughput whose
     p99 is within `smoke.p99_budget_ms` at `smoke.concurrency` is the configuration the version
@@ -377,6 +387,7 @@ class ModelSpec(BaseModel):
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     smoke: SmokeSpec = Field(default_factory=SmokeSpec)
 

@@ -46,6 +46,12 @@ class Store(Protocol):
     def list_files(self, key: str) -> list[str]: ...
 
 
+def repository_versions(store: Store, model: str) -> list[int]:
+    """The version directories `<model>/<N>/` the repository holds."""
+    heads = {f.split("/")[0] for f in store.list_files(model)}
+    return sorted(int(h) for h in heads if h.isdigit())
+
+
 def file_hashes(files: dict[str, bytes]) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
 

@@ -22,6 +22,7 @@ from tasks.data import load_dataset, to_features
 from tasks.onnx import predict, sha256
 from tasks.settings import ModelSpec, Settings, load_spec
 from tasks.smoke import SmokeTestError
+from tasks.storage import open_store, repository_versions
 from tasks.traffic import Traffic
 from tests.conftest import write_spec
 
@@ -197,3 +198,27 @@ def test_swap_and_rollback_under_load_fail_no_request(releases: Releases, tmp_pa
     assert {s.version for s in samples if s.at > rolled_back} == {2}
     assert loads_logged(settings, name, 2) == loads_before
     assert triton.loaded_versions(endpoint, name) == [2]
+
+
+def test_retention_keeps_champion_previous_and_the_newest(
+    releases: Releases, tmp_path: Path
+) -> None:
+    """After the rollback above (runs after it): a release keeping none of the newest besides
+    champion and previous deletes every other version's files; MLflow keeps the versions."""
+    settings, name = releases.settings, releases.spec.name
+    store = open_store(settings.repository)
+    before = repository_versions(store, name)
+    release = release_flow(str(write_spec(tmp_path, **{"retention.keep_last": 0})))
+    champion, previous = release.version, release.promotion.previous
+    assert previous is not None
+    assert repository_versions(store, name) == sorted({champion, previous})
+    assert release.retention.removed == sorted(set(before) - {previous})
+    assert release.retention.removed  # there was something to remove
+    for version in release.retention.removed:
+        retired = registry.version_tag(settings, name, version, registry.TAG_RETIRED)
+        assert retired is not None and "retention keeps champion, previous" in retired
+    # Serving and the aliases are untouched by it: champion and previous stay loaded.
+    assert triton.loaded_versions(triton_server.endpoint(settings), name) == sorted(
+        {champion, previous}
+    )
+    assert registry.version_tag(settings, name, champion, registry.TAG_RETIRED) is None
