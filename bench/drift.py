@@ -22,12 +22,13 @@ import yaml
 from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, write_results
-from tasks.settings import DEFAULT_SPEC
+from tasks.spec import DEFAULT_SPEC
 
 _CHECK = """
 import json, resource, sys, time
 from tasks.drift import check_drift
-from tasks.settings import Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import load_spec
 started = time.perf_counter()
 report = check_drift(Settings(), load_spec(sys.argv[1]))
 print(json.dumps({"seconds": time.perf_counter() - started, "share": report.drift_share,

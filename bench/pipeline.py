@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT
-from tasks.settings import DEFAULT_SPEC
+from tasks.spec import DEFAULT_SPEC
 from tests.servers import clean_env, in_smoke_test, prefect_server
 
 

@@ -20,8 +20,9 @@ from tasks.evaluation import require_valid
 from tasks.onnx import export_onnx
 from tasks.quality import check_frame, require_quality
 from tasks.search import run_search, run_trial
-from tasks.settings import Settings, load_spec
+from tasks.settings import Settings
 from tasks.smoke import require_passed, smoke_test
+from tasks.spec import load_spec
 from tasks.swap import swap_in
 from tasks.training import train_candidate
 from tasks.triton import publish, serve_candidate

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, write_results
-from tasks.settings import DEFAULT_SPEC
+from tasks.spec import DEFAULT_SPEC
 from tests.servers import free_port
 
 ROW = [120.5, 14.0, 0.0, 0.2, 0.3, 400.0, 3.0, 12.0, 1.0, 1.0]
@@ -240,7 +240,8 @@ def main() -> None:
     import onnxruntime as ort
 
     from tasks import registry, triton, triton_server
-    from tasks.settings import Settings, load_spec
+    from tasks.settings import Settings
+    from tasks.spec import load_spec
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp_name, isolated(Path(tmp_name), args.state) as env:

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, isolated, write_results
 from infra.stack import ENV_FILE, STATE_FILE, read_env_file, stop_pid
-from tasks.settings import DEFAULT_SPEC
+from tasks.spec import DEFAULT_SPEC
 
 RESULT = ROOT / "bench-results" / "stack.json"
 PYTHON = str(Path(CONVEYOR).parent / "python")

@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.settings import ConveyorError, Settings, load_spec
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
+from tasks.spec import load_spec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 triton_app = typer.Typer(no_args_is_help=True, help="The embedded Triton server.")
@@ -322,7 +324,7 @@ def rollback(
 ) -> None:
     """Serve the previous version again and move `champion` back to it."""
     from flows.rollback import rollback_flow
-    from tasks.settings import SPEC_DIR
+    from tasks.spec import SPEC_DIR
 
     try:
         spec = load_spec(SPEC_DIR / f"{model}.yaml")

@@ -7,7 +7,8 @@ from prefect import flow
 
 from tasks import metrics
 from tasks.drift import DriftReport, check_drift_task, emit_drift_task
-from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC, load_spec
 
 
 @flow(name="drift-check")

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 from tasks.data import DatasetRef
 from tasks.onnx import OnnxArtifact, export_onnx_task
 from tasks.registry import ModelRef
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.triton import PublishResult, ServingState, publish_task, serve_candidate_task
 from tasks.tuning import TuningResult, tune_task
 

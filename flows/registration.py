@@ -7,7 +7,8 @@ from prefect import flow
 
 from tasks.evaluation import ValidationReport
 from tasks.registry import ModelRef, register_challenger_task
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.training import TrainResult
 
 

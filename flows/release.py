@@ -21,6 +21,7 @@ from tasks.approval import (
 from tasks.crashed_runs import mark_crashed_task
 from tasks.data import DatasetRef
 from tasks.doctor import repair_leftovers_task
+from tasks.errors import ConveyorError
 from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.orchestration import subflows_without_heartbeats
@@ -28,8 +29,9 @@ from tasks.registry import PromotionResult, default_actor, promote_task, retire_
 from tasks.resume import resume_task
 from tasks.retention import RetentionReport, retire_old_versions_task
 from tasks.search import task_runner
-from tasks.settings import DEFAULT_SPEC, ConveyorError, ModelSpec, Settings, load_spec
+from tasks.settings import Settings
 from tasks.smoke import SmokeReport
+from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.swap import SwapReport, swap_task
 from tasks.triton import withdraw_task
 

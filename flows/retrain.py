@@ -10,7 +10,8 @@ from flows.release import release_flow
 from tasks import metrics
 from tasks.orchestration import subflows_without_heartbeats
 from tasks.retrain import RetrainClaim, claim_retrain_task
-from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC, load_spec
 
 
 class RetrainResult(BaseModel):

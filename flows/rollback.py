@@ -6,7 +6,8 @@ from prefect import flow
 
 from tasks import lease, metrics
 from tasks.registry import PromotionResult, default_actor, plan_rollback_task, rollback_task
-from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC, load_spec
 from tasks.triton import restore_serving_task, serve_only_task
 
 

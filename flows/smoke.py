@@ -6,8 +6,9 @@ from prefect import flow
 
 from tasks.data import DatasetRef
 from tasks.registry import ModelRef
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
 from tasks.smoke import SmokeReport, require_passed, smoke_test_task
+from tasks.spec import ModelSpec
 
 
 @flow(name="smoke-test")

@@ -7,7 +7,8 @@ from prefect import flow
 from tasks.data import snapshot_task, split_task
 from tasks.quality import validate_data_task
 from tasks.search import fail_candidate_task, open_candidate_task, run_search
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.training import TrainResult, train_candidate_task
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.evaluation import ValidationReport, require_valid
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.training import TrainResult
 from tasks.validation import validate_task
 

@@ -15,7 +15,9 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, Field
 
 from tasks import events, registry
-from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 
 POLL_SECONDS = 2
 

@@ -24,7 +24,7 @@ import secrets
 from functools import cache
 from pathlib import Path
 
-from tasks.settings import ConveyorError
+from tasks.errors import ConveyorError
 
 # The header Triton checks on its model-control APIs. Over gRPC Triton expects it as metadata
 # with this prefix (`--grpc-restricted-protocol` docs).

@@ -17,8 +17,10 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 from sklearn.model_selection import train_test_split
 
+from tasks.errors import ConveyorError
 from tasks.resume import RESUMABLE
-from tasks.settings import ConveyorError, FeatureType, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import FeatureType, ModelSpec
 
 
 class DataError(ConveyorError):

@@ -19,7 +19,9 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from tasks import lease, registry, triton, triton_server
-from tasks.settings import SPEC_DIR, ConveyorError, ModelSpec, Settings, load_spec
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
+from tasks.spec import SPEC_DIR, ModelSpec, load_spec
 from tasks.storage import StorageError, Store, open_store, repository_versions, verify_dir
 
 Kind = Literal[

@@ -33,7 +33,8 @@ from tasks.data import (
     require_numbers,
     to_features,
 )
-from tasks.settings import FeatureType, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import FeatureType, ModelSpec
 
 SCORE = "score"
 

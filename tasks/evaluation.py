@@ -16,7 +16,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from tasks.settings import ConveyorError, EvaluationSpec, Thresholds, ValidationSpec
+from tasks.errors import ConveyorError
+from tasks.spec import EvaluationSpec, Thresholds, ValidationSpec
 
 
 class GateError(ConveyorError):

@@ -37,7 +37,8 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel
 
-from tasks.settings import ConveyorError, Settings
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
 
 LIMIT_PREFIX = "conveyor-model-"
 MODEL_TAG_PREFIX = "conveyor.model:"

@@ -36,7 +36,9 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks import credentials
-from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import TaskRun

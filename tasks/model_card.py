@@ -9,8 +9,9 @@ from tasks import registry, training
 from tasks.approval import ApprovalDecision
 from tasks.evaluation import ValidationReport
 from tasks.onnx import OnnxArtifact
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
 from tasks.smoke import SmokeReport
+from tasks.spec import ModelSpec
 from tasks.training import TrainResult
 
 CARD_ARTIFACT = "model_card.md"

@@ -16,8 +16,10 @@ from sklearn.pipeline import Pipeline
 
 from tasks import registry
 from tasks.data import DatasetRef, load_dataset, to_features
+from tasks.errors import ConveyorError
 from tasks.resume import RESUMABLE
-from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 
 INPUT = "features"
 LABEL = "label"

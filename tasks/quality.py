@@ -11,8 +11,10 @@ from pydantic import BaseModel
 
 from tasks import registry
 from tasks.data import DatasetRef, load_dataset
+from tasks.errors import ConveyorError
 from tasks.resume import RESUMABLE
-from tasks.settings import ConveyorError, FeatureType, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import FeatureType, ModelSpec
 
 Severity = Literal["error", "warning"]
 # Column dtypes each feature type accepts (as pandas names them).

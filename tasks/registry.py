@@ -30,7 +30,9 @@ from pydantic import BaseModel
 from sklearn.pipeline import Pipeline
 
 from tasks import credentials, events
-from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"

@@ -30,8 +30,8 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.hashing import hash_objects
 
+from tasks.errors import ConveyorError
 from tasks.registry import root_flow_run
-from tasks.settings import ConveyorError
 
 RELEASE_FLOW = "release"
 LAST = "last"

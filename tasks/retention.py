@@ -11,7 +11,8 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from tasks import registry
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.storage import open_store, repository_versions
 
 

@@ -11,7 +11,8 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from tasks import registry
-from tasks.settings import ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 
 TAG_LAST_RETRAIN = "conveyor.last_retrain"
 

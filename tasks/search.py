@@ -15,7 +15,8 @@ from tasks import registry
 from tasks.data import SplitResult, load_dataset, split, to_features, to_target
 from tasks.evaluation import METRICS
 from tasks.resume import RESUMABLE
-from tasks.settings import Dimension, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import Dimension, ModelSpec
 from tasks.training import Params, SearchSummary, TrialSummary, build_pipeline
 
 RunnerKind = Literal["threads", "dask"]

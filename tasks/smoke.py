@@ -14,8 +14,10 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from tasks import onnx, registry, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
+from tasks.errors import ConveyorError
 from tasks.onnx import INPUT, LABEL, PROBABILITIES
-from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.traffic import LoadResult, measure
 from tasks.triton_server import Endpoint
 

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from tasks.settings import ConveyorError
+from tasks.errors import ConveyorError
 
 MANIFEST = "manifest.json"
 

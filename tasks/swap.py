@@ -11,7 +11,9 @@ from pydantic import BaseModel
 
 from tasks import registry, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
-from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.traffic import LoadResult, Traffic
 
 WARM_REQUESTS = 50  # connection set-up and first requests, left out of the steady window

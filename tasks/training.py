@@ -36,7 +36,8 @@ from tasks.evaluation import (
     operating_threshold,
 )
 from tasks.resume import RESUMABLE
-from tasks.settings import EstimatorFamily, FeatureType, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import EstimatorFamily, FeatureType, ModelSpec
 
 # Types skops must be told to trust when MLflow saves each family (pickle stays out).
 SKOPS_TRUSTED: dict[EstimatorFamily, list[str]] = {

@@ -21,8 +21,10 @@ from tritonclient.grpc import service_pb2 as mc_index
 from tritonclient.utils import InferenceServerException
 
 from tasks import credentials, registry, triton_server
+from tasks.errors import ConveyorError
 from tasks.onnx import INPUT, LABEL, PROBABILITIES, OnnxArtifact, sha256
-from tasks.settings import ConveyorError, ModelSpec, ServingSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec, ServingSpec
 from tasks.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
 from tasks.triton_server import Endpoint
 

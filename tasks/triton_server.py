@@ -25,7 +25,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasks import credentials
-from tasks.settings import ConveyorError, Settings
+from tasks.errors import ConveyorError
+from tasks.settings import Settings
 from tasks.storage import open_store
 
 HOST = "127.0.0.1"

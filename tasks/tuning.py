@@ -12,7 +12,8 @@ from pydantic import BaseModel
 from tasks import registry, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
 from tasks.resume import RESUMABLE
-from tasks.settings import ModelSpec, ServingSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec, ServingSpec
 from tasks.storage import open_store, read_verified
 from tasks.traffic import LoadResult, measure
 

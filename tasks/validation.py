@@ -7,8 +7,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import registry
 from tasks.data import load_dataset, to_features, to_target
+from tasks.errors import ConveyorError
 from tasks.evaluation import ValidationReport, compare, threshold_failures
-from tasks.settings import ConveyorError, ModelSpec, Settings
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
 from tasks.training import TrainResult
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import DEFAULT_SPEC, Settings
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC
 from tests.servers import ProductionStack
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ from flows.release import release_flow
 from tasks.data import DataError, generate_transactions, load_source
 from tasks.drift import load_current
 from tasks.quality import DataQualityError
-from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tests.conftest import write_spec
 from tests.servers import moto_s3
 

@@ -25,7 +25,8 @@ from prefect.settings import PREFECT_API_URL
 from tasks import doctor, registry, triton, triton_server
 from tasks.data import generate_transactions, to_features
 from tasks.onnx import predict
-from tasks.settings import ModelSpec, Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import ModelSpec, load_spec
 from tasks.storage import open_store, verify_dir
 from tests.conftest import ROOT, write_spec
 from tests.servers import BIN, clean_env

@@ -25,7 +25,8 @@ from tasks.data import load_dataset, to_features
 from tasks.evaluation import GateError
 from tasks.onnx import predict
 from tasks.registry import PromotionResult
-from tasks.settings import Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import load_spec
 from tests.conftest import write_spec
 
 WEAK = {

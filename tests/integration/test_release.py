@@ -20,8 +20,9 @@ from flows.rollback import rollback_flow
 from tasks import registry, triton, triton_server
 from tasks.data import load_dataset, to_features
 from tasks.onnx import predict, sha256
-from tasks.settings import ModelSpec, Settings, load_spec
+from tasks.settings import Settings
 from tasks.smoke import SmokeTestError
+from tasks.spec import ModelSpec, load_spec
 from tasks.storage import open_store, repository_versions
 from tasks.traffic import Traffic
 from tests.conftest import write_spec

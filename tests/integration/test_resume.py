@@ -18,7 +18,8 @@ from prefect.states import State
 
 from tasks import metrics, registry, triton, triton_server
 from tasks.resume import RESUMABLE, releases
-from tasks.settings import Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import load_spec
 from tests.conftest import write_spec
 from tests.servers import BIN, clean_env, in_smoke_test, stop_process
 

@@ -15,7 +15,8 @@ from tasks import triton, triton_server
 from tasks.data import generate_transactions, to_features, to_target
 from tasks.onnx import convert, predict
 from tasks.registry import ModelRef
-from tasks.settings import DEFAULT_SPEC, ModelSpec, Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.storage import IntegrityError, S3Store, verify_dir
 from tasks.training import build_pipeline
 from tests.conftest import write_spec

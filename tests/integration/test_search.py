@@ -15,7 +15,8 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.training import training_flow
 from tasks.search import task_runner
-from tasks.settings import Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import load_spec
 from tasks.training import TrainResult, TrialSummary
 from tests.conftest import write_spec
 

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks import credentials, registry, triton, triton_server
-from tasks.settings import Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import load_spec
 from tests.conftest import write_spec
 
 NAME = "fraud-detector"

@@ -4,7 +4,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.settings import DEFAULT_SPEC
+from tasks.spec import DEFAULT_SPEC
 
 
 def flat(output: str) -> str:

@@ -13,7 +13,7 @@ from tasks.data import (
     split,
     to_features,
 )
-from tasks.settings import DEFAULT_SPEC, load_spec
+from tasks.spec import DEFAULT_SPEC, load_spec
 
 
 @pytest.fixture(scope="module")

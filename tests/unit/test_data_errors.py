@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tasks.data import DataError, generate_transactions, load_source
-from tasks.settings import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 
 
 @pytest.fixture(scope="module")

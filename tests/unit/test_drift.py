@@ -5,7 +5,8 @@ from tasks import registry
 from tasks.data import generate_transactions, newest_partition
 from tasks.drift import load_current
 from tasks.retrain import claim_retrain
-from tasks.settings import DEFAULT_SPEC, Settings, load_spec
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC, load_spec
 
 
 def test_newest_partition_is_the_latest_date_not_the_last_listed() -> None:

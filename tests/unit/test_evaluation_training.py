@@ -18,7 +18,7 @@ from tasks.evaluation import (
     weighted_metric,
 )
 from tasks.search import run_trial
-from tasks.settings import DEFAULT_SPEC, EvaluationSpec, Thresholds, ValidationSpec, load_spec
+from tasks.spec import DEFAULT_SPEC, EvaluationSpec, Thresholds, ValidationSpec, load_spec
 from tasks.training import fit
 
 SAMPLE = ModelMetrics(

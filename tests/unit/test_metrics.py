@@ -1,9 +1,9 @@
 from prometheus_client import generate_latest
 
 from tasks import metrics
+from tasks.errors import ConveyorError
 from tasks.evaluation import GateError
 from tasks.quality import DataQualityError
-from tasks.settings import ConveyorError
 
 
 def exposition(obs: metrics.Observation, carried: metrics.Carried) -> str:

@@ -4,7 +4,7 @@ import pytest
 
 from tasks.data import generate_transactions, to_features, to_target
 from tasks.onnx import ParityError, check_parity, convert, predict
-from tasks.settings import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.training import build_pipeline
 
 FAMILIES = {

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.data import DataError, fingerprint, generate_transactions, load_source
 from tasks.quality import DataQualityError, DataQualityReport, check_frame, require_quality
-from tasks.settings import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import DEFAULT_SPEC, Settings, SpecError, load_spec
+from tasks.settings import Settings
+from tasks.spec import DEFAULT_SPEC, SpecError, load_spec
 
 
 def test_settings_defaults_live_under_home(settings: Settings, home: Path) -> None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import DEFAULT_SPEC, load_spec
+from tasks.spec import DEFAULT_SPEC, load_spec
 from tasks.storage import IntegrityError, LocalStore, StorageError, verify_dir
 from tasks.triton import TritonError, publish_version
 

@@ -6,7 +6,7 @@ import pytest
 
 from tasks.data import DataError, generate_transactions, split, to_features, to_target
 from tasks.evaluation import compute_metrics, operating_threshold
-from tasks.settings import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.training import THRESHOLD_FOLDS, fit, refit_and_score, threshold_on_training
 
 PARAMS = {"n_estimators": 20, "max_depth": 8}

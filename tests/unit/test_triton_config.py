@@ -4,7 +4,7 @@ import socket
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tasks.settings import DEFAULT_SPEC, load_spec
+from tasks.spec import DEFAULT_SPEC, load_spec
 from tasks.triton import (
     ControlClient,
     TritonError,

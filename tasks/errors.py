@@ -1,0 +1,13 @@
+"""The base of every error conveyor expects: its message says what went wrong and how to fix it,
+and the CLI prints it as one paragraph (exit 2) instead of a traceback."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ConveyorError(Exception):
+    """An error whose message already says what went wrong and how to fix it."""
+
+    # The release gate this error is the verdict of (for gate metrics); None: not a gate.
+    gate: ClassVar[str | None] = None
