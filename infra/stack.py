@@ -406,10 +406,10 @@ def _as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
-def postgres_url(stack: Stack, database: str, driver: str = "postgresql") -> str:
+def postgres_url(stack: Stack, database: str) -> str:
     v = stack.variables
     return (
-        f"{driver}://{v['POSTGRES_USER']}:{v['POSTGRES_PASSWORD']}@"
+        f"postgresql://{v['POSTGRES_USER']}:{v['POSTGRES_PASSWORD']}@"
         f"{stack.address('postgres', 5432)}/{database}"
     )
 
@@ -421,7 +421,7 @@ def start_postgres(stack: Stack) -> str:
     if not (data / "PG_VERSION").is_file():
         data.mkdir(mode=0o700, exist_ok=True)
         password_file = stack.root / "initdb.pw"  # initdb wants an empty data directory
-        password_file.write_text(stack.variables["POSTGRES_PASSWORD"] + "\n")
+        write_private(password_file, stack.variables["POSTGRES_PASSWORD"] + "\n")
         if os.geteuid() == 0:
             shutil.chown(data, "postgres", "postgres")
             shutil.chown(password_file, "postgres", "postgres")
