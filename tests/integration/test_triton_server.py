@@ -169,3 +169,25 @@ def test_two_processes_needing_the_server_at_once_start_one(tmp_path: Path) -> N
         for pid in pids:  # a second server, had there been one
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+SLOW_MODEL = b"""
+import time
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(6)  # a model (or a stub) that takes longer to come up than allowed
+
+    def execute(self, requests):
+        return []
+"""
+
+
+def test_a_load_that_does_not_finish_in_time_is_one_clear_error(server: Settings) -> None:
+    spec = load_spec(DEFAULT_SPEC)
+    config = triton.config_json(triton.render_config(spec, "python", [1], name="slow"))
+    client = triton.control_client(triton_server.endpoint(server))
+    with pytest.raises(triton.TritonError, match=r"did not finish loading slow within 2 s"):
+        client.load("slow", config, {"file:1/model.py": SLOW_MODEL}, timeout_s=2)
+    client.unload("slow")  # nothing of it stays behind once it has come up
