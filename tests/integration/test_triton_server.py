@@ -174,13 +174,23 @@ def test_two_processes_needing_the_server_at_once_start_one(tmp_path: Path) -> N
 SLOW_MODEL = b"""
 import time
 
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
 
 class TritonPythonModel:
     def initialize(self, args):
         time.sleep(6)  # a model (or a stub) that takes longer to come up than allowed
 
-    def execute(self, requests):
-        return []
+    def execute(self, requests):  # the served contract (the config's warm-up calls it)
+        out = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "features").as_numpy().shape[0]
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("label", np.zeros((n, 1), np.int64)),
+                pb_utils.Tensor("probabilities", np.zeros((n, 2), np.float32)),
+            ]))
+        return out
 """
 
 
