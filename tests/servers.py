@@ -219,6 +219,9 @@ def in_smoke_test(spec_path: str) -> bool:
     return any(run.state is not None and run.state.is_running() for run in smoke)
 
 
+LOCKED = "database is locked"
+
+
 @dataclass
 class ProductionStack:
     """`make stack` started by the tests: its directory and the env file it wrote."""
@@ -266,4 +269,11 @@ def production_stack(**prefect_settings: str) -> Iterator[ProductionStack]:
     finally:
         stopped = _stack_command(root, "down", timeout_s=300)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        # What SQLite gave the Prefect servers under several writers; on PostgreSQL, nothing.
+        locked = [
+            p.name
+            for p in (root / "logs").glob("*.log")
+            if LOCKED in p.read_text("utf-8", "replace")
+        ]
+        assert locked == [], f"`{LOCKED}` in {locked} (logs kept in {root / 'logs'})"
         shutil.rmtree(root)  # only its logs were left; kept when stopping failed
