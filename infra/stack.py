@@ -392,7 +392,7 @@ def system_binary(name: str, package: str) -> str:
     found = shutil.which(name) or next((str(p) for p in versions), None)
     if found is None:
         raise StackError(
-            f"{name} is not installed: `make stack-deps` installs it as root "
+            f"{name} is not installed: `make system-deps` installs it as root "
             f"(apt-get install {package})"
         )
     return found
