@@ -13,6 +13,7 @@ the UI and the workers feel of the database.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -151,7 +152,7 @@ def on_stack(directory: Path, database: str) -> StackRow:
         _run(["make", "-s", "deploy"], env)
         # Two workers with one flow run each instead of the stack's one with four: each model
         # on a worker of its own. They carry the stack's marker, so `down` stops them too.
-        state = yaml.safe_load((root / STATE_FILE).read_text())
+        state = json.loads((root / STATE_FILE).read_text())
         stop_pid(state["pids"]["worker-cpu"], grace_s=20)
         workers = []
         for n in range(2):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -82,7 +83,11 @@ class StackError(RuntimeError):
 # --- compose, read as the source of truth -------------------------------------------------
 
 
+@functools.cache
 def compose() -> dict[str, Any]:
+    """The compose file, parsed once per process: every environment block, port and worker the
+    stack derives reads it (a worker environment alone is built several times per `up`).
+    Callers only read it."""
     loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return loaded
 
