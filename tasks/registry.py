@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +54,10 @@ TAG_RETIRED = "conveyor.retired"  # its repository files were deleted by retenti
 TAG_SERVING = "conveyor.serving"  # the serving configuration (JSON) the version went live with
 ONNX_ARTIFACT = "onnx/model.onnx"
 HISTORY_PREFIX = "conveyor.history."
+# What loading the logged sklearn model needs (skops format, no pickle). Stated rather than left to
+# MLflow's inference, which loads the model in a subprocess (about 8 s a release) and lists whatever
+# the training process had imported (pytest, dask, rich) as the model's requirements.
+MODEL_REQUIREMENTS = ("scikit-learn", "numpy", "scipy", "skops")
 
 
 class RegistryError(ConveyorError):
@@ -244,6 +249,7 @@ def log_candidate(
             signature=infer_signature(example, model.predict_proba(example)),
             input_example=example[:2],
             skops_trusted_types=trusted_types,
+            pip_requirements=[f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS],
             # Scores, not labels, are what callers of a fraud model act on.
             pyfunc_predict_fn="predict_proba",
         )

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -146,6 +148,24 @@ def test_versions_carry_lineage_tags(releases: Releases) -> None:
     # Same data and spec twice: the same fingerprint.
     first = client.get_model_version(releases.spec.name, "1")
     assert first.tags[registry.TAG_DATA] == version.tags[registry.TAG_DATA]
+
+
+def test_the_registered_model_loads_with_its_stated_requirements(releases: Releases) -> None:
+    uri = f"models:/{releases.spec.name}@champion"
+    mlflow.set_tracking_uri(releases.settings.tracking_uri)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
+    names = {line.split("==")[0] for line in requirements}
+    # Exactly what loading needs, pinned; none of what the training process happened to import.
+    assert set(registry.MODEL_REQUIREMENTS) <= names <= {*registry.MODEL_REQUIREMENTS, "mlflow"}
+    assert all("==" in line for line in requirements)
+    holdout = load_dataset(releases.second.holdout.uri)
+    features = to_features(holdout, releases.spec)[:50]
+    scores = np.asarray(mlflow.pyfunc.load_model(uri).predict(features))
+    _, served_proba = predict(
+        (Path(releases.settings.repository) / releases.spec.name / "2" / "model.onnx").read_bytes(),
+        features,
+    )
+    np.testing.assert_allclose(scores, served_proba, atol=1e-5)
 
 
 def test_failed_smoke_test_leaves_champion_and_serving_untouched(releases: Releases) -> None:
