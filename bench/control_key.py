@@ -18,11 +18,12 @@ from pydantic import BaseModel
 
 from bench.common import ROOT, write_results
 from tasks import credentials, triton, triton_server
-from tasks.data import generate_transactions, to_features, to_target
+from tasks.data import to_features, to_target
 from tasks.onnx import convert
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, load_spec
 from tasks.storage import LocalStore
+from tasks.synthetic import generate_transactions
 from tasks.traffic import measure
 from tasks.training import build_pipeline
 

@@ -52,7 +52,8 @@ def main() -> None:
         with prefect_server(tmp / "prefect-server") as api:
             for _ in range(args.releases):
                 subprocess.run(
-                    [CONVEYOR, "run", "--spec", str(spec)],
+                    # Forced: each release rebuilds the same data and spec, to measure a swap.
+                    [CONVEYOR, "run", "--spec", str(spec), "--force"],
                     env={**env, "PREFECT_API_URL": api},
                     cwd=ROOT,
                     check=True,

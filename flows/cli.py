@@ -118,9 +118,18 @@ def run(
             "naming it instead of waiting for it.",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Release even when the data, spec and code equal the champion's (by default "
+            "nothing is registered then).",
+        ),
+    ] = False,
 ) -> None:
     """Release: train, validate, register, export to Triton, smoke-test, promote."""
     from flows.release import release_flow
+    from tasks.unchanged import UnchangedModel
 
     settings = Settings()
     path = _spec_path(spec, settings)
@@ -142,9 +151,14 @@ def run(
             resume_from = last_release(path) if resume == LAST else resume
             if resume_from:
                 check_resumable(resume_from, path)
-            result = release_flow(spec_path=path, resume_from=resume_from, wait=not no_wait)
+            result = release_flow(
+                spec_path=path, resume_from=resume_from, wait=not no_wait, force=force
+            )
     except Exception as exc:
         _fail(exc)
+        return
+    if isinstance(result, UnchangedModel):
+        console.print(f"{result.model}: {result.sentence()}", highlight=False)
         return
     table = Table(title=f"conveyor release: {result.model}", show_header=False)
     metrics, smoke, onnx = result.metrics, result.smoke, result.export.onnx

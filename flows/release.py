@@ -19,7 +19,7 @@ from tasks.approval import (
     request_approval,
 )
 from tasks.crashed_runs import mark_crashed_task
-from tasks.data import DatasetRef
+from tasks.data import DatasetRef, snapshot_task
 from tasks.doctor import repair_leftovers_task
 from tasks.errors import ConveyorError
 from tasks.evaluation import ModelMetrics, ValidationReport
@@ -34,6 +34,7 @@ from tasks.smoke import SmokeReport
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.swap import SwapReport, swap_task
 from tasks.triton import withdraw_task
+from tasks.unchanged import UnchangedModel, unchanged_task
 
 
 class ReleaseWithdrawnError(ConveyorError):
@@ -85,8 +86,11 @@ class ReleaseResult(BaseModel):
 
 @flow(name="release")
 def release_flow(
-    spec_path: str = str(DEFAULT_SPEC), resume_from: str | None = None, wait: bool = True
-) -> ReleaseResult:
+    spec_path: str = str(DEFAULT_SPEC),
+    resume_from: str | None = None,
+    wait: bool = True,
+    force: bool = False,
+) -> ReleaseResult | UnchangedModel:
     """Release the model described by `spec_path`. A challenger the gate rejects is never
     registered; the candidate is smoke-tested under its own Triton name, so callers keep getting
     the champion until the swap. On any failure after registration (export, smoke test, approval,
@@ -100,7 +104,10 @@ def release_flow(
     One release per model at a time: the model's lease is held throughout (`tasks.lease`); a
     second release waits for it (`wait`, bounded by CONVEYOR_LEASE_TIMEOUT_S) or fails at once
     naming the holder. Holding it, the release first clears what a crashed release left
-    (`tasks.doctor.repair_leftovers`)."""
+    (`tasks.doctor.repair_leftovers`).
+
+    When the source data, the spec and the code equal the champion's, nothing is trained or
+    registered and the result is `UnchangedModel` (`tasks.unchanged`); `force` releases anyway."""
     settings = Settings()
     spec = load_spec(spec_path)
     with lease.model_lease(settings, spec.name, "release", wait=wait):
@@ -110,18 +117,31 @@ def release_flow(
                 resume_task(resume_from, spec_path)
             repair_leftovers_task(settings, spec)
             with subflows_without_heartbeats():
-                result = _release(settings, spec, obs)
-    create_markdown_artifact(key=f"release-{spec.name}", markdown=result.markdown())
+                result = _release(settings, spec, obs, force)
+    markdown = (
+        f"# {spec.name}: unchanged\n\n{result.sentence()}"
+        if isinstance(result, UnchangedModel)
+        else result.markdown()
+    )
+    create_markdown_artifact(key=f"release-{spec.name}", markdown=markdown)
     return result
 
 
-def _release(settings: Settings, spec: ModelSpec, obs: metrics.Observation) -> ReleaseResult:
+def _release(
+    settings: Settings, spec: ModelSpec, obs: metrics.Observation, force: bool
+) -> ReleaseResult | UnchangedModel:
     metrics.record_budget(obs, spec)
     ensure_approvable(spec)
     runner = task_runner(settings.task_runner, spec.search.parallel, settings.dask_address)
-    # Subflows holding resumable steps keep their results where a later process finds them.
+    # Steps that a resumed release reuses keep their results where a later process finds them.
     results = settings.results
-    train = training_flow.with_options(task_runner=runner, result_storage=results)(spec, settings)
+    data = snapshot_task.with_options(result_storage=results)(spec, settings)
+    if not force and (same := unchanged_task(settings, spec, data)) is not None:
+        obs.unchanged()
+        return same
+    train = training_flow.with_options(task_runner=runner, result_storage=results)(
+        spec, settings, data
+    )
     validation = validation_flow(spec, settings, train)
     ref = registration_flow(spec, settings, train, validation)
     obs.registered(ref.version, train.metrics.model_dump(exclude={"rows"}))

@@ -12,11 +12,13 @@ from tasks.orchestration import subflows_without_heartbeats
 from tasks.retrain import RetrainClaim, claim_retrain_task
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, load_spec
+from tasks.unchanged import UnchangedModel
 
 
 class RetrainResult(BaseModel):
     claim: RetrainClaim
-    version: int | None  # the released version; None when skipped
+    version: int | None  # the released version; None when skipped or unchanged
+    unchanged: UnchangedModel | None = None  # the source data had not changed since the champion
 
 
 @flow(name="retrain")
@@ -36,4 +38,6 @@ def retrain_flow(
             return RetrainResult(claim=claim, version=None)
         with subflows_without_heartbeats():
             released = release_flow(spec_path)
+        if isinstance(released, UnchangedModel):
+            return RetrainResult(claim=claim, version=None, unchanged=released)
         return RetrainResult(claim=claim, version=released.version)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.data import snapshot_task, split_task
+from tasks.data import DatasetRef, snapshot_task, split_task
 from tasks.quality import validate_data_task
 from tasks.search import fail_candidate_task, open_candidate_task, run_search
 from tasks.settings import Settings
@@ -13,10 +13,13 @@ from tasks.training import TrainResult, train_candidate_task
 
 
 @flow(name="training")
-def training_flow(spec: ModelSpec, settings: Settings) -> TrainResult:
+def training_flow(
+    spec: ModelSpec, settings: Settings, data: DatasetRef | None = None
+) -> TrainResult:
     """Trials run on this flow's task runner: call `training_flow.with_options(task_runner=...)`
-    (see `tasks.search.task_runner`) to run them on threads or a Dask cluster."""
-    data = snapshot_task(spec, settings)
+    (see `tasks.search.task_runner`) to run them on threads or a Dask cluster. `data`: a
+    snapshot already taken (the release takes it to compare with the champion first)."""
+    data = data or snapshot_task(spec, settings)
     validate_data_task(settings, spec, data)
     parts = split_task(spec, settings, data)
     run = open_candidate_task(settings, spec)

@@ -1,4 +1,5 @@
-"""Datasets: synthetic transaction generator, Parquet load/save, split, fingerprint, encoding."""
+"""Datasets: reading sources, Parquet load/save, split, fingerprint, encoding (the synthetic
+generators are `tasks.synthetic`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 from sklearn.model_selection import train_test_split
 
+from tasks import synthetic
 from tasks.errors import ConveyorError
 from tasks.resume import RESUMABLE
 from tasks.settings import Settings
@@ -39,73 +41,7 @@ class DatasetRef(BaseModel):
 class SplitResult(BaseModel):
     train: DatasetRef
     holdout: DatasetRef
-
-
-# Class-conditional distributions of the synthetic transactions: (legitimate, fraud).
-_CHANNEL_P = {
-    "legit": {"pos": 0.45, "online": 0.30, "atm": 0.10, "contactless": 0.15},
-    "fraud": {"pos": 0.10, "online": 0.70, "atm": 0.12, "contactless": 0.08},
-}
-# Share of fraud rows whose features are drawn from the legitimate distribution one by one: real
-# fraudsters imitate normal behaviour, and without it the problem is trivially separable.
-_CAMOUFLAGE = 0.45
-
-
-def generate_transactions(
-    rows: int, seed: int, fraud_rate: float, drift: float = 0.0
-) -> pd.DataFrame:
-    """Card transactions with a rare fraud class; `drift` > 0 shifts the population (not labels)."""
-    rng = np.random.default_rng(seed)
-    fraud = rng.random(rows) < fraud_rate
-
-    def mix(legit: np.ndarray, bad: np.ndarray) -> np.ndarray:
-        use_bad = fraud & (rng.random(rows) >= _CAMOUFLAGE)
-        return np.where(use_bad, bad, legit)
-
-    night = rng.integers(0, 6, rows)
-    day = np.clip(np.round(rng.normal(14, 4, rows)), 0, 23).astype(int)
-    hour = mix(
-        np.where(rng.random(rows) < 0.1, night, day), np.where(rng.random(rows) < 0.6, night, day)
-    )
-
-    amount = mix(rng.lognormal(3.6, 1.0, rows), rng.lognormal(5.0, 1.3, rows))
-    international = mix(rng.random(rows) < 0.05, rng.random(rows) < 0.35)
-    velocity = mix(rng.beta(2, 8, rows), rng.beta(5, 3, rows))
-    merchant = mix(rng.beta(2, 6, rows), rng.beta(4, 3, rows))
-    age = mix(rng.gamma(2.0, 800.0, rows), rng.gamma(1.2, 150.0, rows))
-    count = mix(rng.poisson(3, rows), rng.poisson(9, rows))
-    distance = mix(rng.exponential(15.0, rows), rng.exponential(500.0, rows))
-    present = mix(rng.random(rows) < 0.6, rng.random(rows) < 0.15)
-    names = list(_CHANNEL_P["legit"])
-    channel = mix(
-        rng.choice(len(names), rows, p=list(_CHANNEL_P["legit"].values())),
-        rng.choice(len(names), rows, p=list(_CHANNEL_P["fraud"].values())),
-    )
-
-    if drift > 0:
-        # Covariate shift of the kind a card book sees after a product launch or an attack wave.
-        amount = amount * (1.0 + 0.8 * drift)
-        international = international | (rng.random(rows) < 0.15 * drift)
-        velocity = np.clip(velocity + 0.15 * drift * rng.random(rows), 0, 1)
-        to_online = rng.random(rows) < 0.35 * min(drift, 1.0)
-        channel = np.where(to_online, names.index("online"), channel)
-        hour = np.where(rng.random(rows) < 0.2 * min(drift, 1.0), rng.integers(0, 6, rows), hour)
-
-    return pd.DataFrame(
-        {
-            "amount": np.round(np.clip(amount, 0.5, 50_000.0), 2),
-            "hour_of_day": hour.astype("int64"),
-            "is_international": international.astype(bool),
-            "velocity_score": np.round(velocity, 4),
-            "merchant_risk_score": np.round(merchant, 4),
-            "account_age_days": np.clip(age, 0, 20_000).astype("int64"),
-            "txn_count_24h": np.clip(count, 0, 500).astype("int64"),
-            "distance_from_home_km": np.round(np.clip(distance, 0, 20_000.0), 1),
-            "card_present": present.astype(bool),
-            "channel": pd.Categorical.from_codes(channel, categories=names).astype(str),
-            "is_fraud": fraud.astype("int64"),
-        }
-    )
+    source_sha256: str  # the snapshot both were cut from: what "the same data" means
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
@@ -350,10 +286,9 @@ def read_source(source: str, newest_only: bool = False) -> tuple[pd.DataFrame, s
 def load_source(spec: ModelSpec) -> pd.DataFrame:
     """The spec's data: synthetic, a local file or folder, or s3://bucket/prefix."""
     source = spec.data.source
-    if source == "synthetic":
-        return generate_transactions(
-            spec.data.rows, spec.data.seed, spec.data.fraud_rate, spec.data.drift
-        )
+    if synthetic.is_synthetic(source):
+        d = spec.data
+        return synthetic.generate(source, d.rows, d.seed, d.positive_rate, d.drift)
     frame = read_source(source)[0]
     require_numbers(frame, spec, source)
     return frame
@@ -374,6 +309,7 @@ def split_dataset(spec: ModelSpec, settings: Settings, data: DatasetRef) -> Spli
     return SplitResult(
         train=save_dataset(train, directory, "train", spec.target.name),
         holdout=save_dataset(holdout, directory, "holdout", spec.target.name),
+        source_sha256=data.sha256,
     )
 
 

@@ -25,9 +25,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks import events, onnx, registry
+from tasks import events, onnx, registry, synthetic
 from tasks.data import (
-    generate_transactions,
     load_dataset,
     read_source,
     require_numbers,
@@ -74,12 +73,11 @@ class DriftReport(BaseModel):
 def load_current(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
     """The newest batch of the spec's source and a description of where it came from."""
     source = spec.data.source
-    if source == "synthetic":
+    if synthetic.is_synthetic(source):
         # Tomorrow's traffic: another seed, and the spec's drift knob.
-        frame = generate_transactions(
-            spec.data.rows, spec.data.seed + 1, spec.data.fraud_rate, spec.data.drift
-        )
-        return frame, f"synthetic (drift {spec.data.drift})"
+        d = spec.data
+        frame = synthetic.generate(source, d.rows, d.seed + 1, d.positive_rate, d.drift)
+        return frame, f"{source} (drift {d.drift})"
     frame, newest = read_source(source, newest_only=True)
     where = f"{source} ({newest})" if newest else source
     require_numbers(frame, spec, where)

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from tasks.swap import SwapReport
 
 JOB = "conveyor"
-OUTCOMES = ("completed", "failed")
+# unchanged: a release that stopped because the champion already was its model.
+OUTCOMES = ("completed", "unchanged", "failed")
 DECISIONS = ("pass", "fail")
 # The release's gates in the order they run; a failure at one means the earlier ones passed.
 GATES = (
@@ -161,6 +162,10 @@ class Observation:
                 self.gates.setdefault(earlier, "pass")
             self.gate(gate, False)
 
+    def unchanged(self) -> None:
+        # Not a failure and not a release: the champion already was the model (tasks.unchanged).
+        self.outcome = "unchanged"
+
     def registered(self, version: int, metrics: dict[str, float]) -> None:
         self.version = version
         for name, value in metrics.items():
@@ -247,9 +252,9 @@ def build_registry(
     Gauge(
         "conveyor_flow_last_run_timestamp_seconds", "When the last run ended.", registry=registry
     ).set(time.time())
-    Gauge("conveyor_flow_last_run_success", "1 if the last run completed.", registry=registry).set(
-        obs.outcome == "completed"
-    )
+    Gauge(
+        "conveyor_flow_last_run_success", "1 if the last run did not fail.", registry=registry
+    ).set(obs.outcome != "failed")
     if tasks:
         task_gauge = Gauge(
             "conveyor_task_duration_seconds",

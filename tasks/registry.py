@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -39,7 +40,8 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 PREVIOUS = "previous"
 
-TAG_DATA = "conveyor.data_sha256"
+TAG_DATA = "conveyor.data_sha256"  # the training split
+TAG_SOURCE = "conveyor.source_sha256"  # the snapshot of the source the splits were cut from
 TAG_HOLDOUT = "conveyor.holdout_sha256"
 TAG_CODE = "conveyor.code_version"
 TAG_FLOW_RUN = "conveyor.flow_run_id"
@@ -147,23 +149,28 @@ def ensure_experiment(mlflow_client: MlflowClient, settings: Settings, name: str
     return str(mlflow_client.create_experiment(name, artifact_location=location))
 
 
-def code_version() -> str:
-    """The git commit of the code that trained the model (with `-dirty` if uncommitted changes)."""
-    root = Path(__file__).resolve().parent.parent
+UNKNOWN_CODE = "unknown"
+
+
+def code_version(root: Path | None = None) -> str:
+    """The git commit of the code that trained the model. Uncommitted changes to tracked files
+    add `-dirty-` and a hash of the diff, so two different edits of one commit never read as the
+    same code (the unchanged-model check compares it). `root`: the checkout (conveyor's own)."""
+    root = root or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD", "--no-ext-diff", "--binary")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+        return UNKNOWN_CODE
+    if not diff:
+        return commit
+    return f"{commit}-dirty-{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
 
 
 def open_run(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import ConveyorError
 
@@ -64,7 +64,10 @@ class DataSpec(BaseModel):
     source: str = "synthetic"
     rows: int = Field(default=50_000, ge=100)
     seed: int = 0
-    fraud_rate: float = Field(default=0.02, gt=0, lt=0.5)
+    # The synthetic generators' base rate of the positive class (`fraud_rate`: its older name).
+    positive_rate: float = Field(
+        default=0.02, gt=0, lt=0.5, validation_alias=AliasChoices("positive_rate", "fraud_rate")
+    )
     drift: float = Field(default=0.0, ge=0)
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
 

@@ -198,6 +198,7 @@ def train_candidate(
     features, target = to_features(holdout, spec), to_target(holdout, spec)
     lineage = {
         registry.TAG_DATA: data.train.sha256,
+        registry.TAG_SOURCE: data.source_sha256,
         registry.TAG_HOLDOUT: data.holdout.sha256,
         registry.TAG_HOLDOUT_URI: data.holdout.uri,
         registry.TAG_TRAIN_URI: data.train.uri,

@@ -13,11 +13,12 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.release import release_flow
-from tasks.data import DataError, generate_transactions, load_source
+from tasks.data import DataError, load_source
 from tasks.drift import load_current
 from tasks.quality import DataQualityError
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.synthetic import generate_transactions
 from tests.conftest import write_spec
 from tests.servers import moto_s3
 

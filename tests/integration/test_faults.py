@@ -23,11 +23,12 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 from tasks import doctor, registry, triton, triton_server
-from tasks.data import generate_transactions, to_features
+from tasks.data import to_features
 from tasks.onnx import predict
 from tasks.settings import Settings
 from tasks.spec import ModelSpec, load_spec
 from tasks.storage import open_store, verify_dir
+from tasks.synthetic import generate_transactions
 from tests.conftest import ROOT, write_spec
 from tests.servers import BIN, clean_env
 
@@ -73,7 +74,8 @@ class Site:
         )
 
     def release(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run("run", "--spec", str(self.spec_path), *args)
+        # Every release here rebuilds the champion's data and spec: forced, so each registers.
+        return self.run("run", "--spec", str(self.spec_path), "--force", *args)
 
     def champion(self) -> int | None:
         return registry.alias_version(self.settings, NAME, registry.CHAMPION)
@@ -194,8 +196,8 @@ def test_concurrent_releases_queue_and_no_wait_names_the_holder(site: Site) -> N
     a 503 from the other's candidate); a third with --no-wait exits 2 naming the holder."""
     before = site.champion()
     assert before is not None
-    first = site.start("run", "--spec", str(site.spec_path), log="first.log")
-    second = site.start("run", "--spec", str(site.spec_path), log="second.log")
+    first = site.start("run", "--spec", str(site.spec_path), "--force", log="first.log")
+    second = site.start("run", "--spec", str(site.spec_path), "--force", log="second.log")
     holder = site.settings.home / "locks" / f"{NAME}.lock"
     wait_until(lambda: holder.is_file() and bool(holder.read_text()), "the lease", first)
     held = json.loads(holder.read_text())
@@ -226,7 +228,9 @@ def test_release_killed_then_a_fresh_release_repairs_and_completes(site: Site, m
         # The new version is loaded under the model's own name beside the champion.
         "swap": lambda: f"{NAME}:{new}" in loaded(site),
     }[moment]
-    process = site.start("run", "--spec", str(site.spec_path), log=f"killed-{moment}.log")
+    process = site.start(
+        "run", "--spec", str(site.spec_path), "--force", log=f"killed-{moment}.log"
+    )
     wait_until(reached, moment, process)
     kill(process)
     report = doctor.examine(site.settings, [NAME])
@@ -245,7 +249,7 @@ def test_triton_killed_mid_smoke_the_release_fails_cleanly_and_the_champion_is_s
     site: Site,
 ) -> None:
     champion, new = site.champion(), next_version(site)
-    process = site.start("run", "--spec", str(site.spec_path), log="triton-killed.log")
+    process = site.start("run", "--spec", str(site.spec_path), "--force", log="triton-killed.log")
     wait_until(lambda: candidate_ready(site, new), "the smoke test", process)
     state = serving(site)
     assert state is not None
@@ -267,7 +271,7 @@ def test_triton_killed_mid_smoke_the_release_fails_cleanly_and_the_champion_is_s
 def test_rollback_during_a_release_waits_for_it_then_rolls_it_back(site: Site) -> None:
     before, new = site.champion(), next_version(site)
     assert before is not None
-    release = site.start("run", "--spec", str(site.spec_path), log="during.log")
+    release = site.start("run", "--spec", str(site.spec_path), "--force", log="during.log")
     holder = site.settings.home / "locks" / f"{NAME}.lock"
     wait_until(lambda: holder.is_file() and bool(holder.read_text()), "the lease", release)
     rollback = site.run("rollback", NAME, "--reason", "fault test", timeout_s=400)

@@ -91,7 +91,7 @@ def released(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Server
         env.setenv("CONVEYOR_HOME", str(server.settings.home))
         env.setenv("CONVEYOR_MLFLOW_TRACKING_URI", server.uri)
         for expected in (1, 2):
-            assert release_flow(str(write_spec(base))).version == expected
+            assert release_flow(str(write_spec(base)), force=True).version == expected
     return server
 
 

@@ -118,7 +118,8 @@ def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             env.setenv("CONVEYOR_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
             unreachable = release_flow(str(write_spec(base)))
             env.setenv("CONVEYOR_PUSHGATEWAY_URL", gateway)
-            second = release_flow(str(write_spec(base)))  # with a swap: the champion serves
+            # With a swap (the champion serves); forced, as its data and spec are the champion's.
+            second = release_flow(str(write_spec(base)), force=True)
             with pytest.raises(GateError) as failure:
                 release_flow(str(write_spec(base, **WEAK)))
             drift_check_flow(str(write_spec(base, **{"data.drift": 1.0})))

@@ -27,6 +27,7 @@ from tasks.smoke import SmokeTestError
 from tasks.spec import ModelSpec, load_spec
 from tasks.storage import open_store, repository_versions
 from tasks.traffic import Traffic
+from tasks.unchanged import UnchangedModel
 from tests.conftest import write_spec
 
 
@@ -37,6 +38,7 @@ class Releases:
     first: ReleaseResult
     second: ReleaseResult
     failure: Exception
+    unchanged: object  # the second release's data and spec again, unforced
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,8 @@ def releases(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             second = release_flow(str(spec_path))
             with pytest.raises(SmokeTestError) as failed:
                 release_flow(str(slow_path))
-            yield Releases(settings, load_spec(spec_path), first, second, failed.value)
+            unchanged = release_flow(str(spec_path))
+            yield Releases(settings, load_spec(spec_path), first, second, failed.value, unchanged)
         finally:
             triton_server.stop(settings)
 
@@ -148,6 +151,20 @@ def test_versions_carry_lineage_tags(releases: Releases) -> None:
     # Same data and spec twice: the same fingerprint.
     first = client.get_model_version(releases.spec.name, "1")
     assert first.tags[registry.TAG_DATA] == version.tags[registry.TAG_DATA]
+
+
+def test_the_champions_data_spec_and_code_again_release_nothing(releases: Releases) -> None:
+    same = releases.unchanged
+    assert isinstance(same, UnchangedModel)
+    assert (same.model, same.version) == (releases.spec.name, 2)
+    client = MlflowClient(releases.settings.tracking_uri)
+    champion = client.get_model_version(releases.spec.name, "2")
+    assert same.fingerprint.source_sha256 == champion.tags[registry.TAG_SOURCE]
+    assert same.fingerprint.code_version == champion.tags[registry.TAG_CODE]
+    versions = client.search_model_versions(f"name='{releases.spec.name}'")
+    # v3 is the failed smoke test's; the unchanged release took no number.
+    assert max(int(v.version) for v in versions) == 3
+    assert registry.alias_version(releases.settings, releases.spec.name, "champion") == 2
 
 
 def test_the_registered_model_loads_with_its_stated_requirements(releases: Releases) -> None:

@@ -12,12 +12,13 @@ import pytest
 
 from flows.release import release_flow
 from tasks import triton, triton_server
-from tasks.data import generate_transactions, to_features, to_target
+from tasks.data import to_features, to_target
 from tasks.onnx import convert, predict
 from tasks.registry import ModelRef
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.storage import IntegrityError, S3Store, verify_dir
+from tasks.synthetic import generate_transactions
 from tasks.training import build_pipeline
 from tests.conftest import write_spec
 from tests.servers import moto_s3

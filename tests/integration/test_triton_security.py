@@ -38,6 +38,7 @@ class Released:
     spec_path: Path
     env: dict[str, str]
     runner: CliRunner
+    unchanged: str = ""  # what a second `conveyor run` on the champion's data and spec said
 
     def cli(self, *args: str) -> str:
         result = self.runner.invoke(app, list(args), env=self.env)
@@ -60,7 +61,8 @@ def released(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     released = Released(settings, spec_path, env, CliRunner())
     try:
         released.cli("run")
-        released.cli("run")
+        released.unchanged = released.cli("run")
+        released.cli("run", "--force")
         yield released
     finally:
         triton_server.stop(settings)
@@ -155,13 +157,28 @@ def test_key_is_owner_only_and_only_in_its_file(released: Released) -> None:
     assert json.loads(state.endpoint.model_dump_json())["key_file"] == str(key_file)
 
 
+def test_a_second_run_on_unchanged_data_registers_nothing(released: Released) -> None:
+    said = " ".join(released.unchanged.split())
+    assert f"{NAME}: champion v1 already is this model" in said, said
+    assert "nothing was registered" in said and "--force" in said
+    assert "Traceback" not in said and "ERROR" not in said
+    # The --force run after it registered v2: the unforced one used no version number.
+    versions = registry.client(released.settings).search_model_versions(f"name='{NAME}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    first, forced = (
+        registry.client(released.settings).get_model_version(NAME, v).tags for v in ("1", "2")
+    )
+    assert len(first[registry.TAG_SOURCE]) == 64
+    assert first[registry.TAG_SOURCE] == forced[registry.TAG_SOURCE]
+
+
 def test_conveyor_smoke_rollback_and_next_release_still_work(released: Released) -> None:
     """Runs last in this module: it moves the champion."""
     assert "passed" in released.cli("smoke")
     released.cli("rollback", NAME, "--reason", "security test")
     assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 1
     assert triton.loaded_versions(released.endpoint, NAME) == [1]
-    released.cli("run")
+    released.cli("run", "--force")  # v1 is this data and spec: unforced, nothing would change
     assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 3
     assert triton.loaded_versions(released.endpoint, NAME) == [1, 3]
 

@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks import triton, triton_server
-from tasks.data import generate_transactions, to_features, to_target
+from tasks.data import to_features, to_target
 from tasks.onnx import convert, predict
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.storage import IntegrityError, LocalStore
+from tasks.synthetic import generate_transactions
 from tasks.training import build_pipeline
 
 

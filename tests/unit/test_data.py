@@ -7,13 +7,13 @@ import pytest
 from tasks.data import (
     DataError,
     fingerprint,
-    generate_transactions,
     load_dataset,
     save_dataset,
     split,
     to_features,
 )
 from tasks.spec import DEFAULT_SPEC, load_spec
+from tasks.synthetic import generate_transactions
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.data import DataError, generate_transactions, load_source
+from tasks.data import DataError, load_source
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.synthetic import generate_transactions
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tasks import registry
-from tasks.data import generate_transactions, newest_partition
+from tasks.data import newest_partition
 from tasks.drift import load_current
 from tasks.retrain import claim_retrain
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, load_spec
+from tasks.synthetic import generate_transactions
 
 
 def test_newest_partition_is_the_latest_date_not_the_last_listed() -> None:

@@ -2,9 +2,10 @@ import numpy as np
 import onnx
 import pytest
 
-from tasks.data import generate_transactions, to_features, to_target
+from tasks.data import to_features, to_target
 from tasks.onnx import ParityError, check_parity, convert, predict
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.synthetic import generate_transactions
 from tasks.training import build_pipeline
 
 FAMILIES = {

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import DataError, fingerprint, generate_transactions, load_source
+from tasks.data import DataError, fingerprint, load_source
 from tasks.quality import DataQualityError, DataQualityReport, check_frame, require_quality
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.synthetic import generate_transactions
 
 
 @pytest.fixture(scope="module")

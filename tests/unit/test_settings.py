@@ -37,7 +37,7 @@ def test_triton_url_from_the_worker_environment(monkeypatch: pytest.MonkeyPatch)
 def test_default_spec_is_a_rare_class_fraud_model() -> None:
     spec = load_spec(DEFAULT_SPEC)
     assert spec.name == "fraud-detector"
-    assert 0.01 <= spec.data.fraud_rate <= 0.03
+    assert 0.01 <= spec.data.positive_rate <= 0.03
     assert {"amount", "hour_of_day", "is_international", "channel"} <= set(spec.feature_names)
     assert spec.n_classes == 2
 

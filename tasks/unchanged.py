@@ -1,0 +1,93 @@
+"""Whether a release would rebuild the champion: the same source data, spec and code.
+
+Every retrigger of a schedule (or a second `conveyor run`) on unchanged inputs used to register
+a version identical to the champion, and each went through the gates, the swap and the alias
+history again. The champion's lineage tags say what it was built from; a release whose snapshot,
+spec fingerprint and code version all equal them stops before training. `force` releases anyway
+(a rebuild after an incident, a deliberate re-run of the gates).
+"""
+
+from __future__ import annotations
+
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from tasks import registry
+from tasks.data import DatasetRef
+from tasks.settings import Settings
+from tasks.spec import ModelSpec
+from tasks.training import spec_fingerprint
+
+
+class Fingerprint(BaseModel):
+    """What a model version is built from."""
+
+    source_sha256: str
+    spec_sha256: str
+    code_version: str
+
+
+class UnchangedModel(BaseModel):
+    """A release that stopped because the champion already is this model."""
+
+    model: str
+    version: int  # the champion, which stays
+    fingerprint: Fingerprint
+
+    def sentence(self) -> str:
+        return (
+            f"champion v{self.version} already is this model: same data "
+            f"({self.fingerprint.source_sha256[:12]}…), spec and code "
+            f"({self.fingerprint.code_version[:12]}); nothing was registered. Release it "
+            "anyway with `conveyor run --force` (the deployment's `force` parameter)."
+        )
+
+
+def fingerprint(spec: ModelSpec, data: DatasetRef) -> Fingerprint:
+    return Fingerprint(
+        source_sha256=data.sha256,
+        spec_sha256=spec_fingerprint(spec),
+        code_version=registry.code_version(),
+    )
+
+
+def champion_fingerprint(settings: Settings, name: str) -> tuple[int, Fingerprint] | None:
+    """The champion's version and what it was built from; None without a champion, or for one
+    trained before conveyor recorded its source (it cannot be shown to be the same)."""
+    version = registry.alias_version(settings, name, registry.CHAMPION)
+    if version is None:
+        return None
+    try:
+        tags = registry.client(settings).get_model_version(name, str(version)).tags
+    except MlflowException:
+        return None
+    keys = (registry.TAG_SOURCE, registry.TAG_SPEC, registry.TAG_CODE)
+    if not all(tags.get(k) for k in keys):
+        return None
+    return version, Fingerprint(
+        source_sha256=tags[registry.TAG_SOURCE],
+        spec_sha256=tags[registry.TAG_SPEC],
+        code_version=tags[registry.TAG_CODE],
+    )
+
+
+def unchanged(settings: Settings, spec: ModelSpec, data: DatasetRef) -> UnchangedModel | None:
+    """The champion, when this release would rebuild it exactly. Code of unknown version (no
+    git checkout) is never taken for the same code."""
+    current = fingerprint(spec, data)
+    champion = champion_fingerprint(settings, spec.name)
+    if champion is None or current.code_version == registry.UNKNOWN_CODE:
+        return None
+    version, built_from = champion
+    if built_from != current:
+        return None
+    return UnchangedModel(model=spec.name, version=version, fingerprint=current)
+
+
+@task(name="compare-with-champion")
+def unchanged_task(settings: Settings, spec: ModelSpec, data: DatasetRef) -> UnchangedModel | None:
+    same = unchanged(settings, spec, data)
+    if same is not None:
+        get_run_logger().info(same.sentence())
+    return same
