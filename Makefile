@@ -77,6 +77,8 @@ deploy: bootstrap
 		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create gpu --type process
 	PREFECT_API_URL=$(PREFECT_API_URL) CONVEYOR_PROJECT_DIR=$(CURDIR) \
 		$(BIN)/prefect --no-prompt deploy --all
+	@# The release form offers the fleet's specs (deployments/models/) as a choice.
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m infra.deploy_forms
 	@# Zombie-run detection: runs whose heartbeats stop are marked Crashed (infra/prefect).
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation inspect \
 		conveyor-crash-zombie-flow-runs >/dev/null 2>&1 || \

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,7 +14,11 @@ from rich.table import Table
 
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
-from tasks.spec import load_spec
+from tasks.spec import ModelSpec, load_spec
+
+if TYPE_CHECKING:
+    from flows.release import ReleaseResult
+    from tasks.unchanged import UnchangedModel
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 triton_app = typer.Typer(no_args_is_help=True, help="The embedded Triton server.")
@@ -126,20 +130,29 @@ def run(
             "nothing is registered then).",
         ),
     ] = False,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Release every model of the fleet (CONVEYOR_SPEC_DIR, default "
+            "deployments/models/), one after the other; one model's failure does not stop the "
+            "others.",
+        ),
+    ] = False,
 ) -> None:
     """Release: train, validate, register, export to Triton, smoke-test, promote."""
-    from flows.release import release_flow
-    from tasks.unchanged import UnchangedModel
-
     settings = Settings()
+    if every:
+        if spec or resume:
+            _fail(ConveyorError("--all releases every spec: drop --spec and --resume"))
+        _run_all(settings, no_wait, force)
+        return
     path = _spec_path(spec, settings)
     try:
-        from tasks.approval import ensure_approvable
         from tasks.crashed_runs import dead_runs, mark_crashed
         from tasks.resume import LAST, check_resumable, last_release
 
-        model_spec = load_spec(path)
-        ensure_approvable(model_spec)  # fail fast, before Prefect starts its API
+        model_spec = _releasable(path)
         console.print(
             f"releasing {model_spec.name} from {path}; Prefect's log: {log_path()}",
             highlight=False,
@@ -151,12 +164,80 @@ def run(
             resume_from = last_release(path) if resume == LAST else resume
             if resume_from:
                 check_resumable(resume_from, path)
-            result = release_flow(
-                spec_path=path, resume_from=resume_from, wait=not no_wait, force=force
-            )
+            result = _release(path, resume_from, no_wait, force)
     except Exception as exc:
         _fail(exc)
         return
+    _print_release(result, settings)
+
+
+def _releasable(path: str) -> ModelSpec:
+    from tasks.approval import ensure_approvable
+
+    model_spec = load_spec(path)
+    ensure_approvable(model_spec)  # fail fast, before Prefect starts its API
+    return model_spec
+
+
+def _release(
+    path: str, resume_from: str | None, no_wait: bool, force: bool
+) -> ReleaseResult | UnchangedModel:
+    from flows.release import release_flow
+
+    return release_flow(spec_path=path, resume_from=resume_from, wait=not no_wait, force=force)
+
+
+def _run_all(settings: Settings, no_wait: bool, force: bool) -> None:
+    from tasks.credentials import explain
+    from tasks.fleet import load_fleet
+    from tasks.unchanged import UnchangedModel
+
+    try:
+        fleet = load_fleet(settings)
+        for path, _ in fleet:
+            _releasable(str(path))
+    except Exception as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"releasing {len(fleet)} models from {settings.spec_dir}/; Prefect's log: {log_path()}",
+        highlight=False,
+    )
+    table = Table(title=f"conveyor release --all ({len(fleet)} models)")
+    for column in ("model", "outcome", "served"):
+        table.add_column(column)
+    failed = unexpected = 0
+    for path, model_spec in fleet:
+        console.print(f"{model_spec.name}: releasing", highlight=False)
+        try:
+            with _tagged():
+                result = _release(str(path), None, no_wait, force)
+        except Exception as exc:  # reported in the table; the other models still release
+            failed += 1
+            expected = exc if isinstance(exc, ConveyorError) else explain(exc)
+            unexpected += expected is None
+            if expected is None:
+                console.print_exception()  # not one of conveyor's errors: its traceback stays
+            console.print(f"[bold red]{model_spec.name} failed:[/] {expected or exc!r}")
+            table.add_row(model_spec.name, f"failed: {expected or type(exc).__name__}", "")
+            continue
+        if isinstance(result, UnchangedModel):
+            outcome, served = f"unchanged: champion v{result.version} already is this model", ""
+        else:
+            outcome = f"v{result.version} is champion (previous: {result.promotion.previous})"
+            served = ", ".join(map(str, result.swap.after))
+        console.print(f"{model_spec.name}: {outcome}", highlight=False)
+        table.add_row(model_spec.name, outcome, served)
+    console.print(table)
+    if failed:
+        where = log_path()
+        console.print(f"{failed} of {len(fleet)} releases failed; details: {where}")
+        raise typer.Exit(1 if unexpected else 2)
+
+
+def _print_release(result: ReleaseResult | UnchangedModel, settings: Settings) -> None:
+    from tasks.unchanged import UnchangedModel
+
     if isinstance(result, UnchangedModel):
         console.print(f"{result.model}: {result.sentence()}", highlight=False)
         return
@@ -211,6 +292,38 @@ def run(
     console.print(
         "Triton keeps serving the champion; stop it with `conveyor triton down`. "
         f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}`."
+    )
+
+
+@app.command()
+def init(
+    source: Annotated[
+        str, typer.Option("--from", help="The data: a CSV or Parquet file, a folder, s3://…")
+    ],
+    target: Annotated[str, typer.Option(help="The label column (0/1 or false/true).")],
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: from the file name).")
+    ] = None,
+) -> None:
+    """Write deployments/models/NAME.yaml from the data: types, ranges, nulls, categories,
+    target, quality floors, a model family for its size. Never overwrites a spec."""
+    from tasks.schema_gen import init_spec
+
+    settings = Settings()
+    try:
+        result = init_spec(source, target, name, settings.spec_dir)
+    except Exception as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"wrote {result.path}: model {result.name}, {result.features} features", highlight=False
+    )
+    for skipped in result.skipped:
+        console.print(f"  left out {skipped.name}: {skipped.why}", highlight=False)
+    console.print(
+        "Review its thresholds (set to better-than-chance floors) and approval policy, then "
+        f"release it: conveyor run --spec {result.path}",
+        highlight=False,
     )
 
 
@@ -338,16 +451,58 @@ def rollback(
 ) -> None:
     """Serve the previous version again and move `champion` back to it."""
     from flows.rollback import rollback_flow
-    from tasks.spec import SPEC_DIR
 
     try:
-        spec = load_spec(SPEC_DIR / f"{model}.yaml")
+        path = _spec_of(Settings(), model)
+        spec = load_spec(path)
         with _tagged():
-            result = rollback_flow(spec_path=str(SPEC_DIR / f"{model}.yaml"), reason=reason)
+            result = rollback_flow(spec_path=str(path), reason=reason)
     except Exception as exc:
         _fail(exc)
         return
     console.print(f"{spec.name}: champion is v{result.champion} again, served alone on Triton")
+
+
+def _spec_of(settings: Settings, model: str) -> Path:
+    """The fleet's spec of `model`: NAME.yaml, or whichever spec names it."""
+    from tasks.fleet import spec_paths
+
+    path = settings.spec_dir / f"{model}.yaml"
+    if path.is_file():
+        return path
+    for candidate in spec_paths(settings):
+        if load_spec(candidate).name == model:
+            return candidate
+    raise ConveyorError(
+        f"no spec in {settings.spec_dir}/ names the model {model!r}; `conveyor status` lists "
+        "the fleet"
+    )
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
+) -> None:
+    """One row per model: champion and previous (when, who, why), versions Triton serves READY,
+    the last release and its outcome, the last drift check, approval pending, problems."""
+    from tasks import fleet
+
+    settings = Settings()
+    try:
+        statuses = fleet.fleet_status(settings)
+    except Exception as exc:
+        _fail(exc)
+        return
+    if as_json:
+        for model_status in statuses:
+            typer.echo(model_status.model_dump_json())
+        return
+    table = Table(title=f"conveyor fleet ({len(statuses)} models, {settings.spec_dir}/)")
+    for column in fleet.COLUMNS:
+        table.add_column(column, overflow="fold")
+    for model_status in statuses:
+        table.add_row(*fleet.row(model_status))
+    console.print(table)
 
 
 @app.command()

@@ -1,14 +1,28 @@
 """drift_check_flow: the newest batch against the champion's training data; emits
-`conveyor.drift.detected` when the drifted-column share crosses the spec's threshold."""
+`conveyor.drift.detected` when the drifted-column share crosses the spec's threshold.
+
+fleet_drift_flow: the nightly run over every model of the fleet, one drift-check subflow per
+model, a few at a time; one model's failure does not stop the others, and the run ends Failed
+naming every model that failed, after a fleet status table (artifact `fleet-status`)."""
 
 from __future__ import annotations
 
-from prefect import flow
+from pathlib import Path
+from typing import Literal
 
-from tasks import metrics
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from tasks import fleet, metrics, registry
 from tasks.drift import DriftReport, check_drift_task, emit_drift_task
+from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, load_spec
+
+# Models checked at once: each check scores both samples through onnxruntime and builds an
+# Evidently report (a core and a few hundred MB each); more would only queue on the CPU.
+FLEET_CONCURRENCY = 2
 
 
 @flow(name="drift-check")
@@ -20,4 +34,90 @@ def drift_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> DriftReport:
         report = check_drift_task(settings, spec)
         metrics.record_drift(obs, report)
         emit_drift_task(report, spec_path)
+    return report
+
+
+class ModelDrift(BaseModel):
+    model: str
+    spec_path: str
+    outcome: Literal["drift", "no drift", "no champion", "failed"]
+    drift_share: float | None = None
+    detail: str = ""  # the report's URI, or what failed
+
+    def line(self) -> str:
+        share = "" if self.drift_share is None else f" (share {self.drift_share:.2f})"
+        return f"{self.model}: {self.outcome}{share}" + (f"; {self.detail}" if self.detail else "")
+
+
+class FleetDriftReport(BaseModel):
+    models: list[ModelDrift]
+
+    @property
+    def failed(self) -> list[ModelDrift]:
+        return [m for m in self.models if m.outcome == "failed"]
+
+
+class FleetDriftError(ConveyorError):
+    """At least one model's drift check failed (the others ran)."""
+
+
+@task(name="check-model-drift")
+def check_model_task(spec_path: str) -> ModelDrift:
+    """One model's drift check as its own subflow run; its failure is this model's result, so
+    the fleet run goes on and reports it (the subflow run itself ends Failed, with its logs)."""
+    settings = Settings()
+    spec = load_spec(spec_path)
+    if registry.alias_version(settings, spec.name, registry.CHAMPION) is None:
+        return ModelDrift(model=spec.name, spec_path=spec_path, outcome="no champion")
+    try:
+        report = drift_check_flow(spec_path=spec_path)
+    except Exception as exc:  # reported, and the fleet run fails at its end naming it
+        get_run_logger().error("%s: drift check failed: %s", spec.name, exc)
+        return ModelDrift(
+            model=spec.name,
+            spec_path=spec_path,
+            outcome="failed",
+            detail=f"{type(exc).__name__}: {str(exc)[:300]}",
+        )
+    return ModelDrift(
+        model=spec.name,
+        spec_path=spec_path,
+        outcome="drift" if report.drifted else "no drift",
+        drift_share=report.drift_share,
+        detail=report.report_uri,
+    )
+
+
+@flow(name="fleet-drift-check")
+def fleet_drift_flow(
+    spec_dir: str | None = None, max_concurrent: int = FLEET_CONCURRENCY
+) -> FleetDriftReport:
+    """Check every model of the fleet; each drifted model emits its own event, so retraining
+    stays per model.
+
+    Args:
+        spec_dir: The fleet's spec directory (default: CONVEYOR_SPEC_DIR, deployments/models/).
+        max_concurrent: Models checked at a time.
+    """
+    settings = Settings()
+    if spec_dir:
+        settings = settings.model_copy(update={"spec_dir": Path(spec_dir)})
+    paths = [str(path) for path, _ in fleet.load_fleet(settings)]
+    results: list[ModelDrift] = []
+    for start in range(0, len(paths), max(1, max_concurrent)):
+        batch = [check_model_task.submit(p) for p in paths[start : start + max_concurrent]]
+        results += [future.result() for future in batch]
+    report = FleetDriftReport(models=results)
+    lines = "\n".join(f"- {m.line()}" for m in results)
+    create_markdown_artifact(
+        key="fleet-status",
+        markdown=f"# Nightly drift check: {len(results)} models\n\n{lines}\n\n"
+        + fleet.markdown(fleet.fleet_status(settings)),
+    )
+    if report.failed:
+        raise FleetDriftError(
+            f"the drift check failed for {', '.join(m.model for m in report.failed)} (the other "
+            f"{len(results) - len(report.failed)} models were checked): "
+            + "; ".join(m.line() for m in report.failed)
+        )
     return report

@@ -95,19 +95,22 @@ def release_flow(
     registered; the candidate is smoke-tested under its own Triton name, so callers keep getting
     the champion until the swap. On any failure after registration (export, smoke test, approval,
     swap) the new version is withdrawn from Triton and the repository, and `champion` does not
-    move.
+    move. Finished steps of an interrupted release are reused by `resume_from` (see
+    `tasks.resume`); the steps that act on shared state always run again.
 
-    `resume_from`: the flow run id of an interrupted release of the same spec; the steps it
-    finished (data snapshot and contract, search, refit, ONNX export, serving tuning) are reused,
-    the rest run again (see `tasks.resume`).
+    One release per model at a time: the model's lease is held throughout (`tasks.lease`).
+    Holding it, the release first clears what a crashed release left
+    (`tasks.doctor.repair_leftovers`). When the source data, the spec and the code equal the
+    champion's, nothing is trained or registered and the result is `UnchangedModel`
+    (`tasks.unchanged`).
 
-    One release per model at a time: the model's lease is held throughout (`tasks.lease`); a
-    second release waits for it (`wait`, bounded by CONVEYOR_LEASE_TIMEOUT_S) or fails at once
-    naming the holder. Holding it, the release first clears what a crashed release left
-    (`tasks.doctor.repair_leftovers`).
-
-    When the source data, the spec and the code equal the champion's, nothing is trained or
-    registered and the result is `UnchangedModel` (`tasks.unchanged`); `force` releases anyway."""
+    Args:
+        spec_path: The model's spec (a file in deployments/models/, relative to the checkout).
+        resume_from: The flow run id of an interrupted release of the same spec, to continue.
+        wait: If another flow holds the model, wait for it (bounded by
+            CONVEYOR_LEASE_TIMEOUT_S); false fails at once naming the holder.
+        force: Release even when data, spec and code equal the champion's.
+    """
     settings = Settings()
     spec = load_spec(spec_path)
     with lease.model_lease(settings, spec.name, "release", wait=wait):

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from tasks import lease, registry, triton, triton_server
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
-from tasks.spec import SPEC_DIR, ModelSpec, load_spec
+from tasks.spec import ModelSpec, SpecError, load_spec
 from tasks.storage import StorageError, Store, open_store, repository_versions, verify_dir
 
 Kind = Literal[
@@ -68,18 +68,31 @@ class DoctorError(ConveyorError):
     """`conveyor doctor` found problems it did not (or could not) repair."""
 
 
+def specs(settings: Settings) -> dict[str, ModelSpec]:
+    """The specs in the spec directory that load, by model name (the name inside the file,
+    which need not be the file's stem)."""
+    found: dict[str, ModelSpec] = {}
+    directory = settings.spec_dir
+    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+        try:
+            spec = load_spec(path)
+        except SpecError:
+            continue  # a broken spec is the fleet commands' error to report, not doctor's
+        found.setdefault(spec.name, spec)
+    return found
+
+
 def fleet(settings: Settings) -> list[str]:
     """Every model conveyor knows: registered, in the repository, or with a spec."""
-    names = {p.stem for p in SPEC_DIR.glob("*.yaml")} if SPEC_DIR.is_dir() else set()
+    names = set(specs(settings))
     names |= {m.name for m in registry.client(settings).search_registered_models()}
     files = open_store(settings.repository).list_files("")
     names |= {f.split("/")[0] for f in files if not f.startswith(".") and "/" in f}
     return sorted(names)
 
 
-def _spec(model: str) -> ModelSpec | None:
-    path = SPEC_DIR / f"{model}.yaml"
-    return load_spec(path) if path.is_file() else None
+def _spec(settings: Settings, model: str) -> ModelSpec | None:
+    return specs(settings).get(model)
 
 
 def server_problems(settings: Settings) -> list[Problem]:
@@ -272,10 +285,12 @@ def _repair_model(settings: Settings, model: str, problems: list[Problem]) -> No
     back on champion and previous before any file it might still be serving is deleted."""
     store = open_store(settings.repository)
     unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
-    spec = _spec(model)
+    spec = _spec(settings, model)
     if unserved and spec is None:
         for problem in unserved:
-            problem.repair = f"none: no spec {SPEC_DIR}/{model}.yaml to render its config from"
+            problem.repair = (
+                f"none: no spec for {model} in {settings.spec_dir}/ to render its config from"
+            )
     elif unserved and spec is not None:
         triton.restore_serving(settings, spec)
         for problem in unserved:

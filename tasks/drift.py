@@ -36,6 +36,7 @@ from tasks.settings import Settings
 from tasks.spec import FeatureType, ModelSpec
 
 SCORE = "score"
+DRIFT_SHARE_METRIC = "drift_share"  # on each drift-check run in MLflow
 
 
 class ColumnDrift(BaseModel):
@@ -151,6 +152,8 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     )
     columns = _column_results(snapshot.dict())
     feature_results = [columns[name] for name in features]
+    drifted = sum(c.drifted for c in feature_results)
+    share = drifted / len(feature_results)
     with tempfile.TemporaryDirectory() as tmp:
         html = Path(tmp) / "drift_report.html"
         snapshot.save_html(str(html))
@@ -158,9 +161,10 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
             settings,
             spec.name,
             html,
-            metrics={f"drift_{c.column}": c.score for c in [*feature_results, columns[SCORE]]},
+            # The share is what `conveyor status` shows; the scores are per column.
+            metrics={f"drift_{c.column}": c.score for c in [*feature_results, columns[SCORE]]}
+            | {DRIFT_SHARE_METRIC: share},
         )
-    drifted = sum(c.drifted for c in feature_results)
     return DriftReport(
         model=spec.name,
         champion=champion,
@@ -171,7 +175,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
         compared_rows=len(current),
         columns=feature_results,
         prediction=columns[SCORE],
-        drift_share=drifted / len(feature_results),
+        drift_share=share,
         threshold_share=spec.drift.share,
         report_uri=report_uri,
         checked_at=datetime.now(UTC),

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasks.spec import DEFAULT_SPEC
+from tasks.spec import DEFAULT_SPEC, SPEC_DIR
 
 
 class Settings(BaseSettings):
@@ -24,6 +24,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".conveyor"), description="State directory.")
     spec: Path = Field(default=DEFAULT_SPEC, description="Model spec used when none is given.")
+    spec_dir: Path = Field(
+        default=SPEC_DIR, description="The fleet: one spec per model (`run --all`, `status`)."
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default: SQLite under home."
     )

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from sklearn.base import ClassifierMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
@@ -45,6 +46,14 @@ SKOPS_TRUSTED: dict[EstimatorFamily, list[str]] = {
     "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
     "logistic_regression": [],
 }
+# The imputer of nullable features keeps the dtype it was fitted on.
+SKOPS_TRUSTED_IMPUTER = ["numpy.dtype"]
+
+
+def skops_trusted(spec: ModelSpec) -> list[str]:
+    imputed = any(f.nullable and f.type is not FeatureType.category for f in spec.features)
+    return SKOPS_TRUSTED[spec.estimator.family] + (SKOPS_TRUSTED_IMPUTER if imputed else [])
+
 
 Params = dict[str, int | float | str | bool | None]
 
@@ -61,10 +70,13 @@ def make_estimator(
 
 def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = -1) -> Pipeline:
     """Categories arrive as their index; they are one-hot encoded inside the Pipeline (and so
-    inside the ONNX graph), so clients send the same tensor whatever the estimator."""
+    inside the ONNX graph), so clients send the same tensor whatever the estimator. A nullable
+    feature's missing value arrives as NaN and is imputed (the training median) inside the graph
+    too; an unknown or missing category (index -1) encodes as all zeros."""
     params = spec.estimator.params | (params or {})
     categorical = [i for i, f in enumerate(spec.features) if f.type is FeatureType.category]
-    numeric = [i for i, f in enumerate(spec.features) if f.type is not FeatureType.category]
+    nullable = [i for i, f in enumerate(spec.features) if f.nullable and i not in categorical]
+    numeric = [i for i in range(len(spec.features)) if i not in categorical + nullable]
     categories = [
         [float(i) for i in range(len(spec.features[i].categories or []))] for i in categorical
     ]
@@ -73,6 +85,14 @@ def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = 
         StandardScaler() if spec.estimator.family == "logistic_regression" else "passthrough"
     )
     transformers: list[tuple[str, object, list[int]]] = [("numeric", numeric_step, numeric)]
+    if nullable:
+        # Imputed rather than left to the estimator: logistic regression cannot take NaN, and
+        # one graph for every family keeps ONNX parity simple.
+        imputer = SimpleImputer(strategy="median")
+        scaled = Pipeline([("impute", imputer), ("scale", StandardScaler())])
+        transformers.append(
+            ("nullable", imputer if numeric_step == "passthrough" else scaled, nullable)
+        )
     if categorical:
         encoder = OneHotEncoder(
             categories=categories, handle_unknown="ignore", sparse_output=False, dtype=np.float32
@@ -218,7 +238,7 @@ def train_candidate(
         metrics.model_dump() | {f"search_best_{search.metric}": search.best.score},
         features[:100],
         tags=lineage,
-        trusted_types=SKOPS_TRUSTED[spec.estimator.family],
+        trusted_types=skops_trusted(spec),
         figures=plots,
         inputs={"training": (train, data.train), "holdout": (holdout, data.holdout)},
     )

@@ -90,6 +90,9 @@ def render_config(
     config.instance_group.append(mc.ModelInstanceGroup(count=serving.instance_count, kind=kind))
     for key in ("intra_op_thread_count", "inter_op_thread_count"):
         config.parameters[key].string_value = "1"
+    # Columns where NaN means "missing" (the graph imputes it); NaN elsewhere is refused.
+    nullable = [str(i) for i, f in enumerate(spec.features) if f.nullable]
+    config.parameters["nullable_columns"].string_value = ",".join(nullable)
     # Warm-up runs before Triton marks a version READY, so no client pays onnxruntime's first run.
     warmup_input = mc.ModelWarmup.Input(
         data_type=mc.TYPE_FP32, dims=[spec.n_features], zero_data=True

@@ -10,6 +10,7 @@ server's trigger.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from tests.conftest import ROOT, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
 NAME = "fraud-detector"
+SHIPPED = ("fraud-detector", "credit-default", "churn")
 
 
 @dataclass
@@ -88,17 +90,20 @@ class Stack:
             body["flow_runs"] = {"state": {"type": {"any_": states}}}
         return self.post("/flow_runs/filter", body)
 
-    def start_run(self, deployment: str, spec: Path) -> str:
+    def start_run(self, deployment: str, spec: Path | None = None, **params: str) -> str:
         """Ask for a deployment run; its flow run id."""
-        flow = {"release": "release", "drift-check": "drift-check", "retrain": "retrain"}
-        output = self.cli(
-            "deployment", "run", f"{flow[deployment]}/{deployment}", "--param", f"spec_path={spec}"
-        )
+        flow = {"nightly-drift": "fleet-drift-check"}.get(deployment, deployment)
+        if spec is not None:
+            params["spec_path"] = str(spec)
+        given = [arg for key, value in params.items() for arg in ("--param", f"{key}={value}")]
+        output = self.cli("deployment", "run", f"{flow}/{deployment}", *given)
         return next(line.split(":")[-1].strip() for line in output.splitlines() if "UUID" in line)
 
-    def run(self, deployment: str, spec: Path, timeout_s: float = 300) -> dict[str, object]:
+    def run(
+        self, deployment: str, spec: Path | None = None, timeout_s: float = 300, **params: str
+    ) -> dict[str, object]:
         """Run a deployment through the worker and wait for a final state."""
-        return self.wait(self.start_run(deployment, spec), timeout_s)
+        return self.wait(self.start_run(deployment, spec, **params), timeout_s)
 
     def wait(self, run_id: str, timeout_s: float = 300) -> dict[str, object]:
         deadline = time.monotonic() + timeout_s
@@ -175,14 +180,19 @@ def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_
 
 
 def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: Stack) -> None:
-    names = {d["name"] for d in stack.post("/deployments/filter", {})}
-    assert names == {"release", "drift-check", "retrain", "release-gpu"}
-    [nightly] = stack.post(
-        "/deployments/filter", {"deployments": {"name": {"any_": ["drift-check"]}}}
-    )
-    [schedule] = nightly["schedules"]  # type: ignore[misc]
+    deployments = {str(d["name"]): d for d in stack.post("/deployments/filter", {})}
+    assert set(deployments) == {"release", "nightly-drift", "drift-check", "retrain", "release-gpu"}
+    assert all("conveyor" in d["tags"] for d in deployments.values())  # type: ignore[operator]
+    [schedule] = deployments["nightly-drift"]["schedules"]  # type: ignore[misc]
     assert schedule["schedule"]["cron"] == "0 2 * * *"
     assert schedule["schedule"]["timezone"] == "Europe/London"
+    assert deployments["drift-check"]["schedules"] == []  # the fleet run covers it nightly
+    # The release form offers the fleet's specs as a choice, each described; a path still goes.
+    form = deployments["release"]["parameter_openapi_schema"]["properties"]["spec_path"]  # type: ignore[index]
+    choice, free = form["anyOf"]
+    assert set(choice["enum"]) == {f"deployments/models/{m}.yaml" for m in SHIPPED}
+    assert free == {"title": "another spec file", "type": "string"}
+    assert all(f"{m}:" in form["description"] for m in SHIPPED)
 
 
 def test_anonymous_api_calls_are_refused(stack: Stack) -> None:
@@ -217,8 +227,8 @@ def test_conveyor_without_the_credential_is_one_paragraph(stack: Stack, tmp_path
 
 def test_nightly_schedule_has_scheduled_runs(stack: Stack) -> None:
     deadline = time.monotonic() + 60
-    while not (scheduled := stack.runs("drift-check", ["SCHEDULED"])):
-        assert time.monotonic() < deadline, "the scheduler created no drift-check runs"
+    while not (scheduled := stack.runs("nightly-drift", ["SCHEDULED"])):
+        assert time.monotonic() < deadline, "the scheduler created no nightly-drift runs"
         time.sleep(2)
     times = sorted(str(r["expected_start_time"]) for r in scheduled)
     assert len(times) >= 2 and all(t.endswith(("01:00:00Z", "02:00:00Z")) for t in times)
@@ -297,3 +307,90 @@ def wait_for_events(stack: Stack, count: int, context: str) -> list[dict[str, ob
         )
         time.sleep(1)
     return events
+
+
+# The fleet: the three shipped specs (made small), under names of their own on the shared stack.
+FLEET = {
+    "fleet-card-fraud": ROOT / "deployments/models/fraud-detector.yaml",
+    "fleet-credit": ROOT / "deployments/models/credit-default.yaml",
+    "fleet-churn": ROOT / "deployments/models/churn.yaml",
+}
+
+
+@dataclass
+class Fleet:
+    directory: Path
+    first: subprocess.CompletedProcess[str]
+    again: subprocess.CompletedProcess[str]
+    status: list[dict[str, object]]
+
+
+@pytest.fixture(scope="module")
+def fleet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """`conveyor run --all` over a fleet of three, twice, then `conveyor status --json`; the
+    module's last fixture, so its models do not meet the drift tests above."""
+    directory = tmp_path_factory.mktemp("fleet")
+    for name, base in FLEET.items():
+        write_spec(directory, base, name=name).rename(directory / f"{name}.yaml")
+    env = {**stack.env(), "CONVEYOR_SPEC_DIR": str(directory)}
+
+    def conveyor(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "conveyor"), *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    first, again = conveyor("run", "--all"), conveyor("run", "--all")
+    status = conveyor("status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = [json.loads(line) for line in status.stdout.splitlines() if line.startswith("{")]
+    return Fleet(directory, first, again, rows)
+
+
+def test_run_all_releases_every_model_and_status_lists_them(stack: Stack, fleet: Fleet) -> None:
+    said = " ".join((fleet.first.stdout + fleet.first.stderr).split())
+    assert fleet.first.returncode == 0, said[-4000:]
+    rows = {str(r["model"]): r for r in fleet.status}
+    for name in FLEET:
+        assert registry.alias_version(stack.settings, name, registry.CHAMPION) == 1, said
+        assert f"{name}: v1 is champion" in said
+        row = rows[name]
+        assert row["champion"]["version"] == 1 and row["served"] == [1], row  # type: ignore[index]
+        assert str(row["last_release"]).startswith("v1 promoted"), row
+        assert row["problems"] == [], row
+
+
+def test_a_second_run_all_on_unchanged_data_registers_nothing(stack: Stack, fleet: Fleet) -> None:
+    said = " ".join((fleet.again.stdout + fleet.again.stderr).split())
+    assert fleet.again.returncode == 0, said[-4000:]
+    client = registry.client(stack.settings)
+    for name in FLEET:
+        assert f"{name}: unchanged: champion v1 already is this model" in said, said[-3000:]
+        assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+
+
+def test_the_nightly_drift_deployment_checks_every_model(stack: Stack, fleet: Fleet) -> None:
+    run = stack.run("nightly-drift", timeout_s=400, spec_dir=str(fleet.directory))
+    assert run["state"]["type"] == "COMPLETED", stack.logs(str(run["id"]))
+    children = stack.post(
+        "/flow_runs/filter",
+        {"flow_runs": {"parent_flow_run_id": {"any_": [str(run["id"])]}}},
+    )
+    client = registry.client(stack.settings)
+    for name in FLEET:
+        experiment = client.get_experiment_by_name(name)
+        assert experiment is not None
+        checks = client.search_runs(
+            [experiment.experiment_id], filter_string="attributes.run_name = 'drift-check'"
+        )
+        assert len(checks) == 1 and "drift_share" in checks[0].data.metrics, name
+        assert checks[0].data.tags[registry.TAG_FLOW_RUN] == str(run["id"])
+    # One drift-check subflow per model, each under its own task of the nightly run.
+    assert len(children) == len(FLEET)
+    artifacts = stack.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-status"]}}})
+    [table] = [str(a["data"]) for a in artifacts if a["flow_run_id"] == run["id"]]
+    assert all(f"| {name} | v1" in table for name in FLEET), table

@@ -34,18 +34,23 @@ class TritonPythonModel:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.n_features = int(config["input"][0]["dims"][0])
+        # NaN is a missing value in these columns (the ONNX graph imputes it), an error elsewhere.
+        listed = _parameter(config, "nullable_columns", "")
+        self.strict = np.ones(self.n_features, dtype=bool)
+        self.strict[[int(i) for i in listed.split(",") if i]] = False
 
     def execute(self, requests):
         responses = [None] * len(requests)
         batches, owners = [], []
         for i, request in enumerate(requests):
             x = pb_utils.get_input_tensor_by_name(request, "features").as_numpy()
-            if not np.isfinite(x).all():
-                bad = int((~np.isfinite(x)).any(axis=1).sum())
+            wrong = np.isinf(x) | (np.isnan(x) & self.strict)
+            if wrong.any():
+                bad = int(wrong.any(axis=1).sum())
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(
-                        f"features contain NaN or infinity in {bad} row(s); "
-                        "send finite FP32 values (impute missing values before the request)"
+                        f"features contain NaN or infinity in {bad} row(s); send finite FP32 "
+                        "values (NaN means missing only in a feature the spec marks nullable)"
                     )
                 )
                 continue
