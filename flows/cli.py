@@ -32,6 +32,9 @@ SpecOption = Annotated[
 
 
 LOG_FILE = "conveyor.log"
+# Set once per command by the callback: -v puts Prefect's log lines on the console, where a
+# live-redrawn table would fight them, so stages are then printed as lines.
+VERBOSE = {"on": False}
 # Loggers Prefect gives a console handler (the root, and its embedded server's uvicorn/fastapi).
 CONSOLE_LOGGERS = ("", "uvicorn", "fastapi")
 
@@ -46,6 +49,10 @@ def main(
     always); the console shows conveyor's own output, unless -v."""
     # The ephemeral API's telemetry cannot reach anything here and logs an ERROR each start.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # MLflow installs its own console handler at import (INFO lines on every new SQLite store);
+    # without it its records reach the root logger, so the log file (and -v), like Prefect's.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    VERBOSE["on"] = verbose
     route_logs(Settings().home / "logs" / LOG_FILE, verbose)
 
 
@@ -97,6 +104,12 @@ def _tagged() -> contextlib.AbstractContextManager[None]:
     from tasks.crashed_runs import process_tags
 
     return tags(*process_tags())
+
+
+def _stages(title: str) -> contextlib.AbstractContextManager[object]:
+    from flows.stages import shown
+
+    return shown(console, title, live=not VERBOSE["on"])
 
 
 def _spec_path(spec: Path | None, settings: Settings) -> str:
@@ -164,7 +177,8 @@ def run(
             resume_from = last_release(path) if resume == LAST else resume
             if resume_from:
                 check_resumable(resume_from, path)
-            result = _release(path, resume_from, no_wait, force)
+            with _stages(f"release {model_spec.name}"):
+                result = _release(path, resume_from, no_wait, force)
     except Exception as exc:
         _fail(exc)
         return
@@ -210,7 +224,7 @@ def _run_all(settings: Settings, no_wait: bool, force: bool) -> None:
     for path, model_spec in fleet:
         console.print(f"{model_spec.name}: releasing", highlight=False)
         try:
-            with _tagged():
+            with _tagged(), _stages(f"release {model_spec.name}"):
                 result = _release(str(path), None, no_wait, force)
         except Exception as exc:  # reported in the table; the other models still release
             failed += 1
@@ -388,19 +402,34 @@ def smoke(
 
 
 @app.command()
-def drift(spec: SpecOption = None) -> None:
+def drift(
+    spec: SpecOption = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Check every model of the fleet (the nightly run).")
+    ] = False,
+) -> None:
     """Drift check of the champion against the newest batch; emits the retrain event on drift."""
-    from flows.drift import drift_check_flow
+    from flows.drift import drift_check_flow, fleet_drift_flow
     from tasks import registry
 
     settings = Settings()
+    if every:
+        try:
+            with _tagged(), _stages("nightly drift check"):
+                fleet_report = fleet_drift_flow()
+        except Exception as exc:
+            _fail(exc)
+            return
+        for checked in fleet_report.models:
+            console.print(checked.line(), highlight=False)
+        return
     path = _spec_path(spec, settings)
     try:
         name = load_spec(path).name
         if registry.alias_version(settings, name, registry.CHAMPION) is None:
             # Before Prefect starts its API: there is nothing to compare against.
             raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
-        with _tagged():
+        with _tagged(), _stages(f"drift check {name}"):
             report = drift_check_flow(spec_path=path)
     except Exception as exc:
         _fail(exc)
@@ -455,7 +484,7 @@ def rollback(
     try:
         path = _spec_of(Settings(), model)
         spec = load_spec(path)
-        with _tagged():
+        with _tagged(), _stages(f"rollback {spec.name}"):
             result = rollback_flow(spec_path=str(path), reason=reason)
     except Exception as exc:
         _fail(exc)

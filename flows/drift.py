@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from tasks import fleet, metrics, registry
 from tasks.drift import DriftReport, check_drift_task, emit_drift_task
 from tasks.errors import ConveyorError
+from tasks.progress import stage
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, load_spec
 
@@ -30,10 +31,15 @@ def drift_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> DriftReport:
     """Check the model described by `spec_path` for data and prediction drift."""
     settings = Settings()
     spec = load_spec(spec_path)
-    with metrics.observed(settings, spec.name, "drift-check") as obs:
+    with (
+        metrics.observed(settings, spec.name, "drift-check") as obs,
+        stage(f"drift {spec.name}") as step,
+    ):
         report = check_drift_task(settings, spec)
         metrics.record_drift(obs, report)
         emit_drift_task(report, spec_path)
+        verdict = "DRIFT, event emitted" if report.drifted else "no drift"
+        step.figure = f"{verdict}; share {report.drift_share:.2f} of {len(report.columns)}"
     return report
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
@@ -25,6 +27,7 @@ from tasks.errors import ConveyorError
 from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.orchestration import subflows_without_heartbeats
+from tasks.progress import stage
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
 from tasks.resume import resume_task
 from tasks.retention import RetentionReport, retire_old_versions_task
@@ -113,12 +116,18 @@ def release_flow(
     """
     settings = Settings()
     spec = load_spec(spec_path)
-    with lease.model_lease(settings, spec.name, "release", wait=wait):
+    with ExitStack() as held:
+        with stage("model lease") as waiting:
+            # Waiting for another release of the model is a stage an operator wants to see.
+            held.enter_context(lease.model_lease(settings, spec.name, "release", wait=wait))
+            waiting.figure = f"held for {spec.name}"
         mark_crashed_task()
         with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
-            if resume_from:
-                resume_task(resume_from, spec_path)
-            repair_leftovers_task(settings, spec)
+            with stage("state check") as checked:
+                if resume_from:
+                    resume_task(resume_from, spec_path)
+                repaired = repair_leftovers_task(settings, spec)
+                checked.figure = f"{len(repaired)} leftover(s) repaired" if repaired else "clean"
             with subflows_without_heartbeats():
                 result = _release(settings, spec, obs, force)
     markdown = (
@@ -138,34 +147,61 @@ def _release(
     runner = task_runner(settings.task_runner, spec.search.parallel, settings.dask_address)
     # Steps that a resumed release reuses keep their results where a later process finds them.
     results = settings.results
-    data = snapshot_task.with_options(result_storage=results)(spec, settings)
-    if not force and (same := unchanged_task(settings, spec, data)) is not None:
+    with stage("data") as step:
+        data = snapshot_task.with_options(result_storage=results)(spec, settings)
+        same = None if force else unchanged_task(settings, spec, data)
+        step.figure = f"{data.rows:,} rows, sha256 {data.sha256[:12]}…" + (
+            f"; unchanged since v{same.version}" if same else ""
+        )
+    if same is not None:
         obs.unchanged()
         return same
-    train = training_flow.with_options(task_runner=runner, result_storage=results)(
-        spec, settings, data
-    )
-    validation = validation_flow(spec, settings, train)
-    ref = registration_flow(spec, settings, train, validation)
+    with stage("training") as step:
+        train = training_flow.with_options(task_runner=runner, result_storage=results)(
+            spec, settings, data
+        )
+        m = train.metrics
+        step.figure = f"ROC AUC {m.roc_auc:.4f}, PR AUC {m.pr_auc:.4f}, F1 {m.f1:.4f}"
+    with stage("validation") as step:
+        validation = validation_flow(spec, settings, train)
+        step.figure = validation.verdict[:70]
+    with stage("registration") as step:
+        ref = registration_flow(spec, settings, train, validation)
+        step.figure = f"v{ref.version} is challenger"
     obs.registered(ref.version, train.metrics.model_dump(exclude={"rows"}))
     try:
-        export = triton_export_flow.with_options(result_storage=results)(
-            spec, settings, ref, train.holdout
-        )
-        smoke = smoke_test_flow(spec, settings, ref, train.holdout)
+        with stage("ONNX export") as step:
+            export = triton_export_flow.with_options(result_storage=results)(
+                spec, settings, ref, train.holdout
+            )
+            parity = export.onnx.parity
+            step.figure = f"parity max |Δp| {parity.max_abs_diff:.1e}, {parity.label_flips} flips"
+        with stage("smoke test") as step:
+            smoke = smoke_test_flow(spec, settings, ref, train.holdout)
+            step.figure = (
+                f"p99 {smoke.p99_ms:.2f} ms; {smoke.load.throughput_rps:.0f} req/s at "
+                f"{smoke.load.concurrency} clients"
+            )
         metrics.record_smoke(obs, smoke)
         approval = None
         if spec.promotion.requires_approval:
-            approval = record_decision_task(settings, ref, request_approval(spec, ref.version))
+            with stage("approval") as step:
+                approval = record_decision_task(settings, ref, request_approval(spec, ref.version))
+                step.figure = f"{approval.approver}: {approval.reason}"[:70]
         # Triton first: the version answers callers before the registry calls it champion.
-        swap = swap_task(settings, spec, ref, train.holdout)
+        with stage("swap") as step:
+            swap = swap_task(settings, spec, ref, train.holdout)
+            step.figure = f"served {swap.before} → {swap.after}, {len(swap.errors)} errors"
         metrics.record_swap(obs, swap)
-        promotion = promote_task(
-            settings,
-            ref,
-            f"approved: {approval.reason}" if approval else "release passed every gate",
-            approval.approver if approval else default_actor(),
-        )
+        with stage("promotion") as step:
+            promotion = promote_task(
+                settings,
+                ref,
+                f"approved: {approval.reason}" if approval else "release passed every gate",
+                approval.approver if approval else default_actor(),
+            )
+            previous = f"v{promotion.previous}" if promotion.previous else "none"
+            step.figure = f"champion v{promotion.champion}, previous {previous}"
     except Exception as exc:
         # Alias first: it is the cheap step, and a Triton that cannot be reached must not leave
         # `challenger` pointing at a version that failed.
@@ -184,10 +220,12 @@ def _release(
             f"{state.versions or 'nothing yet'}, the aliases did not move. Fix the cause "
             f"and run again; `conveyor doctor {spec.name}` checks the state."
         ) from exc
-    card = model_card_task(
-        settings, spec, ref, train, validation, export.onnx, smoke, approval, promotion
-    )
-    retention = retire_old_versions_task(settings, spec)
+    with stage("model card") as step:
+        card = model_card_task(
+            settings, spec, ref, train, validation, export.onnx, smoke, approval, promotion
+        )
+        retention = retire_old_versions_task(settings, spec)
+        step.figure = retention.summary()[:70]
     for gate in metrics.GATES:
         if gate != "approval" or approval is not None:
             obs.gate(gate, True)

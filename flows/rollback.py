@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from prefect import flow
 
 from tasks import lease, metrics
+from tasks.progress import stage
 from tasks.registry import PromotionResult, default_actor, plan_rollback_task, rollback_task
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, load_spec
@@ -20,14 +23,20 @@ def rollback_flow(
     spec = load_spec(spec_path)
     # The model's lease: a rollback during a release waits for it (and then rolls back what it
     # promoted), never interleaves with its swap.
-    with (
-        lease.model_lease(settings, spec.name, "rollback"),
-        metrics.observed(settings, spec.name, "rollback"),
-    ):
+    with ExitStack() as held:
+        with stage("model lease") as step:
+            held.enter_context(lease.model_lease(settings, spec.name, "rollback"))
+            step.figure = f"held for {spec.name}"
+        held.enter_context(metrics.observed(settings, spec.name, "rollback"))
         plan = plan_rollback_task(settings, spec.name)
-        serve_only_task(settings, spec, plan.target)
+        with stage("serve previous") as step:
+            serve_only_task(settings, spec, plan.target)
+            step.figure = f"Triton serves v{plan.target} alone"
         try:
-            return rollback_task(settings, plan, reason, actor or default_actor())
+            with stage("aliases") as step:
+                moved = rollback_task(settings, plan, reason, actor or default_actor())
+                step.figure = f"champion v{moved.champion}"
+            return moved
         except Exception:
             # The registry refused the move (a read-only user, an outage): Triton goes back to
             # what the aliases say, so the champion is still the version served.

@@ -27,9 +27,7 @@ class StageView:
         for column in ("", "stage", "elapsed", "result"):
             table.add_column(column)
         for stage in self.stages.values():
-            table.add_row(
-                MARKS[stage.state], stage.name, f"{stage.elapsed_s:6.1f} s", stage.figure
-            )
+            table.add_row(MARKS[stage.state], stage.name, f"{stage.elapsed_s:6.1f} s", stage.figure)
         return table
 
     def line(self, stage: progress.Stage) -> None:

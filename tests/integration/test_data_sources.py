@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.synthetic import generate_transactions
 from tests.conftest import write_spec
-from tests.servers import moto_s3
+from tests.servers import BIN, clean_env, moto_s3
 
 
 def with_source(spec: ModelSpec, source: str) -> ModelSpec:
@@ -109,3 +110,28 @@ def test_bad_data_stops_the_release_before_training(
             return str(max(found, key=lambda a: str(a.created)).data)
 
     assert "Data validation FAILED" in asyncio.run(artifact())
+
+
+def test_a_release_on_an_empty_csv_is_one_short_paragraph(prefect_api: None, tmp_path: Path):
+    from prefect.settings import PREFECT_API_URL
+
+    empty = tmp_path / "transactions.csv"
+    empty.write_text("")
+    spec_path = write_spec(tmp_path, **{"data.source": str(empty)})
+    done = subprocess.run(
+        [str(BIN / "conveyor"), "run", "--spec", str(spec_path)],
+        env=clean_env(
+            CONVEYOR_HOME=str(tmp_path / "state"), PREFECT_API_URL=str(PREFECT_API_URL.value())
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert len(output.splitlines()) <= 15, output
+    assert "Traceback" not in output and "ERROR" not in output, output
+    said = " ".join(output.split())
+    assert "is empty (0 bytes)" in said and str(empty.name) in said
+    # The data stage is shown failed; nothing after it started.
+    assert "✗ data" in said and "training" not in said

@@ -41,6 +41,7 @@ class Resumed:
     name: str
     killed: FlowRun
     resumed: FlowRun
+    done: subprocess.CompletedProcess[str]  # the resumed release's console
     again: subprocess.CompletedProcess[str]
 
 
@@ -74,7 +75,7 @@ def resumed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
             again = subprocess.run(
                 [*command, "--resume", "last"], env=env, capture_output=True, text=True, timeout=120
             )
-            yield Resumed(settings, load_spec(spec).name, killed, resumed, again)
+            yield Resumed(settings, load_spec(spec).name, killed, resumed, done, again)
         finally:
             if process.poll() is None:
                 stop_process(process)
@@ -148,3 +149,27 @@ def test_results_are_reused_within_an_attempt_never_across(prefect_api: None, tm
     run_id(run(1, resume_from=resumed, return_state=True))  # a resume of a resume
     run_id(run(2, resume_from=first, return_state=True))  # other inputs: computed
     assert calls == [1, 1, 2]
+
+
+def test_the_console_shows_each_stage_and_no_log_lines(resumed: Resumed) -> None:
+    """What a person reads: the stages with their figures, the summary, and no ERROR or WARNING
+    line (Prefect's and MLflow's go to the log file)."""
+    lines = (resumed.done.stdout + resumed.done.stderr).splitlines()
+    assert not [line for line in lines if any(w in line for w in ("ERROR", "WARNING", "Trace"))]
+    shown = [line.split()[1] for line in lines if line.startswith("✓ ")]
+    assert shown == [
+        "model",
+        "state",
+        "data",
+        "training",
+        "validation",
+        "registration",
+        "ONNX",
+        "smoke",
+        "swap",
+        "promotion",
+        "model",
+    ], lines
+    assert any("ROC AUC" in line and line.startswith("✓ training") for line in lines)
+    log = resumed.settings.home / "logs" / "conveyor.log"
+    assert "Finished in state" in log.read_text()  # Prefect's lines are there instead
