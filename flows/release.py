@@ -18,6 +18,7 @@ from tasks.approval import (
     ApprovalDecision,
     ensure_approvable,
     record_decision_task,
+    refuse_while_awaiting,
     request_approval,
 )
 from tasks.crashed_runs import mark_crashed_task
@@ -29,7 +30,7 @@ from tasks.model_card import model_card_task
 from tasks.orchestration import subflows_without_heartbeats
 from tasks.progress import stage
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
-from tasks.resume import resume_task
+from tasks.resume import attempt_results, prune_results_task, resume_task
 from tasks.retention import RetentionReport, retire_old_versions_task
 from tasks.search import task_runner
 from tasks.settings import Settings
@@ -126,7 +127,8 @@ def release_flow(
             with stage("state check") as checked:
                 if resume_from:
                     resume_task(resume_from, spec_path)
-                repaired = repair_leftovers_task(settings, spec)
+                refuse_while_awaiting(settings, spec.name)
+                repaired = repair_leftovers_task(settings, spec, resuming=bool(resume_from))
                 checked.figure = f"{len(repaired)} leftover(s) repaired" if repaired else "clean"
             with subflows_without_heartbeats():
                 result = _release(settings, spec, obs, force)
@@ -136,6 +138,7 @@ def release_flow(
         else result.markdown()
     )
     create_markdown_artifact(key=f"release-{spec.name}", markdown=markdown)
+    prune_results_task(settings)
     return result
 
 
@@ -146,7 +149,7 @@ def _release(
     ensure_approvable(spec)
     runner = task_runner(settings.task_runner, spec.search.parallel, settings.dask_address)
     # Steps that a resumed release reuses keep their results where a later process finds them.
-    results = settings.results
+    results = attempt_results(settings)
     with stage("data") as step:
         data = snapshot_task.with_options(result_storage=results)(spec, settings)
         same = None if force else unchanged_task(settings, spec, data)
@@ -186,7 +189,9 @@ def _release(
         approval = None
         if spec.promotion.requires_approval:
             with stage("approval") as step:
-                approval = record_decision_task(settings, ref, request_approval(spec, ref.version))
+                approval = record_decision_task(
+                    settings, ref, request_approval(settings, spec, ref)
+                )
                 step.figure = f"{approval.approver}: {approval.reason}"[:70]
         # Triton first: the version answers callers before the registry calls it champion.
         with stage("swap") as step:

@@ -1,25 +1,38 @@
-"""The human approval gate: a typed Prefect pause, its decision recorded on the model version."""
+"""The human approval gate: a typed Prefect pause, its decision recorded on the model version.
+
+A release run by a worker (a deployment run) *suspends*: its process exits, so the worker's slot
+is free for as long as the reviewer takes (up to a day), and a worker runs the flow again once
+it is answered; that run reuses the finished steps (`tasks.resume`), smoke-tests the candidate
+again and gets the answer at once. While it waits, the version is tagged `conveyor.approval:
+pending` with the waiting flow run, so `conveyor doctor`, a second release and `conveyor status`
+know the challenger is not a leftover. A `conveyor run` (no worker to run it again) pauses: its
+process waits, as before.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
-from prefect.flow_runs import pause_flow_run, resume_flow_run
+from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, Field
 
-from tasks import events, registry
+from tasks import events, lease, registry
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.spec import ModelSpec
 
 POLL_SECONDS = 2
+TAG_APPROVAL = "conveyor.approval"  # pending, approved or rejected
+TAG_WAITING_RUN = "conveyor.approval.flow_run"  # the suspended release that waits for it
+TAG_WAITING_UNTIL = "conveyor.approval.until"  # after this, the run can no longer resume
+PENDING = "pending"
 
 
 class ApprovalError(ConveyorError):
@@ -54,17 +67,76 @@ def ensure_approvable(spec: ModelSpec) -> None:
         )
 
 
-def request_approval(spec: ModelSpec, version: int) -> ApprovalDecision:
-    """Pause the calling flow run until a reviewer answers or the spec's timeout passes."""
-    get_run_logger().warning(
-        "%s v%d passed its smoke test and waits for approval (%d s): resume flow run %s in the "
-        "Prefect UI, or `conveyor approve %s --approver NAME --reason TEXT` (--reject refuses)",
-        spec.name,
-        version,
-        spec.promotion.approval_timeout_s,
-        flow_run.id,
-        flow_run.id,
+class Awaiting(BaseModel):
+    """A challenger whose release is suspended until a reviewer answers."""
+
+    model: str
+    version: int
+    flow_run_id: str
+    until: datetime
+
+    def describe(self) -> str:
+        return (
+            f"{self.model} v{self.version} awaits approval in flow run {self.flow_run_id} "
+            f"(until {self.until:%Y-%m-%d %H:%M} UTC)"
+        )
+
+
+def awaiting(settings: Settings, model: str) -> Awaiting | None:
+    """The challenger's pending approval, if its release suspended for one."""
+    version = registry.alias_version(settings, model, registry.CHALLENGER)
+    if version is None:
+        return None
+    tags = registry.client(settings).get_model_version(model, str(version)).tags
+    if tags.get(TAG_APPROVAL) != PENDING or not tags.get(TAG_WAITING_RUN):
+        return None
+    return Awaiting(
+        model=model,
+        version=version,
+        flow_run_id=tags[TAG_WAITING_RUN],
+        until=datetime.fromisoformat(tags[TAG_WAITING_UNTIL]),
     )
+
+
+def can_still_resume(waiting: Awaiting) -> bool:
+    """Whether the suspended release will still carry on: suspended before its deadline, or
+    already resumed. A run the API does not know, that ended, or whose deadline passed (Prefect
+    refuses to resume it then) is dead, and its challenger a leftover. An API that cannot be
+    reached proves nothing, so the challenger is kept."""
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(waiting.flow_run_id))
+    except ObjectNotFound:
+        return False
+    except Exception:  # no server to ask: keep what may be a live wait
+        return True
+    if run.state is None or run.state.is_final():
+        return False
+    if run.state.is_paused():
+        return datetime.now(UTC) <= waiting.until
+    return True  # scheduled, pending or running again: the answer came
+
+
+def refuse_while_awaiting(settings: Settings, model: str) -> None:
+    """A release must not replace the challenger of one that waits for its reviewer (it would
+    resume onto another version); the run that is itself resuming passes."""
+    waiting = awaiting(settings, model)
+    if waiting is None or waiting.flow_run_id == str(flow_run.id):
+        return
+    if can_still_resume(waiting):
+        raise lease.ModelBusyError(
+            f"{waiting.describe()}: answer it first (`conveyor approve {waiting.flow_run_id} "
+            "--approver NAME --reason TEXT`, or --reject), or let it time out; a second release "
+            "now would replace the version its reviewer is looking at"
+        )
+
+
+def _suspends() -> bool:
+    # Only a deployment's run has a worker to run it again once answered.
+    return flow_run.deployment_id is not None
+
+
+def _wait_in_place(spec: ModelSpec, version: int) -> ApprovalDecision:
     try:
         answer = pause_flow_run(
             wait_for_input=ApprovalInput.with_initial_data(
@@ -90,12 +162,80 @@ def request_approval(spec: ModelSpec, version: int) -> ApprovalDecision:
     )
 
 
+def _suspend(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> ApprovalDecision:
+    """Suspend this run until answered. The first time, this raises Prefect's Pause and the
+    process ends; when the run is executed again after the answer, it returns the answer."""
+    from tasks import triton, triton_server
+
+    until = datetime.now(UTC) + timedelta(seconds=spec.promotion.approval_timeout_s)
+    registry.tag_version(
+        settings,
+        ref,
+        {
+            TAG_APPROVAL: PENDING,
+            TAG_WAITING_RUN: str(flow_run.id),
+            TAG_WAITING_UNTIL: until.isoformat(),
+        },
+    )
+    # The candidate would hold Triton memory for as long as the reviewer takes; the run smoke-
+    # tests it again when it carries on.
+    triton.unload_model(
+        triton_server.endpoint(settings), triton.candidate_name(spec.name, ref.version)
+    )
+    answer = suspend_flow_run(
+        wait_for_input=ApprovalInput.with_initial_data(
+            description=f"Promote {spec.name} version {ref.version} to champion?", approve=False
+        ),
+        timeout=spec.promotion.approval_timeout_s,
+        key=f"approval-{spec.name}-v{ref.version}",
+    )
+    return ApprovalDecision(
+        approved=answer.approve,
+        approver=answer.approver,
+        reason=answer.reason,
+        decided_at=datetime.now(UTC),
+    )
+
+
+def request_approval(
+    settings: Settings, spec: ModelSpec, ref: registry.ModelRef
+) -> ApprovalDecision:
+    """Wait for a reviewer's answer: suspended (a deployment run: the worker is freed) or
+    paused in place (a `conveyor run`), until the spec's timeout."""
+    version = ref.version
+    get_run_logger().warning(
+        "%s v%d passed its smoke test and waits for approval (%d s): resume flow run %s in the "
+        "Prefect UI, or `conveyor approve %s --approver NAME --reason TEXT` (--reject refuses)",
+        spec.name,
+        version,
+        spec.promotion.approval_timeout_s,
+        flow_run.id,
+        flow_run.id,
+    )
+    return _suspend(settings, spec, ref) if _suspends() else _wait_in_place(spec, version)
+
+
+def record_expired(settings: Settings, ref: registry.ModelRef) -> None:
+    """The decision of a suspended release that was never answered in time."""
+    record_decision(
+        settings,
+        ref,
+        ApprovalDecision(
+            approved=False,
+            approver="(nobody)",
+            reason="no decision before the approval timeout",
+            decided_at=datetime.now(UTC),
+            timed_out=True,
+        ),
+    )
+
+
 def record_decision(settings: Settings, ref: registry.ModelRef, decision: ApprovalDecision) -> None:
     registry.tag_version(
         settings,
         ref,
         {
-            "conveyor.approval": "approved" if decision.approved else "rejected",
+            TAG_APPROVAL: "approved" if decision.approved else "rejected",
             "conveyor.approval.approver": decision.approver,
             "conveyor.approval.reason": decision.reason,
             "conveyor.approval.at": decision.decided_at.isoformat(),

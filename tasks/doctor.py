@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import lease, registry, triton, triton_server
+from tasks import approval, lease, registry, triton, triton_server
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.spec import ModelSpec, SpecError, load_spec
@@ -199,6 +199,24 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
         )
     leftovers: list[Problem] = []
     challenger = aliases[registry.CHALLENGER]
+    waiting = approval.awaiting(settings, model) if challenger is not None else None
+    if waiting is not None and approval.can_still_resume(waiting):
+        # Suspended for its reviewer: its challenger, files and MLflow runs are a live
+        # release's, though no process holds the lease while it waits.
+        live |= {waiting.version}
+        challenger = None
+    elif waiting is not None:
+        leftovers.append(
+            Problem(
+                model=model,
+                kind="dangling-challenger",
+                detail=f"challenger → v{challenger}, whose release waited for approval in flow "
+                f"run {waiting.flow_run_id} and can no longer resume (no answer by "
+                f"{waiting.until:%Y-%m-%d %H:%M} UTC, or the run ended)",
+                repair="record it rejected by nobody, remove the alias (tagged failed)",
+            )
+        )
+        challenger = None
     if challenger is not None:
         leftovers.append(
             Problem(
@@ -236,6 +254,19 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
                     key=f"{model}/{version}",
                 )
             )
+    for run_id, run_name in registry.running_runs(settings, model):
+        # A release's MLflow runs end FINISHED or FAILED; one still RUNNING with no release
+        # holding the model belongs to a killed process (a drift check holds no lease: its runs
+        # are not counted).
+        leftovers.append(
+            Problem(
+                model=model,
+                kind="stale-run",
+                detail=f"MLflow run {run_id} ({run_name}) is RUNNING with no release running",
+                repair="mark it KILLED",
+                key=run_id,
+            )
+        )
     for staged in _staged(store, model):
         leftovers.append(
             Problem(
@@ -280,9 +311,12 @@ def examine(settings: Settings, models: list[str]) -> DoctorReport:
     return DoctorReport(models=models, problems=problems)
 
 
-def _repair_model(settings: Settings, model: str, problems: list[Problem]) -> None:
+def _repair_model(
+    settings: Settings, model: str, problems: list[Problem], keep_runs: bool = False
+) -> None:
     """Repair `model`'s problems in place (the caller holds its lease). Serving first: Triton is
-    back on champion and previous before any file it might still be serving is deleted."""
+    back on champion and previous before any file it might still be serving is deleted.
+    `keep_runs`: leave RUNNING MLflow runs alone (a resumed release carries on in its own)."""
     store = open_store(settings.repository)
     unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
     spec = _spec(settings, model)
@@ -300,11 +334,15 @@ def _repair_model(settings: Settings, model: str, problems: list[Problem]) -> No
             version = registry.alias_version(settings, model, registry.CHALLENGER)
             if version is not None:
                 ref = registry.version_ref(settings, model, version)
+                if approval.awaiting(settings, model) is not None:
+                    approval.record_expired(settings, ref)
                 registry.retire_candidate(settings, ref, "its release is no longer running")
         elif problem.kind == "orphan-candidate" and problem.key:
             triton.unload_model(triton_server.endpoint(settings), problem.key)
         elif problem.kind in {"orphan-version", "staged-upload"} and problem.key:
             store.remove_dir(problem.key)
+        elif problem.kind == "stale-run" and problem.key and not keep_runs:
+            registry.close_run(settings, problem.key, "KILLED")
         else:
             continue
         problem.repaired = True
@@ -339,20 +377,23 @@ def check_and_repair(settings: Settings, models: list[str], fix: bool) -> Doctor
     return DoctorReport(models=models, problems=done + remaining.problems)
 
 
-def repair_leftovers(settings: Settings, spec: ModelSpec) -> list[Problem]:
+def repair_leftovers(settings: Settings, spec: ModelSpec, resuming: bool = False) -> list[Problem]:
     """What a release runs before it starts, holding the model's lease: a crashed release's
     leftovers are provably dead (it would hold the lease otherwise), so they go, and the
-    champion is served again if it was not."""
+    champion is served again if it was not. `resuming`: the crashed release is being resumed,
+    and its candidate's MLflow run is reused rather than closed."""
     problems = server_problems(settings)
     _repair_server(settings, problems)
     mine = model_problems(settings, spec.name, holding_lease=True)
-    _repair_model(settings, spec.name, mine)
-    return problems + mine
+    _repair_model(settings, spec.name, mine, keep_runs=resuming)
+    return problems + [p for p in mine if not (resuming and p.kind == "stale-run")]
 
 
 @task(name="repair-leftovers")
-def repair_leftovers_task(settings: Settings, spec: ModelSpec) -> list[Problem]:
-    problems = repair_leftovers(settings, spec)
+def repair_leftovers_task(
+    settings: Settings, spec: ModelSpec, resuming: bool = False
+) -> list[Problem]:
+    problems = repair_leftovers(settings, spec, resuming)
     for problem in problems:
         get_run_logger().warning("before this release: %s (%s)", problem.line(), problem.repair)
     return problems

@@ -15,7 +15,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from tasks import doctor, registry, triton, triton_server
+from tasks import approval, doctor, registry, triton, triton_server
 from tasks.drift import DRIFT_SHARE_METRIC
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
@@ -81,7 +81,9 @@ def _alias(settings: Settings, model: str, alias: str) -> AliasState | None:
     if version is None:
         return None
     moves = [
-        m for m in registry.alias_history(settings, model) if m.alias == alias and m.to_version
+        m
+        for m in registry.alias_history(settings, model, archived=False)
+        if m.alias == alias and m.to_version
     ]
     last = moves[-1] if moves and moves[-1].to_version == version else None
     if last is None:
@@ -122,8 +124,8 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
         status.last_release_at = _millis(newest.creation_timestamp)
     challenger = registry.alias_version(settings, model, registry.CHALLENGER)
     if challenger is not None and spec is not None and spec.promotion.requires_approval:
-        decided = registry.version_tag(settings, model, challenger, "conveyor.approval")
-        status.approval_pending = challenger if decided is None else None
+        decided = registry.version_tag(settings, model, challenger, approval.TAG_APPROVAL)
+        status.approval_pending = challenger if decided in (None, approval.PENDING) else None
     experiment = client.get_experiment_by_name(model)
     if experiment is not None:
         checks = client.search_runs(

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import httpx
 from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
+from prefect.exceptions import MissingContextError, Pause
 from prefect.runtime import flow_run
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 from prometheus_client.exposition import basic_auth_handler, default_handler
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 JOB = "conveyor"
 # unchanged: a release that stopped because the champion already was its model.
-OUTCOMES = ("completed", "unchanged", "failed")
+# suspended: a release that waits for approval with its process ended (tasks.approval).
+OUTCOMES = ("completed", "unchanged", "suspended", "failed")
 DECISIONS = ("pass", "fail")
 # The release's gates in the order they run; a failure at one means the earlier ones passed.
 GATES = (
@@ -370,6 +371,9 @@ def observed(
     obs = Observation(model=model, flow=flow)
     try:
         yield obs
+    except Pause:
+        obs.outcome = "suspended"  # not an outcome yet: the run carries on once answered
+        raise
     except BaseException as exc:
         obs.failed(exc, gates)
         raise

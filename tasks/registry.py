@@ -193,6 +193,26 @@ def close_run(settings: Settings, run_id: str, status: str = "FAILED") -> None:
     client(settings).set_terminated(run_id, status)
 
 
+# Runs that a release opens; a drift check's run is not one (it runs beside releases, unleased).
+RELEASE_RUN_NAMES = ("train-", "trial-", "data-validation")
+
+
+def running_runs(settings: Settings, name: str) -> list[tuple[str, str]]:
+    """(run id, run name) of the model's release runs still RUNNING."""
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"
+    )
+    return [
+        (r.info.run_id, str(r.info.run_name))
+        for r in runs
+        if str(r.info.run_name).startswith(RELEASE_RUN_NAMES)
+    ]
+
+
 def log_trial(
     settings: Settings,
     name: str,
@@ -454,18 +474,75 @@ def move_alias(
     )
     key = f"{HISTORY_PREFIX}{move.at.strftime('%Y%m%dT%H%M%S.%fZ')}.{alias}"
     mlflow_client.set_registered_model_tag(name, key, move.model_dump_json())
+    compact_history(settings, name)
     return move
 
 
-def alias_history(settings: Settings, name: str) -> list[AliasMove]:
+# The newest moves stay tags on the registered model (what `conveyor status` reads); older ones
+# are archived, a batch at a time, as JSON lines in the artifacts of an `alias-history` run of
+# the model's experiment, so the record stays complete while the model's tags stay bounded.
+HISTORY_TAGS_KEPT = 60
+HISTORY_BATCH = 40
+HISTORY_RUN = "alias-history"
+HISTORY_ARTIFACTS = "alias-history"
+
+
+def _history_tags(settings: Settings, name: str) -> dict[str, str]:
     try:
         tags = client(settings).get_registered_model(name).tags
     except MlflowException as exc:
         raise RegistryError(f"no registered model {name} in {settings.tracking_uri}") from exc
-    moves = [
-        AliasMove.model_validate_json(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)
-    ]
-    return sorted(moves, key=lambda m: m.at)
+    return {k: v for k, v in tags.items() if k.startswith(HISTORY_PREFIX)}
+
+
+def compact_history(settings: Settings, name: str) -> int:
+    """Archive the oldest moves once more than HISTORY_TAGS_KEPT + HISTORY_BATCH are tags; the
+    archive is written before any tag is deleted, so a failure in between only duplicates moves
+    (`alias_history` reads each once). Returns how many moves were archived."""
+    tags = _history_tags(settings, name)
+    if len(tags) <= HISTORY_TAGS_KEPT + HISTORY_BATCH:
+        return 0
+    oldest = sorted(tags)[: len(tags) - HISTORY_TAGS_KEPT]
+    lines = "".join(tags[k] + "\n" for k in oldest).encode()
+    run = open_run(settings, name, HISTORY_RUN, {"conveyor.history_archive": "true"})
+    try:
+        first, last = (k.removeprefix(HISTORY_PREFIX) for k in (oldest[0], oldest[-1]))
+        log_run_artifact(settings, run.run_id, f"{HISTORY_ARTIFACTS}/{first}--{last}.jsonl", lines)
+    except BaseException:
+        close_run(settings, run.run_id, "FAILED")
+        raise
+    close_run(settings, run.run_id, "FINISHED")
+    mlflow_client = client(settings)
+    for key in oldest:
+        mlflow_client.delete_registered_model_tag(name, key)
+    return len(oldest)
+
+
+def _archived_moves(settings: Settings, name: str) -> list[str]:
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.run_name = '{HISTORY_RUN}' and attributes.status = 'FINISHED'",
+    )
+    lines: list[str] = []
+    for run in runs:
+        for artifact in mlflow_client.list_artifacts(run.info.run_id, HISTORY_ARTIFACTS):
+            uri = f"runs:/{run.info.run_id}/{artifact.path}"
+            lines += read_artifact(settings, uri).decode().splitlines()
+    return lines
+
+
+def alias_history(settings: Settings, name: str, archived: bool = True) -> list[AliasMove]:
+    """Every move of the model's aliases, oldest first; `archived=False` reads only the recent
+    ones kept as tags (always the newest HISTORY_TAGS_KEPT or more)."""
+    records = list(_history_tags(settings, name).values())
+    if archived:
+        records += _archived_moves(settings, name)
+    moves = {move.model_dump_json(): move for move in map(AliasMove.model_validate_json, records)}
+    return sorted(moves.values(), key=lambda m: m.at)
 
 
 def version_tag(settings: Settings, name: str, version: int, key: str) -> str | None:

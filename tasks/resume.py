@@ -14,6 +14,7 @@ release is never resumed into a second promotion of itself.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -32,6 +33,7 @@ from prefect.utilities.hashing import hash_objects
 
 from tasks.errors import ConveyorError
 from tasks.registry import root_flow_run
+from tasks.settings import Settings
 
 RELEASE_FLOW = "release"
 LAST = "last"
@@ -103,6 +105,36 @@ class ReleaseAttempt(CachePolicy):
 
 
 RESUMABLE = ReleaseAttempt()
+
+
+def attempt_results(settings: Settings) -> str | Path:
+    """Where this attempt's step results are kept: a folder of its own under a local results
+    directory, so that a finished release's can go at once (`prune_results`); a storage block
+    (several hosts) is used as it is."""
+    base, attempt = settings.results, current_attempt()
+    return base / attempt if isinstance(base, Path) and attempt else base
+
+
+def prune_results(settings: Settings) -> Path | None:
+    """Delete the results of the current attempt once it completed: a completed release can
+    never be resumed. Returns the folder removed (None for a storage block, whose objects stay
+    for its lifecycle rules)."""
+    folder = attempt_results(settings)
+    if not isinstance(folder, Path) or folder == settings.results:
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+@task(name="prune-results")
+def prune_results_task(settings: Settings) -> None:
+    try:
+        removed = prune_results(settings)
+    except Exception as exc:  # housekeeping after a live release: said, not raised
+        get_run_logger().warning("the release's step results were not pruned: %s", exc)
+        return
+    if removed is not None:
+        get_run_logger().info("pruned this release's step results (%s)", removed)
 
 
 def _same_spec(run: FlowRun, spec_path: str) -> bool:

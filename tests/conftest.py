@@ -102,3 +102,26 @@ def production() -> Iterator[ProductionStack]:
     # The scheduler checks every 5 s instead of 60, so nightly runs appear during a test.
     with production_stack(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5") as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def deployed(
+    production: ProductionStack, tmp_path_factory: pytest.TempPathFactory
+) -> ProductionStack:
+    """`make deploy` on the session's stack, once, as an operator runs it with the stack's env
+    file sourced: work pools, every deployment of prefect.yaml, the zombie-run automation."""
+    import subprocess
+
+    from tests.servers import clean_env
+
+    home = tmp_path_factory.mktemp("deploy-client")
+    done = subprocess.run(
+        ["make", "-s", "deploy"],
+        env=clean_env(PREFECT_HOME=str(home), **production.env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return production

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tasks import registry, triton, triton_server
+from tasks import doctor, registry, triton, triton_server
 from tasks.settings import Settings
 from tasks.storage import open_store
 from tests.conftest import write_spec
@@ -206,3 +206,93 @@ def test_decisions_were_emitted_as_events(gate: Gate) -> None:
         ("conveyor.model.rejected", "(nobody)"),
         ("conveyor.model.rejected", "bob"),
     ]
+
+
+def _flow_run_processes(run_id: str) -> list[int]:
+    """Pids of the processes a worker started for this flow run (they carry its id)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ.split(b"\0"):
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_deployment_run_suspends_freeing_its_worker_and_completes_once_approved(
+    gate: Gate, deployed: ProductionStack
+) -> None:
+    """Runs last here: it moves the champion. The run a worker picked up suspends for its
+    reviewer: no process holds it while it waits; doctor and a second release respect it; once
+    approved, a worker runs it again and it completes."""
+    champion = registry.alias_version(gate.settings, NAME, registry.CHAMPION)
+    assert champion is not None
+    spec = gate.spec(**{"promotion.requires_approval": True, "promotion.approval_timeout_s": 900})
+    [deployment] = gate.post(
+        "/deployments/filter", {"deployments": {"name": {"any_": ["release"]}}}
+    ).json()
+    created = gate.post(
+        f"/deployments/{deployment['id']}/create_flow_run",
+        {"parameters": {"spec_path": str(spec), "force": True}},
+    )
+    assert created.status_code in (200, 201), created.text
+    run_id = str(created.json()["id"])
+
+    def state() -> dict[str, str]:
+        response = httpx.get(f"{gate.api}/flow_runs/{run_id}", auth=gate.production.auth)
+        return dict(response.json()["state"])
+
+    deadline = time.monotonic() + 300
+    while state()["name"] != "Suspended":
+        assert state()["type"] not in {"FAILED", "CRASHED", "COMPLETED"}, state()
+        assert time.monotonic() < deadline, f"never suspended: {state()}"
+        time.sleep(1)
+    # The worker's slot is free: its flow-run process ended (give it a moment to exit).
+    deadline = time.monotonic() + 30
+    while _flow_run_processes(run_id):
+        assert time.monotonic() < deadline, f"still running: {_flow_run_processes(run_id)}"
+        time.sleep(0.5)
+    new = registry.alias_version(gate.settings, NAME, registry.CHALLENGER)
+    assert new is not None and new > champion
+    tags = version_tags(gate, new)
+    assert (tags["conveyor.approval"], tags["conveyor.approval.flow_run"]) == ("pending", run_id)
+    # Callers still get the champion; the candidate was unloaded for the wait.
+    assert champion in served(gate) and new not in served(gate)
+    endpoint = triton_server.endpoint(gate.settings)
+    assert not triton.control_client(endpoint).is_ready(triton.candidate_name(NAME, new))
+    # Nobody treats the waiting challenger as a leftover of a dead release.
+    report = doctor.examine(gate.settings, [NAME])
+    assert not [p for p in report.problems if p.model == NAME], doctor.report_lines(report)
+    second = subprocess.run(
+        [str(BIN / "conveyor"), "run", "--spec", str(gate.spec()), "--force"],
+        env=gate.env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    said = " ".join((second.stdout + second.stderr).split())
+    assert second.returncode == 2, said
+    assert f"awaits approval in flow run {run_id}" in said and "Traceback" not in said
+    approve = subprocess.run(
+        [str(BIN / "conveyor"), "approve", run_id, "--approver", "carol", "--reason", "MRM-7"],
+        env=gate.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert approve.returncode == 0, approve.stdout + approve.stderr
+    deadline = time.monotonic() + 400
+    while state()["type"] != "COMPLETED":
+        assert state()["type"] not in {"FAILED", "CRASHED", "CANCELLED"}, state()
+        assert time.monotonic() < deadline, f"not completed after approval: {state()}"
+        time.sleep(2)
+    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == new
+    assert registry.alias_version(gate.settings, NAME, registry.CHALLENGER) is None
+    tags = version_tags(gate, new)
+    assert (tags["conveyor.approval"], tags["conveyor.approval.approver"]) == ("approved", "carol")
+    assert new in served(gate)
+    assert doctor.examine(gate.settings, [NAME]).clean

@@ -126,15 +126,13 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(production: ProductionStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(deployed: ProductionStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("deployments")
     with pytest.MonkeyPatch.context() as env:
         # This process reads the registry and the bucket as the workers do.
-        for key, value in production.env.items():
+        for key, value in deployed.env.items():
             env.setenv(key, value)
-        stack = Stack(production, base, Settings())
-        stack.make_deploy()
-        yield stack
+        yield Stack(deployed, base, Settings())
 
 
 @pytest.fixture(scope="module")

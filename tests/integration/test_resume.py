@@ -173,3 +173,11 @@ def test_the_console_shows_each_stage_and_no_log_lines(resumed: Resumed) -> None
     assert any("ROC AUC" in line and line.startswith("✓ training") for line in lines)
     log = resumed.settings.home / "logs" / "conveyor.log"
     assert "Finished in state" in log.read_text()  # Prefect's lines are there instead
+
+
+def test_a_completed_release_prunes_its_step_results(resumed: Resumed) -> None:
+    """The killed attempt's results served the resumed run (above), then went with it."""
+    results = Path(resumed.settings.results)
+    assert results.is_dir()
+    assert not (results / str(resumed.killed.id)).exists()
+    assert [p for p in results.iterdir() if p.is_dir()] == []

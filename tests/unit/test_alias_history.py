@@ -1,0 +1,29 @@
+"""The alias history stays complete while the registered model's tags stay bounded (a real
+SQLite MLflow registry)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import registry
+from tasks.settings import Settings
+
+
+def test_old_moves_are_archived_and_still_read_in_order(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "HISTORY_TAGS_KEPT", 5)
+    monkeypatch.setattr(registry, "HISTORY_BATCH", 3)
+    client = registry.client(settings)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source="file:///m")
+    for n in range(20):
+        registry.move_alias(settings, "m", "champion", 1 + n % 2, f"move {n}", "tester")
+    tags = [k for k in client.get_registered_model("m").tags if k.startswith("conveyor.history.")]
+    assert 5 <= len(tags) <= 5 + 3  # bounded
+    moves = registry.alias_history(settings, "m")
+    assert [m.reason for m in moves] == [f"move {n}" for n in range(20)]  # complete, in order
+    recent = registry.alias_history(settings, "m", archived=False)
+    assert recent == moves[-len(recent) :]
+    assert registry.alias_version(settings, "m", "champion") == 2
