@@ -37,7 +37,7 @@ from tasks.settings import Settings
 from tasks.smoke import SmokeReport
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.swap import SwapReport, swap_task
-from tasks.triton import withdraw_task
+from tasks.triton import live_set, withdraw_task
 from tasks.unchanged import UnchangedModel, unchanged_task
 
 
@@ -159,6 +159,8 @@ def _release(
     if same is not None:
         obs.unchanged()
         return same
+    # What the clean-up puts back if the registry itself fails later.
+    before = live_set(settings, spec)
     with stage("training") as step:
         train = training_flow.with_options(task_runner=runner, result_storage=results)(
             spec, settings, data
@@ -210,19 +212,26 @@ def _release(
     except Exception as exc:
         # Alias first: it is the cheap step, and a Triton that cannot be reached must not leave
         # `challenger` pointing at a version that failed.
+        uncleared = ""
         try:
             retire_candidate_task(settings, ref, f"{type(exc).__name__}: {exc}")
-        finally:
-            state = withdraw_task(settings, spec, ref)
-        if isinstance(exc, ConveyorError):
+        except Exception as registry_down:  # said in the error below; Triton still goes back
+            uncleared = (
+                f" The registry did not answer the clean-up either ({str(registry_down)[:200]}):"
+                f" `challenger` may still name v{ref.version}; run `conveyor doctor "
+                f"{spec.name} --repair` once it is back."
+            )
+        state = withdraw_task(settings, spec, ref, before)
+        if isinstance(exc, ConveyorError) and not uncleared:
             raise
         # A component failed under the release (Triton killed, a server gone): the clean-up
         # above put production back, so this is an expected failure, said in one paragraph;
         # the traceback stays in the flow run's logs.
+        moved = uncleared or " The aliases did not move."
         raise ReleaseWithdrawnError(
             f"the release of {spec.name} v{ref.version} failed ({type(exc).__name__}: "
             f"{str(exc)[:300]}) and was withdrawn: Triton serves {spec.name} "
-            f"{state.versions or 'nothing yet'}, the aliases did not move. Fix the cause "
+            f"{state.versions or 'nothing yet'}.{moved} Fix the cause "
             f"and run again; `conveyor doctor {spec.name}` checks the state."
         ) from exc
     with stage("model card") as step:

@@ -203,13 +203,26 @@ def prefect_refused(url: str) -> CredentialError:
     )
 
 
-def explain(exc: BaseException) -> CredentialError | None:
-    """The paragraph for a service's refusal of conveyor's credentials; None for other errors."""
+# How MLflow's REST client says it could not reach its server (after its own retries).
+UNREACHABLE = ("Max retries exceeded", "Failed to establish a new connection")
+
+
+def explain(exc: BaseException) -> ConveyorError | None:
+    """The paragraph for a service's refusal of conveyor's credentials, or for a tracking server
+    that does not answer; None for other errors."""
     import httpx
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, CredentialError):
         return exc
+    if isinstance(exc, MlflowException) and any(s in str(exc) for s in UNREACHABLE):
+        import mlflow
+
+        return ConveyorError(
+            f"the MLflow tracking server at {mlflow.get_tracking_uri()} did not answer "
+            f"({str(exc)[:160]}…). Start it (or fix CONVEYOR_MLFLOW_TRACKING_URI) and run "
+            "again; `conveyor doctor --repair` settles what an interrupted release left."
+        )
     if isinstance(exc, MlflowException) and exc.error_code in MLFLOW_REFUSALS:
         import mlflow
 

@@ -423,11 +423,19 @@ def register(
     )
 
 
+# What MLflow answers for a model or alias that does not exist. Anything else (the server down,
+# a refusal) is raised: read as "no alias", an outage would look like a model with no champion,
+# and whatever restores serving from the aliases would unload it.
+NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
 def alias_version(settings: Settings, name: str, alias: str) -> int | None:
     try:
         return int(client(settings).get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in NOT_FOUND:
+            return None
+        raise
 
 
 class AliasMove(BaseModel):

@@ -14,6 +14,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import json_format, text_format
+from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 from tritonclient.grpc import model_config_pb2 as mc
@@ -436,7 +437,23 @@ def live_versions(settings: Settings, spec: ModelSpec) -> list[int]:
     return sorted(v for v in live if v is not None and store.exists(f"{spec.name}/{v}/{MANIFEST}"))
 
 
-def go_live(settings: Settings, spec: ModelSpec, versions: list[int]) -> ServingState:
+class LiveSet(BaseModel):
+    """What was live when a release started, kept so that its clean-up can put it back without
+    the registry (which may be what failed)."""
+
+    versions: list[int]
+    serving: ServingSpec | None = None
+
+
+def live_set(settings: Settings, spec: ModelSpec) -> LiveSet:
+    versions = live_versions(settings, spec)
+    serving = serving_for(settings, spec, max(versions)) if versions else None
+    return LiveSet(versions=versions, serving=serving)
+
+
+def go_live(
+    settings: Settings, spec: ModelSpec, versions: list[int], serving: ServingSpec | None = None
+) -> ServingState:
     """Make exactly `versions` loaded under the model's own name; the newest answers unversioned
     requests, with the serving configuration it was released with. Every file is verified first,
     and config.pbtxt is rewritten afterwards, so the repository on disk matches what is served
@@ -454,7 +471,7 @@ def go_live(settings: Settings, spec: ModelSpec, versions: list[int]) -> Serving
         settings.triton_backend,
         versions,
         settings.triton_load_timeout_s,
-        serving_for(settings, spec, max(versions)),
+        serving or serving_for(settings, spec, max(versions)),
     )
     store.write_file(f"{spec.name}/config.pbtxt", config_text(config).encode())
     return ServingState(endpoint=endpoint, model=spec.name, versions=sorted(versions))
@@ -464,14 +481,28 @@ def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
     return go_live(settings, spec, live_versions(settings, spec))
 
 
-def withdraw(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> ServingState:
+def withdraw(
+    settings: Settings, spec: ModelSpec, ref: registry.ModelRef, before: LiveSet | None = None
+) -> ServingState:
     """Undo a candidate: its candidate model unloaded, Triton back to what the registry says is
-    live (it may have been swapped in before a later step failed), the version's files gone."""
+    live (it may have been swapped in before a later step failed), the version's files gone.
+
+    With the registry unreachable (`before` given): Triton goes back to what was live when the
+    release started, and the files stay, since the promotion may have moved an alias onto them
+    before the registry went; `conveyor doctor --repair` settles it once the registry is back."""
     endpoint = triton_server.endpoint(settings)
     unload_model(endpoint, candidate_name(spec.name, ref.version))
+    keep_files = False
     if ref.version in loaded_versions(endpoint, spec.name):
-        restore_serving(settings, spec)
-    open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
+        try:
+            restore_serving(settings, spec)
+        except MlflowException:
+            if before is None:
+                raise
+            go_live(settings, spec, before.versions, before.serving)
+            keep_files = True
+    if not keep_files:
+        open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
     return ServingState(
         endpoint=endpoint, model=spec.name, versions=loaded_versions(endpoint, spec.name)
     )
@@ -516,13 +547,17 @@ def serve_candidate_task(
 
 
 @task(name="withdraw-candidate")
-def withdraw_task(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> ServingState:
-    state = withdraw(settings, spec, ref)
+def withdraw_task(
+    settings: Settings, spec: ModelSpec, ref: registry.ModelRef, before: LiveSet | None = None
+) -> ServingState:
+    state = withdraw(settings, spec, ref, before)
+    kept = open_store(settings.repository).exists(f"{spec.name}/{ref.version}")
     get_run_logger().warning(
-        "withdrew %s version %d: Triton serves versions %s, its files are removed",
+        "withdrew %s version %d: Triton serves versions %s, its files are %s",
         spec.name,
         ref.version,
         state.versions,
+        "kept until the registry answers (`conveyor doctor --repair`)" if kept else "removed",
     )
     return state
 

@@ -143,14 +143,19 @@ def pushgateway(base: Path, users: dict[str, str], timeout_s: float = 30.0) -> I
 
 @contextmanager
 def mlflow_server(
-    base: Path, admin_password: str, artifacts: str | None = None, timeout_s: float = 120.0
+    base: Path,
+    admin_password: str,
+    artifacts: str | None = None,
+    timeout_s: float = 120.0,
+    port: int | None = None,
 ) -> Iterator[str]:
     """`mlflow server --app-name basic-auth` on SQLite, artifacts proxied to `artifacts` (default
-    a directory under `base`), default permission READ; yields its URI."""
+    a directory under `base`), default permission READ; yields its URI. The same `base` and
+    `port` again restart it on the same stores (an outage and its end)."""
     from infra.stack import mlflow_auth_config
 
     base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     config = base / "basic_auth.ini"
     # The same config compose and `make stack` give their MLflow servers.

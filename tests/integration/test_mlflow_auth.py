@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +19,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.release import release_flow
 from flows.rollback import rollback_flow
-from tasks import credentials, registry, triton, triton_server
+from tasks import credentials, doctor, registry, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, write_spec
-from tests.servers import MLFLOW_ADMIN, mlflow_server
+from tests.servers import BIN, MLFLOW_ADMIN, clean_env, mlflow_server
 
 NAME = "fraud-detector"
 WORKER, READER = "conveyor-worker", "conveyor-reader"
@@ -159,3 +163,86 @@ def test_refused_rollback_leaves_the_champion_served(
     assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 2
     endpoint = triton_server.endpoint(released.settings)
     assert triton.loaded_versions(endpoint, NAME) == [1, 2]
+
+
+def _kill_server(port: int) -> None:
+    """SIGKILL the `mlflow server … --port PORT` process with its whole group (its workers)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            b"server" in argv
+            and b"--port" in argv
+            and argv[argv.index(b"--port") + 1] == str(port).encode()
+        ):
+            pids.append(int(proc.name))
+    assert pids, f"no mlflow server on port {port}"
+    for group in {os.getpgid(pid) for pid in pids}:
+        os.killpg(group, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        assert time.monotonic() < deadline, f"port {port} still answers"
+        time.sleep(0.2)
+
+
+def test_mlflow_stopped_between_registration_and_promotion(
+    released: Server, tmp_path: Path
+) -> None:
+    """Runs last here: it kills the module's server. The tracking server dies once the new
+    version is loaded beside the champion (its swap ran; the promotion is next). The release
+    fails in one paragraph with Triton back on what was live, not on nothing; once MLflow is
+    back, `conveyor doctor --repair` clears the rest and the champion is unchanged."""
+    settings, port = released.settings, int(released.uri.rsplit(":", 1)[1])
+    env = clean_env(
+        **released.as_user(WORKER),
+        CONVEYOR_HOME=str(settings.home),
+        CONVEYOR_MLFLOW_TRACKING_URI=released.uri,
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        # MLflow's client retries a refused connection for minutes by default.
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+    )
+    spec = write_spec(tmp_path)
+    endpoint = triton_server.endpoint(settings)
+    with (tmp_path / "release.log").open("wb") as log:
+        release = subprocess.Popen(
+            [str(BIN / "conveyor"), "run", "--spec", str(spec), "--force"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while 3 not in triton.loaded_versions(endpoint, NAME):
+            assert release.poll() is None, (tmp_path / "release.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the release never reached its swap"
+            time.sleep(0.05)
+        _kill_server(port)
+        code = release.wait(300)
+    said = " ".join((tmp_path / "release.log").read_text().split())
+    assert code == 2, said[-3000:]
+    assert "Traceback" not in said and "was withdrawn" in said, said[-3000:]
+    assert "doctor fraud-detector --repair" in said, said[-3000:]
+    # Served: exactly what was live before the release, found without the registry.
+    assert triton.loaded_versions(endpoint, NAME) == [1, 2]
+    with (
+        mlflow_server(released.base / "mlflow", released.passwords[MLFLOW_ADMIN], port=port),
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        _use(patch, released.as_user(WORKER))
+        runner = CliRunner()
+        cli_env = {
+            "CONVEYOR_HOME": str(settings.home),
+            "CONVEYOR_MLFLOW_TRACKING_URI": released.uri,
+        }
+        repaired = runner.invoke(app, ["doctor", NAME, "--repair"], env=cli_env)
+        assert repaired.exit_code == 0, repaired.output
+        assert registry.alias_version(settings, NAME, registry.CHAMPION) == 2
+        assert registry.alias_version(settings, NAME, registry.CHALLENGER) is None
+        assert triton.loaded_versions(endpoint, NAME) == [1, 2]
+        assert doctor.examine(settings, [NAME]).clean
