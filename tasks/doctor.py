@@ -34,10 +34,17 @@ Kind = Literal[
     "orphan-candidate",
     "orphan-version",
     "staged-upload",
+    "stale-run",
     "release-running",
 ]
 # Leftovers of an in-flight release are only problems once nobody holds the model's lease.
-LEFTOVERS = {"dangling-challenger", "orphan-candidate", "orphan-version", "staged-upload"}
+LEFTOVERS = {
+    "dangling-challenger",
+    "orphan-candidate",
+    "orphan-version",
+    "staged-upload",
+    "stale-run",
+}
 STAGING_PREFIXES = (".staging", ".removing-")
 
 

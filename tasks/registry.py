@@ -430,10 +430,17 @@ NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
 def alias_version(settings: Settings, name: str, alias: str) -> int | None:
+    mlflow_client = client(settings)
     try:
-        return int(client(settings).get_model_version_by_alias(name, alias).version)
+        return int(mlflow_client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
         if exc.error_code in NOT_FOUND:
+            return None
+        # MLflow's basic-auth app answers 403 for a model that does not exist yet (it finds no
+        # permission for it): a refusal only if the model is there.
+        if exc.error_code == "PERMISSION_DENIED" and not mlflow_client.search_registered_models(
+            filter_string=f"name = '{name}'"
+        ):
             return None
         raise
 

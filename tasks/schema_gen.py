@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from tasks.data import read_source
 from tasks.errors import ConveyorError
-from tasks.spec import EstimatorFamily, FeatureType, load_spec
+from tasks.spec import EstimatorFamily, FeatureSpec, FeatureType, load_spec
 
 # A range is widened by this share of its observed span on each side: tomorrow's data should not
 # fail the contract for a value slightly past what one extract happened to contain.
@@ -41,13 +41,9 @@ class InitError(ConveyorError):
     """The dataset cannot be made into a model spec as it is."""
 
 
-class InferredFeature(BaseModel):
-    name: str
-    type: FeatureType
-    min: float | None = None
-    max: float | None = None
-    categories: list[str] | None = None
-    nullable: bool = False
+class InferredFeature(FeatureSpec):
+    """A spec feature, with what was seen to infer it."""
+
     null_share: float = 0.0
     note: str = ""  # why this type or range, for the comment
 

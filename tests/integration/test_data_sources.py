@@ -135,3 +135,31 @@ def test_a_release_on_an_empty_csv_is_one_short_paragraph(prefect_api: None, tmp
     assert "is empty (0 bytes)" in said and str(empty.name) in said
     # The data stage is shown failed; nothing after it started.
     assert "✗ data" in said and "training" not in said
+
+
+def test_init_on_a_csv_it_has_never_seen_writes_a_spec_that_releases(
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scikit-learn's bundled Wisconsin breast-cancer table (569 rows, 30 measurements, no
+    download), as a bank's analyst would export it: the spec `conveyor init` writes releases
+    with no edit."""
+    from sklearn.datasets import load_breast_cancer
+
+    from tasks import registry, triton_server
+    from tasks.schema_gen import init_spec
+
+    frame = load_breast_cancer(as_frame=True).frame
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    source = tmp_path / "wdbc.csv"
+    frame.to_csv(source, index=False)
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
+    written = init_spec(str(source), "target", "wdbc", tmp_path / "specs")
+    assert written.features == 30 and written.skipped == []
+    settings = Settings()
+    try:
+        result = release_flow(written.path)
+        assert result.version == 1 and result.smoke.passed
+        assert registry.alias_version(settings, "wdbc", registry.CHAMPION) == 1
+        assert result.metrics.roc_auc > 0.95  # a real, easy table: the pipeline learns it
+    finally:
+        triton_server.stop(settings)
