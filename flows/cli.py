@@ -52,6 +52,8 @@ def main(
     # MLflow installs its own console handler at import (INFO lines on every new SQLite store);
     # without it its records reach the root logger, so the log file (and -v), like Prefect's.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    # With a tracking server MLflow writes "View run … at: <url>" to stdout for every run.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     VERBOSE["on"] = verbose
     route_logs(Settings().home / "logs" / LOG_FILE, verbose)
 

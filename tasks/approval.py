@@ -19,7 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, Field
 
@@ -102,7 +102,10 @@ def can_still_resume(waiting: Awaiting) -> bool:
     """Whether the suspended release will still carry on: suspended before its deadline, or
     already resumed. A run the API does not know, that ended, or whose deadline passed (Prefect
     refuses to resume it then) is dead, and its challenger a leftover. An API that cannot be
-    reached proves nothing, so the challenger is kept."""
+    reached proves nothing, so the challenger is kept; so does a process that has no server
+    configured (only a server's deployment run suspends: this one cannot see it)."""
+    if not PREFECT_API_URL.value():
+        return True
     try:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(UUID(waiting.flow_run_id))
@@ -133,7 +136,7 @@ def refuse_while_awaiting(settings: Settings, model: str) -> None:
 
 def _suspends() -> bool:
     # Only a deployment's run has a worker to run it again once answered.
-    return flow_run.deployment_id is not None
+    return deployment.id is not None
 
 
 def _wait_in_place(spec: ModelSpec, version: int) -> ApprovalDecision:
@@ -164,9 +167,11 @@ def _wait_in_place(spec: ModelSpec, version: int) -> ApprovalDecision:
 
 def _suspend(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> ApprovalDecision:
     """Suspend this run until answered. The first time, this raises Prefect's Pause and the
-    process ends; when the run is executed again after the answer, it returns the answer."""
-    from tasks import triton, triton_server
+    process ends; when the run is executed again after the answer, it returns the answer.
 
+    The candidate stays loaded under its own name for the wait (callers never reach it): the
+    run executed again reuses its finished steps, serving the candidate among them, and its smoke
+    test runs again on it."""
     until = datetime.now(UTC) + timedelta(seconds=spec.promotion.approval_timeout_s)
     registry.tag_version(
         settings,
@@ -176,11 +181,6 @@ def _suspend(settings: Settings, spec: ModelSpec, ref: registry.ModelRef) -> App
             TAG_WAITING_RUN: str(flow_run.id),
             TAG_WAITING_UNTIL: until.isoformat(),
         },
-    )
-    # The candidate would hold Triton memory for as long as the reviewer takes; the run smoke-
-    # tests it again when it carries on.
-    triton.unload_model(
-        triton_server.endpoint(settings), triton.candidate_name(spec.name, ref.version)
     )
     answer = suspend_flow_run(
         wait_for_input=ApprovalInput.with_initial_data(

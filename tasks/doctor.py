@@ -207,9 +207,11 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
     leftovers: list[Problem] = []
     challenger = aliases[registry.CHALLENGER]
     waiting = approval.awaiting(settings, model) if challenger is not None else None
+    suspended = None
     if waiting is not None and approval.can_still_resume(waiting):
-        # Suspended for its reviewer: its challenger, files and MLflow runs are a live
+        # Suspended for its reviewer: its challenger, candidate and files are a live
         # release's, though no process holds the lease while it waits.
+        suspended = waiting.version
         live |= {waiting.version}
         challenger = None
     elif waiting is not None:
@@ -239,6 +241,8 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
         control = triton.control_client(endpoint)
         for version in registered_versions(settings, model):
             name = triton.candidate_name(model, version)
+            if version == suspended:
+                continue  # the candidate of a release waiting for its approval
             if control.is_ready(name):
                 leftovers.append(
                     Problem(
