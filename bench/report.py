@@ -322,6 +322,39 @@ def stack_section(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def fleet_section(rows: list[dict[str, Any]]) -> list[str]:
+    def mb(value: float | None) -> str:
+        return "" if value is None else f"{value:.0f}"
+
+    served = [r for r in rows if r["triton_rss_mb"] is not None]
+    first, last = served[0], served[-1]
+    per_model = (last["triton_rss_mb"] - first["triton_rss_mb"]) / max(
+        1, last["models"] - first["models"]
+    )
+    return [
+        f"## A fleet of {last['models']} models (embedded default)",
+        "",
+        "`python -m bench.fleet`: the three shipped specs cycled into generated ones (5,000 rows,",
+        "one trial, no serving sweep), one Prefect server for every command. `run --all` is run",
+        "on a spec directory that grows; models already released are unchanged and skip.",
+        "",
+        "| step | models | wall s | peak RSS MB | Triton RSS MB | Triton processes | outcome |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        *[
+            f"| {r['step']} | {r['models']} | {r['wall_s']:.1f} | {mb(r['peak_rss_mb'])} | "
+            f"{mb(r['triton_rss_mb'])} | {r['triton_processes'] or ''} | {r['outcome']} |"
+            for r in rows
+        ],
+        "",
+        f"The embedded Triton grows by about {per_model:.0f} MB per served model version (one",
+        "instance each: the python backend runs a stub process per model instance, which loads",
+        "onnxruntime and the model). That, and the cores the stubs' batches share, is what limits",
+        "how many models one embedded server holds (see the figures above for this machine);",
+        "the production rendering (`onnxruntime_onnx` platform) runs every model",
+        "inside the server's own process, without a stub per instance.",
+    ]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -337,6 +370,7 @@ def main() -> None:
         ("drift.json", drift_section),
         ("control_key.json", control_key_section),
         ("stack.json", stack_section),
+        ("fleet.json", fleet_section),
     ]
     for name, section in sections:
         if (RESULTS / name).exists():
