@@ -123,9 +123,13 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
         status.last_release = f"v{newest.version} {outcome}"[:120]
         status.last_release_at = _millis(newest.creation_timestamp)
     challenger = registry.alias_version(settings, model, registry.CHALLENGER)
-    if challenger is not None and spec is not None and spec.promotion.requires_approval:
+    if challenger is not None:
+        # A suspended release tagged it pending; a `conveyor run` paused in place has not
+        # tagged it yet, which its spec's approval policy explains.
         decided = registry.version_tag(settings, model, challenger, approval.TAG_APPROVAL)
-        status.approval_pending = challenger if decided in (None, approval.PENDING) else None
+        asks = spec is not None and spec.promotion.requires_approval
+        if decided == approval.PENDING or (decided is None and asks):
+            status.approval_pending = challenger
     experiment = client.get_experiment_by_name(model)
     if experiment is not None:
         checks = client.search_runs(

@@ -8,6 +8,7 @@ the same REST call the Prefect UI's "Resume" form makes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -281,6 +282,10 @@ def test_a_deployment_run_suspends_freeing_its_worker_and_completes_once_approve
     # operator would: this process's Prefect settings predate the stack's env).
     checked = gate.conveyor("doctor", NAME)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = gate.conveyor("status", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    [row] = [json.loads(x) for x in listed.stdout.splitlines() if f'"model":"{NAME}"' in x]
+    assert row["approval_pending"] == new and row["problems"] == [], row
     second = gate.conveyor("run", "--spec", str(gate.spec()), "--force")
     said = " ".join((second.stdout + second.stderr).split())
     assert second.returncode == 2, said

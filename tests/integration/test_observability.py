@@ -253,7 +253,8 @@ def test_counters_carry_across_runs_and_gates_are_counted(observed: Observed) ->
             str(s["metric"]["outcome"]): float(s["value"][1])  # type: ignore[index]
             for s in observed.query(f"conveyor_flow_runs_total{{{selector}}}")
         }
-        assert runs == {"completed": 1.0, "failed": 1.0}
+        # Every outcome is a series from the first push (0 until it happens).
+        assert runs == {"completed": 1.0, "unchanged": 0.0, "suspended": 0.0, "failed": 1.0}
 
     eventually(counted)
     gates = {
