@@ -36,7 +36,6 @@ from tasks.settings import Settings
 from tasks.spec import FeatureType, ModelSpec
 
 SCORE = "score"
-DRIFT_SHARE_METRIC = "drift_share"  # on each drift-check run in MLflow
 
 
 class ColumnDrift(BaseModel):
@@ -163,7 +162,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
             html,
             # The share is what `conveyor status` shows; the scores are per column.
             metrics={f"drift_{c.column}": c.score for c in [*feature_results, columns[SCORE]]}
-            | {DRIFT_SHARE_METRIC: share},
+            | {registry.DRIFT_SHARE_METRIC: share},
         )
     return DriftReport(
         model=spec.name,

@@ -16,7 +16,6 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from tasks import approval, doctor, registry, triton, triton_server
-from tasks.drift import DRIFT_SHARE_METRIC
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.spec import ModelSpec, SpecError, load_spec
@@ -108,7 +107,9 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
     client = registry.client(settings)
     try:
         client.get_registered_model(model)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in registry.NOT_FOUND:
+            raise  # an outage is not a model that was never released
         return ModelStatus(model=model, served=_served(settings, model), last_release="never")
     status = ModelStatus(
         model=model,
@@ -139,7 +140,7 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
             max_results=1,
         )
         if checks:
-            status.drift_share = checks[0].data.metrics.get(DRIFT_SHARE_METRIC)
+            status.drift_share = checks[0].data.metrics.get(registry.DRIFT_SHARE_METRIC)
             status.drift_at = _millis(checks[0].info.start_time)
     status.problems = [p.line() for p in doctor.model_problems(settings, model)]
     return status

@@ -311,6 +311,9 @@ def log_data_validation(
     return run.run_id
 
 
+DRIFT_SHARE_METRIC = "drift_share"  # on each drift-check run: what `conveyor status` shows
+
+
 def log_drift_run(settings: Settings, name: str, html: Path, metrics: dict[str, float]) -> str:
     """One run per drift check in the model's experiment; returns the HTML report's URI."""
     tags = {TAG_FLOW_RUN: root_flow_run()}
