@@ -35,6 +35,8 @@ class FleetRow(BaseModel):
     triton_rss_mb: float | None = None  # the embedded server and its python stubs, summed
     triton_processes: int | None = None
     outcome: str = ""
+    # What a command that did not exit 0 said, its models' lines only (which one failed, why).
+    detail: str = ""
 
 
 def write_specs(directory: Path, count: int) -> list[Path]:
@@ -57,7 +59,7 @@ def write_specs(directory: Path, count: int) -> list[Path]:
     return paths
 
 
-def timed(args: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+def timed(args: list[str], env: dict[str, str]) -> tuple[float, float, int, str, str]:
     """Wall seconds, peak RSS (MB, GNU time's maximum resident set), exit code, and what it
     said, counted (models released, unchanged, failed, drifted; status rows)."""
     started = time.monotonic()
@@ -71,9 +73,10 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, float, int, str]
     wall = time.monotonic() - started
     lines = (done.stdout + done.stderr).strip().splitlines()
     peak = next((int(x.split()[1]) for x in lines if x.startswith("MAXRSS ")), 0) / 1024
-    said = " ".join(x for x in lines if not x.startswith("MAXRSS "))
+    # One line per model (`<model>: …`, or a JSON row); the summary table repeats the outcomes.
+    said = [x for x in lines if x.startswith(("fleet-", '{"model":'))]
     counts = {
-        what: said.count(marker)
+        what: sum(marker in line for line in said)
         for what, marker in (
             ("released", " is champion ("),
             ("unchanged", ": unchanged: "),
@@ -84,7 +87,8 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, float, int, str]
         )
     }
     summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
-    return wall, peak, done.returncode, summary
+    failed = " ".join(x for x in said if "failed" in x)[:1000] if done.returncode else ""
+    return wall, peak, done.returncode, summary, failed
 
 
 def triton_memory(home: Path) -> tuple[float, int]:
@@ -131,7 +135,7 @@ def main() -> None:
             for size in steps:
                 for spec in specs[released:size]:
                     (fleet / spec.name).write_text(spec.read_text())
-                wall, peak, code, last = timed(
+                wall, peak, code, last, failed = timed(
                     ["run", "--all"], {**env, "CONVEYOR_SPEC_DIR": str(fleet)}
                 )
                 memory, processes = triton_memory(home)
@@ -144,6 +148,7 @@ def main() -> None:
                         triton_rss_mb=memory,
                         triton_processes=processes,
                         outcome=f"exit {code}; {last}",
+                        detail=failed,
                     )
                 )
                 print(rows[-1].model_dump_json(), flush=True)
@@ -154,7 +159,7 @@ def main() -> None:
                 ("drift --all (nightly check)", ["drift", "--all"]),
                 ("status", ["status", "--json"]),
             ):
-                wall, peak, code, last = timed(command, fleet_env)
+                wall, peak, code, last, failed = timed(command, fleet_env)
                 rows.append(
                     FleetRow(
                         step=step,
@@ -162,6 +167,7 @@ def main() -> None:
                         wall_s=wall,
                         peak_rss_mb=peak,
                         outcome=f"exit {code}; {last}",
+                        detail=failed,
                     )
                 )
                 print(rows[-1].model_dump_json(), flush=True)

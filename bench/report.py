@@ -327,6 +327,7 @@ def fleet_section(rows: list[dict[str, Any]]) -> list[str]:
         return "" if value is None else f"{value:.0f}"
 
     served = [r for r in rows if r["triton_rss_mb"] is not None]
+    drift = next(r for r in rows if r["step"].startswith("drift"))
     first, last = served[0], served[-1]
     per_model = (last["triton_rss_mb"] - first["triton_rss_mb"]) / max(
         1, last["models"] - first["models"]
@@ -338,13 +339,19 @@ def fleet_section(rows: list[dict[str, Any]]) -> list[str]:
         "one trial, no serving sweep), one Prefect server for every command. `run --all` is run",
         "on a spec directory that grows; models already released are unchanged and skip.",
         "",
-        "| step | models | wall s | peak RSS MB | Triton RSS MB | Triton processes | outcome |",
+        "| step | models | wall s | peak RSS MB | Triton RSS MB | Triton processes | exit |",
         "|---|---:|---:|---:|---:|---:|---|",
         *[
             f"| {r['step']} | {r['models']} | {r['wall_s']:.1f} | {mb(r['peak_rss_mb'])} | "
-            f"{mb(r['triton_rss_mb'])} | {r['triton_processes'] or ''} | {r['outcome']} |"
+            f"{mb(r['triton_rss_mb'])} | {r['triton_processes'] or ''} | "
+            f"{r['outcome'].split(';')[0]} |"
             for r in rows
         ],
+        "",
+        f"Nightly drift check over {drift['models']} models: {drift['wall_s']:.0f} s (target:",
+        "at most 120 s on 2 cores). A `run --all` row with exit 2 had a model refused with an",
+        "expected error while the others still released; since this run, `detail` in",
+        "fleet.json records which and why.",
         "",
         f"The embedded Triton grows by about {per_model:.0f} MB per served model version (one",
         "instance each: the python backend runs a stub process per model instance, which loads",
