@@ -75,15 +75,13 @@ class ModelStatus(BaseModel):
     problems: list[str] = []
 
 
-def _alias(settings: Settings, model: str, alias: str) -> AliasState | None:
-    version = registry.alias_version(settings, model, alias)
+def _alias(
+    aliases: dict[str, int], moves: list[registry.AliasMove], alias: str
+) -> AliasState | None:
+    version = aliases.get(alias)
     if version is None:
         return None
-    moves = [
-        m
-        for m in registry.alias_history(settings, model, archived=False)
-        if m.alias == alias and m.to_version
-    ]
+    moves = [m for m in moves if m.alias == alias and m.to_version]
     last = moves[-1] if moves and moves[-1].to_version == version else None
     if last is None:
         return AliasState(version=version)
@@ -106,15 +104,18 @@ def _served(settings: Settings, model: str) -> list[int] | None:
 def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> ModelStatus:
     client = registry.client(settings)
     try:
-        client.get_registered_model(model)
+        # One read gives the aliases and the recent history (tags): no call per alias.
+        registered = client.get_registered_model(model)
     except MlflowException as exc:
         if exc.error_code not in registry.NOT_FOUND:
             raise  # an outage is not a model that was never released
         return ModelStatus(model=model, served=_served(settings, model), last_release="never")
+    aliases = {alias: int(v) for alias, v in registered.aliases.items()}
+    moves = registry.recent_moves(registered.tags)
     status = ModelStatus(
         model=model,
-        champion=_alias(settings, model, registry.CHAMPION),
-        previous=_alias(settings, model, registry.PREVIOUS),
+        champion=_alias(aliases, moves, registry.CHAMPION),
+        previous=_alias(aliases, moves, registry.PREVIOUS),
         served=_served(settings, model),
     )
     versions = client.search_model_versions(f"name='{model}'")
@@ -123,7 +124,7 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
         outcome = newest.tags.get(registry.TAG_RELEASE) or "in progress (or its process died)"
         status.last_release = f"v{newest.version} {outcome}"[:120]
         status.last_release_at = _millis(newest.creation_timestamp)
-    challenger = registry.alias_version(settings, model, registry.CHALLENGER)
+    challenger = aliases.get(registry.CHALLENGER)
     if challenger is not None:
         # A suspended release tagged it pending; a `conveyor run` paused in place has not
         # tagged it yet, which its spec's approval policy explains.

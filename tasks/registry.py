@@ -553,14 +553,24 @@ def _archived_moves(settings: Settings, name: str) -> list[str]:
     return lines
 
 
+def _moves(records: list[str]) -> list[AliasMove]:
+    # A move archived and still a tag (compaction interrupted between the two) counts once.
+    moves = {move.model_dump_json(): move for move in map(AliasMove.model_validate_json, records)}
+    return sorted(moves.values(), key=lambda m: m.at)
+
+
+def recent_moves(model_tags: dict[str, str]) -> list[AliasMove]:
+    """The moves kept as tags, from a registered model's tags already read (oldest first)."""
+    return _moves([v for k, v in model_tags.items() if k.startswith(HISTORY_PREFIX)])
+
+
 def alias_history(settings: Settings, name: str, archived: bool = True) -> list[AliasMove]:
     """Every move of the model's aliases, oldest first; `archived=False` reads only the recent
     ones kept as tags (always the newest HISTORY_TAGS_KEPT or more)."""
     records = list(_history_tags(settings, name).values())
     if archived:
         records += _archived_moves(settings, name)
-    moves = {move.model_dump_json(): move for move in map(AliasMove.model_validate_json, records)}
-    return sorted(moves.values(), key=lambda m: m.at)
+    return _moves(records)
 
 
 def version_tag(settings: Settings, name: str, version: int, key: str) -> str | None:
