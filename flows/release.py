@@ -221,17 +221,22 @@ def _release(
                 f" `challenger` may still name v{ref.version}; run `conveyor doctor "
                 f"{spec.name} --repair` once it is back."
             )
-        state = withdraw_task(settings, spec, ref, before)
-        if isinstance(exc, ConveyorError) and not uncleared:
+        withdrawn = withdraw_task(settings, spec, ref, before)
+        if isinstance(exc, ConveyorError) and not uncleared and not withdrawn.files_kept:
             raise
         # A component failed under the release (Triton killed, a server gone): the clean-up
         # above put production back, so this is an expected failure, said in one paragraph;
         # the traceback stays in the flow run's logs.
         moved = uncleared or " The aliases did not move."
+        if withdrawn.files_kept:
+            moved += (
+                f" Its files stay in the repository ({withdrawn.files_kept}): `conveyor doctor "
+                f"{spec.name} --repair` removes them once it answers."
+            )
         raise ReleaseWithdrawnError(
             f"the release of {spec.name} v{ref.version} failed ({type(exc).__name__}: "
             f"{str(exc)[:300]}) and was withdrawn: Triton serves {spec.name} "
-            f"{state.versions or 'nothing yet'}.{moved} Fix the cause "
+            f"{withdrawn.state.versions or 'nothing yet'}.{moved} Fix the cause "
             f"and run again; `conveyor doctor {spec.name}` checks the state."
         ) from exc
     with stage("model card") as step:

@@ -6,6 +6,7 @@ directory whose files are still being written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -220,11 +221,19 @@ class S3Store:
                     CopySource={"Bucket": self.bucket, "Key": self._key(f"{staging}/{name}")},
                 )
         except BaseException:
-            self.remove_dir(key)
+            # Best effort: S3 itself may be what failed, and its error is the one to raise.
+            # What stays (a staged upload, a version without its manifest) is what `conveyor
+            # doctor --repair` removes.
+            with contextlib.suppress(Exception):
+                self.remove_dir(key)
+            with contextlib.suppress(Exception):
+                self._delete_staging(staging, everything)
             raise
-        finally:
-            for name in everything:
-                self.client.delete_object(Bucket=self.bucket, Key=self._key(f"{staging}/{name}"))
+        self._delete_staging(staging, everything)
+
+    def _delete_staging(self, staging: str, files: dict[str, bytes]) -> None:
+        for name in files:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(f"{staging}/{name}"))
 
     def write_file(self, key: str, data: bytes) -> None:
         # A single PUT is atomic in S3: readers see the old object or the new one.

@@ -339,12 +339,21 @@ def unload_model(endpoint: Endpoint, name: str, timeout_s: float = 60.0) -> None
 
 
 def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
-    """Versions of `name` that are READY, from the repository index."""
-    return sorted(
-        int(entry.version)
-        for entry in control_client(endpoint).index()
-        if entry.name == name and entry.state == "READY" and entry.version
-    )
+    """Versions of `name` that are READY, from the model's metadata. Triton answers that from
+    memory; its repository index polls the repository, which fails while S3 is unreachable,
+    just when a release's clean-up must see what is still served."""
+    try:
+        metadata = grpc_client(endpoint).get_model_metadata(name)
+    except InferenceServerException as exc:
+        if "unknown model" in (exc.message() or ""):  # never loaded, or no version left
+            return []
+        if exc.status() in CONNECTION_LOST:
+            raise TritonError(
+                f"Triton at {endpoint.grpc} is not answering ({exc.message()}): "
+                "`conveyor triton up` starts the embedded one."
+            ) from exc
+        raise TritonError(f"Triton could not describe {name}: {exc.message()}") from exc
+    return sorted(int(version) for version in metadata.versions)
 
 
 def infer_http_result(
@@ -481,18 +490,24 @@ def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
     return go_live(settings, spec, live_versions(settings, spec))
 
 
+class Withdrawal(BaseModel):
+    state: ServingState
+    files_kept: str | None = None  # why the version's files are still in the repository
+
+
 def withdraw(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, before: LiveSet | None = None
-) -> ServingState:
+) -> Withdrawal:
     """Undo a candidate: its candidate model unloaded, Triton back to what the registry says is
     live (it may have been swapped in before a later step failed), the version's files gone.
 
     With the registry unreachable (`before` given): Triton goes back to what was live when the
     release started, and the files stay, since the promotion may have moved an alias onto them
-    before the registry went; `conveyor doctor --repair` settles it once the registry is back."""
+    before the registry went; with the repository unreachable, they stay too.
+    `conveyor doctor --repair` settles either once the server is back."""
     endpoint = triton_server.endpoint(settings)
     unload_model(endpoint, candidate_name(spec.name, ref.version))
-    keep_files = False
+    kept = None
     if ref.version in loaded_versions(endpoint, spec.name):
         try:
             restore_serving(settings, spec)
@@ -500,12 +515,16 @@ def withdraw(
             if before is None:
                 raise
             go_live(settings, spec, before.versions, before.serving)
-            keep_files = True
-    if not keep_files:
-        open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
-    return ServingState(
+            kept = "the registry did not answer"
+    if kept is None:
+        try:
+            open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
+        except Exception as exc:  # S3 or the disk failed: often what failed the release
+            kept = f"the repository did not answer ({type(exc).__name__})"
+    state = ServingState(
         endpoint=endpoint, model=spec.name, versions=loaded_versions(endpoint, spec.name)
     )
+    return Withdrawal(state=state, files_kept=kept)
 
 
 def serve_only(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
@@ -549,17 +568,18 @@ def serve_candidate_task(
 @task(name="withdraw-candidate")
 def withdraw_task(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, before: LiveSet | None = None
-) -> ServingState:
-    state = withdraw(settings, spec, ref, before)
-    kept = open_store(settings.repository).exists(f"{spec.name}/{ref.version}")
+) -> Withdrawal:
+    done = withdraw(settings, spec, ref, before)
     get_run_logger().warning(
         "withdrew %s version %d: Triton serves versions %s, its files are %s",
         spec.name,
         ref.version,
-        state.versions,
-        "kept until the registry answers (`conveyor doctor --repair`)" if kept else "removed",
+        done.state.versions,
+        f"kept ({done.files_kept}) until `conveyor doctor --repair`"
+        if done.files_kept
+        else "removed",
     )
-    return state
+    return done
 
 
 @task(name="serve-only")

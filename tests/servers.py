@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -282,3 +284,140 @@ def production_stack(**prefect_settings: str) -> Iterator[ProductionStack]:
         ]
         assert locked == [], f"`{LOCKED}` in {locked} (logs kept in {root / 'logs'})"
         shutil.rmtree(root)  # only its logs were left; kept when stopping failed
+
+
+# --- a server that fails on cue -------------------------------------------------------------
+
+# An S3 request head as clients send it: method, path, headers (boto3 and Triton's AWS SDK
+# send each head in one write, ahead of any body, and never pipeline).
+_REQUEST_HEAD = re.compile(
+    rb"\A(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.[01]\r\n(.*?)\r\n\r\n", re.S
+)
+_REFUSED_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>refused by the test's fault proxy</Message></Error>"
+)
+REFUSED = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_REFUSED_BODY)
+) + _REFUSED_BODY
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    user_agent: str
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 in front of an HTTP server (moto's S3 here) that a test breaks
+    on cue. moto keeps its objects in memory, so stopping the real server would lose the
+    champion's files too; stopping this proxy is the outage a client sees (connections reset,
+    then refused) with the data still there when it comes back.
+
+    `refuse(rule)`: requests the rule matches get S3's 403 AccessDenied (an expired credential,
+    a changed bucket policy), every other request passes. `down_on(rule)`: the first request the
+    rule matches is never answered and the proxy goes down until `restore()`."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").rstrip("/").split(":")
+        self.upstream = (host, int(port))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.seen: list[Request] = []
+        self._refuse: Callable[[Request], bool] | None = None
+        self._down_on: Callable[[Request], bool] | None = None
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    # The switches.
+    def refuse(self, rule: Callable[[Request], bool] | None) -> None:
+        self._refuse = rule
+
+    def down_on(self, rule: Callable[[Request], bool] | None) -> None:
+        self._down_on = rule
+
+    @property
+    def is_down(self) -> bool:
+        return self._listener is None
+
+    def down(self) -> None:
+        """Stop answering: every open connection reset, new ones refused."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._open = self._open, set()
+        for sock in [s for s in (listener,) if s is not None] + list(sockets):
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self._down_on = None
+        self._refuse = None
+        if self._listener is not None:
+            return
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    close = down
+
+    # The plumbing.
+    def _track(self, *sockets: socket.socket) -> bool:
+        with self._lock:
+            if self._listener is None:
+                return False
+            self._open.update(sockets)
+            return True
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # down
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            if not self._track(client, server):
+                client.close()
+                server.close()
+                return
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if upstream and (head := _REQUEST_HEAD.match(chunk)):
+                    headers = head.group(3).decode("latin-1").lower()
+                    agent = re.search(r"^user-agent:\s*(.*)$", headers, re.M)
+                    request = Request(
+                        head.group(1).decode(), head.group(2).decode("latin-1"),
+                        agent.group(1) if agent else "",
+                    )  # fmt: skip
+                    self.seen.append(request)
+                    if self._down_on is not None and self._down_on(request):
+                        self.down()
+                        return
+                    if self._refuse is not None and self._refuse(request):
+                        source.sendall(REFUSED)
+                        break
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            with self._lock:
+                self._open -= {source, sink}

@@ -1,10 +1,13 @@
 """A Triton model repository on S3 (moto's server on 127.0.0.1), read directly by the embedded
-tritonserver in explicit mode: publish, verify, serve, reload, and refuse what does not verify."""
+tritonserver in explicit mode: publish, verify, serve, reload, and refuse what does not verify;
+then S3 failing under a release (a proxy in front of moto that the tests break on cue)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import boto3
 import numpy as np
@@ -21,7 +24,14 @@ from tasks.storage import IntegrityError, S3Store, verify_dir
 from tasks.synthetic import generate_transactions
 from tasks.training import build_pipeline
 from tests.conftest import write_spec
-from tests.servers import moto_s3
+from tests.faults import (
+    Site,
+    assert_invariant,
+    assert_one_paragraph,
+    next_version,
+    ok,
+)
+from tests.servers import FaultProxy, Request, clean_env, moto_s3
 
 
 @dataclass
@@ -31,17 +41,19 @@ class Repo:
     spec: ModelSpec
     models: list[bytes]
     features: np.ndarray
+    proxy: FaultProxy  # every client here, Triton included, reaches S3 through it
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     base = tmp_path_factory.mktemp("s3repo")
     with moto_s3(base) as endpoint, pytest.MonkeyPatch.context() as env:
+        proxy = FaultProxy(endpoint)
         for key, value in {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ENDPOINT_URL": proxy.url,
         }.items():
             env.setenv(key, value)
         boto3.client("s3").create_bucket(Bucket="models")
@@ -57,9 +69,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
         ]
         triton_server.start(settings)
         try:
-            yield Repo(settings, S3Store(settings.repository), spec, models, features)
+            store = S3Store(settings.repository)
+            yield Repo(settings, store, spec, models, features, proxy)
         finally:
             triton_server.stop(settings)
+            proxy.close()
 
 
 def served(repo: Repo, version: int, model: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -134,3 +148,95 @@ def test_a_release_publishes_to_s3_and_serves_from_it(
     live_config = triton.parse_config(repo.store.read_file("card-fraud-s3/config.pbtxt").decode())
     assert list(live_config.version_policy.specific.versions) == [1]
     assert result.smoke.passed
+
+
+# --- S3 failing under a release ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site(repo: Repo, prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """`conveyor run` processes on the module's S3 repository and Triton, with a champion."""
+    from prefect.settings import PREFECT_API_URL
+
+    base = tmp_path_factory.mktemp("s3-faults")
+    spec_path = write_spec(
+        base,
+        name="s3-faults",
+        **{
+            "data.rows": 4000,
+            "estimator.params": {"n_estimators": 12, "max_depth": 8},
+            "search.trials": 1,
+            "search.parallel": 1,
+            "smoke.rows": 300,
+            "smoke.latency_requests": 50,
+            "smoke.load_requests": 200,
+        },
+    )
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env = clean_env(
+        CONVEYOR_HOME=str(repo.settings.home),
+        CONVEYOR_MODEL_REPOSITORY=repo.settings.repository,
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        **aws,
+    )
+    site = Site(base, repo.settings, spec_path, env)
+    ok(site.release())
+    return site
+
+
+def test_s3_stopped_during_publish_withdraws_and_doctor_repairs_what_it_left(
+    site: Site, repo: Repo
+) -> None:
+    """S3 goes away once the version's files are staged, as they are copied into place: the
+    release exits 2 in one paragraph while Triton keeps serving the champion from memory; once
+    S3 is back, `conveyor doctor --repair` removes the staged upload the release could not."""
+    champion, new = site.champion(), next_version(site)
+    into_place = f"/models/triton/{site.name}/{new}/"
+    repo.proxy.down_on(lambda r: r.method == "PUT" and r.path.startswith(into_place))
+    try:
+        done = site.release()
+        output = " ".join((done.stdout + done.stderr).split())
+        assert repo.proxy.is_down, f"the publish never reached S3: {output[-2000:]}"
+        assert done.returncode == 2, output[-4000:]
+        assert_one_paragraph(output)
+        assert "was withdrawn" in output and f"doctor {site.name} --repair" in output, output
+        # The outage does not reach callers: the champion answers from Triton's memory.
+        labels, _ = served(repo, champion or 0, site.name)
+        assert len(labels) == 128
+    finally:
+        repo.proxy.restore()
+    assert site.champion() == champion
+    found = site.run("doctor", site.name)
+    assert found.returncode != 0 and "staged" in found.stdout, found.stdout + found.stderr
+    ok(site.run("doctor", site.name, "--repair"))
+    assert not repo.store.list_files(".staging")
+    assert_invariant(site)
+
+
+def _tritons_read_of(prefix: str) -> Callable[[Request], bool]:
+    def rule(request: Request) -> bool:
+        # Triton's AWS SDK for C++, never conveyor's boto3; object reads and listings.
+        return request.user_agent.startswith("aws-sdk-cpp") and prefix in unquote(request.path)
+
+    return rule
+
+
+def test_s3_refusing_tritons_load_of_the_new_version_keeps_the_champion(
+    site: Site, repo: Repo
+) -> None:
+    """S3 refuses Triton (a rotated credential, a bucket policy) when the swap loads the new
+    version from the repository: the release exits 2 in one paragraph, nothing moved."""
+    champion, new = site.champion(), next_version(site)
+    repo.proxy.refuse(_tritons_read_of(f"triton/{site.name}/{new}/"))
+    try:
+        done = site.release()
+    finally:
+        repo.proxy.restore()
+    output = " ".join((done.stdout + done.stderr).split())
+    refused = [r for r in repo.proxy.seen if _tritons_read_of(f"{site.name}/{new}/")(r)]
+    assert refused, "Triton never read the new version from S3"
+    assert done.returncode == 2, output[-4000:]
+    assert_one_paragraph(output)
+    assert f"could not load {site.name}" in output, output[-2000:]
+    assert site.champion() == champion
+    assert_invariant(site)
