@@ -71,6 +71,8 @@ format: bootstrap
 # Work pools and every deployment in prefect.yaml, on the server in PREFECT_API_URL
 # (default: the local one `make ui` starts).
 PREFECT_API_URL ?= http://127.0.0.1:4200/api
+# Seconds without a heartbeat before a flow run counts as dead: keep it above three beats.
+ZOMBIE_AFTER_S ?= 600
 deploy: bootstrap
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool inspect cpu >/dev/null 2>&1 || \
 		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create cpu --type process
@@ -80,11 +82,15 @@ deploy: bootstrap
 		$(BIN)/prefect --no-prompt deploy --all
 	@# The release form offers the fleet's specs (deployments/models/) as a choice.
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m infra.deploy_forms
-	@# Zombie-run detection: runs whose heartbeats stop are marked Crashed (infra/prefect).
+	@# Zombie-run detection: runs whose heartbeats stop for ZOMBIE_AFTER_S are marked Crashed
+	@# (infra/prefect/zombie-runs.yaml).
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation inspect \
-		conveyor-crash-zombie-flow-runs >/dev/null 2>&1 || \
-		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation create \
-		--from-file infra/prefect/zombie-runs.yaml
+		conveyor-crash-zombie-flow-runs >/dev/null 2>&1 || { \
+		rendered=$$(mktemp --suffix=.yaml) && \
+		sed 's/^  within: 600$$/  within: $(ZOMBIE_AFTER_S)/; s/No heartbeat for 600 s/No heartbeat for $(ZOMBIE_AFTER_S) s/' \
+			infra/prefect/zombie-runs.yaml > $$rendered && \
+		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation create --from-file $$rendered; \
+		status=$$?; rm -f $$rendered; exit $$status; }
 
 # The production topology on 127.0.0.1 without Docker (infra/stack.py): PostgreSQL, Redis, S3,
 # MLflow and Prefect servers, a worker per pool, Triton on the S3 repository, Prometheus and

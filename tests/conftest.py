@@ -104,6 +104,11 @@ def production() -> Iterator[ProductionStack]:
         yield stack
 
 
+# Zombie-run detection on the tests' stack: a dead run is Crashed within a test's patience
+# (production keeps make's 600 s); above two of the stack workers' 30 s heartbeats.
+ZOMBIE_AFTER_S = 75
+
+
 @pytest.fixture(scope="session")
 def deployed(
     production: ProductionStack, tmp_path_factory: pytest.TempPathFactory
@@ -116,7 +121,7 @@ def deployed(
 
     home = tmp_path_factory.mktemp("deploy-client")
     done = subprocess.run(
-        ["make", "-s", "deploy"],
+        ["make", "-s", "deploy", f"ZOMBIE_AFTER_S={ZOMBIE_AFTER_S}"],
         env=clean_env(PREFECT_HOME=str(home), **production.env),
         cwd=ROOT,
         capture_output=True,

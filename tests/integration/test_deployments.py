@@ -10,7 +10,10 @@ server's trigger.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,10 +23,11 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
+import yaml
 
 from tasks import registry, triton, triton_server
 from tasks.settings import Settings
-from tests.conftest import ROOT, write_spec
+from tests.conftest import ROOT, ZOMBIE_AFTER_S, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
 NAME = "fraud-detector"
@@ -279,13 +283,78 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
 def test_make_deploy_creates_the_zombie_run_automation(stack: Stack) -> None:
     automations = stack.post("/automations/filter", {})
     [zombie] = [a for a in automations if a["name"] == "conveyor-crash-zombie-flow-runs"]
-    assert zombie["trigger"]["posture"] == "Proactive"  # type: ignore[index]
-    # Longer than three heartbeats at Prefect's default (180 s): no live run taken for dead.
-    assert zombie["trigger"]["within"] >= 3 * 180  # type: ignore[index]
+    trigger = zombie["trigger"]
+    assert trigger["posture"] == "Proactive"  # type: ignore[index]
+    # Suspended runs (the approval gate) stop beating without dying.
+    assert "prefect.flow-run.Suspended" in trigger["expect"]  # type: ignore[index]
+    # As the tests' `make deploy` asked; more than two of the workers' heartbeats.
+    beat = int(stack.production.env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+    assert trigger["within"] == ZOMBIE_AFTER_S > 2 * beat  # type: ignore[index]
     assert zombie["actions"][0]["type"] == "change-flow-run-state"  # type: ignore[index]
     stack.make_deploy()  # idempotent: no second automation
     names = [a["name"] for a in stack.post("/automations/filter", {})]
     assert names.count("conveyor-crash-zombie-flow-runs") == 1
+    # What make deploys by default: longer than three heartbeats at Prefect's default (180 s).
+    shipped = yaml.safe_load((ROOT / "infra/prefect/zombie-runs.yaml").read_text())
+    assert shipped["trigger"]["within"] >= 3 * 180
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process under it (the worker and the flow runs it started)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(current := todo.pop())
+        todo.extend(children.get(current, []))
+    return found
+
+
+def test_a_worker_killed_mid_retrain_crashes_its_run_and_the_next_retrain_runs(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The host running a retrain dies (its worker and the flow run's process SIGKILLed): the
+    zombie-run automation marks the run Crashed, which frees the retrain deployment's slot; the
+    model's lease expires unrenewed; a retrain asked for meanwhile waits for both, then runs."""
+    name = "worker-killed"
+    spec = write_spec(tmp_path, name=name, **{"drift.cooldown_s": 0})
+    first = stack.start_run("retrain", spec)
+    deadline = time.monotonic() + 300
+    while not any(n.startswith("train-") for _, n in registry.running_runs(stack.settings, name)):
+        assert time.monotonic() < deadline, "the retrain never reached training"
+        time.sleep(0.5)
+    state = json.loads((stack.production.root / "stack.json").read_text())
+    for pid in descendants(state["pids"]["worker-cpu"]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    second = stack.start_run("retrain", spec)
+    # The operator's (or systemd's) restart: `make stack` starts what is down.
+    restarted = subprocess.run(
+        [str(BIN / "python"), "-m", "infra.stack", "up", "--dir", str(stack.production.root)],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "worker-cpu" in restarted.stdout and "already up" in restarted.stdout
+    crashed = stack.wait(first, timeout_s=ZOMBIE_AFTER_S + 120)
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]  # type: ignore[index]
+    assert "No heartbeat" in str(crashed["state"]["message"])  # type: ignore[index]
+    done = stack.wait(second, timeout_s=300)
+    assert done["state"]["type"] == "COMPLETED", stack.logs(second)[-3000:]
+    # The dead release's registered-nothing leftovers were repaired; the new one is served.
+    champion = registry.alias_version(stack.settings, name, registry.CHAMPION)
+    assert champion is not None
+    assert triton.loaded_versions(triton_server.endpoint(stack.settings), name) == [champion]
+    doctor = subprocess.run(
+        [str(BIN / "conveyor"), "doctor", name],
+        cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
 
 
 def wait_for_runs(stack: Stack, deployment: str, count: int) -> list[dict[str, object]]:

@@ -95,10 +95,19 @@ def test_concurrent_releases_queue_and_no_wait_names_the_holder(site: Site) -> N
     assert_invariant(site)
 
 
-@pytest.mark.parametrize("moment", ["training", "export", "smoke", "swap"])
-def test_release_killed_then_a_fresh_release_repairs_and_completes(site: Site, moment: str) -> None:
+MOMENTS = ["training", "export", "smoke", "swap", "promotion"]
+
+
+@pytest.mark.parametrize("follow_up", ["fresh release", "resume last"])
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_release_killed_then_the_next_release_repairs_and_completes(
+    site: Site, moment: str, follow_up: str
+) -> None:
+    """SIGKILL at each moment of a release, then either a fresh release or `--resume last`:
+    the next one clears what the dead one left (provably dead: its lock is free) and goes live."""
     before = site.champion()
     assert before is not None
+    previous = registry.alias_version(site.settings, NAME, registry.PREVIOUS)
     new = next_version(site)
 
     def training() -> bool:
@@ -112,26 +121,37 @@ def test_release_killed_then_a_fresh_release_repairs_and_completes(site: Site, m
         "smoke": lambda: candidate_ready(site, new),
         # The new version is loaded under the model's own name beside the champion.
         "swap": lambda: f"{NAME}:{new}" in loaded(site),
+        # The promotion's first write: `previous` moves onto the champion, `champion` is next.
+        "promotion": lambda: (
+            registry.alias_version(site.settings, NAME, registry.PREVIOUS) == before != previous
+        ),
     }[moment]
-    # What the dead release leaves at each moment, as doctor names it.
+    # What the dead release leaves at each moment, as doctor names it (mid-promotion it
+    # depends on which write the kill lands after).
     left = {
         "training": {"stale-run"},
         "export": {"dangling-challenger"},
         "smoke": {"dangling-challenger", "orphan-version"},
         # Callers were reaching the unpromoted version.
         "swap": {"dangling-challenger", "orphan-version", "unaliased-served"},
+        "promotion": set(),
     }[moment]
     process = site.start(
-        "run", "--spec", str(site.spec_path), "--force", log=f"killed-{moment}.log"
+        "run", "--spec", str(site.spec_path), "--force", log=f"killed-{moment}-{follow_up}.log"
     )
     wait_until(reached, moment, process)
     kill(process)
     report = doctor.examine(site.settings, [NAME])
     kinds = {p.kind for p in report.problems}
     assert left <= kinds, doctor.report_lines(report)
-    ok(site.release())
-    # The killed release used up its version number if it had registered one.
-    assert site.champion() == (new if moment == "training" else new + 1)
+    if follow_up == "resume last":
+        done = ok(site.release("--resume", "last"))
+        # The killed release's own version goes live, whatever it had done.
+        assert site.champion() == new, done[-3000:]
+    else:
+        ok(site.release())
+        # The killed release used up its version number if it had registered one.
+        assert site.champion() == (new if moment == "training" else new + 1)
     assert_invariant(site)
     assert registry.running_runs(site.settings, NAME) == []
 
