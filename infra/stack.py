@@ -234,7 +234,7 @@ class Stack:
     ports: dict[str, int]  # "service:container-port" → port on 127.0.0.1
     variables: dict[str, str]
     pids: dict[str, int]
-    # PREFECT_* settings for the server beyond compose's (tests: a faster scheduler loop).
+    # PREFECT_* settings for the server and workers beyond compose's (tests: faster loops).
     prefect_settings: dict[str, str]
 
     @classmethod
@@ -615,7 +615,9 @@ def start_worker(stack: Stack, pool: str, limit: int) -> str:
             raise StackError(f"creating work pool {pool} failed: {created.stdout}{created.stderr}")
     directory = stack.root / f"worker-{pool}"
     directory.mkdir(exist_ok=True)
-    env = stack.process_environment(PREFECT_HOME=str(directory), **stack.worker_environment())
+    env = stack.process_environment(
+        PREFECT_HOME=str(directory), **{**stack.worker_environment(), **stack.prefect_settings}
+    )
     command = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", str(limit)]
     spawn(stack, f"worker-{pool}", command, env, ROOT)
     return f"pool {pool}, up to {limit} flow runs"
@@ -886,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PREFECT_X=VALUE",
-        help="an extra setting for the Prefect server (repeatable)",
+        help="an extra setting for the Prefect server and the workers (repeatable)",
     )
     parser.add_argument(
         "--free-ports",

@@ -67,6 +67,10 @@ def swap_in(
     endpoint = triton_server.endpoint(settings)
     before = triton.loaded_versions(endpoint, spec.name)
     champion = registry.alias_version(settings, spec.name, registry.CHAMPION)
+    if champion == ref.version:
+        # A resumed release whose promotion had moved `champion` before its process died: the
+        # version kept beside it for a rollback is the one `previous` already names.
+        champion = registry.alias_version(settings, spec.name, registry.PREVIOUS)
     live = triton.live_versions(settings, spec)
     target = sorted({ref.version} | ({champion} if champion in live else set()))
     started_at = datetime.now(UTC)

@@ -99,8 +99,11 @@ def production() -> Iterator[ProductionStack]:
     names and state directories, so they stay independent on it)."""
     from tests.servers import production_stack
 
-    # The scheduler checks every 5 s instead of 60, so nightly runs appear during a test.
-    with production_stack(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5") as stack:
+    # The scheduler checks every 5 s instead of 60, so nightly runs appear during a test; the
+    # workers poll every 2 s instead of 10, so a deployment run starts soon after it is asked for.
+    with production_stack(
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5", PREFECT_WORKER_QUERY_SECONDS="2"
+    ) as stack:
         yield stack
 
 
