@@ -292,6 +292,11 @@ def stack_section(rows: list[dict[str, Any]]) -> list[str]:
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.1f}"
 
+    def drift(row: dict[str, Any]) -> str:
+        if row.get("drift_s") is None:
+            return "not measured"
+        return f"{row['drift_s']:.1f} ({row['drift_outcome']})"
+
     return [
         "## Two models at once: embedded default vs `make stack`",
         "",
@@ -300,14 +305,16 @@ def stack_section(rows: list[dict[str, Any]]) -> list[str]:
         "finished. On the stack each goes through the `release` deployment to one of two `cpu`",
         "workers (one flow run each); embedded, two `conveyor run` processes share one state",
         "directory. API latency: a `flow_runs/filter` query every 0.5 s during the releases.",
+        "Then the nightly drift check over both models: on the stack the `nightly-drift`",
+        "deployment on a worker, embedded `conveyor drift --all`; from asking to its end.",
         "",
         "| setup | wall s | each release s | outcomes | API p50 ms | API p99 ms "
-        "| `database is locked` |",
-        "|---|---:|---|---|---:|---:|---:|",
+        "| `database is locked` | nightly drift s |",
+        "|---|---:|---|---|---:|---:|---:|---|",
         *[
             f"| {r['setup']} | {r['wall_s']:.0f} | {', '.join(f'{x:.0f}' for x in r['release_s'])} "
             f"| {', '.join(r['outcomes'])} | {ms(r['api_p50_ms'])} | {ms(r['api_p99_ms'])} | "
-            f"{r['database_locked']} |"
+            f"{r['database_locked']} | {drift(r)} |"
             for r in rows
         ],
         "",

@@ -1,6 +1,7 @@
-"""Two models released at once: on `make stack`'s topology with two workers on the cpu pool
-(Prefect server on PostgreSQL, as production runs it, and the same stack with its Prefect server
-on SQLite), against the embedded default (two `conveyor run` processes on one state directory).
+"""Two models released at once, then the nightly drift check fanning out over both: on `make
+stack`'s topology with two workers on the cpu pool (Prefect server on PostgreSQL, as production
+runs it, and the same stack with its Prefect server on SQLite), against the embedded default
+(two `conveyor run` processes on one state directory, then `conveyor drift --all`).
 
     .venv/bin/python -m bench.stack
 
@@ -49,6 +50,9 @@ class StackRow(BaseModel):
     api_p50_ms: float | None
     api_p99_ms: float | None
     database_locked: int  # "database is locked" lines in the server's and workers' logs
+    # The nightly drift check over the released models, from asking for it to its end.
+    drift_s: float | None = None
+    drift_outcome: str = ""
 
 
 def _specs(directory: Path) -> list[Path]:
@@ -107,6 +111,16 @@ def embedded(directory: Path) -> StackRow:
                 print(log.read()[-3000:], file=sys.stderr)
             log.close()
         wall = time.monotonic() - started
+        began = time.monotonic()
+        checked = subprocess.run(
+            [CONVEYOR, "drift", "--all"],
+            env={**env, "CONVEYOR_SPEC_DIR": str(directory)},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        drift_s = time.monotonic() - began
     return StackRow(
         setup="embedded (two `conveyor run`, ephemeral Prefect, SQLite MLflow)",
         models=len(specs),
@@ -117,6 +131,8 @@ def embedded(directory: Path) -> StackRow:
         api_p50_ms=None,
         api_p99_ms=None,
         database_locked=0,
+        drift_s=round(drift_s, 1),
+        drift_outcome="COMPLETED" if checked.returncode == 0 else f"exit {checked.returncode}",
     )
 
 
@@ -134,6 +150,16 @@ class _Prober(threading.Thread):
                 client.post(f"{self.api}/flow_runs/filter", json={"limit": 50})
                 self.samples.append((time.perf_counter() - began) * 1000)
                 self.done.wait(0.5)
+
+
+def _final(api: str, auth: tuple[str, str], run_id: str, deadline: float) -> dict[str, object]:
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{api}/flow_runs/{run_id}", auth=auth, timeout=30)
+        run: dict[str, object] = response.json()
+        if run["state"]["type"] in FINAL:  # type: ignore[index]
+            return run
+        time.sleep(1)
+    raise SystemExit(f"flow run {run_id} did not finish")
 
 
 def on_stack(directory: Path, database: str) -> StackRow:
@@ -193,6 +219,18 @@ def on_stack(directory: Path, database: str) -> StackRow:
         wall = time.monotonic() - started
         prober.done.set()
         prober.join()
+        # The nightly check as its schedule runs it: the fleet-drift deployment on a worker.
+        began = time.monotonic()
+        output = _run(
+            [
+                PREFECT, "deployment", "run", "fleet-drift-check/nightly-drift",
+                "--param", f"spec_dir={directory}",
+            ],
+            env,
+        )  # fmt: skip
+        drift_id = next(ln.split(":")[-1].strip() for ln in output.splitlines() if "UUID" in ln)
+        drift = _final(api, auth, drift_id, began + 1800)  # type: ignore[arg-type]
+        drift_s = time.monotonic() - began
         for worker in workers:
             stop_pid(worker.pid, grace_s=20)
         logs = [p.read_text(errors="replace") for p in (root / "logs").glob("*.log")]
@@ -207,6 +245,8 @@ def on_stack(directory: Path, database: str) -> StackRow:
             api_p50_ms=round(statistics.median(samples), 1),
             api_p99_ms=round(samples[int(0.99 * (len(samples) - 1))], 1),
             database_locked=sum(text.count("database is locked") for text in logs),
+            drift_s=round(drift_s, 1),
+            drift_outcome=str(drift["state"]["type"]),  # type: ignore[index]
         )
     finally:
         subprocess.run([PYTHON, "-m", "infra.stack", "down", "--dir", str(root)], check=False)

@@ -316,47 +316,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_a_worker_killed_mid_retrain_crashes_its_run_and_the_next_retrain_runs(
-    stack: Stack, tmp_path: Path
-) -> None:
-    """The host running a retrain dies (its worker and the flow run's process SIGKILLed): the
-    zombie-run automation marks the run Crashed, which frees the retrain deployment's slot; the
-    model's lease expires unrenewed; a retrain asked for meanwhile waits for both, then runs."""
-    name = "worker-killed"
-    spec = write_spec(tmp_path, name=name, **{"drift.cooldown_s": 0})
-    first = stack.start_run("retrain", spec)
-    deadline = time.monotonic() + 300
-    while not any(n.startswith("train-") for _, n in registry.running_runs(stack.settings, name)):
-        assert time.monotonic() < deadline, "the retrain never reached training"
-        time.sleep(0.5)
-    state = json.loads((stack.production.root / "stack.json").read_text())
-    for pid in descendants(state["pids"]["worker-cpu"]):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    second = stack.start_run("retrain", spec)
-    # The operator's (or systemd's) restart: `make stack` starts what is down.
-    restarted = subprocess.run(
-        [str(BIN / "python"), "-m", "infra.stack", "up", "--dir", str(stack.production.root)],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-    assert "worker-cpu" in restarted.stdout and "already up" in restarted.stdout
-    crashed = stack.wait(first, timeout_s=ZOMBIE_AFTER_S + 120)
-    assert crashed["state"]["type"] == "CRASHED", crashed["state"]  # type: ignore[index]
-    assert "No heartbeat" in str(crashed["state"]["message"])  # type: ignore[index]
-    done = stack.wait(second, timeout_s=300)
-    assert done["state"]["type"] == "COMPLETED", stack.logs(second)[-3000:]
-    # The dead release's registered-nothing leftovers were repaired; the new one is served.
-    champion = registry.alias_version(stack.settings, name, registry.CHAMPION)
-    assert champion is not None
-    assert triton.loaded_versions(triton_server.endpoint(stack.settings), name) == [champion]
-    doctor = subprocess.run(
-        [str(BIN / "conveyor"), "doctor", name],
-        cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-
-
 def wait_for_runs(stack: Stack, deployment: str, count: int) -> list[dict[str, object]]:
     deadline = time.monotonic() + 90
     while len(runs := stack.runs(deployment)) < count:
@@ -374,6 +333,42 @@ def wait_for_events(stack: Stack, count: int, context: str) -> list[dict[str, ob
         )
         time.sleep(1)
     return events
+
+
+@dataclass
+class WorkerKilled:
+    name: str
+    killed: str  # the flow run whose worker died mid-retrain
+    queued: str  # the retrain asked for right after
+
+
+@pytest.fixture(scope="module")
+def worker_killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> WorkerKilled:
+    """The host running a retrain dies: its worker and the flow run's process SIGKILLed at the
+    training step; a second retrain is asked for at once; the operator's (or systemd's) restart
+    brings the worker back. The dead run's crash is detected ZOMBIE_AFTER_S later: the fleet
+    tests run meanwhile (CLI releases of other models), and the test at the end checks it."""
+    name = "worker-killed"
+    base = tmp_path_factory.mktemp("worker-killed")
+    spec = write_spec(base, name=name, **{"drift.cooldown_s": 0})
+    killed = stack.start_run("retrain", spec)
+    deadline = time.monotonic() + 300
+    while not any(n.startswith("train-") for _, n in registry.running_runs(stack.settings, name)):
+        assert time.monotonic() < deadline, "the retrain never reached training"
+        time.sleep(0.5)
+    state = json.loads((stack.production.root / "stack.json").read_text())
+    for pid in descendants(state["pids"]["worker-cpu"]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    queued = stack.start_run("retrain", spec)
+    # `make stack` starts what is down.
+    restarted = subprocess.run(
+        [str(BIN / "python"), "-m", "infra.stack", "up", "--dir", str(stack.production.root)],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "worker-cpu" in restarted.stdout and "already up" in restarted.stdout
+    return WorkerKilled(name, killed, queued)
 
 
 # The fleet: the three shipped specs (made small), under names of their own on the shared stack.
@@ -418,6 +413,8 @@ def fleet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     return Fleet(directory, first, again, rows)
 
 
+# The killed worker's crash detection waits out its window while the fleet releases.
+@pytest.mark.usefixtures("worker_killed")
 def test_run_all_releases_every_model_and_status_lists_them(stack: Stack, fleet: Fleet) -> None:
     said = " ".join((fleet.first.stdout + fleet.first.stderr).split())
     assert fleet.first.returncode == 0, said[-4000:]
@@ -461,3 +458,25 @@ def test_the_nightly_drift_deployment_checks_every_model(stack: Stack, fleet: Fl
     artifacts = stack.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-status"]}}})
     [table] = [str(a["data"]) for a in artifacts if a["flow_run_id"] == run["id"]]
     assert all(f"| {name} | v1" in table for name in FLEET), table
+
+
+def test_a_worker_killed_mid_retrain_crashes_its_run_and_the_next_retrain_runs(
+    stack: Stack, worker_killed: WorkerKilled
+) -> None:
+    """The zombie-run automation marked the dead run Crashed, which freed the retrain
+    deployment's slot; the model's lease expired unrenewed; the queued retrain then ran,
+    repaired what the dead one left, and its version is served."""
+    name = worker_killed.name
+    crashed = stack.wait(worker_killed.killed, timeout_s=ZOMBIE_AFTER_S + 120)
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]  # type: ignore[index]
+    assert "No heartbeat" in str(crashed["state"]["message"])  # type: ignore[index]
+    done = stack.wait(worker_killed.queued, timeout_s=300)
+    assert done["state"]["type"] == "COMPLETED", stack.logs(worker_killed.queued)[-3000:]
+    champion = registry.alias_version(stack.settings, name, registry.CHAMPION)
+    assert champion is not None
+    assert triton.loaded_versions(triton_server.endpoint(stack.settings), name) == [champion]
+    doctor = subprocess.run(
+        [str(BIN / "conveyor"), "doctor", name],
+        cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr

@@ -49,7 +49,10 @@ class Resumed:
 def resumed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resumed]:
     base = tmp_path_factory.mktemp("resume")
     env = clean_env(CONVEYOR_HOME=str(base / "state"), PREFECT_API_URL=str(PREFECT_API_URL.value()))
-    spec = write_spec(base)
+    # Small: what is measured is which steps run again, not how long they take.
+    spec = write_spec(
+        base, **{"data.rows": 4000, "estimator.params": {"n_estimators": 12, "max_depth": 8}}
+    )
     command = [str(BIN / "conveyor"), "run", "--spec", str(spec)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CONVEYOR_HOME", str(base / "state"))
