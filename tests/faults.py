@@ -24,6 +24,16 @@ from tests.conftest import ROOT
 from tests.servers import BIN
 
 CONVEYOR = str(BIN / "conveyor")
+# A spec small enough that a fault test's many releases take seconds each (write_spec overrides).
+SMALL_RELEASE: dict[str, object] = {
+    "data.rows": 4000,
+    "estimator.params": {"n_estimators": 12, "max_depth": 8},
+    "search.trials": 1,
+    "search.parallel": 1,
+    "smoke.rows": 300,
+    "smoke.latency_requests": 50,
+    "smoke.load_requests": 200,
+}
 
 
 @dataclass

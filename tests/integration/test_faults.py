@@ -21,6 +21,7 @@ from tasks import doctor, registry, triton_server
 from tasks.settings import Settings
 from tests.conftest import write_spec
 from tests.faults import (
+    SMALL_RELEASE,
     Site,
     assert_invariant,
     assert_one_paragraph,
@@ -43,15 +44,7 @@ def site(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     settings = Settings(home=base / "state")
     spec_path = write_spec(
         base,
-        **{
-            "data.rows": 4000,
-            "estimator.params": {"n_estimators": 12, "max_depth": 8},
-            "search.trials": 1,
-            "search.parallel": 1,
-            "smoke.rows": 300,
-            "smoke.latency_requests": 50,
-            "smoke.load_requests": 200,
-        },
+        **SMALL_RELEASE,
     )
     env = clean_env(
         CONVEYOR_HOME=str(settings.home),

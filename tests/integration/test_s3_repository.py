@@ -25,6 +25,7 @@ from tasks.synthetic import generate_transactions
 from tasks.training import build_pipeline
 from tests.conftest import write_spec
 from tests.faults import (
+    SMALL_RELEASE,
     Site,
     assert_invariant,
     assert_one_paragraph,
@@ -162,15 +163,7 @@ def site(repo: Repo, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
     spec_path = write_spec(
         base,
         name="s3-faults",
-        **{
-            "data.rows": 4000,
-            "estimator.params": {"n_estimators": 12, "max_depth": 8},
-            "search.trials": 1,
-            "search.parallel": 1,
-            "smoke.rows": 300,
-            "smoke.latency_requests": 50,
-            "smoke.load_requests": 200,
-        },
+        **SMALL_RELEASE,
     )
     aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     env = clean_env(
