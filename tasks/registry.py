@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import os
@@ -102,10 +103,8 @@ def client(settings: Settings) -> MlflowClient:
     if not settings.home.exists():
         # The state directory holds the registry and the Triton key: its owner's alone.
         settings.home.mkdir(parents=True, mode=0o700)
-    if settings.mlflow_tracking_uri is None and not settings.mlflow_db.exists():
-        # SQLite takes an empty file as a new database: create it owner-only before MLflow
-        # creates it with the umask's permissions.
-        os.close(os.open(settings.mlflow_db, os.O_CREAT | os.O_WRONLY, 0o600))
+    if settings.mlflow_tracking_uri is None:
+        _create_sqlite_registry(settings)
     mlflow_client = MlflowClient(
         tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
     )
@@ -114,6 +113,32 @@ def client(settings: Settings) -> MlflowClient:
         password = os.environ.get(credentials.MLFLOW_PASSWORD_ENV, "")
         _check_access(settings.tracking_uri, user, credentials.fingerprint(password))
     return mlflow_client
+
+
+def _create_sqlite_registry(settings: Settings) -> None:
+    """The embedded registry's SQLite file, owner-only, with MLflow's schema in it. Processes
+    that open a new file at once (two `conveyor run` on a fresh state directory) each run
+    MLflow's schema migrations on it and fail (alembic: "expected to match one row", "table
+    already exists"): the first to take the lock creates the schema, the others find it."""
+    if settings.tracking_uri in _OPENED:
+        return
+    lock = settings.home / "mlflow.db.lock"
+    with os.fdopen(os.open(lock, os.O_CREAT | os.O_WRONLY, 0o600), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        if not settings.mlflow_db.exists():
+            # SQLite takes an empty file as a new database: create it owner-only before MLflow
+            # creates it with the umask's permissions.
+            os.close(os.open(settings.mlflow_db, os.O_CREAT | os.O_WRONLY, 0o600))
+        # Both stores (tracking and registry) migrate the schema when first opened; MLflow then
+        # keeps them for the process.
+        store = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        store.search_experiments(max_results=1)
+        store.search_registered_models(max_results=1)
+    _OPENED.add(settings.tracking_uri)
+
+
+# SQLite registries this process has opened (MLflow keeps their stores, schema checked).
+_OPENED: set[str] = set()
 
 
 @cache
