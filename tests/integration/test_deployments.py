@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from infra.stack import STATE_FILE
 from tasks import registry, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, ZOMBIE_AFTER_S, write_spec
@@ -356,7 +357,7 @@ def worker_killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Wor
     while not any(n.startswith("train-") for _, n in registry.running_runs(stack.settings, name)):
         assert time.monotonic() < deadline, "the retrain never reached training"
         time.sleep(0.5)
-    state = json.loads((stack.production.root / "stack.json").read_text())
+    state = json.loads((stack.production.root / STATE_FILE).read_text())
     for pid in descendants(state["pids"]["worker-cpu"]):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -220,13 +220,14 @@ def test_s3_refusing_tritons_load_of_the_new_version_keeps_the_champion(
     """S3 refuses Triton (a rotated credential, a bucket policy) when the swap loads the new
     version from the repository: the release exits 2 in one paragraph, nothing moved."""
     champion, new = site.champion(), next_version(site)
-    repo.proxy.refuse(_tritons_read_of(f"triton/{site.name}/{new}/"))
+    rule = _tritons_read_of(f"triton/{site.name}/{new}/")
+    repo.proxy.refuse(rule)
     try:
         done = site.release()
     finally:
         repo.proxy.restore()
     output = " ".join((done.stdout + done.stderr).split())
-    refused = [r for r in repo.proxy.seen if _tritons_read_of(f"{site.name}/{new}/")(r)]
+    refused = [r for r in repo.proxy.seen if rule(r)]
     assert refused, "Triton never read the new version from S3"
     assert done.returncode == 2, output[-4000:]
     assert_one_paragraph(output)
