@@ -18,6 +18,13 @@ from tasks import triton
 from tasks.triton_server import Endpoint
 
 WARMUP_REQUESTS = 20
+# While waiting for a version, a run of failed requests makes the wait ask this often whether
+# the server is still up (a dead one would otherwise hold the swap for its whole timeout).
+LIVENESS_CHECK_S = 1.0
+# A background client's request that takes longer counts as failed. Requests take milliseconds,
+# a load holds them for 2 s at most; a killed server's python stubs keep its connections open,
+# so without a bound a request sent just before the kill would hang until they die.
+REQUEST_TIMEOUT_S = 5.0
 
 
 class LoadResult(BaseModel):
@@ -102,7 +109,7 @@ class Traffic:
         ]
 
     def _loop(self, index: int) -> None:
-        http = triton.http_client(self.endpoint)
+        http = triton.http_client(self.endpoint, timeout_s=REQUEST_TIMEOUT_S)
         grpc = triton.grpc_client(self.endpoint)
         n = 0
         while not self._stop.is_set():
@@ -134,7 +141,7 @@ class Traffic:
     ) -> int:
         """The version that answered: half the clients ask over gRPC, half over HTTP."""
         if index % 2:
-            answer = triton.infer_grpc_result(grpc, self.model, row)
+            answer = triton.infer_grpc_result(grpc, self.model, row, timeout_s=REQUEST_TIMEOUT_S)
             return int(answer.get_response().model_version)
         return int(triton.infer_http_result(http, self.model, row).get_response()["model_version"])
 
@@ -151,17 +158,39 @@ class Traffic:
             time.sleep(0.05)
 
     def wait_for_version(self, version: int, since: float, timeout_s: float = 30.0) -> float:
-        """Block until `version` answers a request sent after `since`; return when it was sent."""
+        """Block until `version` answers a request sent after `since`; return when it was sent.
+        Raises TritonError as soon as the server is found dead, rather than at the timeout."""
         deadline = time.monotonic() + timeout_s
+        next_check = time.monotonic() + LIVENESS_CHECK_S
         while True:
-            served = [s.sent for s in self.samples() if s.version == version and s.sent >= since]
+            recent = [s for s in self.samples() if s.sent >= since]
+            served = [s.sent for s in recent if s.version == version]
             if served:
                 return min(served)
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + LIVENESS_CHECK_S
+                if recent and recent[-1].version is None and not self._server_live():
+                    raise triton.TritonError(
+                        f"Triton at {self.endpoint.http} stopped answering while {self.model} "
+                        f"v{version} was swapped in ({recent[-1].error}): the server died or "
+                        "restarted. `conveyor doctor` shows what it serves now."
+                    )
+            if now > deadline:
                 raise TimeoutError(
                     f"version {version} answered no request within {timeout_s:.0f} s"
                 )
             time.sleep(0.02)
+
+    def _server_live(self) -> bool:
+        # A short timeout: a server that hangs is as good as dead to the callers this protects.
+        client = triton.http_client(self.endpoint, timeout_s=2.0)
+        try:
+            return bool(client.is_server_live())
+        except Exception:  # refused, reset or timed out: not live, whatever the client raised
+            return False
+        finally:
+            client.close()
 
     def window(self, start: float, end: float) -> LoadResult:
         """The requests sent in [start, end)."""

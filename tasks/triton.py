@@ -164,8 +164,16 @@ def publish_version(
     )
 
 
-def http_client(endpoint: Endpoint, concurrency: int = 1) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(endpoint.http, concurrency=concurrency)
+def http_client(
+    endpoint: Endpoint, concurrency: int = 1, timeout_s: float = 60.0
+) -> httpclient.InferenceServerClient:
+    """`timeout_s` bounds connecting and each request (tritonclient's default is 60 s)."""
+    return httpclient.InferenceServerClient(
+        endpoint.http,
+        concurrency=concurrency,
+        connection_timeout=timeout_s,
+        network_timeout=timeout_s,
+    )
 
 
 def grpc_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
@@ -246,7 +254,10 @@ class ControlClient:
 
     def is_ready(self, name: str, version: str = "") -> bool:
         # Health is open to callers: no key needed, none sent.
-        return bool(self._client.is_model_ready(name, version))
+        try:
+            return bool(self._client.is_model_ready(name, version))
+        except InferenceServerException as exc:
+            raise self._refused(exc, f"say whether {name} is ready") from exc
 
 
 def control_client(endpoint: Endpoint) -> ControlClient:
@@ -369,7 +380,11 @@ def infer_http_result(
 
 
 def infer_grpc_result(
-    client: grpcclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
+    client: grpcclient.InferenceServerClient,
+    name: str,
+    features: np.ndarray,
+    version: str = "",
+    timeout_s: float | None = None,
 ) -> grpcclient.InferResult:
     inp = grpcclient.InferInput(INPUT, list(features.shape), "FP32")
     inp.set_data_from_numpy(features)
@@ -377,7 +392,9 @@ def infer_grpc_result(
         grpcclient.InferRequestedOutput(LABEL),
         grpcclient.InferRequestedOutput(PROBABILITIES),
     ]
-    return client.infer(name, [inp], model_version=version, outputs=outputs)
+    return client.infer(
+        name, [inp], model_version=version, outputs=outputs, client_timeout=timeout_s
+    )
 
 
 def infer_http(
