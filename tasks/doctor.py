@@ -327,8 +327,14 @@ def _repair_model(
 ) -> None:
     """Repair `model`'s problems in place (the caller holds its lease). Serving first: Triton is
     back on champion and previous before any file it might still be serving is deleted.
-    `keep_runs`: leave RUNNING MLflow runs alone (a resumed release carries on in its own)."""
+    `keep_runs`: leave the candidate's RUNNING MLflow run alone (a resumed release carries on
+    in it); the rest of a killed release's runs are closed all the same."""
     store = open_store(settings.repository)
+    kept = (
+        {i for i, name in registry.running_runs(settings, model)
+         if name.startswith(registry.CANDIDATE_RUN)}
+        if keep_runs else set()
+    )  # fmt: skip
     unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
     spec = _spec(settings, model)
     if unserved and spec is None:
@@ -352,7 +358,7 @@ def _repair_model(
             triton.unload_model(triton_server.endpoint(settings), problem.key)
         elif problem.kind in {"orphan-version", "staged-upload"} and problem.key:
             store.remove_dir(problem.key)
-        elif problem.kind == "stale-run" and problem.key and not keep_runs:
+        elif problem.kind == "stale-run" and problem.key and problem.key not in kept:
             registry.close_run(settings, problem.key, "KILLED")
         else:
             continue
@@ -397,7 +403,8 @@ def repair_leftovers(settings: Settings, spec: ModelSpec, resuming: bool = False
     _repair_server(settings, problems)
     mine = model_problems(settings, spec.name, holding_lease=True)
     _repair_model(settings, spec.name, mine, keep_runs=resuming)
-    return problems + [p for p in mine if not (resuming and p.kind == "stale-run")]
+    # A candidate run kept for the resume was not a problem.
+    return problems + [p for p in mine if p.repaired or p.kind != "stale-run"]
 
 
 @task(name="repair-leftovers")

@@ -219,7 +219,10 @@ def close_run(settings: Settings, run_id: str, status: str = "FAILED") -> None:
 
 
 # Runs that a release opens; a drift check's run is not one (it runs beside releases, unleased).
-RELEASE_RUN_NAMES = ("train-", "trial-", "data-validation")
+# Only the candidate's run carries over into a resumed release (its task result names it); a
+# trial or a data validation that did not finish runs again in a run of its own.
+CANDIDATE_RUN = "train-"
+RELEASE_RUN_NAMES = (CANDIDATE_RUN, "trial-", "data-validation")
 
 
 def running_runs(settings: Settings, name: str) -> list[tuple[str, str]]:

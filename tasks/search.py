@@ -151,7 +151,7 @@ def task_runner(kind: RunnerKind, workers: int, dask_address: str | None = None)
 
 @task(name="open-candidate-run", cache_policy=RESUMABLE, persist_result=True)
 def open_candidate_task(settings: Settings, spec: ModelSpec) -> registry.CandidateRun:
-    return registry.open_run(settings, spec.name, f"train-{spec.name}", {})
+    return registry.open_run(settings, spec.name, f"{registry.CANDIDATE_RUN}{spec.name}", {})
 
 
 @task(name="fail-candidate-run")
