@@ -94,7 +94,8 @@ def _fail(exc: Exception) -> None:
     where = log_path()
     logged = where is not None and where.exists() and where.stat().st_size > 0
     details = f" (details: {where})" if logged else ""
-    console.print(f"[bold red]error:[/] {expected}{details}", highlight=False)
+    # Not wrapped by rich (the terminal wraps it): a path split across lines cannot be pasted.
+    console.print(f"[bold red]error:[/] {expected}{details}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
 
 
@@ -234,7 +235,9 @@ def _run_all(settings: Settings, no_wait: bool, force: bool) -> None:
             unexpected += expected is None
             if expected is None:
                 console.print_exception()  # not one of conveyor's errors: its traceback stays
-            console.print(f"[bold red]{model_spec.name} failed:[/] {expected or exc!r}")
+            console.print(
+                f"[bold red]{model_spec.name} failed:[/] {expected or exc!r}", soft_wrap=True
+            )
             table.add_row(model_spec.name, f"failed: {expected or type(exc).__name__}", "")
             continue
         if isinstance(result, UnchangedModel):
