@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -100,9 +100,6 @@ def prefect_server(home: Path, timeout_s: float = 90.0, **settings: str) -> Iter
         yield api
 
 
-MLFLOW_ADMIN = "admin"
-
-
 def system_binary(name: str) -> str:
     found = shutil.which(name)
     if found is None:
@@ -141,51 +138,6 @@ def pushgateway(base: Path, users: dict[str, str], timeout_s: float = 30.0) -> I
 
     with serving(command, clean_env(), base / "pushgateway.log", up, timeout_s):
         yield url
-
-
-@contextmanager
-def mlflow_server(
-    base: Path,
-    admin_password: str,
-    artifacts: str | None = None,
-    timeout_s: float = 120.0,
-    port: int | None = None,
-) -> Iterator[str]:
-    """`mlflow server --app-name basic-auth` on SQLite, artifacts proxied to `artifacts` (default
-    a directory under `base`), default permission READ; yields its URI. The same `base` and
-    `port` again restart it on the same stores (an outage and its end)."""
-    from infra.stack import mlflow_auth_config
-
-    base.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    uri = f"http://127.0.0.1:{port}"
-    config = base / "basic_auth.ini"
-    # The same config compose and `make stack` give their MLflow servers.
-    config.write_text(mlflow_auth_config(f"sqlite:///{base / 'auth.db'}", MLFLOW_ADMIN))
-    command = [
-        str(BIN / "mlflow"),
-        "server",
-        "--app-name",
-        "basic-auth",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{base / 'mlflow.db'}",
-        "--artifacts-destination",
-        artifacts or str(base / "artifacts"),
-    ]
-    env = clean_env(
-        MLFLOW_AUTH_CONFIG_PATH=str(config),
-        MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
-        # CSRF protection of the auth app's forms needs a stable secret.
-        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
-    )
-    with serving(command, env, base / "mlflow.log", _answers(f"{uri}/health", 200), timeout_s):
-        yield uri
 
 
 @contextmanager
@@ -244,6 +196,31 @@ class ProductionStack:
     def auth(self) -> tuple[str, str]:
         user, password = self.env["PREFECT_API_AUTH_STRING"].split(":", 1)
         return user, password
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """The credentials the stack generated, under infra/.env's names."""
+        from infra.stack import SECRETS_FILE, read_env_file
+
+        return read_env_file(self.root / SECRETS_FILE)
+
+    def _state(self) -> dict[str, dict[str, int]]:
+        from infra.stack import STATE_FILE
+
+        return json.loads((self.root / STATE_FILE).read_text())  # type: ignore[no-any-return]
+
+    def pid(self, service: str) -> int:
+        return self._state()["pids"][service]
+
+    def port(self, service: str, container_port: int) -> int:
+        return self._state()["ports"][f"{service}:{container_port}"]
+
+    def up(self) -> str:
+        """`make stack` again, as an operator (or systemd) runs it after a crash: it starts what
+        is down and reports the rest as already up."""
+        done = _stack_command(self.root, "up", timeout_s=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
 
 
 def _stack_command(root: Path, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,6 @@ import httpx
 import pytest
 import yaml
 
-from infra.stack import STATE_FILE
 from tasks import registry, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, ZOMBIE_AFTER_S, write_spec
@@ -357,18 +356,13 @@ def worker_killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Wor
     while not any(n.startswith("train-") for _, n in registry.running_runs(stack.settings, name)):
         assert time.monotonic() < deadline, "the retrain never reached training"
         time.sleep(0.5)
-    state = json.loads((stack.production.root / STATE_FILE).read_text())
-    for pid in descendants(state["pids"]["worker-cpu"]):
+    for pid in descendants(stack.production.pid("worker-cpu")):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     queued = stack.start_run("retrain", spec)
     # `make stack` starts what is down.
-    restarted = subprocess.run(
-        [str(BIN / "python"), "-m", "infra.stack", "up", "--dir", str(stack.production.root)],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-    assert "worker-cpu" in restarted.stdout and "already up" in restarted.stdout
+    restarted = stack.production.up()
+    assert "worker-cpu" in restarted and "already up" in restarted
     return WorkerKilled(name, killed, queued)
 
 

@@ -1,12 +1,13 @@
-"""MLflow writes need credentials: a real `mlflow server --app-name basic-auth` on 127.0.0.1
-with the users compose creates (infra/mlflow/users.py). A release with the worker's credentials
-passes; an anonymous or read-only client cannot move `champion`; conveyor says which credential
-to set in one paragraph; a refused rollback leaves the champion served."""
+"""MLflow writes need credentials: the production topology's MLflow (`make stack`: `mlflow server
+--app-name basic-auth` on PostgreSQL, artifacts proxied to S3) with the users compose creates
+(infra/mlflow/users.py). A release with the worker's credentials passes; an anonymous or
+read-only client cannot move `champion`; conveyor says which credential to set in one paragraph;
+a refused rollback leaves the champion served; MLflow killed mid-release and brought back by
+`make stack` leaves what was served, and doctor repairs the rest."""
 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
+import httpx
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -25,20 +28,23 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.release import release_flow
 from flows.rollback import rollback_flow
+from infra.stack import bucket_names
 from tasks import credentials, doctor, registry, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, write_spec
-from tests.servers import BIN, MLFLOW_ADMIN, clean_env, mlflow_server
+from tests.servers import BIN, ProductionStack, clean_env
 
-NAME = "fraud-detector"
-WORKER, READER = "conveyor-worker", "conveyor-reader"
+# Its own model on the shared stack.
+NAME = "auth-fraud"
 
 
 @dataclass
 class Server:
+    stack: ProductionStack
     uri: str
-    base: Path
-    passwords: dict[str, str]
+    passwords: dict[str, str]  # user → password: admin, worker, reader
+    worker: str
+    reader: str
     settings: Settings
 
     def as_user(self, user: str | None) -> dict[str, str]:
@@ -59,31 +65,39 @@ def _use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("mlflow-auth")
-    passwords = {user: secrets.token_urlsafe(12) for user in (MLFLOW_ADMIN, WORKER, READER)}
-    with mlflow_server(base / "mlflow", passwords[MLFLOW_ADMIN]) as uri:
-        env = {
-            **os.environ,
-            "MLFLOW_TRACKING_URI": uri,
-            "MLFLOW_ADMIN_USER": MLFLOW_ADMIN,
-            "MLFLOW_ADMIN_PASSWORD": passwords[MLFLOW_ADMIN],
-            "MLFLOW_WORKER_USER": WORKER,
-            "MLFLOW_WORKER_PASSWORD": passwords[WORKER],
-            "MLFLOW_READER_USER": READER,
-            "MLFLOW_READER_PASSWORD": passwords[READER],
-        }
-        users = [sys.executable, str(ROOT / "infra" / "mlflow" / "users.py")]
-        done = subprocess.run(users, env=env, capture_output=True, text=True, check=True)
-        assert done.stdout.count("created") == 2, done.stdout
-        # Idempotent, as compose's one-shot job runs it on every `up`.
-        again = subprocess.run(users, env=env, capture_output=True, text=True, check=True)
-        assert again.stdout.count("exists") == 2, again.stdout
-        settings = Settings(home=base / "state", mlflow_tracking_uri=uri)
-        try:
-            yield Server(uri, base, passwords, settings)
-        finally:
-            triton_server.stop(settings)
+def server(
+    production: ProductionStack, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The stack's MLflow; this module's releases use their own state directory and embedded
+    Triton, and this process's Prefect API."""
+    secrets = production.secrets
+    users = {
+        role: (secrets[f"MLFLOW_{role}_USER"], secrets[f"MLFLOW_{role}_PASSWORD"])
+        for role in ("ADMIN", "WORKER", "READER")
+    }
+    uri = production.env["CONVEYOR_MLFLOW_TRACKING_URI"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    for role, (user, password) in users.items():
+        env |= {f"MLFLOW_{role}_USER": user, f"MLFLOW_{role}_PASSWORD": password}
+    # `make stack` ran compose's one-shot job; it is idempotent, as compose runs it on every up.
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "infra" / "mlflow" / "users.py")],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert again.stdout.count("exists") == 2, again.stdout
+    home = tmp_path_factory.mktemp("mlflow-auth") / "state"
+    settings = Settings(home=home, mlflow_tracking_uri=uri)
+    try:
+        yield Server(
+            production,
+            uri,
+            dict(users.values()),
+            users["WORKER"][0],
+            users["READER"][0],
+            settings,
+        )
+    finally:
+        triton_server.stop(settings)
 
 
 @pytest.fixture(scope="module")
@@ -91,49 +105,77 @@ def released(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Server
     """Two releases with the worker's credentials: champion 2, previous 1."""
     base = tmp_path_factory.mktemp("mlflow-auth-specs")
     with pytest.MonkeyPatch.context() as env:
-        _use(env, server.as_user(WORKER))
+        _use(env, server.as_user(server.worker))
         env.setenv("CONVEYOR_HOME", str(server.settings.home))
         env.setenv("CONVEYOR_MLFLOW_TRACKING_URI", server.uri)
         for expected in (1, 2):
-            assert release_flow(str(write_spec(base)), force=True).version == expected
+            spec = write_spec(base, name=NAME)
+            assert release_flow(str(spec), force=True).version == expected
     return server
+
+
+def _artifact_names(server: Server, *locations: str) -> set[str]:
+    """Names of the stack's S3 objects under any of `locations` (paths in MLflow's store)."""
+    env = server.stack.env
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    names = set()
+    for bucket in bucket_names(server.stack.secrets):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                if any(f"/{where.strip('/')}/" in item["Key"] for where in locations):
+                    names.add(item["Key"].rsplit("/", 1)[-1])
+    return names
 
 
 def test_release_with_the_worker_credentials_passes(released: Server) -> None:
     with pytest.MonkeyPatch.context() as env:
-        _use(env, released.as_user(READER))  # readers may browse
+        _use(env, released.as_user(released.reader))  # readers may browse
         client = MlflowClient(released.uri)
-        assert client.get_model_version_by_alias(NAME, registry.CHAMPION).version == "2"
+        champion = client.get_model_version_by_alias(NAME, registry.CHAMPION)
+        assert champion.version == "2"
         assert client.get_model_version_by_alias(NAME, registry.PREVIOUS).version == "1"
-    # Artifacts went through the server's proxy into its destination, not a client-side path.
-    stored = {p.name for p in (released.base / "mlflow" / "artifacts").rglob("*") if p.is_file()}
-    assert {"model.onnx", "MLmodel"} <= stored
+        # Artifacts went through the server's proxy into its S3 destination, not a client-side path.
+        where = [
+            client.get_run(champion.run_id).info.artifact_uri,
+            client.get_model_version_download_uri(NAME, champion.version),
+        ]
+    assert all(w.startswith("mlflow-artifacts:/") for w in where), where
+    stored = _artifact_names(released, *(w.removeprefix("mlflow-artifacts:/") for w in where))
+    assert {"model.onnx", "MLmodel"} <= stored, (where, stored)
     assert not (released.settings.home / "mlartifacts").exists()
 
 
-@pytest.mark.parametrize("user", [None, READER], ids=["anonymous", "read-only"])
+@pytest.mark.parametrize("role", [None, "reader"], ids=["anonymous", "read-only"])
 def test_anonymous_and_read_only_cannot_move_champion(
-    released: Server, user: str | None, monkeypatch: pytest.MonkeyPatch
+    released: Server, role: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    user = released.reader if role else None
     _use(monkeypatch, released.as_user(user))
     with pytest.raises(MlflowException) as refused:
         MlflowClient(released.uri).set_registered_model_alias(NAME, registry.CHAMPION, "1")
     assert refused.value.get_http_status_code() == (401 if user is None else 403)
-    _use(monkeypatch, released.as_user(WORKER))
+    _use(monkeypatch, released.as_user(released.worker))
     assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 2
 
 
 @pytest.mark.parametrize(
-    ("user", "password", "says"),
+    ("role", "password", "says"),
     [
         (None, None, "no credentials were sent"),
-        (WORKER, "wrong-password", "(401, user 'conveyor-worker')"),
+        ("worker", "wrong-password", "(401, user 'conveyor-worker')"),
     ],
     ids=["anonymous", "wrong-password"],
 )
 def test_missing_or_wrong_credentials_are_one_paragraph(
-    released: Server, user: str | None, password: str | None, says: str
+    released: Server, role: str | None, password: str | None, says: str
 ) -> None:
+    user = released.worker if role else None
     env = {
         "CONVEYOR_HOME": str(released.settings.home),
         "CONVEYOR_MLFLOW_TRACKING_URI": released.uri,
@@ -156,32 +198,19 @@ def test_refused_rollback_leaves_the_champion_served(
     the registry refused the alias move; it goes back, so the champion is what is served."""
     monkeypatch.setenv("CONVEYOR_HOME", str(released.settings.home))
     monkeypatch.setenv("CONVEYOR_MLFLOW_TRACKING_URI", released.uri)
-    _use(monkeypatch, released.as_user(READER))
+    _use(monkeypatch, released.as_user(released.reader))
     with pytest.raises(credentials.CredentialError, match="give that user EDIT"):
-        rollback_flow(str(write_spec(tmp_path)), reason="read-only attempt")
-    _use(monkeypatch, released.as_user(WORKER))
+        rollback_flow(str(write_spec(tmp_path, name=NAME)), reason="read-only attempt")
+    _use(monkeypatch, released.as_user(released.worker))
     assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 2
     endpoint = triton_server.endpoint(released.settings)
     assert triton.loaded_versions(endpoint, NAME) == [1, 2]
 
 
-def _kill_server(port: int) -> None:
-    """SIGKILL the `mlflow server … --port PORT` process with its whole group (its workers)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            b"server" in argv
-            and b"--port" in argv
-            and argv[argv.index(b"--port") + 1] == str(port).encode()
-        ):
-            pids.append(int(proc.name))
-    assert pids, f"no mlflow server on port {port}"
-    for group in {os.getpgid(pid) for pid in pids}:
-        os.killpg(group, signal.SIGKILL)
+def _kill_mlflow(server: Server) -> None:
+    """SIGKILL the stack's MLflow server with its whole process group (its workers)."""
+    port = int(server.uri.rsplit(":", 1)[1])
+    os.killpg(server.stack.pid("mlflow"), signal.SIGKILL)
     deadline = time.monotonic() + 30
     while True:
         with socket.socket() as probe:
@@ -194,20 +223,21 @@ def _kill_server(port: int) -> None:
 def test_mlflow_stopped_between_registration_and_promotion(
     released: Server, tmp_path: Path
 ) -> None:
-    """Runs last here: it kills the module's server. The tracking server dies once the new
+    """Runs last here: it kills the stack's MLflow. The tracking server dies once the new
     version is loaded beside the champion (its swap ran; the promotion is next). The release
-    fails in one paragraph with Triton back on what was live, not on nothing; once MLflow is
-    back, `conveyor doctor --repair` clears the rest and the champion is unchanged."""
-    settings, port = released.settings, int(released.uri.rsplit(":", 1)[1])
+    fails in one paragraph with Triton back on what was live, not on nothing; once `make stack`
+    has brought MLflow back, `conveyor doctor --repair` clears the rest and the champion is
+    unchanged."""
+    settings = released.settings
     env = clean_env(
-        **released.as_user(WORKER),
+        **released.as_user(released.worker),
         CONVEYOR_HOME=str(settings.home),
         CONVEYOR_MLFLOW_TRACKING_URI=released.uri,
         PREFECT_API_URL=str(PREFECT_API_URL.value()),
         # MLflow's client retries a refused connection for minutes by default.
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
     )
-    spec = write_spec(tmp_path)
+    spec = write_spec(tmp_path, name=NAME)
     endpoint = triton_server.endpoint(settings)
     with (tmp_path / "release.log").open("wb") as log:
         release = subprocess.Popen(
@@ -222,19 +252,19 @@ def test_mlflow_stopped_between_registration_and_promotion(
             assert release.poll() is None, (tmp_path / "release.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the release never reached its swap"
             time.sleep(0.05)
-        _kill_server(port)
+        _kill_mlflow(released)
         code = release.wait(300)
     said = " ".join((tmp_path / "release.log").read_text().split())
     assert code == 2, said[-3000:]
     assert "Traceback" not in said and "was withdrawn" in said, said[-3000:]
-    assert "doctor fraud-detector --repair" in said, said[-3000:]
+    assert f"doctor {NAME} --repair" in said, said[-3000:]
     # Served: exactly what was live before the release, found without the registry.
     assert triton.loaded_versions(endpoint, NAME) == [1, 2]
-    with (
-        mlflow_server(released.base / "mlflow", released.passwords[MLFLOW_ADMIN], port=port),
-        pytest.MonkeyPatch.context() as patch,
-    ):
-        _use(patch, released.as_user(WORKER))
+    # `make stack` starts what is down: MLflow again, on the same database and bucket.
+    assert "mlflow " in released.stack.up()
+    assert httpx.get(f"{released.uri}/health", timeout=10).status_code == 200
+    with pytest.MonkeyPatch.context() as patch:
+        _use(patch, released.as_user(released.worker))
         runner = CliRunner()
         cli_env = {
             "CONVEYOR_HOME": str(settings.home),

@@ -1,151 +1,127 @@
-"""No secret leaks: a release through the CLI with every credential set to a unique marker, each
-one used for real (Prefect server with auth, MLflow basic-auth server, Pushgateway with basic
-auth, S3 repository on moto, Triton with a configured key), then a search of everything the
-release wrote for the markers: console, state directory (logs, results, model card), Prefect's
-database (logs, artifacts, parameters, events), MLflow's store and artifacts, the S3 objects
-and what the Pushgateway holds."""
+"""No secret leaks, on the production topology (`make stack`): a release through the CLI with the
+stack's credentials (every one of them random, so each is its own marker), each used for real
+(Prefect server with auth, MLflow's basic-auth server, the Pushgateway with basic auth, the S3
+repository and artifact store, Triton with its control key). Then a search of everything the
+release and the stack wrote for every marker: the console, the release's state directory, every
+file of the stack (logs, Redis, Prometheus' data, the worker's state) except the stack's own
+credential files, dumps of every PostgreSQL database (Prefect's logs, artifacts, parameters and
+events; MLflow's params, tags and metrics; MLflow's users), every S3 object and what the
+Pushgateway holds (the model card is an MLflow artifact: in S3)."""
 
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
 import pytest
 
-from tasks import credentials, registry, triton, triton_server
+from infra.stack import SECRETS_FILE, bucket_names, system_binary
+from tasks import registry, triton, triton_server
+from tasks.model_card import CARD_ARTIFACT
 from tasks.settings import Settings
 from tests.conftest import ROOT, write_spec
-from tests.servers import (
-    BIN,
-    MLFLOW_ADMIN,
-    clean_env,
-    mlflow_server,
-    moto_s3,
-    prefect_server,
-    pushgateway,
-)
+from tests.servers import BIN, ProductionStack, clean_env
 
-NAME = "fraud-detector"
-
-
-def _marker(what: str) -> str:
-    return f"mk{what}{secrets.token_hex(8)}"
+# Its own model on the shared stack.
+NAME = "leak-check"
+# Where the stack keeps credentials on purpose (each written readable only by its owner):
+# searched for nothing, and each must exist, so this list cannot go stale unnoticed.
+CREDENTIAL_FILES = {
+    SECRETS_FILE,
+    "conveyor.env",  # the env file operators source
+    "redis/redis.conf",
+    "mlflow/basic_auth.ini",  # its database URL
+    "prometheus/secrets/pushgateway-password",
+    "prometheus/secrets/mlflow-password",
+}
+# PostgreSQL's own files are searched through dumps (its pages may be compressed).
+DUMPED = "postgres"
+DATABASES = ("prefect", "mlflow", "mlflow_auth")
 
 
 @dataclass
 class Leak:
-    markers: dict[str, str]
+    stack: ProductionStack
+    markers: dict[str, str]  # variable → its value
     base: Path
     console: str
     env: dict[str, str]
-    s3_objects: dict[str, bytes]
-    pushgateway_body: str
+
+
+def markers(stack: ProductionStack) -> dict[str, str]:
+    """Every secret the stack generated (user names are not secrets)."""
+    found = {}
+    for key, value in stack.secrets.items():
+        if key.endswith("_USER"):
+            continue
+        found[key] = value.split(":", 1)[1] if key == "PREFECT_AUTH_STRING" else value
+    assert len(found) >= 10 and all(len(v) >= 16 for v in found.values()), sorted(found)
+    return found
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leak]:
+def released(production: ProductionStack, tmp_path_factory: pytest.TempPathFactory) -> Leak:
     base = tmp_path_factory.mktemp("secrets")
-    markers = {
-        "prefect": _marker("prefect"),
-        "mlflow": _marker("mlflow"),
-        "mlflow_admin": _marker("mlflowadmin"),
-        "pushgateway": _marker("push"),
-        "triton": _marker("triton"),
-        "aws": _marker("aws"),
-    }
-    auth_string = f"conveyor:{markers['prefect']}"
-    with (
-        prefect_server(base / "prefect", PREFECT_SERVER_API_AUTH_STRING=auth_string) as api,
-        mlflow_server(base / "mlflow", markers["mlflow_admin"]) as mlflow_uri,
-        pushgateway(base / "pushgateway", {"conveyor": markers["pushgateway"]}) as gateway,
-        moto_s3(base) as s3,
-    ):
-        aws = {
-            "AWS_ACCESS_KEY_ID": "conveyor",
-            "AWS_SECRET_ACCESS_KEY": markers["aws"],
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": s3,
-        }
-        s3_client = boto3.client(
-            "s3",
-            endpoint_url=s3,
-            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
-            region_name="us-east-1",
-        )
-        s3_client.create_bucket(Bucket="models")
-        worker = {"MLFLOW_TRACKING_USERNAME": "conveyor-worker"}
-        admin = (MLFLOW_ADMIN, markers["mlflow_admin"])
-        created = httpx.post(
-            f"{mlflow_uri}/api/2.0/mlflow/users/create",
-            json={"username": worker["MLFLOW_TRACKING_USERNAME"], "password": markers["mlflow"]},
-            auth=admin,
-            timeout=30,
-        )
-        assert created.status_code == 200, created.text
-        home = base / "state"
-        env = clean_env(
-            **aws,
-            **worker,
-            MLFLOW_TRACKING_PASSWORD=markers["mlflow"],
-            PREFECT_API_URL=api,
-            PREFECT_API_AUTH_STRING=auth_string,
-            PREFECT_HOME=str(base / "client"),
-            CONVEYOR_HOME=str(home),
-            CONVEYOR_MLFLOW_TRACKING_URI=mlflow_uri,
-            CONVEYOR_MODEL_REPOSITORY="s3://models/triton",
-            CONVEYOR_PUSHGATEWAY_URL=gateway,
-            CONVEYOR_PUSHGATEWAY_USERNAME="conveyor",
-            CONVEYOR_PUSHGATEWAY_PASSWORD=markers["pushgateway"],
-            CONVEYOR_TRITON_ADMIN_KEY=markers["triton"],
-        )
-        spec = write_spec(base)
-        try:
-            done = subprocess.run(
-                [str(BIN / "conveyor"), "run", "--spec", str(spec)],
-                env=env,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=400,
-            )
-            console = done.stdout + done.stderr
-            assert done.returncode == 0, console
-            # Each credential was used, not merely set: the release went through every server.
-            with pytest.MonkeyPatch.context() as patch:
-                for key, value in env.items():
-                    patch.setenv(key, value)
-                settings = Settings()
-                assert registry.alias_version(settings, NAME, registry.CHAMPION) == 1
-                assert triton.loaded_versions(triton_server.endpoint(settings), NAME) == [1]
-            objects = {
-                item["Key"]: s3_client.get_object(Bucket="models", Key=item["Key"])["Body"].read()
-                for item in s3_client.list_objects_v2(Bucket="models")["Contents"]
-            }
-            body = httpx.get(
-                f"{gateway}/metrics", auth=("conveyor", markers["pushgateway"]), timeout=10
-            ).text
-            champion = 'conveyor_champion_version{flow="registry",instance="",job="conveyor"'
-            assert f'{champion},model="{NAME}"}} 1' in body
-            time.sleep(2)  # Prefect writes logs and events in batches
-            yield Leak(markers, base, console, env, objects, body)
-        finally:
-            triton_server.stop(Settings(home=home))
+    env = clean_env(
+        **{**production.env, "CONVEYOR_HOME": str(base / "state")},
+        PREFECT_HOME=str(base / "client"),
+    )
+    done = subprocess.run(
+        [str(BIN / "conveyor"), "run", "--spec", str(write_spec(base, name=NAME))],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console
+    # Each credential was used, not merely set: the release went through every server.
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        settings = Settings()
+        assert registry.alias_version(settings, NAME, registry.CHAMPION) == 1
+        assert triton.loaded_versions(triton_server.endpoint(settings), NAME) == [1]
+    time.sleep(2)  # Prefect writes logs and events in batches
+    return Leak(production, markers(production), base, console, env)
 
 
 def _hits(data: bytes, markers: dict[str, str]) -> list[str]:
     return [name for name, marker in markers.items() if marker.encode() in data]
 
 
+def _s3(env: dict[str, str]) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+
+def _dump(stack: ProductionStack, database: str) -> bytes:
+    secrets, port = stack.secrets, stack.port("postgres", 5432)
+    done = subprocess.run(
+        [system_binary("pg_dump", "postgresql"), "-h", "127.0.0.1", "-p", str(port),
+         "-U", secrets["POSTGRES_USER"], "--data-only", database],
+        env={**clean_env(), "PGPASSWORD": secrets["POSTGRES_PASSWORD"]},
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout
+
+
 def test_every_credential_was_needed(released: Leak) -> None:
-    """The servers refuse the release without them (so the markers were really in use)."""
+    """The servers refuse anonymous clients (so the credentials were really in use)."""
     env = released.env
     anonymous = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=10)
     assert anonymous.status_code == 401
@@ -155,43 +131,74 @@ def test_every_credential_was_needed(released: Leak) -> None:
     )
     assert mlflow.status_code == 401
     assert httpx.get(f"{env['CONVEYOR_PUSHGATEWAY_URL']}/metrics", timeout=10).status_code == 401
-    state = triton_server.read_state(Settings(home=Path(env["CONVEYOR_HOME"])))
-    assert state is not None and state.key_file is None
-    assert state.key_fingerprint == credentials.fingerprint(released.markers["triton"])
+    # Triton's control API without the key: refused; inference metadata stays open.
+    control = httpx.post(f"http://{env['TRITON_URL']}/v2/repository/index", timeout=10)
+    assert control.status_code in (401, 403), control.text
+    assert httpx.get(f"http://{env['TRITON_URL']}/v2/models/{NAME}", timeout=10).is_success
 
 
 def test_no_marker_in_console_or_any_file_written(released: Leak) -> None:
-    assert _hits(released.console.encode(), released.markers) == []
-    leaks = []
-    # State directory, Prefect server home (its database: logs, artifacts, parameters, events,
-    # results), MLflow's store, artifacts and log, the Pushgateway's data.
-    for path in sorted(p for p in released.base.rglob("*") if p.is_file()):
-        if path.name == "pushgateway-web.yml":
-            continue  # the bcrypt hashes the test wrote, not something the release wrote
-        leaks += [f"{path}: {name}" for name in _hits(path.read_bytes(), released.markers)]
-    for key, data in released.s3_objects.items():
-        leaks += [f"s3://models/{key}: {name}" for name in _hits(data, released.markers)]
-    leaks += [
-        f"pushgateway: {n}" for n in _hits(released.pushgateway_body.encode(), released.markers)
-    ]
+    root, found = released.stack.root, released.markers
+    assert _hits(released.console.encode(), found) == []
+    for name in CREDENTIAL_FILES:
+        assert (root / name).is_file(), f"{name}: the stack no longer writes it; update the list"
+    leaks, searched = [], set()
+    for top in (released.base, root):
+        for path in sorted(p for p in top.rglob("*") if p.is_file()):
+            relative = path.relative_to(top)
+            if top == root and (str(relative) in CREDENTIAL_FILES or relative.parts[0] == DUMPED):
+                continue
+            searched.add(str(relative))
+            leaks += [f"{path}: {name}" for name in _hits(path.read_bytes(), found)]
     assert leaks == []
-    searched = {p.name for p in released.base.rglob("*") if p.is_file()}
-    assert {"prefect.db", "mlflow.db", "tritonserver.log", "model.onnx"} <= searched
-    assert any(name.startswith("model_card") or "card" in name for name in searched), searched
+    # What was searched holds the release's traces, so the search looked in the right places.
+    expected = {"logs/prefect-server.log", "logs/mlflow.log", "logs/worker-cpu.log"}
+    assert expected | {"state/logs/conveyor.log"} <= searched
+
+
+def test_no_marker_in_any_database(released: Leak) -> None:
+    for database in DATABASES:
+        dump = _dump(released.stack, database)
+        assert _hits(dump, released.markers) == [], database
+        if database != "mlflow_auth":
+            assert NAME.encode() in dump, f"{database} holds nothing of the release"
+
+
+def test_no_marker_in_s3_or_the_pushgateway(released: Leak) -> None:
+    env, found = released.env, released.markers
+    client = _s3(env)
+    leaks, keys = [], []
+    for bucket in bucket_names(released.stack.secrets):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                keys.append(f"{bucket}/{item['Key']}")
+                leaks += [f"s3://{bucket}/{item['Key']}: {n}" for n in _hits(body, found)]
+    assert leaks == []
+    # The model's files in the repository, its MLflow artifacts through the server's proxy.
+    onnx = [k for k in keys if k.endswith("model.onnx")]
+    assert any(f"/{NAME}/1/" in k for k in onnx) and len(onnx) >= 2, onnx
+    assert any(k.endswith(CARD_ARTIFACT) for k in keys)  # the model card is an artifact
+    auth = (env["CONVEYOR_PUSHGATEWAY_USERNAME"], env["CONVEYOR_PUSHGATEWAY_PASSWORD"])
+    body = httpx.get(f"{env['CONVEYOR_PUSHGATEWAY_URL']}/metrics", auth=auth, timeout=10).text
+    champion = 'conveyor_champion_version{flow="registry",instance="",job="conveyor"'
+    assert f'{champion},model="{NAME}"}} 1' in body
+    assert _hits(body.encode(), found) == []
 
 
 def test_no_marker_in_prefect_logs_artifacts_or_parameters(released: Leak) -> None:
-    api, auth = released.env["PREFECT_API_URL"], ("conveyor", released.markers["prefect"])
+    api = released.env["PREFECT_API_URL"]
     texts = []
     for path, body in (
-        ("/logs/filter", {"limit": 200}),
+        ("/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"}),
         ("/artifacts/filter", {"limit": 200}),
         ("/flow_runs/filter", {"limit": 200}),
         ("/task_runs/filter", {"limit": 200}),
     ):
-        response = httpx.post(f"{api}{path}", json=body, auth=auth, timeout=10)
+        response = httpx.post(f"{api}{path}", json=body, auth=released.stack.auth, timeout=10)
         response.raise_for_status()
         assert response.json(), path
         texts.append(response.text)
+    assert NAME in "".join(texts)
     assert _hits("".join(texts).encode(), released.markers) == []
     assert os.environ.get("PREFECT_API_AUTH_STRING") is None  # the test leaked nothing either
