@@ -18,11 +18,27 @@ from tests.servers import ProductionStack
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`): an integration
+# module's tests stay together on one worker, in file order, since they share module fixtures
+# and build on each other's state; every module on the session's production stack is one
+# group, so one worker starts the stack and the tests that stop parts of it (its MLflow, a
+# worker) never overlap another test on it.
+STACK_GROUP = "production-stack"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    on_stack = {
+        item.module.__name__
+        for item in items
+        if isinstance(item, pytest.Function) and "production" in item.fixturenames
+    }
     for item in items:
         kind = Path(str(item.fspath)).parent.name
         if kind in {"unit", "flows", "integration"}:
             item.add_marker(getattr(pytest.mark, kind))
+        if kind == "integration" and isinstance(item, pytest.Function):
+            module = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(STACK_GROUP if module in on_stack else module))
 
 
 def pytest_configure(config: pytest.Config) -> None:
