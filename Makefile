@@ -43,7 +43,7 @@ system-deps:
 # Two workers (tests/conftest.py groups what must share one); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: bootstrap system-deps
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # Benchmarks (never part of `make test`): machine-readable results in bench-results/, tables in
 # BENCHMARKS.md.

@@ -236,10 +236,16 @@ class Stack:
     pids: dict[str, int]
     # PREFECT_* settings for the server and workers beyond compose's (tests: faster loops).
     prefect_settings: dict[str, str]
+    # Prometheus' scrape and rule interval instead of prometheus.yml's (tests: seconds).
+    scrape_interval: str | None = None
 
     @classmethod
     def open(
-        cls, root: Path, free_ports: bool = False, prefect_settings: dict[str, str] | None = None
+        cls,
+        root: Path,
+        free_ports: bool = False,
+        prefect_settings: dict[str, str] | None = None,
+        scrape_interval: str | None = None,
     ) -> Stack:
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -248,6 +254,7 @@ class Stack:
             state = json.loads(state_path.read_text())
             ports, pids = state["ports"], state["pids"]
             prefect_settings = state.get("prefect_settings", {})
+            scrape_interval = state.get("scrape_interval")
         else:
             pick: Callable[[int], int] = (
                 (lambda _: _free_port()) if free_ports else (lambda port: port + PORT_OFFSET)
@@ -265,13 +272,18 @@ class Stack:
                 env_file_text(generated_secrets(), "make stack's credentials (infra/.env names)"),
             )
         variables = read_env_file(secrets_path)
-        stack = cls(root, ports, variables, pids, prefect_settings or {})
+        stack = cls(root, ports, variables, pids, prefect_settings or {}, scrape_interval)
         variables.update(stack.public_urls())
         stack.save()
         return stack
 
     def save(self) -> None:
-        state = {"ports": self.ports, "pids": self.pids, "prefect_settings": self.prefect_settings}
+        state = {
+            "ports": self.ports,
+            "pids": self.pids,
+            "prefect_settings": self.prefect_settings,
+            "scrape_interval": self.scrape_interval,
+        }
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     def port(self, service: str, container_port: int) -> int:
@@ -697,6 +709,11 @@ def prometheus_config(stack: Stack, secrets_dir: Path) -> str:
     """infra/prometheus/prometheus.yml with this stack's targets, rules and password files."""
     config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
     config["rule_files"] = [str(INFRA / "prometheus" / "rules" / "*.yml")]
+    if stack.scrape_interval:
+        config["global"] |= {
+            "scrape_interval": stack.scrape_interval,
+            "evaluation_interval": stack.scrape_interval,
+        }
     for job in config["scrape_configs"]:
         for group in job.get("static_configs", []):
             group["targets"] = [
@@ -891,6 +908,11 @@ def main(argv: list[str] | None = None) -> int:
         help="an extra setting for the Prefect server and the workers (repeatable)",
     )
     parser.add_argument(
+        "--scrape-interval",
+        metavar="DURATION",
+        help="Prometheus' scrape and rule-evaluation interval (default: prometheus.yml's 15s)",
+    )
+    parser.add_argument(
         "--free-ports",
         action="store_true",
         help="any free ports (tests) instead of compose's + 10000",
@@ -902,7 +924,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command == "down" else 1
     try:
         extra = dict(item.split("=", 1) for item in args.prefect_setting)
-        stack = Stack.open(args.dir, free_ports=args.free_ports, prefect_settings=extra)
+        stack = Stack.open(
+            args.dir,
+            free_ports=args.free_ports,
+            prefect_settings=extra,
+            scrape_interval=args.scrape_interval,
+        )
         lines = {"up": up, "down": down, "status": status}[args.command](stack)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,27 +18,55 @@ from tests.servers import ProductionStack
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`): an integration
-# module's tests stay together on one worker, in file order, since they share module fixtures
-# and build on each other's state; every module on the session's production stack is one
-# group, so one worker starts the stack and the tests that stop parts of it (its MLflow, a
-# worker) never overlap another test on it.
+# `make test` runs the suite on two pytest-xdist workers. A test module's tests stay together on
+# one worker, in file order, since they share module fixtures and build on each other's state;
+# the modules on the session's production stack form one unit, so one worker starts the stack
+# and the tests that stop parts of it (its MLflow, a worker) overlap no other test on it.
+# (xdist's `--dist loadgroup` marks have no effect under pytest 9.2: xdist 3.8 renames node ids
+# through an attribute pytest no longer reads, hence a scheduler of our own.)
 STACK_GROUP = "production-stack"
+STACK_MODULES = frozenset(
+    {
+        "test_approval.py",
+        "test_deployments.py",
+        "test_mlflow_auth.py",
+        "test_observability.py",
+        "test_secrets.py",
+    }
+)
+
+
+def scheduling_unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return STACK_GROUP if Path(path).name in STACK_MODULES else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrStack(LoadScopeScheduling):
+        """LoadScopeScheduling by `scheduling_unit`; the biggest unit (the stack's) first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return scheduling_unit(nodeid)
+
+    return ModuleOrStack(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    on_stack = {
-        item.module.__name__
-        for item in items
-        if isinstance(item, pytest.Function) and "production" in item.fixturenames
-    }
     for item in items:
         kind = Path(str(item.fspath)).parent.name
         if kind in {"unit", "flows", "integration"}:
             item.add_marker(getattr(pytest.mark, kind))
-        if kind == "integration" and isinstance(item, pytest.Function):
-            module = item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(STACK_GROUP if module in on_stack else module))
+    # A module that uses the stack but is missing from STACK_MODULES would start a second stack
+    # on the other worker, beside tests that stop parts of the first.
+    unlisted = {
+        Path(str(item.fspath)).name
+        for item in items
+        if isinstance(item, pytest.Function) and "production" in item.fixturenames
+    } - STACK_MODULES
+    if unlisted:
+        raise pytest.UsageError(f"add {sorted(unlisted)} to tests/conftest.py's STACK_MODULES")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -116,9 +144,12 @@ def production() -> Iterator[ProductionStack]:
     from tests.servers import production_stack
 
     # The scheduler checks every 5 s instead of 60, so nightly runs appear during a test; the
-    # workers poll every 2 s instead of 10, so a deployment run starts soon after it is asked for.
+    # workers poll every 2 s instead of 10, so a deployment run starts soon after it is asked for;
+    # Prometheus scrapes and evaluates its rules every second instead of every 15.
     with production_stack(
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5", PREFECT_WORKER_QUERY_SECONDS="2"
+        scrape_interval="1s",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
+        PREFECT_WORKER_QUERY_SECONDS="2",
     ) as stack:
         yield stack
 

@@ -236,7 +236,9 @@ def _stack_command(root: Path, *args: str, timeout_s: float) -> subprocess.Compl
 
 
 @contextmanager
-def production_stack(**prefect_settings: str) -> Iterator[ProductionStack]:
+def production_stack(
+    scrape_interval: str | None = None, **prefect_settings: str
+) -> Iterator[ProductionStack]:
     """The production topology (`infra/stack.py`) on free ports; stopped, and checked to leave
     no process behind, when the block ends."""
     from infra.stack import ENV_FILE, read_env_file
@@ -246,6 +248,8 @@ def production_stack(**prefect_settings: str) -> Iterator[ProductionStack]:
     root = Path(tempfile.mkdtemp(prefix="conveyor-stack-"))
     root.chmod(0o711)
     settings = [f"--prefect-setting={k}={v}" for k, v in prefect_settings.items()]
+    if scrape_interval:
+        settings.append(f"--scrape-interval={scrape_interval}")
     started = _stack_command(root, "up", "--free-ports", *settings, timeout_s=600)
     try:
         assert started.returncode == 0, started.stdout + started.stderr

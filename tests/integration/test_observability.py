@@ -1,13 +1,14 @@
-"""Pipeline metrics on Debian's real `prometheus-pushgateway` and `prometheus`: releases, a gate
-failure and a drift check push; Prometheus scrapes them and the embedded Triton with the rules
-of infra/prometheus; every expression the dashboards and alerts use returns data."""
+"""Pipeline metrics on the production topology (`make stack`: Debian's `prometheus-pushgateway`
+behind basic auth and `prometheus` scraping it, Triton and MLflow with infra/prometheus's config
+and rules): releases, a gate failure and a drift check of this module's own model push;
+Prometheus scrapes them and the stack's Triton; every expression the dashboards and alerts use
+returns data for the model."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-import secrets
 import subprocess
 import time
 import urllib.error
@@ -23,27 +24,46 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from flows.drift import drift_check_flow
 from flows.release import ReleaseResult, release_flow
-from infra.render_secrets import SCRAPE_USER
 from tasks import credentials, metrics, triton_server
 from tasks.evaluation import GateError
 from tasks.settings import Settings
 from tasks.traffic import measure
 from tasks.triton_server import Endpoint
 from tests.conftest import ROOT, write_spec
-from tests.servers import clean_env, free_port, pushgateway, serving, system_binary
+from tests.servers import ProductionStack, free_port, system_binary
 
 INFRA = ROOT / "infra"
 PROMETHEUS = INFRA / "prometheus"
 DASHBOARDS = INFRA / "grafana" / "dashboards"
+# Its own model on the shared stack: every query here selects it.
+NAME = "observed-fraud"
 WEAK = {
     "estimator.params": {"n_estimators": 2, "max_depth": 2},
     "search.space": {},
     "thresholds.roc_auc": 0.5,
     "thresholds.pr_auc": 0.02,
 }
-PUSH_USER = "conveyor-push"
 # What Grafana substitutes in dashboard expressions.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$model": "fraud-detector"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$model": NAME}
+# The stack's settings a release in this process takes; Prefect's stay the session's test API.
+RELEASE_ENV = (
+    "CONVEYOR_MLFLOW_TRACKING_URI",
+    "CONVEYOR_MODEL_REPOSITORY",
+    "CONVEYOR_TRITON_BACKEND",
+    "TRITON_URL",
+    "CONVEYOR_TRITON_GRPC_URL",
+    "CONVEYOR_TRITON_ADMIN_KEY",
+    "CONVEYOR_PUSHGATEWAY_URL",
+    credentials.PUSHGATEWAY_USER_ENV,
+    credentials.PUSHGATEWAY_PASSWORD_ENV,
+    credentials.MLFLOW_USER_ENV,
+    credentials.MLFLOW_PASSWORD_ENV,
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
 
 
 def binary(name: str) -> str:
@@ -51,13 +71,6 @@ def binary(name: str) -> str:
         return system_binary(name)
     except RuntimeError as exc:
         pytest.fail(str(exc))
-
-
-def _ready(url: str, auth: tuple[str, str] | None = None) -> bool:
-    try:
-        return httpx.get(url, timeout=2, auth=auth).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
@@ -81,85 +94,40 @@ class Observed:
         return float(sample["value"][1])  # type: ignore[index]
 
 
-def prometheus_config(
-    base: Path, pushgateway: str, triton_metrics: str, password_files: dict[str, Path]
-) -> Path:
-    """infra/prometheus/prometheus.yml with loopback targets, a 1 s scrape, absolute paths, and
-    the scrape credentials' files where this test keeps them."""
-    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    targets = {"pushgateway": pushgateway, "triton": triton_metrics, "mlflow": "127.0.0.1:1"}
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    config["rule_files"] = [str(PROMETHEUS / pattern) for pattern in config["rule_files"]]
-    for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-        if "basic_auth" in job:
-            job["basic_auth"]["password_file"] = str(password_files[job["job_name"]])
-    path = base / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
-def observed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+def observed(
+    production: ProductionStack, prefect_api: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Observed]:
     base = tmp_path_factory.mktemp("observability")
-    prometheus_port = free_port()
-    # Two users, as in compose: conveyor pushes, Prometheus (user `prometheus`) scrapes.
-    password, scrape_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    password_file = base / "pushgateway.password"
-    password_file.write_text(scrape_password)
-    users = {PUSH_USER: password, SCRAPE_USER: scrape_password}
-    with pytest.MonkeyPatch.context() as env, pushgateway(base / "pushgateway", users) as gateway:
+    stack = production.env
+    with pytest.MonkeyPatch.context() as env:
+        for key in RELEASE_ENV:
+            env.setenv(key, stack[key])
         env.setenv("CONVEYOR_HOME", str(base / "state"))
-        env.setenv(credentials.PUSHGATEWAY_USER_ENV, PUSH_USER)
-        env.setenv(credentials.PUSHGATEWAY_PASSWORD_ENV, password)
         settings = Settings()
-        try:
-            # First, a Pushgateway nobody listens on: the release warns and completes.
-            env.setenv("CONVEYOR_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
-            unreachable = release_flow(str(write_spec(base)))
-            env.setenv("CONVEYOR_PUSHGATEWAY_URL", gateway)
-            # With a swap (the champion serves); forced, as its data and spec are the champion's.
-            second = release_flow(str(write_spec(base)), force=True)
-            with pytest.raises(GateError) as failure:
-                release_flow(str(write_spec(base, **WEAK)))
-            drift_check_flow(str(write_spec(base, **{"data.drift": 1.0})))
-            # Clients' traffic, so Triton's rate and latency series have samples to work on.
-            endpoint = triton_server.endpoint(settings)
-            state = triton_server.read_state(settings)
-            assert state is not None
-            config = prometheus_config(
-                base,
-                gateway.removeprefix("http://"),
-                f"127.0.0.1:{state.metrics_port}",
-                # MLflow's target is unreachable here (no MLflow server); its file must exist.
-                {"pushgateway": password_file, "mlflow": password_file},
-            )
-            prometheus = f"http://127.0.0.1:{prometheus_port}"
-            prometheus_cmd = [
-                binary("prometheus"),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={base / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prometheus_port}",
-            ]
-            with serving(
-                prometheus_cmd,
-                clean_env(),
-                base / "prometheus.log",
-                lambda: _ready(f"{prometheus}/-/ready"),
-                60,
-            ):
-                more_traffic(endpoint, second.model)
-                yield Observed(
-                    settings,
-                    gateway,
-                    (PUSH_USER, password),
-                    prometheus,
-                    second,
-                    unreachable,
-                    failure.value,
-                )
-        finally:
-            triton_server.stop(settings)
+        # First, a Pushgateway nobody listens on: the release warns and completes.
+        env.setenv("CONVEYOR_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
+        unreachable = release_flow(str(write_spec(base, name=NAME)))
+        env.setenv("CONVEYOR_PUSHGATEWAY_URL", stack["CONVEYOR_PUSHGATEWAY_URL"])
+        # With a swap (the champion serves); forced, as its data and spec are the champion's.
+        second = release_flow(str(write_spec(base, name=NAME)), force=True)
+        with pytest.raises(GateError) as failure:
+            release_flow(str(write_spec(base, name=NAME, **WEAK)))
+        drift_check_flow(str(write_spec(base, name=NAME, **{"data.drift": 1.0})))
+        # Clients' traffic, so Triton's rate and latency series have samples to work on.
+        more_traffic(triton_server.endpoint(settings), second.model)
+        yield Observed(
+            settings,
+            stack["CONVEYOR_PUSHGATEWAY_URL"],
+            (
+                stack[credentials.PUSHGATEWAY_USER_ENV],
+                stack[credentials.PUSHGATEWAY_PASSWORD_ENV],
+            ),
+            f"http://127.0.0.1:{production.port('prometheus', 9090)}",
+            second,
+            unreachable,
+            failure.value,
+        )
 
 
 def more_traffic(endpoint: Endpoint, model: str) -> None:
@@ -238,9 +206,14 @@ def test_every_series_the_alerts_compare_returns_data(observed: Observed) -> Non
         assert not missing, f"no series: {missing}"
 
     eventually(exist)
-    # And none fires now: the release completed, Triton serves the champion within budget.
+    # And none fires now for this model or the stack: the release completed, Triton serves the
+    # champion within budget (the other server tests' models have alerts of their own).
     firing = httpx.get(f"{observed.prometheus}/api/v1/alerts", timeout=10).json()["data"]
-    names_firing = {a["labels"]["alertname"] for a in firing["alerts"] if a["state"] == "firing"}
+    names_firing = {
+        a["labels"]["alertname"]
+        for a in firing["alerts"]
+        if a["state"] == "firing" and a["labels"].get("model") in (None, NAME)
+    }
     assert names_firing <= {"ConveyorReleaseFailed", "ConveyorDriftDetected"}
 
 
@@ -273,22 +246,25 @@ def test_counters_carry_across_runs_and_gates_are_counted(observed: Observed) ->
     assert float(auc["value"][1]) == pytest.approx(observed.released.metrics.roc_auc)  # type: ignore[index]
     ratio = observed.value(f'conveyor_swap_p99_ratio{{model="{model}"}}')
     assert ratio == pytest.approx(observed.released.swap.p99_ratio)
-    tasks = {str(s["metric"]["task"]) for s in observed.query("conveyor_task_duration_seconds")}
+    durations = observed.query(f'conveyor_task_duration_seconds{{model="{model}"}}')
+    tasks = {str(s["metric"]["task"]) for s in durations}
     # The last release failed at its gate: its tasks up to there, not the publish.
     assert {"validate-data", "check-drift"} <= tasks
     assert "publish-version" not in tasks
 
 
 def test_drift_metrics_and_alert(observed: Observed) -> None:
-    share = observed.value('conveyor_drift_share_ratio{model="fraud-detector"}')
+    share = observed.value(f'conveyor_drift_share_ratio{{model="{NAME}"}}')
     assert share >= 0.3
-    columns = observed.query('conveyor_drift_column_score{model="fraud-detector"}')
+    columns = observed.query(f'conveyor_drift_column_score{{model="{NAME}"}}')
     assert len(columns) == 11  # ten features and the prediction score
 
     def fires() -> None:
         alerts = httpx.get(f"{observed.prometheus}/api/v1/alerts", timeout=10).json()
         assert any(
-            a["labels"]["alertname"] == "ConveyorDriftDetected" and a["state"] == "firing"
+            a["labels"]["alertname"] == "ConveyorDriftDetected"
+            and a["labels"].get("model") == NAME
+            and a["state"] == "firing"
             for a in alerts["data"]["alerts"]
         )
 
@@ -299,8 +275,13 @@ def test_unreachable_pushgateway_warns_and_the_release_completes(observed: Obser
     assert observed.unreachable.promotion.champion == 1
     # Nothing from it reached the Pushgateway: it holds one completed release, the second.
     body = httpx.get(f"{observed.pushgateway}/metrics", timeout=10, auth=observed.push_auth).text
-    assert 'conveyor_flow_runs_total{flow="release",instance="",job="conveyor"' in body
-    assert re.search(r'conveyor_flow_runs_total\{[^}]*outcome="completed"[^}]*\} 1\b', body)
+    runs = [
+        line
+        for line in body.splitlines()
+        if line.startswith("conveyor_flow_runs_total{") and f'model="{NAME}"' in line
+    ]
+    completed = [line for line in runs if 'flow="release"' in line and '"completed"' in line]
+    assert [line.rsplit(" ", 1)[1] for line in completed] == ["1"], runs
 
 
 def test_push_never_raises_on_bad_configuration(

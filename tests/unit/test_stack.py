@@ -116,6 +116,16 @@ def test_prometheus_scrapes_the_stacks_targets(local: stack.Stack, tmp_path: Pat
     for job in config["scrape_configs"]:
         if "basic_auth" in job:
             assert Path(job["basic_auth"]["password_file"]).parent == tmp_path
+    assert config["global"]["scrape_interval"] == "15s"  # prometheus.yml's, unless asked
+
+
+def test_the_scrape_interval_is_kept_with_the_stack(tmp_path: Path) -> None:
+    import yaml
+
+    stack.Stack.open(tmp_path / "s", free_ports=True, scrape_interval="1s")
+    again = stack.Stack.open(tmp_path / "s")  # a later `make stack` on the same directory
+    config = yaml.safe_load(stack.prometheus_config(again, tmp_path))
+    assert config["global"] == {"scrape_interval": "1s", "evaluation_interval": "1s"}
 
 
 @pytest.mark.parametrize(
