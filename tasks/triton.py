@@ -254,10 +254,7 @@ class ControlClient:
 
     def is_ready(self, name: str, version: str = "") -> bool:
         # Health is open to callers: no key needed, none sent.
-        try:
-            return bool(self._client.is_model_ready(name, version))
-        except InferenceServerException as exc:
-            raise self._refused(exc, f"say whether {name} is ready") from exc
+        return bool(self._client.is_model_ready(name, version))
 
 
 def control_client(endpoint: Endpoint) -> ControlClient:
