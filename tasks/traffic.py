@@ -159,7 +159,9 @@ class Traffic:
 
     def wait_for_version(self, version: int, since: float, timeout_s: float = 30.0) -> float:
         """Block until `version` answers a request sent after `since`; return when it was sent.
-        Raises TritonError as soon as the server is found dead, rather than at the timeout."""
+        Raises ConnectionError as soon as the server is found dead, rather than at the timeout:
+        a component failed under the release (not a gate), so the release withdraws the version
+        and says what is served."""
         deadline = time.monotonic() + timeout_s
         next_check = time.monotonic() + LIVENESS_CHECK_S
         while True:
@@ -171,7 +173,7 @@ class Traffic:
             if now >= next_check:
                 next_check = now + LIVENESS_CHECK_S
                 if recent and recent[-1].version is None and not self._server_live():
-                    raise triton.TritonError(
+                    raise ConnectionError(
                         f"Triton at {self.endpoint.http} stopped answering while {self.model} "
                         f"v{version} was swapped in ({recent[-1].error}): the server died or "
                         "restarted. `conveyor doctor` shows what it serves now."
