@@ -513,21 +513,25 @@ def s3_env(stack: Stack) -> dict[str, str]:
     return {key: worker[key] for key in keys}
 
 
-def start_s3(stack: Stack) -> str:
-    port = stack.port(S3_SERVICE, 9000)
-    command = [str(BIN / "moto_server"), "-H", HOST, "-p", str(port)]
-    spawn(stack, "s3", command, stack.process_environment(), stack.root)
-    wait_until(stack, "s3", http_ok(f"http://{HOST}:{port}/moto-api/"), 60)
+def s3_client(env: dict[str, str]) -> Any:
+    """A boto3 S3 client for the AWS_* variables in `env` (the workers' credentials)."""
     import boto3
 
-    env = s3_env(stack)
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=env["AWS_ENDPOINT_URL"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_DEFAULT_REGION"],
     )
+
+
+def start_s3(stack: Stack) -> str:
+    port = stack.port(S3_SERVICE, 9000)
+    command = [str(BIN / "moto_server"), "-H", HOST, "-p", str(port)]
+    spawn(stack, "s3", command, stack.process_environment(), stack.root)
+    wait_until(stack, "s3", http_ok(f"http://{HOST}:{port}/moto-api/"), 60)
+    client = s3_client(s3_env(stack))
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     buckets = bucket_names(stack.variables)
     for bucket in buckets:

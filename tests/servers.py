@@ -215,6 +215,17 @@ class ProductionStack:
     def port(self, service: str, container_port: int) -> int:
         return self._state()["ports"][f"{service}:{container_port}"]
 
+    def s3_objects(self) -> Iterator[tuple[str, bytes]]:
+        """(`bucket/key`, body) of every object in the stack's buckets."""
+        from infra.stack import bucket_names, s3_client
+
+        client = s3_client(self.env)
+        for bucket in bucket_names(self.secrets):
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for item in page.get("Contents", []):
+                    body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                    yield f"{bucket}/{item['Key']}", body
+
     def up(self) -> str:
         """`make stack` again, as an operator (or systemd) runs it after a crash: it starts what
         is down and reports the rest as already up."""

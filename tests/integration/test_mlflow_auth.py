@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 from mlflow import MlflowClient
@@ -28,7 +27,6 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.release import release_flow
 from flows.rollback import rollback_flow
-from infra.stack import bucket_names
 from tasks import credentials, doctor, registry, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, write_spec
@@ -116,21 +114,11 @@ def released(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Server
 
 def _artifact_names(server: Server, *locations: str) -> set[str]:
     """Names of the stack's S3 objects under any of `locations` (paths in MLflow's store)."""
-    env = server.stack.env
-    client = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-    names = set()
-    for bucket in bucket_names(server.stack.secrets):
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                if any(f"/{where.strip('/')}/" in item["Key"] for where in locations):
-                    names.add(item["Key"].rsplit("/", 1)[-1])
-    return names
+    return {
+        key.rsplit("/", 1)[-1]
+        for key, _ in server.stack.s3_objects()
+        if any(f"/{where.strip('/')}/" in key for where in locations)
+    }
 
 
 def test_release_with_the_worker_credentials_passes(released: Server) -> None:

@@ -15,13 +15,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import boto3
 import httpx
 import pytest
 
-from infra.stack import SECRETS_FILE, bucket_names, system_binary
+from infra.stack import SECRETS_FILE, system_binary
 from tasks import registry, triton, triton_server
 from tasks.model_card import CARD_ARTIFACT
 from tasks.settings import Settings
@@ -97,16 +95,6 @@ def _hits(data: bytes, markers: dict[str, str]) -> list[str]:
     return [name for name, marker in markers.items() if marker.encode() in data]
 
 
-def _s3(env: dict[str, str]) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-
-
 def _dump(stack: ProductionStack, database: str) -> bytes:
     secrets, port = stack.secrets, stack.port("postgres", 5432)
     done = subprocess.run(
@@ -166,14 +154,10 @@ def test_no_marker_in_any_database(released: Leak) -> None:
 
 def test_no_marker_in_s3_or_the_pushgateway(released: Leak) -> None:
     env, found = released.env, released.markers
-    client = _s3(env)
     leaks, keys = [], []
-    for bucket in bucket_names(released.stack.secrets):
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents", []):
-                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-                keys.append(f"{bucket}/{item['Key']}")
-                leaks += [f"s3://{bucket}/{item['Key']}: {n}" for n in _hits(body, found)]
+    for key, body in released.stack.s3_objects():
+        keys.append(key)
+        leaks += [f"s3://{key}: {name}" for name in _hits(body, found)]
     assert leaks == []
     # The model's files in the repository, its MLflow artifacts through the server's proxy.
     onnx = [k for k in keys if k.endswith("model.onnx")]
