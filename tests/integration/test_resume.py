@@ -158,7 +158,8 @@ def test_the_console_shows_each_stage_and_no_log_lines(resumed: Resumed) -> None
     """What a person reads: the stages with their figures, the summary, and no ERROR or WARNING
     line (Prefect's and MLflow's go to the log file)."""
     lines = (resumed.done.stdout + resumed.done.stderr).splitlines()
-    assert not [line for line in lines if any(w in line for w in ("ERROR", "WARNING", "Trace"))]
+    noisy = [line for line in lines if any(w in line for w in ("ERROR", "WARNING", "Trace"))]
+    assert not noisy, "\n".join(lines)  # the whole console: a traceback's cause is below it
     shown = [line.split()[1] for line in lines if line.startswith("✓ ")]
     assert shown == [
         "model",
