@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
+# Which machine wrote each results file, and when: BENCHMARKS.md says it per section.
+MACHINES = "machines.json"
 
 
 @contextmanager
@@ -35,6 +39,33 @@ def isolated(tmp: Path, home: Path | None = None) -> Iterator[dict[str, str]]:
 def write_results(path: Path, rows: Sequence[BaseModel]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([r.model_dump() for r in rows], indent=2))
+    machines = path.parent / MACHINES
+    recorded = json.loads(machines.read_text()) if machines.exists() else {}
+    recorded[path.name] = {
+        "machine": machine(),
+        "written": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+    }
+    machines.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    memory_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return (
+        f"{os.cpu_count()} cores of {cpu}, {memory_kb / 2**20:.0f} GiB memory, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def add_state_argument(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from tasks import registry
+from tasks import registry, tracking
 from tasks.data import load_dataset, snapshot, split_dataset
 from tasks.evaluation import require_valid
 from tasks.onnx import export_onnx
@@ -44,12 +44,12 @@ def release(spec_path: str) -> dict[str, float]:
         data = snapshot(spec, settings)
     with step("validate-data"):
         quality = check_frame(load_dataset(data.uri), spec, data.sha256)
-        registry.log_data_validation(settings, spec.name, data, quality.passed, quality.markdown())
+        tracking.log_data_validation(settings, spec.name, data, quality.passed, quality.markdown())
         require_quality(quality, data.uri)
     with step("split-data"):
         parts = split_dataset(spec, settings, data)
     with step("open-candidate-run"):
-        run = registry.open_run(settings, spec.name, f"train-{spec.name}", {})
+        run = tracking.open_run(settings, spec.name, f"train-{spec.name}", {})
     with step("trials"), ThreadPoolExecutor(spec.search.parallel) as pool:
         search = run_search(
             spec, settings, parts, run.run_id, lambda *args: pool.submit(run_trial, *args)
@@ -59,7 +59,7 @@ def release(spec_path: str) -> dict[str, float]:
         train = train_candidate(spec, settings, parts, run, search, "")
     with step("validate-candidate"):
         validation = validate(settings, spec, train)
-        registry.log_to_run(settings, train.run_id, tags=validation.tags())
+        tracking.log_to_run(settings, train.run_id, tags=validation.tags())
         require_valid(validation)
     with step("register-challenger"):
         tags = train.lineage | validation.tags()

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import MACHINES
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
-    memory_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
-    )
-    return (
-        f"{os.cpu_count()} cores of {cpu}, {memory_kb / 2**20:.0f} GiB memory, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    )
 
 
 def drift_section(rows: list[dict[str, Any]]) -> list[str]:
@@ -373,10 +353,13 @@ def main() -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Machine: {machine()}. Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench`.",
-        "This machine is shared and noisy: compare rows of one run, not runs with each other.",
+        f"Rendered {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench`"
+        " (`python -m bench.report`) from `bench-results/`.",
+        "Each section says which machine its numbers came from and when: the machines are",
+        "shared and noisy, so compare rows of one section, not sections or runs.",
         "",
     ]
+    measured = json.loads((RESULTS / MACHINES).read_text()) if (RESULTS / MACHINES).exists() else {}
     sections: list[tuple[str, Callable[[Any], list[str]]]] = [
         ("swap.json", swap_section),
         ("pipeline.json", pipeline_section),
@@ -388,7 +371,14 @@ def main() -> None:
     ]
     for name, section in sections:
         if (RESULTS / name).exists():
-            lines += [*section(json.loads((RESULTS / name).read_text())), ""]
+            heading, *rest = section(json.loads((RESULTS / name).read_text()))
+            where = measured.get(name)
+            origin = (
+                f"Measured on {where['machine']}, {where['written']}."
+                if where
+                else "Measured on a machine this file does not record."
+            )
+            lines += [heading, "", origin, *rest, ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
 
 

@@ -239,7 +239,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from tasks import registry, triton, triton_server
+    from tasks import registry, tracking, triton, triton_server
     from tasks.settings import Settings
     from tasks.spec import load_spec
 
@@ -282,8 +282,8 @@ def main() -> None:
                 call = grpc_caller(endpoint.grpc, name, features)
                 keep(rows, closed_loop(call, c, args.seconds, target, "gRPC (python loop)"))
 
-        onnx_bytes = registry.read_artifact(
-            settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}"
+        onnx_bytes = tracking.read_artifact(
+            settings, f"runs:/{ref.run_id}/{tracking.ONNX_ARTIFACT}"
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -295,7 +295,7 @@ def main() -> None:
             ))  # fmt: skip
 
         # What users would pick instead, given the same model and the same cores.
-        model = registry.load_model(settings, ref.model_uri)
+        model = tracking.load_model(settings, ref.model_uri)
         import pickle
 
         (tmp / "model.pkl").write_bytes(pickle.dumps(model))

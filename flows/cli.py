@@ -378,7 +378,7 @@ def smoke(
 ) -> None:
     """Smoke-test a served version (default: the champion) through Triton."""
     from flows.smoke import smoke_test_flow
-    from tasks import registry
+    from tasks import registry, tracking
     from tasks.data import DatasetRef
 
     settings = Settings()
@@ -388,10 +388,10 @@ def smoke(
         if number is None:
             raise ConveyorError(f"{model_spec.name} has no champion yet; run `conveyor run` first")
         ref = registry.version_ref(settings, model_spec.name, number)
-        holdout_uri = registry.run_tag(settings, ref.run_id, registry.TAG_HOLDOUT_URI)
+        holdout_uri = tracking.run_tag(settings, ref.run_id, tracking.TAG_HOLDOUT_URI)
         holdout = DatasetRef(
             uri=holdout_uri,
-            sha256=registry.run_tag(settings, ref.run_id, registry.TAG_HOLDOUT),
+            sha256=tracking.run_tag(settings, ref.run_id, tracking.TAG_HOLDOUT),
             rows=0,
             positives=0,
         )
@@ -545,10 +545,10 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per move.")] = False,
 ) -> None:
     """Every alias move of a model: when, which alias, from, to, who, why."""
-    from tasks import registry
+    from tasks import alias_history
 
     try:
-        moves = registry.alias_history(Settings(), model)
+        moves = alias_history.moves(Settings(), model)
     except Exception as exc:
         _fail(exc)
         return

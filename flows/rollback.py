@@ -8,7 +8,8 @@ from prefect import flow
 
 from tasks import lease, metrics
 from tasks.progress import stage
-from tasks.registry import PromotionResult, default_actor, plan_rollback_task, rollback_task
+from tasks.registry import PromotionResult, default_actor
+from tasks.rollback import plan_rollback_task, rollback_task
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, load_spec
 from tasks.triton import restore_serving_task, serve_only_task

@@ -23,7 +23,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, Field
 
-from tasks import events, lease, registry
+from tasks import events, lease, mlflow_store, registry
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.spec import ModelSpec
@@ -87,7 +87,7 @@ def awaiting(settings: Settings, model: str) -> Awaiting | None:
     version = registry.alias_version(settings, model, registry.CHALLENGER)
     if version is None:
         return None
-    tags = registry.client(settings).get_model_version(model, str(version)).tags
+    tags = mlflow_store.client(settings).get_model_version(model, str(version)).tags
     if tags.get(TAG_APPROVAL) != PENDING or not tags.get(TAG_WAITING_RUN):
         return None
     return Awaiting(

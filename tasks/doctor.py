@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import approval, lease, registry, triton, triton_server
+from tasks import approval, lease, mlflow_store, registry, tracking, triton, triton_server
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.spec import ModelSpec, SpecError, load_spec
@@ -92,7 +92,7 @@ def specs(settings: Settings) -> dict[str, ModelSpec]:
 def fleet(settings: Settings) -> list[str]:
     """Every model conveyor knows: registered, in the repository, or with a spec."""
     names = set(specs(settings))
-    names |= {m.name for m in registry.client(settings).search_registered_models()}
+    names |= {m.name for m in mlflow_store.client(settings).search_registered_models()}
     files = open_store(settings.repository).list_files("")
     names |= {f.split("/")[0] for f in files if not f.startswith(".") and "/" in f}
     return sorted(names)
@@ -265,7 +265,7 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
                     key=f"{model}/{version}",
                 )
             )
-    for run_id, run_name in registry.running_runs(settings, model):
+    for run_id, run_name in tracking.running_runs(settings, model):
         # A release's MLflow runs end FINISHED or FAILED; one still RUNNING with no release
         # holding the model belongs to a killed process (a drift check holds no lease: its runs
         # are not counted).
@@ -292,7 +292,7 @@ def model_problems(settings: Settings, model: str, holding_lease: bool = False) 
 
 
 def registered_versions(settings: Settings, model: str) -> list[int]:
-    found = registry.client(settings).search_model_versions(f"name='{model}'")
+    found = mlflow_store.client(settings).search_model_versions(f"name='{model}'")
     return sorted(int(v.version) for v in found)
 
 
@@ -331,8 +331,8 @@ def _repair_model(
     in it); the rest of a killed release's runs are closed all the same."""
     store = open_store(settings.repository)
     kept = (
-        {i for i, name in registry.running_runs(settings, model)
-         if name.startswith(registry.CANDIDATE_RUN)}
+        {i for i, name in tracking.running_runs(settings, model)
+         if name.startswith(tracking.CANDIDATE_RUN)}
         if keep_runs else set()
     )  # fmt: skip
     unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
@@ -359,7 +359,7 @@ def _repair_model(
         elif problem.kind in {"orphan-version", "staged-upload"} and problem.key:
             store.remove_dir(problem.key)
         elif problem.kind == "stale-run" and problem.key and problem.key not in kept:
-            registry.close_run(settings, problem.key, "KILLED")
+            tracking.close_run(settings, problem.key, "KILLED")
         else:
             continue
         problem.repaired = True

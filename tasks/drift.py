@@ -25,7 +25,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks import events, onnx, registry, synthetic
+from tasks import events, mlflow_store, onnx, registry, synthetic, tracking
 from tasks.data import (
     load_dataset,
     read_source,
@@ -127,13 +127,13 @@ def _column_results(snapshot: dict[str, object]) -> dict[str, ColumnDrift]:
 def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     champion = registry.alias_version(settings, spec.name, registry.CHAMPION)
     if champion is None:
-        raise registry.RegistryError(
+        raise mlflow_store.RegistryError(
             f"{spec.name} has no champion: the drift check compares against the champion's "
             "training data. Release a model first (`conveyor run`)."
         )
     ref = registry.version_ref(settings, spec.name, champion)
-    reference_uri = registry.run_tag(settings, ref.run_id, registry.TAG_TRAIN_URI)
-    onnx_bytes = registry.read_artifact(settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}")
+    reference_uri = tracking.run_tag(settings, ref.run_id, tracking.TAG_TRAIN_URI)
+    onnx_bytes = tracking.read_artifact(settings, f"runs:/{ref.run_id}/{tracking.ONNX_ARTIFACT}")
     reference_full = load_dataset(reference_uri)
     current_full, where = load_current(spec)
     rows = spec.drift.max_rows
@@ -156,13 +156,13 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     with tempfile.TemporaryDirectory() as tmp:
         html = Path(tmp) / "drift_report.html"
         snapshot.save_html(str(html))
-        report_uri = registry.log_drift_run(
+        report_uri = tracking.log_drift_run(
             settings,
             spec.name,
             html,
             # The share is what `conveyor status` shows; the scores are per column.
             metrics={f"drift_{c.column}": c.score for c in [*feature_results, columns[SCORE]]}
-            | {registry.DRIFT_SHARE_METRIC: share},
+            | {tracking.DRIFT_SHARE_METRIC: share},
         )
     return DriftReport(
         model=spec.name,

@@ -15,7 +15,16 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from tasks import approval, doctor, registry, triton, triton_server
+from tasks import (
+    alias_history,
+    approval,
+    doctor,
+    mlflow_store,
+    registry,
+    tracking,
+    triton,
+    triton_server,
+)
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.spec import ModelSpec, SpecError, load_spec
@@ -76,7 +85,7 @@ class ModelStatus(BaseModel):
 
 
 def _alias(
-    aliases: dict[str, int], moves: list[registry.AliasMove], alias: str
+    aliases: dict[str, int], moves: list[alias_history.AliasMove], alias: str
 ) -> AliasState | None:
     version = aliases.get(alias)
     if version is None:
@@ -102,7 +111,7 @@ def _served(settings: Settings, model: str) -> list[int] | None:
 
 
 def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> ModelStatus:
-    client = registry.client(settings)
+    client = mlflow_store.client(settings)
     try:
         # One read gives the aliases and the recent history (tags): no call per alias.
         registered = client.get_registered_model(model)
@@ -111,7 +120,7 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
             raise  # an outage is not a model that was never released
         return ModelStatus(model=model, served=_served(settings, model), last_release="never")
     aliases = {alias: int(v) for alias, v in registered.aliases.items()}
-    moves = registry.recent_moves(registered.tags)
+    moves = alias_history.recent(registered.tags)
     status = ModelStatus(
         model=model,
         champion=_alias(aliases, moves, registry.CHAMPION),
@@ -141,7 +150,7 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
             max_results=1,
         )
         if checks:
-            status.drift_share = checks[0].data.metrics.get(registry.DRIFT_SHARE_METRIC)
+            status.drift_share = checks[0].data.metrics.get(tracking.DRIFT_SHARE_METRIC)
             status.drift_at = _millis(checks[0].info.start_time)
     status.problems = [p.line() for p in doctor.model_problems(settings, model)]
     return status

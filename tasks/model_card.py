@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import registry, training
+from tasks import registry, tracking, training
 from tasks.approval import ApprovalDecision
 from tasks.evaluation import ValidationReport
 from tasks.onnx import OnnxArtifact
@@ -82,9 +82,9 @@ def render(
             "## Lineage",
             f"- Estimator: {spec.estimator.family} {spec.estimator.params}",
             f"- MLflow run `{ref.run_id}`, model `{ref.model_uri}`",
-            f"- Code version `{lineage.get(registry.TAG_CODE)}`, spec sha256 "
-            f"`{lineage.get(registry.TAG_SPEC)}`, "
-            f"Prefect flow run `{lineage.get(registry.TAG_FLOW_RUN)}`",
+            f"- Code version `{lineage.get(tracking.TAG_CODE)}`, spec sha256 "
+            f"`{lineage.get(tracking.TAG_SPEC)}`, "
+            f"Prefect flow run `{lineage.get(tracking.TAG_FLOW_RUN)}`",
             "",
             "## Drift baseline",
             f"- Reference for the nightly drift check: the training data above "
@@ -108,7 +108,7 @@ def model_card_task(
 ) -> str:
     """Log the card with the version's run; returns its `runs:/` URI."""
     card = render(spec, ref, train, validation, onnx, smoke, approval, promotion)
-    uri = registry.log_run_artifact(settings, ref.run_id, CARD_ARTIFACT, card.encode())
+    uri = tracking.log_run_artifact(settings, ref.run_id, CARD_ARTIFACT, card.encode())
     registry.tag_version(settings, ref, {"conveyor.model_card": uri})
     create_markdown_artifact(
         key=f"model-card-{spec.name}", markdown=card, description=f"{spec.name} v{ref.version}"

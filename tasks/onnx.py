@@ -14,7 +14,7 @@ from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.pipeline import Pipeline
 
-from tasks import registry
+from tasks import registry, tracking
 from tasks.data import DatasetRef, load_dataset, to_features
 from tasks.errors import ConveyorError
 from tasks.resume import RESUMABLE
@@ -124,12 +124,12 @@ class OnnxArtifact(BaseModel):
 def export_onnx(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
 ) -> OnnxArtifact:
-    model = registry.load_model(settings, ref.model_uri)
+    model = tracking.load_model(settings, ref.model_uri)
     data = convert(model, spec.n_features)
     features = to_features(load_dataset(holdout.uri), spec)
     parity = check_parity(model, data, features, spec.smoke.tolerance)
     digest = sha256(data)
-    uri = registry.log_run_artifact(settings, ref.run_id, registry.ONNX_ARTIFACT, data)
+    uri = tracking.log_run_artifact(settings, ref.run_id, tracking.ONNX_ARTIFACT, data)
     registry.tag_version(settings, ref, {registry.TAG_ONNX: digest})
     return OnnxArtifact(uri=uri, sha256=digest, parity=parity)
 

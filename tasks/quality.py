@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks import registry
+from tasks import tracking
 from tasks.data import DatasetRef, load_dataset
 from tasks.errors import ConveyorError
 from tasks.resume import RESUMABLE
@@ -223,7 +223,7 @@ def validate_data_task(settings: Settings, spec: ModelSpec, data: DatasetRef) ->
     create_markdown_artifact(
         key=f"data-validation-{spec.name}", markdown=report.markdown(), description="Data contract"
     )
-    registry.log_data_validation(settings, spec.name, data, report.passed, report.markdown())
+    tracking.log_data_validation(settings, spec.name, data, report.passed, report.markdown())
     logger = get_run_logger()
     for issue in report.warnings:
         logger.warning("data warning: %s", issue.line())

@@ -32,8 +32,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.hashing import hash_objects
 
 from tasks.errors import ConveyorError
-from tasks.registry import root_flow_run
 from tasks.settings import Settings
+from tasks.tracking import root_flow_run
 
 RELEASE_FLOW = "release"
 LAST = "last"

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from tasks import registry
+from tasks import mlflow_store
 from tasks.settings import Settings
 from tasks.spec import ModelSpec
 
@@ -29,7 +29,7 @@ def claim_retrain(settings: Settings, spec: ModelSpec, now: datetime | None = No
     """Grant a retrain unless the last one started less than `drift.cooldown_s` ago; a granted
     claim is recorded before the retrain starts, so a retrain that fails still counts."""
     now = now or datetime.now(UTC)
-    client = registry.client(settings)
+    client = mlflow_store.client(settings)
     try:
         tags = client.get_registered_model(spec.name).tags
     except MlflowException:

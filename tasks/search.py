@@ -11,7 +11,7 @@ import optuna
 from prefect import get_run_logger, task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks import registry
+from tasks import tracking
 from tasks.data import SplitResult, load_dataset, split, to_features, to_target
 from tasks.evaluation import METRICS
 from tasks.resume import RESUMABLE
@@ -65,7 +65,7 @@ def run_trial(
     scores = model.predict_proba(to_features(check_part, spec))[:, 1]
     score = float(METRICS[spec.search.metric](to_target(check_part, spec), scores))
     logged = {**params, "fit_rows": len(fit_part)}
-    run_id = registry.log_trial(
+    run_id = tracking.log_trial(
         settings, spec.name, parent_run_id, number, logged, {spec.search.metric: score}
     )
     return TrialSummary(
@@ -150,10 +150,10 @@ def task_runner(kind: RunnerKind, workers: int, dask_address: str | None = None)
 
 
 @task(name="open-candidate-run", cache_policy=RESUMABLE, persist_result=True)
-def open_candidate_task(settings: Settings, spec: ModelSpec) -> registry.CandidateRun:
-    return registry.open_run(settings, spec.name, f"{registry.CANDIDATE_RUN}{spec.name}", {})
+def open_candidate_task(settings: Settings, spec: ModelSpec) -> tracking.CandidateRun:
+    return tracking.open_run(settings, spec.name, f"{tracking.CANDIDATE_RUN}{spec.name}", {})
 
 
 @task(name="fail-candidate-run")
-def fail_candidate_task(settings: Settings, run: registry.CandidateRun) -> None:
-    registry.close_run(settings, run.run_id, "FAILED")
+def fail_candidate_task(settings: Settings, run: tracking.CandidateRun) -> None:
+    tracking.close_run(settings, run.run_id, "FAILED")

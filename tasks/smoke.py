@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from tasks import onnx, registry, triton, triton_server
+from tasks import onnx, registry, tracking, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
 from tasks.errors import ConveyorError
 from tasks.onnx import INPUT, LABEL, PROBABILITIES
@@ -204,13 +204,13 @@ def smoke_test(
     """Smoke-test `ref` against the offline predictions of its own ONNX file: as the candidate
     (its own Triton name, during a release) or, with `served_as`, under that name (a live
     version, `conveyor smoke`)."""
-    onnx_bytes = registry.read_artifact(settings, f"runs:/{ref.run_id}/{registry.ONNX_ARTIFACT}")
+    onnx_bytes = tracking.read_artifact(settings, f"runs:/{ref.run_id}/{tracking.ONNX_ARTIFACT}")
     features = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
     labels, probabilities = onnx.predict(onnx_bytes, features)
     endpoint = triton_server.endpoint(settings)
     name = served_as or triton.candidate_name(spec.name, ref.version)
     report = run_smoke(endpoint, spec, name, ref.version, features, labels, probabilities)
-    registry.log_to_run(
+    tracking.log_to_run(
         settings,
         ref.run_id,
         metrics={

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import registry, triton, triton_server
+from tasks import registry, tracking, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
@@ -135,6 +135,6 @@ def swap_task(
             "swap_during_p99_ms": report.during.p99_ms,
             "swap_p99_ratio": report.p99_ratio,
         }
-    registry.log_to_run(settings, ref.run_id, metrics=metrics)
+    tracking.log_to_run(settings, ref.run_id, metrics=metrics)
     get_run_logger().info("swap: %s", report.summary())
     return report

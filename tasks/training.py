@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from tasks import registry
+from tasks import tracking
 from tasks.data import (
     DataError,
     DatasetRef,
@@ -144,7 +144,7 @@ class TrainResult(BaseModel):
     """A trained candidate: where it is logged and what it was trained and judged on."""
 
     model: str
-    candidate: registry.CandidateRun
+    candidate: tracking.CandidateRun
     metrics: ModelMetrics
     train: DatasetRef
     holdout: DatasetRef
@@ -205,7 +205,7 @@ def train_candidate(
     spec: ModelSpec,
     settings: Settings,
     data: SplitResult,
-    run: registry.CandidateRun,
+    run: tracking.CandidateRun,
     search: SearchSummary,
     flow_run_id: str,
 ) -> TrainResult:
@@ -217,19 +217,19 @@ def train_candidate(
     model, threshold, metrics, scores = refit_and_score(spec, train, holdout, params)
     features, target = to_features(holdout, spec), to_target(holdout, spec)
     lineage = {
-        registry.TAG_DATA: data.train.sha256,
-        registry.TAG_SOURCE: data.source_sha256,
-        registry.TAG_HOLDOUT: data.holdout.sha256,
-        registry.TAG_HOLDOUT_URI: data.holdout.uri,
-        registry.TAG_TRAIN_URI: data.train.uri,
-        registry.TAG_CODE: registry.code_version(),
-        registry.TAG_FLOW_RUN: flow_run_id,
-        registry.TAG_SPEC: spec_fingerprint(spec),
-        registry.TAG_THRESHOLD: f"{threshold:.6f}",
-        registry.TAG_THRESHOLD_SOURCE: THRESHOLD_SOURCE,
+        tracking.TAG_DATA: data.train.sha256,
+        tracking.TAG_SOURCE: data.source_sha256,
+        tracking.TAG_HOLDOUT: data.holdout.sha256,
+        tracking.TAG_HOLDOUT_URI: data.holdout.uri,
+        tracking.TAG_TRAIN_URI: data.train.uri,
+        tracking.TAG_CODE: tracking.code_version(),
+        tracking.TAG_FLOW_RUN: flow_run_id,
+        tracking.TAG_SPEC: spec_fingerprint(spec),
+        tracking.TAG_THRESHOLD: f"{threshold:.6f}",
+        tracking.TAG_THRESHOLD_SOURCE: THRESHOLD_SOURCE,
     }
     plots = figures(target, scores, threshold)
-    candidate = registry.log_candidate(
+    candidate = tracking.log_candidate(
         settings,
         spec,
         run,
@@ -259,17 +259,17 @@ def train_candidate_task(
     spec: ModelSpec,
     settings: Settings,
     data: SplitResult,
-    run: registry.CandidateRun,
+    run: tracking.CandidateRun,
     search: SearchSummary,
 ) -> TrainResult:
     logger = get_run_logger()
-    result = train_candidate(spec, settings, data, run, search, registry.root_flow_run())
+    result = train_candidate(spec, settings, data, run, search, tracking.root_flow_run())
     m = result.metrics
     create_table_artifact(
         key=f"evaluation-{spec.name}",
         table=[{"metric": k, "value": round(v, 6)} for k, v in m.model_dump().items()],
         description=f"Holdout metrics of MLflow run [{result.run_id}]"
-        f"({registry.run_link(settings, result.candidate)})",
+        f"({tracking.run_link(settings, result.candidate)})",
     )
     logger.info(
         "trained %s on %d rows (data %s…): ROC AUC %.4f, PR AUC %.4f, F1 %.4f; MLflow run %s",

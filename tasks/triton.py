@@ -21,7 +21,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as mc_index
 from tritonclient.utils import InferenceServerException
 
-from tasks import credentials, registry, triton_server
+from tasks import credentials, registry, tracking, triton_server
 from tasks.errors import ConveyorError
 from tasks.onnx import INPUT, LABEL, PROBABILITIES, OnnxArtifact, sha256
 from tasks.settings import Settings
@@ -417,7 +417,7 @@ class ServingState(BaseModel):
 def publish(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, onnx: OnnxArtifact
 ) -> PublishResult:
-    data = registry.read_artifact(settings, onnx.uri)
+    data = tracking.read_artifact(settings, onnx.uri)
     actual = sha256(data)
     if actual != onnx.sha256:
         raise TritonError(

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks import registry, triton, triton_server
+from tasks import registry, tracking, triton, triton_server
 from tasks.data import DatasetRef, load_dataset, to_features
 from tasks.resume import RESUMABLE
 from tasks.settings import Settings
@@ -82,7 +82,7 @@ def record(settings: Settings, ref: registry.ModelRef, result: TuningResult) -> 
         metrics[f"tuning_{trial.key}_rps"] = trial.load.throughput_rps
         metrics[f"tuning_{trial.key}_p99_ms"] = trial.load.p99_ms
         metrics[f"tuning_{trial.key}_errors"] = float(trial.load.errors)
-    registry.log_to_run(
+    tracking.log_to_run(
         settings,
         ref.run_id,
         metrics=metrics,

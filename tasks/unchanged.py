@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import registry
+from tasks import mlflow_store, registry, tracking
 from tasks.data import DatasetRef
 from tasks.settings import Settings
 from tasks.spec import ModelSpec
@@ -48,7 +48,7 @@ def fingerprint(spec: ModelSpec, data: DatasetRef) -> Fingerprint:
     return Fingerprint(
         source_sha256=data.sha256,
         spec_sha256=spec_fingerprint(spec),
-        code_version=registry.code_version(),
+        code_version=tracking.code_version(),
     )
 
 
@@ -59,16 +59,16 @@ def champion_fingerprint(settings: Settings, name: str) -> tuple[int, Fingerprin
     if version is None:
         return None
     try:
-        tags = registry.client(settings).get_model_version(name, str(version)).tags
+        tags = mlflow_store.client(settings).get_model_version(name, str(version)).tags
     except MlflowException:
         return None
-    keys = (registry.TAG_SOURCE, registry.TAG_SPEC, registry.TAG_CODE)
+    keys = (tracking.TAG_SOURCE, tracking.TAG_SPEC, tracking.TAG_CODE)
     if not all(tags.get(k) for k in keys):
         return None
     return version, Fingerprint(
-        source_sha256=tags[registry.TAG_SOURCE],
-        spec_sha256=tags[registry.TAG_SPEC],
-        code_version=tags[registry.TAG_CODE],
+        source_sha256=tags[tracking.TAG_SOURCE],
+        spec_sha256=tags[tracking.TAG_SPEC],
+        code_version=tags[tracking.TAG_CODE],
     )
 
 
@@ -77,7 +77,7 @@ def unchanged(settings: Settings, spec: ModelSpec, data: DatasetRef) -> Unchange
     git checkout) is never taken for the same code."""
     current = fingerprint(spec, data)
     champion = champion_fingerprint(settings, spec.name)
-    if champion is None or current.code_version == registry.UNKNOWN_CODE:
+    if champion is None or current.code_version == tracking.UNKNOWN_CODE:
         return None
     version, built_from = champion
     if built_from != current:

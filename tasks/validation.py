@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import registry
+from tasks import registry, tracking
 from tasks.data import load_dataset, to_features, to_target
 from tasks.errors import ConveyorError
 from tasks.evaluation import ValidationReport, compare, threshold_failures
@@ -20,7 +20,7 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
     champion = registry.alias_version(settings, spec.name, registry.CHAMPION)
     if champion is not None:
         ref = registry.version_ref(settings, spec.name, champion)
-        trained_on = registry.run_param(settings, ref.run_id, "features")
+        trained_on = tracking.run_param(settings, ref.run_id, "features")
         if trained_on != ",".join(spec.feature_names):
             raise ConveyorError(
                 f"champion v{champion} of {spec.name} was trained on features [{trained_on}], "
@@ -29,8 +29,8 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
             )
         holdout = load_dataset(train.holdout.uri)
         features, target = to_features(holdout, spec), to_target(holdout, spec)
-        challenger_model = registry.load_model(settings, train.candidate.model_uri)
-        champion_model = registry.load_model(settings, ref.model_uri)
+        challenger_model = tracking.load_model(settings, train.candidate.model_uri)
+        champion_model = tracking.load_model(settings, ref.model_uri)
         comparison = compare(
             target,
             challenger_model.predict_proba(features)[:, 1],
@@ -49,7 +49,7 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
 @task(name="validate-candidate")
 def validate_task(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
     report = validate(settings, spec, train)
-    registry.log_to_run(settings, train.run_id, tags=report.tags())
+    tracking.log_to_run(settings, train.run_id, tags=report.tags())
     create_markdown_artifact(
         key=f"validation-{spec.name}", markdown=report.markdown(), description="Model gate"
     )

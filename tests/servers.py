@@ -100,21 +100,12 @@ def prefect_server(home: Path, timeout_s: float = 90.0, **settings: str) -> Iter
         yield api
 
 
-def system_binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(
-            f"{name} is not installed: `make test` installs Debian's prometheus and "
-            "prometheus-pushgateway as root (apt-get install prometheus prometheus-pushgateway)"
-        )
-    return found
-
-
 @contextmanager
 def pushgateway(base: Path, users: dict[str, str], timeout_s: float = 30.0) -> Iterator[str]:
     """Debian's Pushgateway behind basic auth for `users` (name → password), as compose runs
     it (infra/render_secrets.py writes the web config); yields its URL."""
     from infra.render_secrets import pushgateway_web_config
+    from infra.stack import system_binary
 
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -122,7 +113,7 @@ def pushgateway(base: Path, users: dict[str, str], timeout_s: float = 30.0) -> I
     web_config = base / "pushgateway-web.yml"
     web_config.write_text(pushgateway_web_config(users))
     command = [
-        system_binary("prometheus-pushgateway"),
+        system_binary("prometheus-pushgateway", "prometheus-pushgateway"),
         f"--web.listen-address=127.0.0.1:{port}",
         f"--web.config.file={web_config}",
         # Debian's build persists to /var/lib/prometheus by default: earlier runs would leak in.

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tasks import registry, triton, triton_server
+from tasks import alias_history, registry, triton, triton_server
 from tasks.settings import Settings
 from tasks.storage import open_store
 from tests.conftest import write_spec
@@ -147,9 +147,7 @@ def test_approved_release_is_promoted_and_the_decision_recorded(gate: Gate) -> N
     tags = version_tags(gate, 1)
     assert tags["conveyor.approval"] == "approved"
     assert tags["conveyor.approval.approver"] == "alice@bank"
-    champion_move = [
-        m for m in registry.alias_history(gate.settings, NAME) if m.alias == "champion"
-    ]
+    champion_move = [m for m in alias_history.moves(gate.settings, NAME) if m.alias == "champion"]
     assert champion_move[-1].actor == "alice@bank"
     assert champion_move[-1].reason == "approved: RISK-42 signed"
 

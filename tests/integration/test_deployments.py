@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from tasks import registry, triton, triton_server
+from tasks import mlflow_store, registry, tracking, triton, triton_server
 from tasks.settings import Settings
 from tests.conftest import ROOT, ZOMBIE_AFTER_S, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
@@ -353,7 +353,7 @@ def worker_killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Wor
     spec = write_spec(base, name=name, **{"drift.cooldown_s": 0})
     killed = stack.start_run("retrain", spec)
     deadline = time.monotonic() + 300
-    while not any(n.startswith("train-") for _, n in registry.running_runs(stack.settings, name)):
+    while not any(n.startswith("train-") for _, n in tracking.running_runs(stack.settings, name)):
         assert time.monotonic() < deadline, "the retrain never reached training"
         time.sleep(0.5)
     for pid in descendants(stack.production.pid("worker-cpu")):
@@ -426,7 +426,7 @@ def test_run_all_releases_every_model_and_status_lists_them(stack: Stack, fleet:
 def test_a_second_run_all_on_unchanged_data_registers_nothing(stack: Stack, fleet: Fleet) -> None:
     said = " ".join((fleet.again.stdout + fleet.again.stderr).split())
     assert fleet.again.returncode == 0, said[-4000:]
-    client = registry.client(stack.settings)
+    client = mlflow_store.client(stack.settings)
     for name in FLEET:
         assert f"{name}: unchanged: champion v1 already is this model" in said, said[-3000:]
         assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
@@ -439,7 +439,7 @@ def test_the_nightly_drift_deployment_checks_every_model(stack: Stack, fleet: Fl
         "/flow_runs/filter",
         {"flow_runs": {"parent_flow_run_id": {"any_": [str(run["id"])]}}},
     )
-    client = registry.client(stack.settings)
+    client = mlflow_store.client(stack.settings)
     for name in FLEET:
         experiment = client.get_experiment_by_name(name)
         assert experiment is not None
@@ -447,7 +447,7 @@ def test_the_nightly_drift_deployment_checks_every_model(stack: Stack, fleet: Fl
             [experiment.experiment_id], filter_string="attributes.run_name = 'drift-check'"
         )
         assert len(checks) == 1 and "drift_share" in checks[0].data.metrics, name
-        assert checks[0].data.tags[registry.TAG_FLOW_RUN] == str(run["id"])
+        assert checks[0].data.tags[tracking.TAG_FLOW_RUN] == str(run["id"])
     # One drift-check subflow per model, each under its own task of the nightly run.
     assert len(children) == len(FLEET)
     artifacts = stack.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-status"]}}})

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from tasks import doctor, registry, triton_server
+from tasks import alias_history, doctor, registry, tracking, triton_server
 from tasks.settings import Settings
 from tests.conftest import write_spec
 from tests.faults import (
@@ -104,7 +104,7 @@ def test_release_killed_then_the_next_release_repairs_and_completes(
     new = next_version(site)
 
     def training() -> bool:
-        return any(n.startswith("train-") for _, n in registry.running_runs(site.settings, NAME))
+        return any(n.startswith("train-") for _, n in tracking.running_runs(site.settings, NAME))
 
     reached = {
         # The candidate's MLflow run is open: trials or the refit are running.
@@ -146,7 +146,7 @@ def test_release_killed_then_the_next_release_repairs_and_completes(
         # The killed release used up its version number if it had registered one.
         assert site.champion() == (new if moment == "training" else new + 1)
     assert_invariant(site)
-    assert registry.running_runs(site.settings, NAME) == []
+    assert tracking.running_runs(site.settings, NAME) == []
 
 
 @pytest.mark.parametrize("moment", ["smoke", "swap"])
@@ -190,7 +190,7 @@ def test_rollback_during_a_release_waits_for_it_then_rolls_it_back(site: Site) -
     ok(rollback)
     # The rollback waited for the release (v`new`) and then undid it.
     assert site.champion() == before
-    history = registry.alias_history(site.settings, NAME)
+    history = alias_history.moves(site.settings, NAME)
     champion_moves = [m for m in history if m.alias == registry.CHAMPION][-2:]
     assert [m.to_version for m in champion_moves] == [new, before]
     assert_invariant(site)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.release import ReleaseResult, release_flow
 from flows.rollback import rollback_flow
-from tasks import registry, triton, triton_server
+from tasks import alias_history, registry, tracking, triton, triton_server
 from tasks.data import load_dataset, to_features
 from tasks.evaluation import GateError
 from tasks.onnx import predict
@@ -126,7 +126,7 @@ def test_equal_challenger_follows_the_configured_rule(story: Story) -> None:
 
 def test_registering_the_same_run_twice_gives_one_version(story: Story) -> None:
     run_id = story.equal_non_inferior.run_id
-    candidate = registry.CandidateRun(
+    candidate = tracking.CandidateRun(
         run_id=run_id,
         model_uri=registry.version_ref(story.settings, story.name, 3).model_uri,
         experiment_id="",
@@ -158,14 +158,14 @@ def test_rollback_serves_the_previous_version(story: Story) -> None:
 def test_history_shows_promotion_and_rollback(story: Story) -> None:
     moves = [
         (m.alias, m.from_version, m.to_version)
-        for m in registry.alias_history(story.settings, story.name)
+        for m in alias_history.moves(story.settings, story.name)
     ]
     assert ("champion", 2, 3) in moves
     assert ("champion", 3, 2) in moves
     assert moves.index(("champion", 2, 3)) < moves.index(("champion", 3, 2))
     rollback = next(
         m
-        for m in registry.alias_history(story.settings, story.name)
+        for m in alias_history.moves(story.settings, story.name)
         if m.to_version == 2 and m.from_version == 3
     )
     assert rollback.reason == "rollback: fraud losses up after v3"
@@ -175,12 +175,12 @@ def test_history_shows_promotion_and_rollback(story: Story) -> None:
     assert table.exit_code == 0, table.output
     assert "alias history: fraud-detector" in table.output
     lines = CliRunner().invoke(app, ["history", story.name, "--json"], env=env).output.splitlines()
-    printed = [registry.AliasMove.model_validate_json(line) for line in lines]
-    assert printed == registry.alias_history(story.settings, story.name)
+    printed = [alias_history.AliasMove.model_validate_json(line) for line in lines]
+    assert printed == alias_history.moves(story.settings, story.name)
 
 
 def test_model_card_is_logged_for_each_release(story: Story) -> None:
-    card = registry.read_artifact(story.settings, story.strong.model_card).decode()
+    card = tracking.read_artifact(story.settings, story.strong.model_card).decode()
     assert card.startswith(f"# Model card: {story.name} version 2")
     assert story.strong.train.sha256 in card
     assert "champion v1" in card

@@ -24,13 +24,14 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from flows.drift import drift_check_flow
 from flows.release import ReleaseResult, release_flow
+from infra.stack import StackError, system_binary
 from tasks import credentials, metrics, triton_server
 from tasks.evaluation import GateError
 from tasks.settings import Settings
 from tasks.traffic import measure
 from tasks.triton_server import Endpoint
 from tests.conftest import ROOT, write_spec
-from tests.servers import ProductionStack, free_port, system_binary
+from tests.servers import ProductionStack, free_port
 
 INFRA = ROOT / "infra"
 PROMETHEUS = INFRA / "prometheus"
@@ -49,8 +50,8 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$model": NAME}
 
 def binary(name: str) -> str:
     try:
-        return system_binary(name)
-    except RuntimeError as exc:
+        return system_binary(name, "prometheus")
+    except StackError as exc:
         pytest.fail(str(exc))
 
 

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from flows.release import ReleaseResult, release_flow
 from flows.rollback import rollback_flow
-from tasks import registry, triton, triton_server
+from tasks import registry, tracking, triton, triton_server
 from tasks.data import load_dataset, to_features
 from tasks.onnx import predict, sha256
 from tasks.settings import Settings
@@ -144,13 +144,13 @@ def test_versions_carry_lineage_tags(releases: Releases) -> None:
     version = client.get_model_version(releases.spec.name, "2")
     onnx_file = Path(releases.settings.repository) / releases.spec.name / "2" / "model.onnx"
     assert version.tags[registry.TAG_ONNX] == sha256(onnx_file.read_bytes())
-    assert version.tags[registry.TAG_DATA] == releases.second.train.sha256
-    assert version.tags[registry.TAG_CODE]
-    assert version.tags[registry.TAG_FLOW_RUN]
+    assert version.tags[tracking.TAG_DATA] == releases.second.train.sha256
+    assert version.tags[tracking.TAG_CODE]
+    assert version.tags[tracking.TAG_FLOW_RUN]
     assert version.tags[registry.TAG_RELEASE] == "promoted"
     # Same data and spec twice: the same fingerprint.
     first = client.get_model_version(releases.spec.name, "1")
-    assert first.tags[registry.TAG_DATA] == version.tags[registry.TAG_DATA]
+    assert first.tags[tracking.TAG_DATA] == version.tags[tracking.TAG_DATA]
 
 
 def test_the_champions_data_spec_and_code_again_release_nothing(releases: Releases) -> None:
@@ -159,8 +159,8 @@ def test_the_champions_data_spec_and_code_again_release_nothing(releases: Releas
     assert (same.model, same.version) == (releases.spec.name, 2)
     client = MlflowClient(releases.settings.tracking_uri)
     champion = client.get_model_version(releases.spec.name, "2")
-    assert same.fingerprint.source_sha256 == champion.tags[registry.TAG_SOURCE]
-    assert same.fingerprint.code_version == champion.tags[registry.TAG_CODE]
+    assert same.fingerprint.source_sha256 == champion.tags[tracking.TAG_SOURCE]
+    assert same.fingerprint.code_version == champion.tags[tracking.TAG_CODE]
     versions = client.search_model_versions(f"name='{releases.spec.name}'")
     # v3 is the failed smoke test's; the unchanged release took no number.
     assert max(int(v.version) for v in versions) == 3
@@ -173,7 +173,7 @@ def test_the_registered_model_loads_with_its_stated_requirements(releases: Relea
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
     names = {line.split("==")[0] for line in requirements}
     # Exactly what loading needs, pinned; none of what the training process happened to import.
-    assert set(registry.MODEL_REQUIREMENTS) <= names <= {*registry.MODEL_REQUIREMENTS, "mlflow"}
+    assert set(tracking.MODEL_REQUIREMENTS) <= names <= {*tracking.MODEL_REQUIREMENTS, "mlflow"}
     assert all("==" in line for line in requirements)
     holdout = load_dataset(releases.second.holdout.uri)
     features = to_features(holdout, releases.spec)[:50]

@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
-from tasks import metrics, registry, triton, triton_server
+from tasks import metrics, mlflow_store, registry, triton, triton_server
 from tasks.resume import RESUMABLE, releases
 from tasks.settings import Settings
 from tasks.spec import load_spec
@@ -104,7 +104,7 @@ def test_resume_reuses_the_finished_steps_and_reruns_the_rest(resumed: Resumed) 
 
 def test_nothing_was_trained_or_registered_twice(resumed: Resumed) -> None:
     settings, name = resumed.settings, resumed.name
-    client = registry.client(settings)
+    client = mlflow_store.client(settings)
     experiment = client.get_experiment_by_name(name)
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks import credentials, registry, triton, triton_server
+from tasks import credentials, mlflow_store, registry, tracking, triton, triton_server
 from tasks.settings import Settings
 from tasks.spec import load_spec
 from tests.conftest import write_spec
@@ -163,13 +163,13 @@ def test_a_second_run_on_unchanged_data_registers_nothing(released: Released) ->
     assert "nothing was registered" in said and "--force" in said
     assert "Traceback" not in said and "ERROR" not in said
     # The --force run after it registered v2: the unforced one used no version number.
-    versions = registry.client(released.settings).search_model_versions(f"name='{NAME}'")
+    versions = mlflow_store.client(released.settings).search_model_versions(f"name='{NAME}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     first, forced = (
-        registry.client(released.settings).get_model_version(NAME, v).tags for v in ("1", "2")
+        mlflow_store.client(released.settings).get_model_version(NAME, v).tags for v in ("1", "2")
     )
-    assert len(first[registry.TAG_SOURCE]) == 64
-    assert first[registry.TAG_SOURCE] == forced[registry.TAG_SOURCE]
+    assert len(first[tracking.TAG_SOURCE]) == 64
+    assert first[tracking.TAG_SOURCE] == forced[tracking.TAG_SOURCE]
 
 
 def test_conveyor_smoke_rollback_and_next_release_still_work(released: Released) -> None:

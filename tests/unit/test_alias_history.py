@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import registry
+from tasks import alias_history, mlflow_store, registry
 from tasks.settings import Settings
 
 
 def test_old_moves_are_archived_and_still_read_in_order(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registry, "HISTORY_TAGS_KEPT", 5)
-    monkeypatch.setattr(registry, "HISTORY_BATCH", 3)
-    client = registry.client(settings)
+    monkeypatch.setattr(alias_history, "HISTORY_TAGS_KEPT", 5)
+    monkeypatch.setattr(alias_history, "HISTORY_BATCH", 3)
+    client = mlflow_store.client(settings)
     client.create_registered_model("m")
     for _ in range(2):
         client.create_model_version("m", source="file:///m")
@@ -22,8 +22,8 @@ def test_old_moves_are_archived_and_still_read_in_order(
         registry.move_alias(settings, "m", "champion", 1 + n % 2, f"move {n}", "tester")
     tags = [k for k in client.get_registered_model("m").tags if k.startswith("conveyor.history.")]
     assert 5 <= len(tags) <= 5 + 3  # bounded
-    moves = registry.alias_history(settings, "m")
+    moves = alias_history.moves(settings, "m")
     assert [m.reason for m in moves] == [f"move {n}" for n in range(20)]  # complete, in order
-    recent = registry.alias_history(settings, "m", archived=False)
+    recent = alias_history.moves(settings, "m", archived=False)
     assert recent == moves[-len(recent) :]
     assert registry.alias_version(settings, "m", "champion") == 2

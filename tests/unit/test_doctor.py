@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks import doctor, registry
+from tasks import doctor, tracking
 from tasks.settings import Settings
 
 MODEL = "fraud-detector"
@@ -11,7 +11,7 @@ MODEL = "fraud-detector"
 def _stale(settings: Settings) -> list[doctor.Problem]:
     return [
         doctor.Problem(model=MODEL, kind="stale-run", detail=name, repair="mark it KILLED", key=i)
-        for i, name in registry.running_runs(settings, MODEL)
+        for i, name in tracking.running_runs(settings, MODEL)
     ]
 
 
@@ -21,14 +21,14 @@ def test_a_resume_keeps_the_candidate_run_and_closes_what_it_will_not_reuse(
     """A release killed while it logged a trial: the resume carries on in the candidate's run
     (its task result names it), but runs that trial again in a new run, so the old one is
     closed rather than left RUNNING for ever."""
-    candidate = registry.open_run(settings, MODEL, f"{registry.CANDIDATE_RUN}{MODEL}", {})
-    registry.open_run(settings, MODEL, "trial-0", {}, parent_run_id=candidate.run_id)
-    registry.open_run(settings, MODEL, "data-validation", {})
+    candidate = tracking.open_run(settings, MODEL, f"{tracking.CANDIDATE_RUN}{MODEL}", {})
+    tracking.open_run(settings, MODEL, "trial-0", {}, parent_run_id=candidate.run_id)
+    tracking.open_run(settings, MODEL, "data-validation", {})
     problems = _stale(settings)
     assert len(problems) == 3
     doctor._repair_model(settings, MODEL, problems, keep_runs=True)
-    assert registry.running_runs(settings, MODEL) == [(candidate.run_id, f"train-{MODEL}")]
+    assert tracking.running_runs(settings, MODEL) == [(candidate.run_id, f"train-{MODEL}")]
     assert sorted(p.detail for p in problems if p.repaired) == ["data-validation", "trial-0"]
     # A fresh release reuses nothing: every run of the dead one is closed.
     doctor._repair_model(settings, MODEL, _stale(settings))
-    assert registry.running_runs(settings, MODEL) == []
+    assert tracking.running_runs(settings, MODEL) == []

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tasks import registry
+from tasks import mlflow_store
 from tasks.data import newest_partition
 from tasks.drift import load_current
 from tasks.retrain import claim_retrain
@@ -44,5 +44,5 @@ def test_retrain_claim_is_refused_inside_the_cooldown_and_granted_after(
 
 def test_retrain_claim_on_a_registered_model_without_tags(settings: Settings) -> None:
     spec = load_spec(DEFAULT_SPEC)
-    registry.client(settings).create_registered_model(spec.name)
+    mlflow_store.client(settings).create_registered_model(spec.name)
     assert claim_retrain(settings, spec).granted

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks import registry
+from tasks import mlflow_store, tracking
 from tasks.data import DataError, snapshot, split_dataset
 from tasks.evaluation import (
     METRICS,
@@ -191,9 +191,9 @@ def test_trials_fit_on_at_most_search_max_rows(settings, max_rows, fit_rows) -> 
         }
     )
     parts = split_dataset(spec, settings, snapshot(spec, settings))
-    parent = registry.open_run(settings, spec.name, "train", {})
+    parent = tracking.open_run(settings, spec.name, "train", {})
     params = {"n_estimators": 5, "max_depth": 3}
     trial = run_trial(spec, settings, parts, parent.run_id, 0, params, n_jobs=1)
     assert trial.fit_rows == fit_rows
-    logged = registry.client(settings).get_run(trial.run_id).data.params
+    logged = mlflow_store.client(settings).get_run(trial.run_id).data.params
     assert logged["fit_rows"] == str(fit_rows)

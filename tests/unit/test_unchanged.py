@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import registry
+from tasks import mlflow_store, registry, tracking
 from tasks.data import DatasetRef
 from tasks.settings import Settings
 from tasks.spec import ModelSpec, load_spec
@@ -20,7 +20,7 @@ DATA = DatasetRef(uri="file:///data/source.parquet", sha256="a" * 64, rows=10, p
 
 
 def _champion(settings: Settings, spec: ModelSpec, **tags: str) -> None:
-    client = registry.client(settings)
+    client = mlflow_store.client(settings)
     client.create_registered_model(spec.name)
     version = client.create_model_version(spec.name, source="file:///m", tags=tags)
     client.set_registered_model_alias(spec.name, registry.CHAMPION, version.version)
@@ -33,9 +33,9 @@ def spec(tmp_path: Path) -> ModelSpec:
 
 def _built_from(spec: ModelSpec, source: str = DATA.sha256, code: str = "") -> dict[str, str]:
     return {
-        registry.TAG_SOURCE: source,
-        registry.TAG_SPEC: spec_fingerprint(spec),
-        registry.TAG_CODE: code or registry.code_version(),
+        tracking.TAG_SOURCE: source,
+        tracking.TAG_SPEC: spec_fingerprint(spec),
+        tracking.TAG_CODE: code or tracking.code_version(),
     }
 
 
@@ -59,14 +59,16 @@ def test_any_difference_releases(
     elif differs == "spec":
         current = load_spec(write_spec(tmp_path, **{"thresholds.roc_auc": 0.5}))
     else:
-        registry.client(settings).set_model_version_tag(spec.name, "1", registry.TAG_CODE, "0" * 40)
+        mlflow_store.client(settings).set_model_version_tag(
+            spec.name, "1", tracking.TAG_CODE, "0" * 40
+        )
     assert unchanged(settings, current, data) is None
 
 
 def test_no_champion_or_no_recorded_source_releases(settings: Settings, spec: ModelSpec) -> None:
     assert unchanged(settings, spec, DATA) is None
     built = _built_from(spec)
-    del built[registry.TAG_SOURCE]  # a champion trained before the source was recorded
+    del built[tracking.TAG_SOURCE]  # a champion trained before the source was recorded
     _champion(settings, spec, **built)
     assert unchanged(settings, spec, DATA) is None
 
@@ -74,13 +76,13 @@ def test_no_champion_or_no_recorded_source_releases(settings: Settings, spec: Mo
 def test_unknown_code_is_never_the_same_code(
     settings: Settings, spec: ModelSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _champion(settings, spec, **_built_from(spec, code=registry.UNKNOWN_CODE))
-    monkeypatch.setattr(registry, "code_version", lambda: registry.UNKNOWN_CODE)
+    _champion(settings, spec, **_built_from(spec, code=tracking.UNKNOWN_CODE))
+    monkeypatch.setattr(tracking, "code_version", lambda: tracking.UNKNOWN_CODE)
     assert unchanged(settings, spec, DATA) is None
 
 
 def test_the_code_version_names_uncommitted_edits(tmp_path: Path) -> None:
-    assert registry.code_version(tmp_path) == registry.UNKNOWN_CODE  # not a checkout
+    assert tracking.code_version(tmp_path) == tracking.UNKNOWN_CODE  # not a checkout
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -96,12 +98,12 @@ def test_the_code_version_names_uncommitted_edits(tmp_path: Path) -> None:
     git("add", "code.py")
     git("commit", "-qm", "one")
     head = git("rev-parse", "HEAD")
-    assert registry.code_version(tmp_path) == head
+    assert tracking.code_version(tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")
-    first_edit = registry.code_version(tmp_path)
+    first_edit = tracking.code_version(tmp_path)
     (tmp_path / "code.py").write_text("x = 3\n")
-    second_edit = registry.code_version(tmp_path)
+    second_edit = tracking.code_version(tmp_path)
     assert first_edit.startswith(f"{head}-dirty-") and second_edit.startswith(f"{head}-dirty-")
     assert first_edit != second_edit
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert registry.code_version(tmp_path) == first_edit
+    assert tracking.code_version(tmp_path) == first_edit
