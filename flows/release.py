@@ -24,7 +24,7 @@ from tasks.approval import (
 from tasks.crashed_runs import mark_crashed_task
 from tasks.data import DatasetRef, snapshot_task
 from tasks.doctor import repair_leftovers_task
-from tasks.errors import ConveyorError
+from tasks.errors import ConveyorError, ServiceUnavailableError
 from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.orchestration import subflows_without_heartbeats
@@ -222,11 +222,12 @@ def _release(
                 f"{spec.name} --repair` once it is back."
             )
         withdrawn = withdraw_task(settings, spec, ref, before)
-        if isinstance(exc, ConveyorError) and not uncleared and not withdrawn.files_kept:
+        verdict = isinstance(exc, ConveyorError) and not isinstance(exc, ServiceUnavailableError)
+        if verdict and not uncleared and not withdrawn.files_kept:
             raise
         # A component failed under the release (Triton killed, a server gone): the clean-up
-        # above put production back, so this is an expected failure, said in one paragraph;
-        # the traceback stays in the flow run's logs.
+        # above put production back, so this is an expected failure, said in one paragraph
+        # with what is served now; the traceback stays in the flow run's logs.
         moved = uncleared or " The aliases did not move."
         if withdrawn.files_kept:
             moved += (

@@ -11,3 +11,9 @@ class ConveyorError(Exception):
 
     # The release gate this error is the verdict of (for gate metrics); None: not a gate.
     gate: ClassVar[str | None] = None
+
+
+class ServiceUnavailableError(ConveyorError):
+    """A server conveyor depends on stopped answering mid-operation. Expected (one paragraph, no
+    traceback), but no verdict on the model: a release that meets one is withdrawn and says
+    what is served after its clean-up, which may already have restarted the server."""

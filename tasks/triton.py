@@ -22,7 +22,7 @@ from tritonclient.grpc import service_pb2 as mc_index
 from tritonclient.utils import InferenceServerException
 
 from tasks import credentials, registry, tracking, triton_server
-from tasks.errors import ConveyorError
+from tasks.errors import ConveyorError, ServiceUnavailableError
 from tasks.onnx import INPUT, LABEL, PROBABILITIES, OnnxArtifact, sha256
 from tasks.settings import Settings
 from tasks.spec import ModelSpec, ServingSpec
@@ -40,6 +40,10 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "infra" / "triton" / "python
 
 class TritonError(ConveyorError):
     """Triton refused or failed an operation."""
+
+
+class TritonUnreachableError(TritonError, ServiceUnavailableError):
+    """Triton died or closed the connection mid-call."""
 
 
 class PublishResult(BaseModel):
@@ -202,7 +206,7 @@ class ControlClient:
         if "restricted" in (exc.message() or "").lower():
             return credentials.triton_refused(self.endpoint.grpc, operation)
         if exc.status() in CONNECTION_LOST:
-            return TritonError(
+            return TritonUnreachableError(
                 f"Triton at {self.endpoint.grpc} stopped answering during `{operation}` "
                 f"({exc.message()}): the server died, restarted or is not running. "
                 "`conveyor doctor` shows what it serves now; `conveyor triton up` starts the "
@@ -356,7 +360,7 @@ def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
         if "unknown model" in (exc.message() or ""):  # never loaded, or no version left
             return []
         if exc.status() in CONNECTION_LOST:
-            raise TritonError(
+            raise TritonUnreachableError(
                 f"Triton at {endpoint.grpc} is not answering ({exc.message()}): "
                 "`conveyor triton up` starts the embedded one."
             ) from exc
