@@ -13,7 +13,6 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from tasks import alias_history, events
-from tasks.alias_history import AliasMove
 from tasks.mlflow_store import RegistryError, client, refusals_explained
 from tasks.settings import Settings
 from tasks.tracking import CandidateRun
@@ -118,7 +117,7 @@ def default_actor() -> str:
 
 def move_alias(
     settings: Settings, name: str, alias: str, version: int | None, reason: str, actor: str
-) -> AliasMove | None:
+) -> alias_history.AliasMove | None:
     """Point `alias` at `version` (None: remove it) and record the move (`tasks.alias_history`)
     next to the aliases. No move, no record."""
     mlflow_client = client(settings)
@@ -130,7 +129,7 @@ def move_alias(
             mlflow_client.delete_registered_model_alias(name, alias)
         else:
             mlflow_client.set_registered_model_alias(name, alias, str(version))
-    move = AliasMove(
+    move = alias_history.AliasMove(
         alias=alias,
         from_version=current,
         to_version=version,

@@ -4,6 +4,7 @@ import socket
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tasks.errors import ServiceUnavailableError
 from tasks.spec import DEFAULT_SPEC, load_spec
 from tasks.triton import (
     ControlClient,
@@ -12,6 +13,7 @@ from tasks.triton import (
     candidate_version,
     config_json,
     config_text,
+    loaded_versions,
     parse_config,
     render_config,
 )
@@ -96,3 +98,7 @@ def test_a_control_call_to_a_server_that_is_gone_says_so(monkeypatch: pytest.Mon
     with pytest.raises(TritonError, match="stopped answering during `unload m`") as caught:
         client.unload("m")
     assert "conveyor doctor" in str(caught.value)
+    # No verdict on a model: a release that meets it is withdrawn and says what is served.
+    assert isinstance(caught.value, ServiceUnavailableError)
+    with pytest.raises(ServiceUnavailableError, match="is not answering"):
+        loaded_versions(client.endpoint, "m")
