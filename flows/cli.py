@@ -6,10 +6,11 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tasks.errors import ConveyorError
@@ -24,6 +25,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 triton_app = typer.Typer(no_args_is_help=True, help="The embedded Triton server.")
 app.add_typer(triton_app, name="triton")
 console = Console()
+
+
+def _flag(*names: str, help: str) -> Any:
+    """An on/off option. Its help shows no value column: typer 0.29 prints `<bool>` there, as
+    if the flag took a value."""
+    return typer.Option(*names, help=help, metavar="")
+
 
 SpecOption = Annotated[
     Path | None,
@@ -42,7 +50,7 @@ CONSOLE_LOGGERS = ("", "uvicorn", "fastapi")
 @app.callback()
 def main(
     verbose: Annotated[
-        bool, typer.Option("-v", "--verbose", help="Show Prefect's log lines on the console.")
+        bool, _flag("-v", "--verbose", help="Show Prefect's log lines on the console.")
     ] = False,
 ) -> None:
     """Prefect's log lines go to <CONVEYOR_HOME>/logs/conveyor.log (and to the Prefect API, as
@@ -56,6 +64,22 @@ def main(
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     VERBOSE["on"] = verbose
     route_logs(Settings().home / "logs" / LOG_FILE, verbose)
+    _end_what_killed_commands_left()
+
+
+def _end_what_killed_commands_left() -> None:
+    """A command killed with SIGKILL leaves its helpers running (its ephemeral Prefect API, ~250
+    MB each): this command ends them, then marks its own (`tasks.owned_processes`)."""
+    from tasks import owned_processes
+
+    ended = owned_processes.end_orphans()
+    if ended:
+        logging.getLogger("conveyor").warning(
+            "ended %d process(es) left by a killed conveyor command: pids %s",
+            len(ended),
+            ", ".join(map(str, ended)),
+        )
+    owned_processes.mark_children()
 
 
 def route_logs(path: Path, verbose: bool) -> None:
@@ -95,7 +119,12 @@ def _fail(exc: Exception) -> None:
     logged = where is not None and where.exists() and where.stat().st_size > 0
     details = f" (details: {where})" if logged else ""
     # Not wrapped by rich (the terminal wraps it): a path split across lines cannot be pasted.
-    console.print(f"[bold red]error:[/] {expected}{details}", highlight=False, soft_wrap=True)
+    # Escaped: a message naming a pattern (`[a-z0-9]`) is text, not rich markup to swallow.
+    console.print(
+        f"[bold red]error:[/] {escape(str(expected))}{escape(details)}",
+        highlight=False,
+        soft_wrap=True,
+    )
     raise typer.Exit(2) from None
 
 
@@ -132,7 +161,7 @@ def run(
     ] = None,
     no_wait: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--no-wait",
             help="If another flow holds the model (a release, a rollback), exit 2 at once "
             "naming it instead of waiting for it.",
@@ -140,7 +169,7 @@ def run(
     ] = False,
     force: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--force",
             help="Release even when the data, spec and code equal the champion's (by default "
             "nothing is registered then).",
@@ -148,7 +177,7 @@ def run(
     ] = False,
     every: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--all",
             help="Release every model of the fleet (CONVEYOR_SPEC_DIR, default "
             "deployments/models/), one after the other; one model's failure does not stop the "
@@ -236,7 +265,8 @@ def _run_all(settings: Settings, no_wait: bool, force: bool) -> None:
             if expected is None:
                 console.print_exception()  # not one of conveyor's errors: its traceback stays
             console.print(
-                f"[bold red]{model_spec.name} failed:[/] {expected or exc!r}", soft_wrap=True
+                f"[bold red]{model_spec.name} failed:[/] {escape(str(expected or repr(exc)))}",
+                soft_wrap=True,
             )
             table.add_row(model_spec.name, f"failed: {expected or type(exc).__name__}", "")
             continue
@@ -410,7 +440,7 @@ def smoke(
 def drift(
     spec: SpecOption = None,
     every: Annotated[
-        bool, typer.Option("--all", help="Check every model of the fleet (the nightly run).")
+        bool, _flag("--all", help="Check every model of the fleet (the nightly run).")
     ] = False,
 ) -> None:
     """Drift check of the champion against the newest batch; emits the retrain event on drift."""
@@ -453,7 +483,7 @@ def approve(
     flow_run_id: Annotated[str, typer.Argument(help="The paused release's flow run id.")],
     approver: Annotated[str, typer.Option(help="Who decides.")],
     reason: Annotated[str, typer.Option(help="Why (ticket, review notes).")],
-    reject: Annotated[bool, typer.Option("--reject", help="Refuse the promotion.")] = False,
+    reject: Annotated[bool, _flag("--reject", help="Refuse the promotion.")] = False,
 ) -> None:
     """Answer a release paused for approval (needs PREFECT_API_URL of its Prefect server)."""
     import asyncio
@@ -477,7 +507,10 @@ def approve(
 @app.command()
 def rollback(
     model: Annotated[
-        str, typer.Argument(help="Model name (its spec is deployments/models/NAME.yaml).")
+        str,
+        typer.Argument(
+            help="Model name: its spec is the fleet's, or the one recorded with its release."
+        ),
     ],
     reason: Annotated[
         str, typer.Option(help="Why; kept in the alias history.")
@@ -485,37 +518,21 @@ def rollback(
 ) -> None:
     """Serve the previous version again and move `champion` back to it."""
     from flows.rollback import rollback_flow
+    from tasks.known_specs import spec_of
 
     try:
-        path = _spec_of(Settings(), model)
-        spec = load_spec(path)
-        with _tagged(), _stages(f"rollback {spec.name}"):
-            result = rollback_flow(spec_path=str(path), reason=reason)
+        spec_of(Settings(), model)  # a model conveyor does not know fails before Prefect starts
+        with _tagged(), _stages(f"rollback {model}"):
+            result = rollback_flow(model=model, reason=reason)
     except Exception as exc:
         _fail(exc)
         return
-    console.print(f"{spec.name}: champion is v{result.champion} again, served alone on Triton")
-
-
-def _spec_of(settings: Settings, model: str) -> Path:
-    """The fleet's spec of `model`: NAME.yaml, or whichever spec names it."""
-    from tasks.fleet import spec_paths
-
-    path = settings.spec_dir / f"{model}.yaml"
-    if path.is_file():
-        return path
-    for candidate in spec_paths(settings):
-        if load_spec(candidate).name == model:
-            return candidate
-    raise ConveyorError(
-        f"no spec in {settings.spec_dir}/ names the model {model!r}; `conveyor status` lists "
-        "the fleet"
-    )
+    console.print(f"{model}: champion is v{result.champion} again, served alone on Triton")
 
 
 @app.command()
 def status(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
+    as_json: Annotated[bool, _flag("--json", help="One JSON object per model.")] = False,
 ) -> None:
     """One row per model: champion and previous (when, who, why), versions Triton serves READY,
     the last release and its outcome, the last drift check, approval pending, problems."""
@@ -542,7 +559,7 @@ def status(
 @app.command()
 def history(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per move.")] = False,
+    as_json: Annotated[bool, _flag("--json", help="One JSON object per move.")] = False,
 ) -> None:
     """Every alias move of a model: when, which alias, from, to, who, why."""
     from tasks import alias_history
@@ -577,9 +594,9 @@ def doctor(
         str | None, typer.Argument(help="One model (default: every model conveyor knows).")
     ] = None,
     repair: Annotated[
-        bool, typer.Option("--repair", help="Fix what is safe, and say what was done.")
+        bool, _flag("--repair", help="Fix what is safe, and say what was done.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON.")] = False,
+    as_json: Annotated[bool, _flag("--json", help="The report as JSON.")] = False,
 ) -> None:
     """Check registry, repository and Triton against each other; exit 0 only when clean."""
     from tasks import doctor as checks
@@ -595,8 +612,20 @@ def doctor(
         typer.echo(report.model_dump_json(indent=2))
     else:
         for line in checks.report_lines(report):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False)
     if not report.clean:
+        left = [p for p in report.problems if not p.repaired and p.kind != "release-running"]
+        console.print(
+            f"{len(left)} problem(s) left: "
+            + (
+                "each line says what was tried and why it was not repaired"
+                if repair
+                else f"`conveyor doctor {model or ''} --repair`".replace("  ", " ")
+                + " fixes what is safe"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
@@ -651,9 +680,9 @@ def triton_status() -> None:
             f"metrics {state.metrics_url}, repository {state.repository}"
         )
     try:
-        index = triton.control_client(where).index()
+        ready = triton.control_client(where).ready_models()
     except Exception as exc:
         _fail(exc)
         return
-    loaded = [f"{m.name}:{m.version or '?'}" for m in index if m.state == "READY"]
+    loaded = [f"{name}:{version or '?'}" for name, version in ready]
     console.print(f"up: {described}; loaded: {', '.join(loaded) or 'nothing'}")

@@ -29,6 +29,7 @@ from tasks.evaluation import ModelMetrics, ValidationReport
 from tasks.model_card import model_card_task
 from tasks.orchestration import subflows_without_heartbeats
 from tasks.progress import stage
+from tasks.quality import validate_data_task
 from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
 from tasks.resume import attempt_results, prune_results_task, resume_task
 from tasks.retention import RetentionReport, retire_old_versions_task
@@ -126,10 +127,16 @@ def release_flow(
         with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
             with stage("state check") as checked:
                 if resume_from:
-                    resume_task(resume_from, spec_path)
+                    # A resume finishes the release as it was asked: forced stays forced.
+                    force = resume_task(resume_from, spec_path).force or force
                 refuse_while_awaiting(settings, spec.name)
-                repaired = repair_leftovers_task(settings, spec, resuming=bool(resume_from))
-                checked.figure = f"{len(repaired)} leftover(s) repaired" if repaired else "clean"
+                found = repair_leftovers_task(settings, spec, resuming=bool(resume_from))
+                fixed = sum(p.repaired for p in found)
+                checked.figure = (
+                    f"{fixed} leftover(s) repaired, {len(found) - fixed} not (see the log)"
+                    if found
+                    else "clean"
+                )
             with subflows_without_heartbeats():
                 result = _release(settings, spec, obs, force)
     markdown = (
@@ -156,6 +163,10 @@ def _release(
         step.figure = f"{data.rows:,} rows, sha256 {data.sha256[:12]}…" + (
             f"; unchanged since v{same.version}" if same else ""
         )
+        if same is None:
+            # The data contract is the data stage's verdict: a refused snapshot fails here,
+            # not in the training stage after a ✓ for the data.
+            validate_data_task.with_options(result_storage=results)(settings, spec, data)
     if same is not None:
         obs.unchanged()
         return same
@@ -163,7 +174,7 @@ def _release(
     before = live_set(settings, spec)
     with stage("training") as step:
         train = training_flow.with_options(task_runner=runner, result_storage=results)(
-            spec, settings, data
+            spec, settings, data, validated=True
         )
         m = train.metrics
         step.figure = f"ROC AUC {m.roc_auc:.4f}, PR AUC {m.pr_auc:.4f}, F1 {m.f1:.4f}"

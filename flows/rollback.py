@@ -6,7 +6,8 @@ from contextlib import ExitStack
 
 from prefect import flow
 
-from tasks import lease, metrics
+from tasks import known_specs, lease, metrics
+from tasks.doctor import repair_leftovers_task
 from tasks.progress import stage
 from tasks.registry import PromotionResult, default_actor
 from tasks.rollback import plan_rollback_task, rollback_task
@@ -17,11 +18,17 @@ from tasks.triton import restore_serving_task, serve_only_task
 
 @flow(name="rollback")
 def rollback_flow(
-    spec_path: str = str(DEFAULT_SPEC), reason: str = "manual rollback", actor: str = ""
+    spec_path: str = str(DEFAULT_SPEC),
+    reason: str = "manual rollback",
+    actor: str = "",
+    model: str | None = None,
 ) -> PromotionResult:
-    """Triton first: serving the good version is what stops the harm; the aliases follow."""
+    """Triton first: serving the good version is what stops the harm; the aliases follow.
+
+    `model`: roll back a model by name instead of by spec file; its spec is the fleet's or the
+    one recorded with its champion (`tasks.known_specs`), wherever it was released from."""
     settings = Settings()
-    spec = load_spec(spec_path)
+    spec = known_specs.spec_of(settings, model) if model else load_spec(spec_path)
     # The model's lease: a rollback during a release waits for it (and then rolls back what it
     # promoted), never interleaves with its swap.
     with ExitStack() as held:
@@ -29,6 +36,9 @@ def rollback_flow(
             held.enter_context(lease.model_lease(settings, spec.name, "rollback"))
             step.figure = f"held for {spec.name}"
         held.enter_context(metrics.observed(settings, spec.name, "rollback"))
+        # Holding the lease proves a release killed mid-swap dead: what it left (a version no
+        # alias names answering callers, its challenger, its files) goes first.
+        repair_leftovers_task(settings, spec)
         plan = plan_rollback_task(settings, spec.name)
         with stage("serve previous") as step:
             serve_only_task(settings, spec, plan.target)

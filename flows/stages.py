@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from tasks import progress
@@ -27,13 +28,18 @@ class StageView:
         for column in ("", "stage", "elapsed", "result"):
             table.add_column(column)
         for stage in self.stages.values():
-            table.add_row(MARKS[stage.state], stage.name, f"{stage.elapsed_s:6.1f} s", stage.figure)
+            table.add_row(
+                MARKS[stage.state],
+                escape(stage.name),
+                f"{stage.elapsed_s:6.1f} s",
+                escape(stage.figure),
+            )
         return table
 
     def line(self, stage: progress.Stage) -> None:
-        figure = f"  {stage.figure}" if stage.figure else ""
+        figure = f"  {escape(stage.figure)}" if stage.figure else ""
         self.console.print(
-            f"{MARKS[stage.state]} {stage.name:<14} {stage.elapsed_s:6.1f} s{figure}",
+            f"{MARKS[stage.state]} {escape(stage.name):<14} {stage.elapsed_s:6.1f} s{figure}",
             highlight=False,
         )
 
@@ -47,7 +53,8 @@ def shown(console: Console, title: str, live: bool) -> Iterator[StageView]:
 
         def on_stage(stage: progress.Stage) -> None:
             view.stages[stage.name] = stage
-            if stage.state != "running":
+            # A running stage is shown once it says what it is doing (a wait), else at its end.
+            if stage.state != "running" or stage.figure:
                 view.line(stage)
 
         with progress.listening(on_stage):

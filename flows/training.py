@@ -14,13 +14,15 @@ from tasks.training import TrainResult, train_candidate_task
 
 @flow(name="training")
 def training_flow(
-    spec: ModelSpec, settings: Settings, data: DatasetRef | None = None
+    spec: ModelSpec, settings: Settings, data: DatasetRef | None = None, validated: bool = False
 ) -> TrainResult:
     """Trials run on this flow's task runner: call `training_flow.with_options(task_runner=...)`
     (see `tasks.search.task_runner`) to run them on threads or a Dask cluster. `data`: a
-    snapshot already taken (the release takes it to compare with the champion first)."""
+    snapshot already taken (the release takes it to compare with the champion first);
+    `validated`: its data contract already passed (the release checks it in its data stage)."""
     data = data or snapshot_task(spec, settings)
-    validate_data_task(settings, spec, data)
+    if not validated:
+        validate_data_task(settings, spec, data)
     parts = split_task(spec, settings, data)
     run = open_candidate_task(settings, spec)
     try:

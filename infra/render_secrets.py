@@ -4,8 +4,9 @@
 
 - `pushgateway/web.yml`: the Pushgateway's --web.config.file. Two users, bcrypt-hashed: the one
   conveyor pushes with (PUSHGATEWAY_USER) and the one Prometheus scrapes with (`prometheus`).
-- `prometheus/secrets/pushgateway-password` and `prometheus/secrets/mlflow-password`: the
-  passwords Prometheus's `basic_auth.password_file` reads for its scrapes.
+- `prometheus/secrets/pushgateway-password`: the password Prometheus's
+  `basic_auth.password_file` reads for its Pushgateway scrapes. (MLflow's metrics come from the
+  mlflow-metrics sidecar: Prometheus holds no MLflow credentials.)
 
 Every output is git-ignored. The same functions write the tests' configs, so what the tests
 start is what compose starts.
@@ -78,7 +79,6 @@ def render(env: dict[str, str], out: Path) -> list[Path]:
             env["PUSHGATEWAY_SCRAPE_PASSWORD"],
             0o644,
         ),
-        out / "prometheus" / "secrets" / "mlflow-password": (env["MLFLOW_READER_PASSWORD"], 0o644),
     }
     for path, (text, mode) in written.items():
         write_secret(path, text, mode)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -226,6 +227,29 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _taken(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def other_stacks(root: Path) -> list[str]:
+    """Directories of the other stacks running on this host (their processes carry MARKER)."""
+    prefix = f"{MARKER}=".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                for item in (entry / "environ").read_bytes().split(b"\0"):
+                    if item.startswith(prefix):
+                        found.add(item[len(prefix) :].decode(errors="replace"))
+    return sorted(found - {str(root)})
+
+
 @dataclass
 class Stack:
     """One stack directory: its ports, credentials and the processes it started."""
@@ -238,6 +262,8 @@ class Stack:
     prefect_settings: dict[str, str]
     # Prometheus' scrape and rule interval instead of prometheus.yml's (tests: seconds).
     scrape_interval: str | None = None
+    # What `up` says first (its ports moved off the usual set, and why).
+    notice: str = ""
 
     @classmethod
     def open(
@@ -250,20 +276,29 @@ class Stack:
         root = root.resolve()
         root.mkdir(parents=True, exist_ok=True)
         state_path = root / STATE_FILE
+        notice = ""
         if state_path.is_file():
             state = json.loads(state_path.read_text())
             ports, pids = state["ports"], state["pids"]
             prefect_settings = state.get("prefect_settings", {})
             scrape_interval = state.get("scrape_interval")
         else:
-            pick: Callable[[int], int] = (
-                (lambda _: _free_port()) if free_ports else (lambda port: port + PORT_OFFSET)
-            )
-            ports = {
-                f"{name}:{port}": pick(port)
+            fixed = {
+                f"{name}:{port}": port + PORT_OFFSET
                 for name, found in container_ports().items()
                 for port in found
             }
+            taken = sorted(p for p in fixed.values() if _taken(p))
+            if taken and not free_ports:
+                # A second clone's stack on this host: compose's ports + 10000 are the first's.
+                free_ports = True
+                others = other_stacks(root)
+                notice = (
+                    f"ports {', '.join(map(str, taken[:6]))} of the usual set are taken"
+                    + (f" (by the stack in {', '.join(others)})" if others else "")
+                    + f": this stack uses free ports of its own, written to {root / ENV_FILE}"
+                )
+            ports = {k: _free_port() for k in fixed} if free_ports else fixed
             pids = {}
         secrets_path = root / SECRETS_FILE
         if not secrets_path.is_file():
@@ -273,6 +308,7 @@ class Stack:
             )
         variables = read_env_file(secrets_path)
         stack = cls(root, ports, variables, pids, prefect_settings or {}, scrape_interval)
+        stack.notice = notice
         variables.update(stack.public_urls())
         stack.save()
         return stack
@@ -431,23 +467,45 @@ def postgres_url(stack: Stack, database: str) -> str:
     )
 
 
+# Where PostgreSQL's data goes when root runs the stack from a directory the postgres user
+# cannot traverse (a clone under /root, mode 0700): under the postgres user's own home, one
+# folder per stack directory. `make stack-down` deletes it with the rest of the stack's data.
+POSTGRES_ELSEWHERE = Path("/var/lib/postgresql/conveyor-stacks")
+
+
+def postgres_data(stack: Stack) -> Path:
+    """PostgreSQL's data directory: in the stack directory, unless the server (run as the
+    postgres user when root starts it) could not reach it there."""
+    inside = stack.root / "postgres"
+    if os.geteuid() != 0:
+        return inside
+    reach = subprocess.run(_as_postgres(["test", "-x", str(stack.root)]), check=False)
+    if reach.returncode == 0:
+        return inside
+    digest = hashlib.sha256(str(stack.root).encode()).hexdigest()[:16]
+    return POSTGRES_ELSEWHERE / digest
+
+
+def _postgres_owned(path: Path, directory: bool) -> None:
+    if directory:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        path.touch(mode=0o600)
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+
+
 def start_postgres(stack: Stack) -> str:
-    data = stack.root / "postgres"
+    data = postgres_data(stack)
     pg_ctl = system_binary("pg_ctl", "postgresql")
     env = stack.process_environment()
     if not (data / "PG_VERSION").is_file():
-        data.mkdir(mode=0o700, exist_ok=True)
-        password_file = stack.root / "initdb.pw"  # initdb wants an empty data directory
+        _postgres_owned(data, directory=True)
+        # initdb wants an empty data directory, and must read this as the postgres user.
+        password_file = data.parent / f"{data.name}.initdb.pw"
         write_private(password_file, stack.variables["POSTGRES_PASSWORD"] + "\n")
         if os.geteuid() == 0:
-            shutil.chown(data, "postgres", "postgres")
             shutil.chown(password_file, "postgres", "postgres")
-            reachable = subprocess.run(_as_postgres(["test", "-w", str(data)]), check=False)
-            if reachable.returncode != 0:
-                raise StackError(
-                    f"PostgreSQL runs as the postgres user, which cannot reach {data}: put the "
-                    "stack in a directory every user can traverse (make stack STACK_DIR=...)"
-                )
         initdb = system_binary("initdb", "postgresql")
         done = subprocess.run(
             _as_postgres(
@@ -459,10 +517,9 @@ def start_postgres(stack: Stack) -> str:
         password_file.unlink()
         if done.returncode != 0:
             raise StackError(f"initdb failed: {done.stdout}{done.stderr}")
-    log = stack.log("postgres")
-    log.touch()
-    if os.geteuid() == 0:
-        shutil.chown(log, "postgres", "postgres")
+    # pg_ctl opens the log as the postgres user: beside the data when that is elsewhere.
+    log = stack.log("postgres") if data.is_relative_to(stack.root) else data.with_suffix(".log")
+    _postgres_owned(log, directory=False)
     options = f"-h {HOST} -p {stack.port('postgres', 5432)} -k {data}"
     done = subprocess.run(
         _as_postgres([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "start"]),
@@ -473,7 +530,8 @@ def start_postgres(stack: Stack) -> str:
     stack.pids["postgres"] = int((data / "postmaster.pid").read_text().split()[0])
     stack.save()
     create_databases(stack)
-    return f"postgresql://{stack.address('postgres', 5432)} ({', '.join(database_names())})"
+    where = "" if data.is_relative_to(stack.root) else f"; data in {data}"
+    return f"postgresql://{stack.address('postgres', 5432)} ({', '.join(database_names())}{where})"
 
 
 def create_databases(stack: Stack) -> None:
@@ -730,12 +788,23 @@ def prometheus_config(stack: Stack, secrets_dir: Path) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def start_mlflow_metrics(stack: Stack) -> str:
+    """compose's mlflow-metrics sidecar: MLflow's metrics without MLflow credentials."""
+    port = stack.port("mlflow-metrics", 9102)
+    command = [
+        sys.executable, "-m", "infra.mlflow_metrics",
+        "--dir", str(stack.root / "mlflow" / "metrics"), "--host", HOST, "--port", str(port),
+    ]  # fmt: skip
+    spawn(stack, "mlflow-metrics", command, stack.process_environment(), ROOT)
+    wait_until(stack, "mlflow-metrics", http_ok(f"http://{HOST}:{port}/metrics"), 30)
+    return f"http://{HOST}:{port}/metrics (MLflow's request metrics, read-only)"
+
+
 def start_prometheus(stack: Stack) -> str:
     v = stack.variables
     directory = stack.root / "prometheus"
     secrets_dir = directory / "secrets"
     write_private(secrets_dir / "pushgateway-password", v["PUSHGATEWAY_SCRAPE_PASSWORD"])
-    write_private(secrets_dir / "mlflow-password", v["MLFLOW_READER_PASSWORD"])
     config = directory / "prometheus.yml"
     config.write_text(prometheus_config(stack, secrets_dir))
     port = stack.port("prometheus", 9090)
@@ -765,6 +834,7 @@ def services() -> list[tuple[str, Callable[[Stack], str]]]:
         ("redis", start_redis),
         ("s3", start_s3),
         ("mlflow", start_mlflow),
+        ("mlflow-metrics", start_mlflow_metrics),
         ("prefect-server", start_prefect),
         ("triton", start_triton),
         ("pushgateway", start_pushgateway),
@@ -776,7 +846,7 @@ def services() -> list[tuple[str, Callable[[Stack], str]]]:
 
 
 def up(stack: Stack) -> list[str]:
-    lines = []
+    lines = [stack.notice] if stack.notice else []
     for name, start in services():
         if is_up(stack, name):
             lines.append(f"{name:<16} already up (pid {stack.pids.get(name)})")
@@ -847,7 +917,7 @@ def down(stack: Stack) -> list[str]:
             with _triton_environment(stack):
                 stopped = triton_server.stop(triton_settings(stack))
         elif name == "postgres" and alive(pid):
-            data = stack.root / "postgres"
+            data = postgres_data(stack)
             command = [
                 system_binary("pg_ctl", "postgresql"),
                 "-D",
@@ -878,6 +948,10 @@ def down(stack: Stack) -> list[str]:
         raise StackError(f"processes of the stack are still running: {still}")
     # moto's S3 keeps its objects in memory only: a registry and a database kept past it would
     # point at artifacts and model files that are gone. The logs stay for a post-mortem.
+    elsewhere = postgres_data(stack)
+    if not elsewhere.is_relative_to(stack.root):
+        shutil.rmtree(elsewhere, ignore_errors=True)
+        elsewhere.with_suffix(".log").unlink(missing_ok=True)
     for child in stack.root.iterdir():
         if child.name != "logs":
             if child.is_dir():

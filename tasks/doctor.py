@@ -18,10 +18,19 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from tasks import approval, lease, mlflow_store, registry, tracking, triton, triton_server
+from tasks import (
+    approval,
+    known_specs,
+    lease,
+    mlflow_store,
+    registry,
+    tracking,
+    triton,
+    triton_server,
+)
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
-from tasks.spec import ModelSpec, SpecError, load_spec
+from tasks.spec import ModelSpec, SpecError
 from tasks.storage import StorageError, Store, open_store, repository_versions, verify_dir
 
 Kind = Literal[
@@ -75,31 +84,13 @@ class DoctorError(ConveyorError):
     """`conveyor doctor` found problems it did not (or could not) repair."""
 
 
-def specs(settings: Settings) -> dict[str, ModelSpec]:
-    """The specs in the spec directory that load, by model name (the name inside the file,
-    which need not be the file's stem)."""
-    found: dict[str, ModelSpec] = {}
-    directory = settings.spec_dir
-    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
-        try:
-            spec = load_spec(path)
-        except SpecError:
-            continue  # a broken spec is the fleet commands' error to report, not doctor's
-        found.setdefault(spec.name, spec)
-    return found
-
-
 def fleet(settings: Settings) -> list[str]:
     """Every model conveyor knows: registered, in the repository, or with a spec."""
-    names = set(specs(settings))
+    names = set(known_specs.fleet_specs(settings))
     names |= {m.name for m in mlflow_store.client(settings).search_registered_models()}
     files = open_store(settings.repository).list_files("")
     names |= {f.split("/")[0] for f in files if not f.startswith(".") and "/" in f}
     return sorted(names)
-
-
-def _spec(settings: Settings, model: str) -> ModelSpec | None:
-    return specs(settings).get(model)
 
 
 def server_problems(settings: Settings) -> list[Problem]:
@@ -323,12 +314,18 @@ def examine(settings: Settings, models: list[str]) -> DoctorReport:
 
 
 def _repair_model(
-    settings: Settings, model: str, problems: list[Problem], keep_runs: bool = False
+    settings: Settings,
+    model: str,
+    problems: list[Problem],
+    keep_runs: bool = False,
+    spec: ModelSpec | None = None,
 ) -> None:
     """Repair `model`'s problems in place (the caller holds its lease). Serving first: Triton is
-    back on champion and previous before any file it might still be serving is deleted.
-    `keep_runs`: leave the candidate's RUNNING MLflow run alone (a resumed release carries on
-    in it); the rest of a killed release's runs are closed all the same."""
+    back on champion and previous before any file it might still be serving is deleted, and
+    while it cannot be put back no such file is deleted. `spec`: the model's spec when the
+    caller has it (a release); otherwise the fleet's or the one recorded with the champion
+    (`tasks.known_specs`). `keep_runs`: leave the candidate's RUNNING MLflow run alone (a resumed
+    release carries on in it); the rest of a killed release's runs are closed all the same."""
     store = open_store(settings.repository)
     kept = (
         {i for i, name in tracking.running_runs(settings, model)
@@ -336,16 +333,18 @@ def _repair_model(
         if keep_runs else set()
     )  # fmt: skip
     unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
-    spec = _spec(settings, model)
-    if unserved and spec is None:
-        for problem in unserved:
-            problem.repair = (
-                f"none: no spec for {model} in {settings.spec_dir}/ to render its config from"
-            )
-    elif unserved and spec is not None:
-        triton.restore_serving(settings, spec)
-        for problem in unserved:
-            problem.repaired = True
+    if unserved:
+        try:
+            triton.restore_serving(settings, spec or known_specs.spec_of(settings, model))
+        except SpecError as exc:
+            for problem in unserved:
+                problem.repair = f"none: {exc}"
+        else:
+            for problem in unserved:
+                problem.repaired = True
+    # A version Triton still serves keeps its files: deleting them would leave a loaded version
+    # whose files no longer verify (and a restart could not load it again).
+    serving_stuck = any(not p.repaired for p in unserved)
     for problem in problems:
         if problem.kind == "dangling-challenger":
             version = registry.alias_version(settings, model, registry.CHALLENGER)
@@ -356,6 +355,9 @@ def _repair_model(
                 registry.retire_candidate(settings, ref, "its release is no longer running")
         elif problem.kind == "orphan-candidate" and problem.key:
             triton.unload_model(triton_server.endpoint(settings), problem.key)
+        elif problem.kind == "orphan-version" and serving_stuck:
+            problem.repair = "none yet: kept while Triton may still serve it (see above)"
+            continue
         elif problem.kind in {"orphan-version", "staged-upload"} and problem.key:
             store.remove_dir(problem.key)
         elif problem.kind == "stale-run" and problem.key and problem.key not in kept:
@@ -394,15 +396,31 @@ def check_and_repair(settings: Settings, models: list[str], fix: bool) -> Doctor
     return DoctorReport(models=models, problems=done + remaining.problems)
 
 
+class LeftoversError(DoctorError):
+    """What a crashed release left could not all be cleared, so this one does not start."""
+
+
+# Leftovers a release must not start over: something no alias names would go on answering.
+BLOCKING = {"unaliased-served", "orphan-candidate"}
+
+
 def repair_leftovers(settings: Settings, spec: ModelSpec, resuming: bool = False) -> list[Problem]:
     """What a release runs before it starts, holding the model's lease: a crashed release's
     leftovers are provably dead (it would hold the lease otherwise), so they go, and the
     champion is served again if it was not. `resuming`: the crashed release is being resumed,
-    and its candidate's MLflow run is reused rather than closed."""
+    and its candidate's MLflow run is reused rather than closed. `LeftoversError` when a
+    version no alias names would still be served."""
     problems = server_problems(settings)
     _repair_server(settings, problems)
     mine = model_problems(settings, spec.name, holding_lease=True)
-    _repair_model(settings, spec.name, mine, keep_runs=resuming)
+    _repair_model(settings, spec.name, mine, keep_runs=resuming, spec=spec)
+    stuck = [p for p in mine if p.kind in BLOCKING and not p.repaired]
+    if stuck:
+        raise LeftoversError(
+            f"a crashed release of {spec.name} left Triton in a state this release cannot clear: "
+            + "; ".join(f"{p.detail} ({p.repair})" for p in stuck)
+            + f". Nothing was trained; `conveyor doctor {spec.name}` shows the whole state."
+        )
     # A candidate run kept for the resume was not a problem.
     return problems + [p for p in mine if p.repaired or p.kind != "stale-run"]
 

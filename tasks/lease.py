@@ -37,6 +37,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel
 
+from tasks import progress
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 
@@ -186,7 +187,9 @@ def model_lease(settings: Settings, model: str, flow: str, wait: bool = True) ->
                     raise _busy(model, flow, waited, read_holder(settings, model)) from None
                 if not told:
                     holder = read_holder(settings, model)
-                    _log("%s is busy (%s); waiting", model, holder.describe() if holder else "?")
+                    held_by = holder.describe() if holder else "its lease is held"
+                    _log("%s is busy (%s); waiting", model, held_by)
+                    progress.update(f"waiting: {model} is busy ({held_by})")
                     told = True
                 time.sleep(POLL_S)
         stale = read_holder(settings, model)  # written by a holder now provably gone

@@ -19,7 +19,7 @@ from tasks.data import DatasetRef, load_dataset, to_features
 from tasks.errors import ConveyorError
 from tasks.resume import RESUMABLE
 from tasks.settings import Settings
-from tasks.spec import ModelSpec
+from tasks.spec import FeatureType, ModelSpec
 
 INPUT = "features"
 LABEL = "label"
@@ -63,10 +63,75 @@ def _label_as_column(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def convert(model: Pipeline, n_features: int) -> bytes:
+# A feature with no range in the spec is still bounded to finite FP32: infinity is no value.
+FP32_MAX = float(np.finfo(np.float32).max)
+
+
+def input_bounds(spec: ModelSpec) -> tuple[list[float], list[float]]:
+    """Each feature's contract range, in tensor order: the spec's min/max, a category's indices,
+    0/1 for a boolean, finite FP32 where the spec states none."""
+    low, high = [], []
+    for feature in spec.features:
+        if feature.type is FeatureType.category:
+            bounds = (0.0, float(len(feature.categories or []) - 1))
+        elif feature.type is FeatureType.boolean:
+            bounds = (0.0, 1.0)
+        else:
+            bounds = (
+                -FP32_MAX if feature.min is None else feature.min,
+                FP32_MAX if feature.max is None else feature.max,
+            )
+        low.append(bounds[0])
+        high.append(bounds[1])
+    return low, high
+
+
+def _clip_inputs(model: onnx.ModelProto, low: list[float], high: list[float]) -> onnx.ModelProto:
+    """Clip `features` to the contract's range inside the graph, before any model node.
+
+    Why clip rather than refuse: the production rendering (`onnxruntime_onnx`) runs the graph
+    and nothing else, so a refusal could only live in the python backend and the two renderings
+    would answer differently; inside the graph both answer alike. The model never saw a value
+    outside the range (the data contract refuses such rows at training), so a tree's answer at
+    the bound is the answer it would give beyond it, and a linear model's scaling cannot
+    overflow FP32 into inf - inf = NaN (every feature at 1e37 did, through a StandardScaler).
+    NaN passes through untouched: it means "missing" in a nullable feature (the graph imputes
+    it); the servers refuse it elsewhere before the graph runs."""
+    graph = model.graph
+    clipped = f"{INPUT}_clipped"
+    for node in graph.node:
+        node.input[:] = [clipped if name == INPUT else name for name in node.input]
+    n = len(low)
+    graph.initializer.extend(
+        [
+            helper.make_tensor(f"{INPUT}_low", TensorProto.FLOAT, [n], low),
+            helper.make_tensor(f"{INPUT}_high", TensorProto.FLOAT, [n], high),
+        ]
+    )
+    guard = [
+        helper.make_node("Max", [INPUT, f"{INPUT}_low"], [f"{INPUT}_floor"], name="range_low"),
+        helper.make_node(
+            "Min", [f"{INPUT}_floor", f"{INPUT}_high"], [f"{INPUT}_ceil"], name="range_high"
+        ),
+        helper.make_node("IsNaN", [INPUT], [f"{INPUT}_missing"], name="missing"),
+        helper.make_node(
+            "Where", [f"{INPUT}_missing", INPUT, f"{INPUT}_ceil"], [clipped], name="range_clip"
+        ),
+    ]
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(guard + nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+def convert(
+    model: Pipeline, n_features: int, bounds: tuple[list[float], list[float]] | None = None
+) -> bytes:
     """ONNX bytes for `model`: input `features` FP32 [N, n]; outputs label [N, 1], probabilities.
 
-    ZipMap is off: its sequence-of-maps output cannot be served by Triton.
+    ZipMap is off: its sequence-of-maps output cannot be served by Triton. `bounds`: each
+    feature's (low, high) range (`input_bounds`), enforced inside the graph by clipping.
     """
     classifier = model.steps[-1][1]
     converted = to_onnx(
@@ -74,6 +139,8 @@ def convert(model: Pipeline, n_features: int) -> bytes:
         initial_types=[(INPUT, FloatTensorType([None, n_features]))],
         options={id(classifier): {"zipmap": False}},
     )
+    if bounds is not None:
+        converted = _clip_inputs(converted, *bounds)
     return _label_as_column(converted).SerializeToString()
 
 
@@ -125,7 +192,7 @@ def export_onnx(
     settings: Settings, spec: ModelSpec, ref: registry.ModelRef, holdout: DatasetRef
 ) -> OnnxArtifact:
     model = tracking.load_model(settings, ref.model_uri)
-    data = convert(model, spec.n_features)
+    data = convert(model, spec.n_features, input_bounds(spec))
     features = to_features(load_dataset(holdout.uri), spec)
     parity = check_parity(model, data, features, spec.smoke.tolerance)
     digest = sha256(data)

@@ -49,10 +49,15 @@ def _tell(current: Stage) -> None:
         listener(current)
 
 
+# The stages under way in this process, innermost last.
+_running: list[Stage] = []
+
+
 @contextmanager
 def stage(name: str) -> Iterator[Stage]:
     """`with stage("training") as s: …; s.figure = "ROC AUC 0.95"` — failed if it raises."""
     current = Stage(name=name, started=time.monotonic())
+    _running.append(current)
     _tell(current)
     try:
         yield current
@@ -62,4 +67,13 @@ def stage(name: str) -> Iterator[Stage]:
         raise
     finally:
         current.ended = time.monotonic()
+        _running.remove(current)
         _tell(current)
+
+
+def update(figure: str) -> None:
+    """Say what the stage under way is doing before it ends (waiting for another run's lease):
+    the console shows it at once rather than nothing until the stage ends."""
+    if _running:
+        _running[-1].figure = figure
+        _tell(_running[-1])

@@ -30,6 +30,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel
 
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
@@ -64,6 +65,22 @@ def _read(run_id: str) -> FlowRun:
 def _attempt(run: FlowRun) -> str:
     resumed = run.parameters.get("resume_from")
     return attempt_of(str(resumed)) if resumed else str(run.id)
+
+
+def _forced(run: FlowRun) -> bool:
+    """Whether the release `run` continues was asked with `force`: by its own parameters, or by
+    those of the run it resumed (a resume of a resume of a forced release is forced too)."""
+    if run.parameters.get("force"):
+        return True
+    resumed = run.parameters.get("resume_from")
+    return _forced(_read(str(resumed))) if resumed else False
+
+
+class ResumePoint(BaseModel):
+    """The release attempt to continue, and the options it was started with."""
+
+    attempt: str
+    force: bool
 
 
 @cache
@@ -163,9 +180,9 @@ def last_release(spec_path: str) -> str:
     return str(runs[0].id)
 
 
-def check_resumable(run_id: str, spec_path: str) -> str:
-    """The attempt to continue; `ResumeError` unless `run_id` is an unfinished release of
-    `spec_path`."""
+def check_resumable(run_id: str, spec_path: str) -> ResumePoint:
+    """The attempt to continue and its options; `ResumeError` unless `run_id` is an unfinished
+    release of `spec_path`."""
     run = _read(run_id)
     with get_client(sync_client=True) as client:
         flow_name = client.read_flow(run.flow_id).name
@@ -186,14 +203,15 @@ def check_resumable(run_id: str, spec_path: str) -> str:
             f"release {run_id} completed: there is nothing to resume; start a new release with "
             "`conveyor run`"
         )
-    return _attempt(run)
+    return ResumePoint(attempt=_attempt(run), force=_forced(run))
 
 
 @task(name="check-resume")
-def resume_task(run_id: str, spec_path: str) -> str:
-    attempt = check_resumable(run_id, spec_path)
+def resume_task(run_id: str, spec_path: str) -> ResumePoint:
+    point = check_resumable(run_id, spec_path)
     get_run_logger().info(
-        "resuming release attempt %s: the steps it finished are reused, the rest run again",
-        attempt,
+        "resuming release attempt %s%s: the steps it finished are reused, the rest run again",
+        point.attempt,
+        " (started with force: released even if unchanged)" if point.force else "",
     )
-    return attempt
+    return point

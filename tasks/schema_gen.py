@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from tasks.data import read_source
 from tasks.errors import ConveyorError
-from tasks.spec import EstimatorFamily, FeatureSpec, FeatureType, load_spec
+from tasks.spec import MODEL_NAME, EstimatorFamily, FeatureSpec, FeatureType, load_spec
 
 # A range is widened by this share of its observed span on each side: tomorrow's data should not
 # fail the contract for a value slightly past what one extract happened to contain.
@@ -342,6 +342,13 @@ class InitResult(BaseModel):
 
 def init_spec(source: str, target: str, name: str | None, spec_dir: Path) -> InitResult:
     name = name or default_name(source)
+    if not re.fullmatch(MODEL_NAME, name):
+        # Checked before it becomes a path: `--name ../../x` must not reach the file system.
+        raise InitError(
+            f"--name {name!r} is not a model name: use lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit (it names the registry entry, the Triton model "
+            "and the spec file)"
+        )
     path = spec_dir / f"{name}.yaml"
     if path.exists():
         raise InitError(

@@ -105,6 +105,41 @@ def _malformed(
     return outcome
 
 
+# Finite FP32 values far outside any feature's range: every feature at ±1e37 and at ±3e38 (near
+# FP32's largest) made a linear model answer NaN before inputs were clipped to the contract.
+EXTREMES = (1e37, -1e37, 3e38, -3e38)
+
+
+def extreme_rows(spec: ModelSpec) -> np.ndarray:
+    """Rows a hostile or broken client may send: each extreme for every feature at once, and
+    each feature's own contract bounds (`onnx.input_bounds`)."""
+    low, high = onnx.input_bounds(spec)
+    rows = [np.full(spec.n_features, value) for value in EXTREMES] + [low, high]
+    return np.asarray(rows, dtype=np.float32)
+
+
+def extreme_problems(predictors: dict[str, Predict], spec: ModelSpec, batch: int) -> list[str]:
+    """A served answer must be numbers for any finite input (or a refusal, never a NaN in 200)."""
+    rows = extreme_rows(spec)
+    problems = []
+    for protocol, predict in predictors.items():
+        try:
+            _, proba = _served_predictions(predict, rows, batch)
+        except InferenceServerException as exc:
+            problems.append(
+                f"{protocol}: finite rows outside the spec's ranges were refused "
+                f"({exc.message()[:200]}); the model must answer them (its ONNX graph clips "
+                "inputs to the contract's range: re-export it with this conveyor)"
+            )
+            continue
+        if not np.isfinite(proba).all():
+            problems.append(
+                f"{protocol}: answered finite rows outside the spec's ranges with non-finite "
+                "probabilities; callers would act on NaN"
+            )
+    return problems
+
+
 def run_smoke(
     endpoint: Endpoint,
     spec: ModelSpec,
@@ -148,6 +183,15 @@ def run_smoke(
             )
     if mismatches:
         failures.append(f"{mismatches} served label(s) differ from offline ONNX")
+
+    failures += extreme_problems(
+        {
+            "HTTP": lambda x: triton.infer_http(http, model, x, tag),
+            "gRPC": lambda x: triton.infer_grpc(grpc, model, x, tag),
+        },
+        spec,
+        batch,
+    )
 
     malformed = _malformed(endpoint, spec, model, tag)
     failures += [

@@ -17,6 +17,8 @@ from tasks.errors import ConveyorError
 
 SPEC_DIR = Path("deployments/models")
 DEFAULT_SPEC = SPEC_DIR / "fraud-detector.yaml"
+# A model name is its registry entry, its Triton model and its spec file's stem.
+MODEL_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 class SpecError(ConveyorError):
@@ -254,7 +256,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    name: str = Field(pattern=MODEL_NAME)
     description: str = ""
     data: DataSpec
     features: list[FeatureSpec] = Field(min_length=1)

@@ -41,6 +41,9 @@ TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
 TAG_THRESHOLD_SOURCE = "conveyor.operating_threshold_source"  # what it was chosen on
 ONNX_ARTIFACT = "onnx/model.onnx"
+# The spec a candidate was released with: what repair and rollback read when no fleet file
+# names the model (`tasks.known_specs`).
+SPEC_ARTIFACT = "spec.json"
 # What loading the logged sklearn model needs (skops format, no pickle). Stated rather than left to
 # MLflow's inference, which loads the model in a subprocess (about 8 s a release) and lists whatever
 # the training process had imported (pytest, dask, rich) as the model's requirements.
@@ -182,7 +185,7 @@ def log_candidate(
         )
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
-        mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
+        mlflow.log_dict(spec.model_dump(mode="json"), SPEC_ARTIFACT)
         for context, (frame, ref) in inputs.items():
             # MLflow caps a dataset digest at 36 characters; the full sha256 rides as a tag.
             dataset = mlflow.data.from_pandas(

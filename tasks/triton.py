@@ -256,6 +256,18 @@ class ControlClient:
         config: dict[str, object] = response["config"]
         return config
 
+    def ready_models(self) -> list[tuple[str, str]]:
+        """Every (name, version) READY on the server, candidates included: they are loaded from
+        files sent in the request, so the repository index omits them, while the statistics
+        API lists every loaded model."""
+        try:
+            stats = self._client.get_inference_statistics("", headers=self._headers, as_json=True)
+        except InferenceServerException as exc:
+            raise self._refused(exc, "list its loaded models") from exc
+        found = {(str(m["name"]), str(m["version"])) for m in stats.get("model_stats", [])}
+        found |= {(m.name, m.version) for m in self.index() if m.state == "READY"}
+        return sorted(found)
+
     def is_ready(self, name: str, version: str = "") -> bool:
         # Health is open to callers: no key needed, none sent.
         return bool(self._client.is_model_ready(name, version))

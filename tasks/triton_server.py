@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -24,13 +25,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tasks import credentials
+from tasks import credentials, owned_processes
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.storage import open_store
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
+PORTS_FILE = "ports.json"  # chosen once per state directory, reused by every restart
 LOG_FILE = "tritonserver.log"
 REPOSITORY_MARKER = ".conveyor-repository"
 KEY_FILE = "admin.key"
@@ -138,7 +140,8 @@ def _install_file(source: Path, target: Path) -> None:
 
 
 def _environment(install: TritonInstall) -> dict[str, str]:
-    env = dict(os.environ)
+    # Unmarked: the server outlives the command that starts it, by design (`owned_processes`).
+    env = owned_processes.unmarked_environment(dict(os.environ))
     # The stub must load this interpreter's libpython, not the one bundled in the wheel
     # ("'_thread.RLock' object has no attribute '_recursion_count'" otherwise).
     libdirs = [sysconfig.get_config_var("LIBDIR"), str(install.libraries)]
@@ -165,19 +168,58 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _claim_port(port: int, variable: str) -> int:
-    if port == 0:
-        return _free_port()
+def _claim_port(port: int, variable: str, chosen_in: Path | None = None) -> int:
+    """`port`, checked free; `chosen_in`: the ports file it was chosen in by an earlier start."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # What Triton's own listeners set: connections of a killed server left in TIME_WAIT do
+        # not hold the port, a listener of another process does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError as exc:
+            why = (
+                f"chosen in {chosen_in} when this state directory's Triton first started, so "
+                "that its clients keep their address across restarts"
+                if chosen_in
+                else f"{variable}={port}"
+            )
+            fix = (
+                f"delete {chosen_in} to have new ports chosen (its clients then need the new ones)"
+                if chosen_in
+                else f"choose another port, or set {variable}=0 for a free one"
+            )
             raise PortInUseError(
-                f"port {port} on {HOST} is already in use ({variable}={port}); stop what holds it "
-                f"(`ss -ltnp 'sport = :{port}'` shows it), choose another port, or set "
-                f"{variable}=0 for a free one"
+                f"port {port} on {HOST} is already in use ({why}); stop what holds it "
+                f"(`ss -ltnp 'sport = :{port}'` shows it), or {fix}"
             ) from exc
     return port
+
+
+def _ports(settings: Settings) -> dict[str, int]:
+    """The server's ports: the configured ones, else those chosen when this state directory's
+    server first started (kept in `PORTS_FILE`), else free ones, then kept. A server that is
+    restarted (killed, `conveyor triton down/up`, supervised back) answers where it did."""
+    path = settings.triton_dir / PORTS_FILE
+    try:
+        kept = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        kept = {}
+    configured = {
+        "http": (settings.triton_http_port, "CONVEYOR_TRITON_HTTP_PORT"),
+        "grpc": (settings.triton_grpc_port, "CONVEYOR_TRITON_GRPC_PORT"),
+        "metrics": (settings.triton_metrics_port, "CONVEYOR_TRITON_METRICS_PORT"),
+    }
+    ports: dict[str, int] = {}
+    for name, (port, variable) in configured.items():
+        if port:
+            ports[name] = _claim_port(port, variable)
+        elif kept.get(name):
+            ports[name] = _claim_port(kept[name], variable, chosen_in=path)
+        else:
+            ports[name] = _free_port()
+    if ports != kept:
+        path.write_text(json.dumps(ports))
+    return ports
 
 
 def _alive(pid: int) -> bool:
@@ -269,11 +311,7 @@ def start(settings: Settings) -> ServerState:
             store.write_file(REPOSITORY_MARKER, b"Triton model repository managed by conveyor\n")
     else:
         Path(repository).mkdir(parents=True, exist_ok=True)
-    ports = {
-        "http": _claim_port(settings.triton_http_port, "CONVEYOR_TRITON_HTTP_PORT"),
-        "grpc": _claim_port(settings.triton_grpc_port, "CONVEYOR_TRITON_GRPC_PORT"),
-        "metrics": _claim_port(settings.triton_metrics_port, "CONVEYOR_TRITON_METRICS_PORT"),
-    }
+    ports = _ports(settings)
     log_path = settings.triton_dir / LOG_FILE
     command = [
         str(install.binary),

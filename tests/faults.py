@@ -54,12 +54,14 @@ class Site:
     def name(self) -> str:
         return self.spec.name
 
-    def start(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, log: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """A conveyor command in its own session (so SIGKILL takes all of it)."""
         handle = (self.base / log).open("wb")
         return subprocess.Popen(
             [CONVEYOR, *args],
-            env=self.env,
+            env=self.env if env is None else env,
             cwd=ROOT,
             stdout=handle,
             stderr=subprocess.STDOUT,

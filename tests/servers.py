@@ -245,10 +245,9 @@ def production_stack(
     no process behind, when the block ends."""
     from infra.stack import ENV_FILE, read_env_file
 
-    # PostgreSQL runs as its own user when the tests run as root: it must be able to reach
-    # the directory, which pytest's tmp_path (0700, root's) does not allow.
+    # 0700 and root's, like a clone under /root: PostgreSQL (run as its own user when the
+    # tests run as root) cannot reach it, and the stack puts its data where it can.
     root = Path(tempfile.mkdtemp(prefix="conveyor-stack-"))
-    root.chmod(0o711)
     settings = [f"--prefect-setting={k}={v}" for k, v in prefect_settings.items()]
     if scrape_interval:
         settings.append(f"--scrape-interval={scrape_interval}")

@@ -112,23 +112,38 @@ def test_bad_data_stops_the_release_before_training(
     assert "Data validation FAILED" in asyncio.run(artifact())
 
 
-def test_a_release_on_an_empty_csv_is_one_short_paragraph(prefect_api: None, tmp_path: Path):
+def _refused_release(spec_path: Path, home: Path) -> str:
+    """`conveyor run` as a user runs it; its output, once it exited 2."""
     from prefect.settings import PREFECT_API_URL
 
-    empty = tmp_path / "transactions.csv"
-    empty.write_text("")
-    spec_path = write_spec(tmp_path, **{"data.source": str(empty)})
     done = subprocess.run(
         [str(BIN / "conveyor"), "run", "--spec", str(spec_path)],
-        env=clean_env(
-            CONVEYOR_HOME=str(tmp_path / "state"), PREFECT_API_URL=str(PREFECT_API_URL.value())
-        ),
+        env=clean_env(CONVEYOR_HOME=str(home), PREFECT_API_URL=str(PREFECT_API_URL.value())),
         capture_output=True,
         text=True,
         timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output
+    return output
+
+
+def test_a_data_contract_failure_is_shown_on_the_data_stage(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    spec_path = write_spec(tmp_path, **{"data.rows": 2000, "quality.min_rows": 5000})
+    said = " ".join(_refused_release(spec_path, tmp_path / "state").split())
+    assert "Traceback" not in said
+    assert "breaks the spec's contract" in said and "at least 5000 rows" in said, said
+    # It was shown as ✓ data then ✗ training: the contract is the data stage's verdict.
+    assert "✗ data" in said and "training" not in said, said
+
+
+def test_a_release_on_an_empty_csv_is_one_short_paragraph(prefect_api: None, tmp_path: Path):
+    empty = tmp_path / "transactions.csv"
+    empty.write_text("")
+    spec_path = write_spec(tmp_path, **{"data.source": str(empty)})
+    output = _refused_release(spec_path, tmp_path / "state")
     assert len(output.splitlines()) <= 15, output
     assert "Traceback" not in output and "ERROR" not in output, output
     said = " ".join(output.split())

@@ -81,6 +81,8 @@ def test_concurrent_releases_queue_and_no_wait_names_the_holder(site: Site) -> N
     outputs = site.output("first.log") + site.output("second.log")
     assert codes == (0, 0), outputs[-4000:]
     assert "503" not in outputs and "unknown model" not in outputs
+    # The one that waited said so while it waited, naming the holder (it printed nothing).
+    assert f"waiting: {NAME} is busy" in " ".join(outputs.split())
     # --no-wait registered nothing; the two others one version each.
     assert site.champion() == before + 2
     assert registry.alias_version(site.settings, NAME, registry.PREVIOUS) == before + 1

@@ -201,6 +201,22 @@ def test_every_series_the_alerts_compare_returns_data(observed: Observed) -> Non
     assert names_firing <= {"ConveyorReleaseFailed", "ConveyorDriftDetected"}
 
 
+def test_every_scrape_target_of_the_stack_is_up(observed: Observed) -> None:
+    """Each job of infra/prometheus/prometheus.yml scrapes: MLflow's metrics were DOWN with 403
+    on every scrape (basic-auth serves /metrics to admins only) until the mlflow-metrics
+    sidecar served them."""
+    response = httpx.get(f"{observed.prometheus}/api/v1/targets", timeout=10).json()
+    active = response["data"]["activeTargets"]
+    jobs = {job["job_name"] for job in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())[
+        "scrape_configs"
+    ]}  # fmt: skip
+    assert {t["labels"]["job"] for t in active} == jobs
+    down = {t["labels"]["job"]: t["lastError"] for t in active if t["health"] != "up"}
+    assert down == {}, down
+    # And MLflow's series are there: its request counts.
+    assert observed.query('mlflow_http_request_total{job="mlflow"}'), "no MLflow request metrics"
+
+
 def test_counters_carry_across_runs_and_gates_are_counted(observed: Observed) -> None:
     model = observed.released.model
     selector = f'model="{model}", flow="release"'

@@ -36,7 +36,6 @@ CREDENTIAL_FILES = {
     "redis/redis.conf",
     "mlflow/basic_auth.ini",  # its database URL
     "prometheus/secrets/pushgateway-password",
-    "prometheus/secrets/mlflow-password",
 }
 # PostgreSQL's own files are searched through dumps (its pages may be compressed).
 DUMPED = "postgres"

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks import triton, triton_server
+from tasks import smoke, triton, triton_server
 from tasks.data import to_features, to_target
-from tasks.onnx import convert, predict
+from tasks.onnx import convert, input_bounds, predict
 from tasks.settings import Settings
 from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.storage import IntegrityError, LocalStore
@@ -202,3 +203,61 @@ def test_a_load_that_does_not_finish_in_time_is_one_clear_error(server: Settings
     with pytest.raises(triton.TritonError, match=r"did not finish loading slow within 2 s"):
         client.load("slow", config, {"file:1/model.py": SLOW_MODEL}, timeout_s=2)
     client.unload("slow")  # nothing of it stays behind once it has come up
+
+
+def test_status_lists_a_loaded_candidate(server: Settings, model) -> None:
+    spec, onnx_bytes, _ = model
+    endpoint = triton_server.endpoint(server)
+    files = triton.version_files(onnx_bytes, "python")
+    name = triton.load_candidate(server, endpoint, spec, 7, files)
+    try:
+        result = CliRunner().invoke(
+            app, ["triton", "status"], env={"CONVEYOR_HOME": str(server.home)}
+        )
+        assert result.exit_code == 0, result.output
+        # Loaded from the request's files, the candidate is not in the repository index.
+        assert f"{name}:7" in " ".join(result.output.split())
+    finally:
+        triton.unload_model(endpoint, name)
+
+
+def test_a_model_answering_nan_is_refused_and_fails_the_smoke_check(server: Settings) -> None:
+    """A linear model exported without the contract's clipping answers every feature at 1e37
+    with NaN: the python backend refuses it (never a 200 with NaN) and the smoke test's extreme
+    rows fail it; the same model with the clipping answers numbers."""
+    spec = load_spec(DEFAULT_SPEC)
+    spec = spec.model_copy(
+        update={
+            "name": "unclipped",
+            "estimator": spec.estimator.model_copy(
+                update={"family": "logistic_regression", "params": {}}
+            ),
+        }
+    )
+    frame = generate_transactions(3000, seed=5, fraud_rate=0.05)
+    fitted = build_pipeline(spec).fit(to_features(frame, spec), to_target(frame, spec))
+    store = LocalStore(Path(server.repository))
+    endpoint = triton_server.endpoint(server)
+    http, grpc = triton.http_client(endpoint), triton.grpc_client(endpoint)
+    predictors = {
+        "HTTP": lambda x: triton.infer_http(http, spec.name, x),
+        "gRPC": lambda x: triton.infer_grpc(grpc, spec.name, x),
+    }
+    rows = smoke.extreme_rows(spec)
+    try:
+        raw = convert(fitted, spec.n_features)
+        assert np.isnan(predict(raw, rows)[1]).any()  # the fault is real offline
+        triton.publish_version(store, server.repository, spec, 1, raw, "python")
+        triton.load_versions(endpoint, spec, "python", [1], timeout_s=60)
+        with pytest.raises(InferenceServerException, match="non-finite probability"):
+            triton.infer_http(http, spec.name, rows)
+        problems = smoke.extreme_problems(predictors, spec, spec.serving.max_batch_size)
+        assert [p.split(":")[0] for p in problems] == ["HTTP", "gRPC"], problems
+        clipped = convert(fitted, spec.n_features, input_bounds(spec))
+        triton.publish_version(store, server.repository, spec, 2, clipped, "python")
+        triton.load_versions(endpoint, spec, "python", [2], timeout_s=60)
+        assert smoke.extreme_problems(predictors, spec, spec.serving.max_batch_size) == []
+        _, proba = triton.infer_grpc(grpc, spec.name, rows)
+        assert np.isfinite(proba).all()
+    finally:
+        triton.unload_model(endpoint, spec.name)

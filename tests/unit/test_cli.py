@@ -50,3 +50,39 @@ def test_drift_without_a_champion_says_what_to_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["drift"], env={"CONVEYOR_HOME": str(tmp_path)})
     assert result.exit_code == 2
     assert "has no champion yet; run `conveyor run` first" in flat(result.output)
+
+
+def test_a_name_pattern_in_an_error_is_printed_as_written(tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["name"] = "Fraud Detector"
+    spec = tmp_path / "bad-name.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(
+        app, ["run", "--spec", str(spec)], env={"CONVEYOR_HOME": str(tmp_path)}
+    )
+    assert result.exit_code == 2
+    # rich read `[a-z0-9]` as markup and printed '^*$'.
+    assert "^[a-z0-9][a-z0-9_-]*$" in flat(result.output)
+
+
+def test_init_refuses_a_name_that_is_a_path(tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("a,y\n1,0\n2,1\n")
+    fleet = tmp_path / "fleet"
+    env = {"CONVEYOR_HOME": str(tmp_path / "s"), "CONVEYOR_SPEC_DIR": str(fleet)}
+    result = CliRunner().invoke(
+        app, ["init", "--from", str(data), "--target", "y", "--name", "../../../x"], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "is not a model name" in flat(result.output)
+    assert not list(tmp_path.rglob("x.yaml"))
+
+
+def test_on_off_flags_show_no_value_in_the_help() -> None:
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines() if "--" in line}
+    for flag in ("--force", "--no-wait", "--all"):
+        assert "<bool>" not in lines[flag], lines[flag]
+    assert "<path>" in lines["--spec"]  # options that take a value still say which

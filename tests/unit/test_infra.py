@@ -26,6 +26,7 @@ def test_compose_has_every_service_of_the_stack() -> None:
         "minio",
         "minio-buckets",
         "mlflow",
+        "mlflow-metrics",
         "mlflow-users",
         "triton",
         "prefect-server",
@@ -214,8 +215,13 @@ def test_servers_take_writes_only_with_credentials() -> None:
     assert "--web.config.file=/etc/pushgateway/web.yml" in SERVICES["pushgateway"]["command"]
     config = yaml.safe_load((INFRA / "prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for job in ("pushgateway", "mlflow"):
-        assert jobs[job]["basic_auth"]["password_file"].startswith("/etc/prometheus/secrets/")
+    assert jobs["pushgateway"]["basic_auth"]["password_file"].startswith("/etc/prometheus/secrets/")
+    # MLflow's metrics come from the sidecar that reads its metrics directory: Prometheus holds
+    # no MLflow credentials (basic-auth serves /metrics to admins only).
+    assert "basic_auth" not in jobs["mlflow"]
+    assert jobs["mlflow"]["static_configs"][0]["targets"] == ["mlflow-metrics:9102"]
+    assert "mlflow-metrics:/mlflow-metrics:ro" in SERVICES["mlflow-metrics"]["volumes"]
+    assert "--expose-prometheus /mlflow-metrics" in mlflow["command"]
     assert "./prometheus/secrets:/etc/prometheus/secrets:ro" in SERVICES["prometheus"]["volumes"]
 
 

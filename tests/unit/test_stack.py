@@ -3,7 +3,9 @@ databases, buckets and workers, with only addresses and local paths changed."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,19 @@ def test_interpolation_follows_compose(template: str, expected: str) -> None:
 def test_a_missing_required_variable_is_named() -> None:
     with pytest.raises(stack.StackError, match=r"compose needs B .*set B in infra/\.env"):
         stack.interpolate("${B:?set B in infra/.env}", {})
+
+
+def test_a_second_stack_on_the_host_gets_ports_of_its_own(tmp_path: Path) -> None:
+    """The usual ports (compose's + 10000) taken, as by a first clone's stack: the second
+    stack picks free ones and says why, instead of failing on a taken port mid-start."""
+    usual = 9090 + stack.PORT_OFFSET
+    with socket.socket() as first:
+        with contextlib.suppress(OSError):  # taken by something else already: just as good
+            first.bind(("127.0.0.1", usual))
+            first.listen()
+        second = stack.Stack.open(tmp_path / "second")
+    assert second.port("prometheus", 9090) != usual
+    assert str(usual) in second.notice
+    assert str(tmp_path / "second" / stack.ENV_FILE) in second.notice
+    # Kept: reopening the stack (status, down) finds the same ports.
+    assert stack.Stack.open(tmp_path / "second").ports == second.ports

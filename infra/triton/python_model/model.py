@@ -64,11 +64,23 @@ class TritonPythonModel:
             start = 0
             for i, x in zip(owners, batches):
                 stop = start + len(x)
-                responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("label", label[start:stop].astype(np.int64)),
-                        pb_utils.Tensor("probabilities", proba[start:stop].astype(np.float32)),
-                    ]
-                )
+                answer = proba[start:stop].astype(np.float32)
+                broken = ~np.isfinite(answer).all(axis=1)
+                if broken.any():
+                    # Never a 200 with a NaN in it: a caller would act on a non-number.
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(
+                            f"the model produced a non-finite probability for "
+                            f"{int(broken.sum())} row(s) of this request; nothing was "
+                            "answered for it. Report the rows to the model's owners"
+                        )
+                    )
+                else:
+                    responses[i] = pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor("label", label[start:stop].astype(np.int64)),
+                            pb_utils.Tensor("probabilities", answer),
+                        ]
+                    )
                 start = stop
         return responses
