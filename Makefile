@@ -94,7 +94,7 @@ deploy: bootstrap
 		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect automation create --from-file $$rendered; \
 		status=$$?; rm -f $$rendered; exit $$status; }
 
-# The production topology on 127.0.0.1 without Docker (infra/stack.py): PostgreSQL, Redis, S3,
+# The production topology on 127.0.0.1 without Docker (infra/stack/): PostgreSQL, Redis, S3,
 # MLflow and Prefect servers, a worker per pool, Triton on the S3 repository, Prometheus and
 # the Pushgateway, in STACK_DIR. Then `source $(STACK_DIR)/conveyor.env` and `make deploy`.
 STACK_DIR ?= $(CURDIR)/.stack

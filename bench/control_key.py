@@ -17,15 +17,16 @@ import numpy as np
 from pydantic import BaseModel
 
 from bench.common import ROOT, write_results
-from tasks import credentials, triton, triton_server
-from tasks.data import to_features, to_target
-from tasks.onnx import convert
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, load_spec
-from tasks.storage import LocalStore
-from tasks.synthetic import generate_transactions
-from tasks.traffic import measure
-from tasks.training import build_pipeline
+from tasks.core import credentials
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.core.storage import LocalStore
+from tasks.datasets.data import to_features, to_target
+from tasks.datasets.synthetic import generate_transactions
+from tasks.modeling.onnx import convert
+from tasks.modeling.training import build_pipeline
+from tasks.serving import rollout, triton_client, triton_server
+from tasks.serving.traffic import measure
 
 RESULT = ROOT / "bench-results" / "control_key.json"
 
@@ -71,7 +72,7 @@ def main() -> None:
     rows = features[:500].astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp) / "repository"
-        triton.publish_version(
+        rollout.publish_version(
             LocalStore(repository), str(repository), spec, 1, onnx_bytes, "python"
         )
         servers = {
@@ -83,14 +84,14 @@ def main() -> None:
         try:
             for settings in servers.values():
                 endpoint = triton_server.endpoint(settings)
-                triton.load_versions(endpoint, spec, "python", [1], timeout_s=120)
+                triton_client.load_versions(endpoint, spec, "python", [1], timeout_s=120)
             for _ in range(args.rounds):
                 for name, settings in servers.items():
                     endpoint = triton_server.endpoint(settings)
                     results[name].append(
                         measure(endpoint, spec.name, rows, "", args.clients, args.requests)
                     )
-                    client = triton.control_client(endpoint)
+                    client = triton_client.control_client(endpoint)
                     for _ in range(50):
                         began = time.perf_counter()
                         client.index()

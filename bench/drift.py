@@ -1,7 +1,7 @@
 """Drift check time and peak memory against current-batch size.
 
 One champion trained on `--reference` synthetic rows; then, for each size, a fresh process runs
-`tasks.drift.check_drift` (the function the nightly flow runs: load the newest batch, sample,
+`tasks.ops.drift.check_drift` (the function the nightly flow runs: load the newest batch, sample,
 score both sides with the champion's ONNX file, Evidently, HTML report to MLflow) on a drifted
 batch of that size. Peak memory is that process's maximum RSS, imports included.
 
@@ -22,13 +22,13 @@ import yaml
 from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, write_results
-from tasks.spec import DEFAULT_SPEC
+from tasks.core.spec import DEFAULT_SPEC
 
 _CHECK = """
 import json, resource, sys, time
-from tasks.drift import check_drift
-from tasks.settings import Settings
-from tasks.spec import load_spec
+from tasks.ops.drift import check_drift
+from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
 started = time.perf_counter()
 report = check_drift(Settings(), load_spec(sys.argv[1]))
 print(json.dumps({"seconds": time.perf_counter() - started, "share": report.drift_share,

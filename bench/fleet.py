@@ -93,8 +93,8 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, float, int, str,
 
 def triton_memory(home: Path) -> tuple[float, int]:
     """RSS of the embedded server's whole process group (the stubs are in it), in MB."""
-    from tasks import triton_server
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
+    from tasks.serving import triton_server
 
     state = triton_server.read_state(Settings(home=home))
     assert state is not None, "the embedded Triton is not running"

@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT
-from tasks.spec import DEFAULT_SPEC
+from tasks.core.spec import DEFAULT_SPEC
 from tests.servers import clean_env, in_smoke_test, prefect_server
 
 
@@ -89,8 +89,8 @@ def main() -> None:
         with prefect_server(tmp / "prefect") as api:
             # This process reads the runs back; Prefect reads its settings at import.
             os.environ["PREFECT_API_URL"] = api
-            from tasks import metrics
-            from tasks.resume import last_release
+            from tasks.core import pushgateway
+            from tasks.ops.resume import last_release
 
             homes = {name: tmp / name for name in ("cold", "plain", "resumed")}
             if args.keep_state:
@@ -104,7 +104,7 @@ def main() -> None:
             envs["plain"].pop("PREFECT_API_URL")
             try:
                 cold, _ = timed(release, envs["cold"], tmp / "cold.log")
-                cold_steps = metrics.task_durations(last_release(spec))
+                cold_steps = pushgateway.task_durations(last_release(spec))
                 subprocess.run([CONVEYOR, "triton", "down"], env=envs["cold"], check=False)
                 plain, out = timed(
                     [sys.executable, "-m", "bench.plain", spec], envs["plain"], tmp / "plain.log"
@@ -115,13 +115,13 @@ def main() -> None:
                 resumed, _ = timed(
                     [*release, "--resume", "last"], envs["resumed"], tmp / "resumed.log"
                 )
-                runs = metrics.task_runs(last_release(spec))
-                resumed_steps = metrics.summed_durations(runs)
+                runs = pushgateway.task_runs(last_release(spec))
+                resumed_steps = pushgateway.summed_durations(runs)
             finally:
                 for env in envs.values():
                     subprocess.run([CONVEYOR, "triton", "down"], env=env, check=False)
             reused = sorted(
-                {metrics.step_name(r) for r in runs if r.state and r.state.name == "Cached"}
+                {pushgateway.step_name(r) for r in runs if r.state and r.state.name == "Cached"}
             )
     result = PipelineResult(
         rows=args.rows,

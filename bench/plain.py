@@ -14,20 +14,20 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from tasks import registry, tracking
-from tasks.data import load_dataset, snapshot, split_dataset
-from tasks.evaluation import require_valid
-from tasks.onnx import export_onnx
-from tasks.quality import check_frame, require_quality
-from tasks.search import run_search, run_trial
-from tasks.settings import Settings
-from tasks.smoke import require_passed, smoke_test
-from tasks.spec import load_spec
-from tasks.swap import swap_in
-from tasks.training import train_candidate
-from tasks.triton import publish, serve_candidate
-from tasks.tuning import record, tune
-from tasks.validation import validate
+from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
+from tasks.datasets.data import load_dataset, snapshot, split_dataset
+from tasks.datasets.quality import check_frame, require_quality
+from tasks.modeling.evaluation import require_valid
+from tasks.modeling.onnx import export_onnx
+from tasks.modeling.search import run_search, run_trial
+from tasks.modeling.training import train_candidate
+from tasks.modeling.validation import validate
+from tasks.registry import model_registry, tracking
+from tasks.serving.rollout import publish, serve_candidate
+from tasks.serving.smoke import require_passed, smoke_test
+from tasks.serving.swap import swap_in
+from tasks.serving.tuning import record, tune
 
 
 def release(spec_path: str) -> dict[str, float]:
@@ -63,7 +63,7 @@ def release(spec_path: str) -> dict[str, float]:
         require_valid(validation)
     with step("register-challenger"):
         tags = train.lineage | validation.tags()
-        ref = registry.register_challenger(settings, spec.name, train.candidate, tags)
+        ref = model_registry.register_challenger(settings, spec.name, train.candidate, tags)
     with step("export-onnx"):
         onnx = export_onnx(settings, spec, ref, train.holdout)
     with step("publish-version"):
@@ -78,7 +78,9 @@ def release(spec_path: str) -> dict[str, float]:
     with step("swap-in"):
         swap_in(settings, spec, ref, train.holdout)
     with step("promote"):
-        registry.promote(settings, ref, "benchmark without Prefect", registry.default_actor())
+        model_registry.promote(
+            settings, ref, "benchmark without Prefect", model_registry.default_actor()
+        )
     return seconds
 
 

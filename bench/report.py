@@ -19,7 +19,7 @@ def drift_section(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Drift check",
         "",
-        "`tasks.drift.check_drift` (what the nightly flow runs) in a fresh process per row:",
+        "`tasks.ops.drift.check_drift` (what the nightly flow runs) in a fresh process per row:",
         "read the newest batch, sample at most `drift.max_rows` rows per side (seeded, uniform),",
         "score both sides with the champion's ONNX file, Evidently data drift per column +",
         "prediction drift, HTML report to MLflow. Reference: the champion's training split.",
@@ -225,7 +225,7 @@ def pipeline_section(result: dict[str, Any]) -> list[str]:
         "plain calls (table above); not profiled further: the likely share is Prefect's API",
         "server, log and event shipping competing with the training threads for the 2 cores.",
         "Subflows run without Prefect's heartbeat thread, which made each of the 6 cost ~1 s",
-        "more (see `tasks/orchestration.py`). A resumed run's time, profiled at 12,000 rows:",
+        "more (see `tasks/core/orchestration.py`). A resumed run's time, profiled at 12,000 rows:",
         "process start and imports ~3.5 s, Prefect creating the 6 subflow runs ~0.35 s each",
         "(its subflow-tracking task runs), and the steps that must run again (validation,",
         "registration, publishing, loading, smoke test ~1.1 s, swap ~1.4 s).",

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, write_results
-from tasks.spec import DEFAULT_SPEC
+from tasks.core.spec import DEFAULT_SPEC
 from tests.servers import free_port
 
 ROW = [120.5, 14.0, 0.0, 0.2, 0.3, 400.0, 3.0, 12.0, 1.0, 1.0]
@@ -239,9 +239,10 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from tasks import registry, tracking, triton, triton_server
-    from tasks.settings import Settings
-    from tasks.spec import load_spec
+    from tasks.core.settings import Settings
+    from tasks.core.spec import load_spec
+    from tasks.registry import model_registry, tracking
+    from tasks.serving import triton_client, triton_server
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp_name, isolated(Path(tmp_name), args.state) as env:
@@ -254,11 +255,11 @@ def main() -> None:
             spec = load_spec(release(tmp, env))
         settings = Settings()
         endpoint = triton_server.endpoint(settings)
-        version = registry.alias_version(settings, spec.name, registry.CHAMPION)
+        version = model_registry.alias_version(settings, spec.name, model_registry.CHAMPION)
         assert version is not None
-        ref = registry.version_ref(settings, spec.name, version)
+        ref = model_registry.version_ref(settings, spec.name, version)
         # The no-op model: the champion's served configuration, nothing inside.
-        control = triton.control_client(endpoint)
+        control = triton_client.control_client(endpoint)
         config = control.config(spec.name)
         config["name"] = "noop"
         config.pop("version_policy", None)

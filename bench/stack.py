@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, isolated, write_results
 from infra.stack import ENV_FILE, STATE_FILE, read_env_file, stop_pid
-from tasks.spec import DEFAULT_SPEC
+from tasks.core.spec import DEFAULT_SPEC
 
 RESULT = ROOT / "bench-results" / "stack.json"
 PYTHON = str(Path(CONVEYOR).parent / "python")

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from pydantic import BaseModel
 
 from bench.common import CONVEYOR, ROOT, isolated, write_results
-from tasks.spec import DEFAULT_SPEC
+from tasks.core.spec import DEFAULT_SPEC
 from tests.servers import prefect_server
 
 

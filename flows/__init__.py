@@ -1,0 +1,1 @@
+"""Prefect wiring only: one module per flow, composing the stage packages of `tasks`."""

@@ -14,12 +14,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks import fleet, metrics, registry
-from tasks.drift import DriftReport, check_drift_task, emit_drift_task
-from tasks.errors import ConveyorError
-from tasks.progress import stage
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, load_spec
+from tasks.core.errors import ConveyorError
+from tasks.core.progress import stage
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.ops import fleet, metrics
+from tasks.ops.drift import DriftReport, check_drift_task, emit_drift_task, record_drift
+from tasks.registry import model_registry
 
 # Models checked at once: each check scores both samples through onnxruntime and builds an
 # Evidently report (a core and a few hundred MB each); more would only queue on the CPU.
@@ -36,7 +37,7 @@ def drift_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> DriftReport:
         stage(f"drift {spec.name}") as step,
     ):
         report = check_drift_task(settings, spec)
-        metrics.record_drift(obs, report)
+        record_drift(obs, report)
         emit_drift_task(report, spec_path)
         verdict = "DRIFT, event emitted" if report.drifted else "no drift"
         step.figure = f"{verdict}; share {report.drift_share:.2f} of {len(report.columns)}"
@@ -73,7 +74,7 @@ def check_model_task(spec_path: str) -> ModelDrift:
     the fleet run goes on and reports it (the subflow run itself ends Failed, with its logs)."""
     settings = Settings()
     spec = load_spec(spec_path)
-    if registry.alias_version(settings, spec.name, registry.CHAMPION) is None:
+    if model_registry.alias_version(settings, spec.name, model_registry.CHAMPION) is None:
         return ModelDrift(model=spec.name, spec_path=spec_path, outcome="no champion")
     try:
         report = drift_check_flow(spec_path=spec_path)

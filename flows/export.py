@@ -6,13 +6,13 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel
 
-from tasks.data import DatasetRef
-from tasks.onnx import OnnxArtifact, export_onnx_task
-from tasks.registry import ModelRef
-from tasks.settings import Settings
-from tasks.spec import ModelSpec
-from tasks.triton import PublishResult, ServingState, publish_task, serve_candidate_task
-from tasks.tuning import TuningResult, tune_task
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.datasets.data import DatasetRef
+from tasks.modeling.onnx import OnnxArtifact, export_onnx_task
+from tasks.registry.model_registry import ModelRef
+from tasks.serving.rollout import PublishResult, ServingState, publish_task, serve_candidate_task
+from tasks.serving.tuning import TuningResult, tune_task
 
 
 class ExportResult(BaseModel):

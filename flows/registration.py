@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.evaluation import ValidationReport
-from tasks.registry import ModelRef, register_challenger_task
-from tasks.settings import Settings
-from tasks.spec import ModelSpec
-from tasks.training import TrainResult
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.modeling.evaluation import ValidationReport
+from tasks.modeling.training import TrainResult
+from tasks.registry.model_registry import ModelRef, register_challenger_task
 
 
 @flow(name="registration")

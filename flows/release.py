@@ -13,33 +13,41 @@ from flows.registration import registration_flow
 from flows.smoke import smoke_test_flow
 from flows.training import training_flow
 from flows.validation import validation_flow
-from tasks import lease, metrics
-from tasks.approval import (
+from tasks.core import lease, pushgateway
+from tasks.core.attempts import attempt_results, prune_results_task
+from tasks.core.errors import ConveyorError, ServiceUnavailableError
+from tasks.core.orchestration import subflows_without_heartbeats
+from tasks.core.progress import stage
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.datasets.data import DatasetRef, snapshot_task
+from tasks.datasets.quality import validate_data_task
+from tasks.modeling.evaluation import ModelMetrics, ValidationReport
+from tasks.modeling.search import task_runner
+from tasks.modeling.unchanged import UnchangedModel, unchanged_task
+from tasks.ops import metrics
+from tasks.ops.crashed_runs import mark_crashed_task
+from tasks.ops.doctor.repairs import repair_leftovers_task
+from tasks.ops.model_card import ReleaseEvidence, model_card_task
+from tasks.ops.resume import resume_task
+from tasks.registry.approval import (
     ApprovalDecision,
     ensure_approvable,
     record_decision_task,
     refuse_while_awaiting,
     request_approval,
 )
-from tasks.crashed_runs import mark_crashed_task
-from tasks.data import DatasetRef, snapshot_task
-from tasks.doctor import repair_leftovers_task
-from tasks.errors import ConveyorError, ServiceUnavailableError
-from tasks.evaluation import ModelMetrics, ValidationReport
-from tasks.model_card import model_card_task
-from tasks.orchestration import subflows_without_heartbeats
-from tasks.progress import stage
-from tasks.quality import validate_data_task
-from tasks.registry import PromotionResult, default_actor, promote_task, retire_candidate_task
-from tasks.resume import attempt_results, prune_results_task, resume_task
-from tasks.retention import RetentionReport, retire_old_versions_task
-from tasks.search import task_runner
-from tasks.settings import Settings
-from tasks.smoke import SmokeReport
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.swap import SwapReport, swap_task
-from tasks.triton import live_set, withdraw_task
-from tasks.unchanged import UnchangedModel, unchanged_task
+from tasks.registry.model_registry import (
+    PromotionResult,
+    default_actor,
+    promote_task,
+    retire_candidate_task,
+)
+from tasks.registry.registry_state import RegistryState, read_registry_state_task
+from tasks.registry.retention import RetentionReport, retire_old_versions_task
+from tasks.serving.rollout import live_set, withdraw_task
+from tasks.serving.smoke import SmokeReport, record_smoke
+from tasks.serving.swap import SwapReport, record_swap, swap_task
 
 
 class ReleaseWithdrawnError(ConveyorError):
@@ -101,13 +109,13 @@ def release_flow(
     the champion until the swap. On any failure after registration (export, smoke test, approval,
     swap) the new version is withdrawn from Triton and the repository, and `champion` does not
     move. Finished steps of an interrupted release are reused by `resume_from` (see
-    `tasks.resume`); the steps that act on shared state always run again.
+    `tasks.ops.resume`); the steps that act on shared state always run again.
 
-    One release per model at a time: the model's lease is held throughout (`tasks.lease`).
+    One release per model at a time: the model's lease is held throughout (`tasks.core.lease`).
     Holding it, the release first clears what a crashed release left
-    (`tasks.doctor.repair_leftovers`). When the source data, the spec and the code equal the
-    champion's, nothing is trained or registered and the result is `UnchangedModel`
-    (`tasks.unchanged`).
+    (`tasks.ops.doctor.repairs.repair_leftovers`). When the source data, the spec and the code
+    equal the champion's, nothing is trained or registered and the result is `UnchangedModel`
+    (`tasks.modeling.unchanged`).
 
     Args:
         spec_path: The model's spec (a file in deployments/models/, relative to the checkout).
@@ -124,21 +132,27 @@ def release_flow(
             held.enter_context(lease.model_lease(settings, spec.name, "release", wait=wait))
             waiting.figure = f"held for {spec.name}"
         mark_crashed_task()
-        with metrics.observed(settings, spec.name, "release", metrics.GATES) as obs:
+        with metrics.observed(settings, spec.name, "release", pushgateway.GATES) as obs:
             with stage("state check") as checked:
                 if resume_from:
                     # A resume finishes the release as it was asked: forced stays forced.
                     force = resume_task(resume_from, spec_path).force or force
-                refuse_while_awaiting(settings, spec.name)
-                found = repair_leftovers_task(settings, spec, resuming=bool(resume_from))
+                # Read once, under the lease: nothing else moves the aliases until it is let go.
+                state = read_registry_state_task(settings, spec.name)
+                refuse_while_awaiting(state)
+                found = repair_leftovers_task(
+                    settings, spec, resuming=bool(resume_from), state=state
+                )
                 fixed = sum(p.repaired for p in found)
+                if fixed:
+                    state = read_registry_state_task(settings, spec.name)  # the repair moved it
                 checked.figure = (
                     f"{fixed} leftover(s) repaired, {len(found) - fixed} not (see the log)"
                     if found
                     else "clean"
                 )
             with subflows_without_heartbeats():
-                result = _release(settings, spec, obs, force)
+                result = _release(settings, spec, state, obs, force)
     markdown = (
         f"# {spec.name}: unchanged\n\n{result.sentence()}"
         if isinstance(result, UnchangedModel)
@@ -150,16 +164,20 @@ def release_flow(
 
 
 def _release(
-    settings: Settings, spec: ModelSpec, obs: metrics.Observation, force: bool
+    settings: Settings,
+    spec: ModelSpec,
+    state: RegistryState,
+    obs: pushgateway.Observation,
+    force: bool,
 ) -> ReleaseResult | UnchangedModel:
-    metrics.record_budget(obs, spec)
+    pushgateway.record_budget(obs, spec)
     ensure_approvable(spec)
     runner = task_runner(settings.task_runner, spec.search.parallel, settings.dask_address)
     # Steps that a resumed release reuses keep their results where a later process finds them.
     results = attempt_results(settings)
     with stage("data") as step:
         data = snapshot_task.with_options(result_storage=results)(spec, settings)
-        same = None if force else unchanged_task(settings, spec, data)
+        same = None if force else unchanged_task(settings, spec, data, state)
         step.figure = f"{data.rows:,} rows, sha256 {data.sha256[:12]}…" + (
             f"; unchanged since v{same.version}" if same else ""
         )
@@ -171,7 +189,7 @@ def _release(
         obs.unchanged()
         return same
     # What the clean-up puts back if the registry itself fails later.
-    before = live_set(settings, spec)
+    before = live_set(settings, spec, state)
     with stage("training") as step:
         train = training_flow.with_options(task_runner=runner, result_storage=results)(
             spec, settings, data, validated=True
@@ -198,7 +216,7 @@ def _release(
                 f"p99 {smoke.p99_ms:.2f} ms; {smoke.load.throughput_rps:.0f} req/s at "
                 f"{smoke.load.concurrency} clients"
             )
-        metrics.record_smoke(obs, smoke)
+        record_smoke(obs, smoke)
         approval = None
         if spec.promotion.requires_approval:
             with stage("approval") as step:
@@ -210,7 +228,7 @@ def _release(
         with stage("swap") as step:
             swap = swap_task(settings, spec, ref, train.holdout)
             step.figure = f"served {swap.before} → {swap.after}, {len(swap.errors)} errors"
-        metrics.record_swap(obs, swap)
+        record_swap(obs, swap)
         with stage("promotion") as step:
             promotion = promote_task(
                 settings,
@@ -252,12 +270,19 @@ def _release(
             f"and run again; `conveyor doctor {spec.name}` checks the state."
         ) from exc
     with stage("model card") as step:
-        card = model_card_task(
-            settings, spec, ref, train, validation, export.onnx, smoke, approval, promotion
+        evidence = ReleaseEvidence(
+            ref=ref,
+            train=train,
+            validation=validation,
+            onnx=export.onnx,
+            smoke=smoke,
+            approval=approval,
+            promotion=promotion,
         )
+        card = model_card_task(settings, spec, evidence)
         retention = retire_old_versions_task(settings, spec)
         step.figure = retention.summary()[:70]
-    for gate in metrics.GATES:
+    for gate in pushgateway.GATES:
         if gate != "approval" or approval is not None:
             obs.gate(gate, True)
     return ReleaseResult(

@@ -7,12 +7,12 @@ from prefect import flow
 from pydantic import BaseModel
 
 from flows.release import release_flow
-from tasks import metrics
-from tasks.orchestration import subflows_without_heartbeats
-from tasks.retrain import RetrainClaim, claim_retrain_task
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, load_spec
-from tasks.unchanged import UnchangedModel
+from tasks.core.orchestration import subflows_without_heartbeats
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.modeling.unchanged import UnchangedModel
+from tasks.ops import metrics
+from tasks.ops.retrain import RetrainClaim, claim_retrain_task
 
 
 class RetrainResult(BaseModel):

@@ -6,14 +6,16 @@ from contextlib import ExitStack
 
 from prefect import flow
 
-from tasks import known_specs, lease, metrics
-from tasks.doctor import repair_leftovers_task
-from tasks.progress import stage
-from tasks.registry import PromotionResult, default_actor
-from tasks.rollback import plan_rollback_task, rollback_task
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, load_spec
-from tasks.triton import restore_serving_task, serve_only_task
+from tasks.core import lease
+from tasks.core.progress import stage
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.ops import metrics
+from tasks.ops.doctor.repairs import repair_leftovers_task
+from tasks.registry import known_specs
+from tasks.registry.model_registry import PromotionResult, default_actor
+from tasks.registry.rollback import plan_rollback_task, rollback_task
+from tasks.serving.rollout import restore_serving_task, serve_only_task
 
 
 @flow(name="rollback")
@@ -26,7 +28,7 @@ def rollback_flow(
     """Triton first: serving the good version is what stops the harm; the aliases follow.
 
     `model`: roll back a model by name instead of by spec file; its spec is the fleet's or the
-    one recorded with its champion (`tasks.known_specs`), wherever it was released from."""
+    one recorded with its champion (`tasks.registry.known_specs`), wherever it was released from."""
     settings = Settings()
     spec = known_specs.spec_of(settings, model) if model else load_spec(spec_path)
     # The model's lease: a rollback during a release waits for it (and then rolls back what it

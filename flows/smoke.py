@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.data import DatasetRef
-from tasks.registry import ModelRef
-from tasks.settings import Settings
-from tasks.smoke import SmokeReport, require_passed, smoke_test_task
-from tasks.spec import ModelSpec
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.datasets.data import DatasetRef
+from tasks.registry.model_registry import ModelRef
+from tasks.serving.smoke import SmokeReport, require_passed, smoke_test_task
 
 
 @flow(name="smoke-test")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.data import DatasetRef, snapshot_task, split_task
-from tasks.quality import validate_data_task
-from tasks.search import fail_candidate_task, open_candidate_task, run_search
-from tasks.settings import Settings
-from tasks.spec import ModelSpec
-from tasks.training import TrainResult, train_candidate_task
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.datasets.data import DatasetRef, snapshot_task, split_task
+from tasks.datasets.quality import validate_data_task
+from tasks.modeling.search import fail_candidate_task, open_candidate_task, run_search
+from tasks.modeling.training import TrainResult, train_candidate_task
 
 
 @flow(name="training")
@@ -17,7 +17,7 @@ def training_flow(
     spec: ModelSpec, settings: Settings, data: DatasetRef | None = None, validated: bool = False
 ) -> TrainResult:
     """Trials run on this flow's task runner: call `training_flow.with_options(task_runner=...)`
-    (see `tasks.search.task_runner`) to run them on threads or a Dask cluster. `data`: a
+    (see `tasks.modeling.search.task_runner`) to run them on threads or a Dask cluster. `data`: a
     snapshot already taken (the release takes it to compare with the champion first);
     `validated`: its data contract already passed (the release checks it in its data stage)."""
     data = data or snapshot_task(spec, settings)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.evaluation import ValidationReport, require_valid
-from tasks.settings import Settings
-from tasks.spec import ModelSpec
-from tasks.training import TrainResult
-from tasks.validation import validate_task
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.modeling.evaluation import ValidationReport, require_valid
+from tasks.modeling.training import TrainResult
+from tasks.modeling.validation import validate_task
 
 
 @flow(name="validation")

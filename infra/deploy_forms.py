@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from tasks.fleet import load_fleet
-from tasks.settings import Settings
+from tasks.core.settings import Settings
+from tasks.ops.fleet import load_fleet
 
 RELEASE_DEPLOYMENTS = ("release/release", "release/release-gpu")
 

@@ -1,0 +1,2 @@
+"""conveyor's steps, one package per stage of the line; ARCHITECTURE.md says what each
+may import."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC
 from tests.servers import ProductionStack
 
 ROOT = Path(__file__).resolve().parent.parent

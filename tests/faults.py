@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks import doctor, registry, triton, triton_server
-from tasks.data import to_features
-from tasks.onnx import predict
-from tasks.settings import Settings
-from tasks.spec import ModelSpec, load_spec
-from tasks.storage import open_store, repository_versions, verify_dir
-from tasks.synthetic import generate_transactions
+from cli.main import app
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec, load_spec
+from tasks.core.storage import open_store, repository_versions, verify_dir
+from tasks.datasets.data import to_features
+from tasks.datasets.synthetic import generate_transactions
+from tasks.modeling.onnx import predict
+from tasks.ops.doctor import checks
+from tasks.registry import model_registry
+from tasks.serving import model_config, triton_client, triton_server
 from tests.conftest import ROOT
 from tests.servers import BIN
 
@@ -86,7 +88,7 @@ class Site:
         return self.run("run", "--spec", str(self.spec_path), "--force", *args)
 
     def champion(self) -> int | None:
-        return registry.alias_version(self.settings, self.name, registry.CHAMPION)
+        return model_registry.alias_version(self.settings, self.name, model_registry.CHAMPION)
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
@@ -116,20 +118,20 @@ def loaded(site: Site) -> list[str]:
     state = serving(site)
     if state is None:
         return []
-    return [f"{e.name}:{e.version}" for e in triton.control_client(state.endpoint).index()
+    return [f"{e.name}:{e.version}" for e in triton_client.control_client(state.endpoint).index()
             if e.state == "READY"]  # fmt: skip
 
 
 def next_version(site: Site) -> int:
-    return max(doctor.registered_versions(site.settings, site.name), default=0) + 1
+    return max(checks.registered_versions(site.settings, site.name), default=0) + 1
 
 
 def candidate_ready(site: Site, version: int) -> bool:
     """The release's candidate is served (its smoke test is next). Candidates are loaded from
     the request's files, so Triton's index does not list them: ask the model."""
     state = serving(site)
-    name = triton.candidate_name(site.name, version)
-    return state is not None and triton.control_client(state.endpoint).is_ready(name)
+    name = model_config.candidate_name(site.name, version)
+    return state is not None and triton_client.control_client(state.endpoint).is_ready(name)
 
 
 def assert_invariant(site: Site) -> None:
@@ -138,21 +140,21 @@ def assert_invariant(site: Site) -> None:
     state = serving(site)
     assert state is not None, "the embedded Triton is not serving"
     champion = site.champion()
-    previous = registry.alias_version(settings, name, registry.PREVIOUS)
+    previous = model_registry.alias_version(settings, name, model_registry.PREVIOUS)
     assert champion is not None
-    assert registry.alias_version(settings, name, registry.CHALLENGER) is None
+    assert model_registry.alias_version(settings, name, model_registry.CHALLENGER) is None
     store = open_store(settings.repository)
     live = sorted(v for v in (champion, previous) if v is not None)
     for version in live:
         verify_dir(store, f"{name}/{version}")
-    assert triton.loaded_versions(state.endpoint, name) == live
-    control = triton.control_client(state.endpoint)
-    for version in doctor.registered_versions(settings, name):
-        assert not control.is_ready(triton.candidate_name(name, version)), version
+    assert triton_client.loaded_versions(state.endpoint, name) == live
+    control = triton_client.control_client(state.endpoint)
+    for version in checks.registered_versions(settings, name):
+        assert not control.is_ready(model_config.candidate_name(name, version)), version
     # The champion answers unversioned requests like its own ONNX file.
     rows = to_features(generate_transactions(200, seed=11, fraud_rate=0.05), site.spec)
     offline_labels, offline_proba = predict(store.read_file(f"{name}/{champion}/model.onnx"), rows)
-    labels, proba = triton.infer_http(triton.http_client(state.endpoint), name, rows)
+    labels, proba = triton_client.infer_http(triton_client.http_client(state.endpoint), name, rows)
     np.testing.assert_array_equal(labels, offline_labels)
     np.testing.assert_allclose(proba, offline_proba, atol=1e-5)
     # Retention holds across every release of the module (forced: the data never changes).
@@ -160,8 +162,8 @@ def assert_invariant(site: Site) -> None:
     assert len(present) <= 2 + site.spec.retention.keep_last, present
     for pid in site.killed_servers:
         assert triton_server.stray_stubs(pid) == [], f"stubs of killed server {pid} still run"
-    report = doctor.examine(settings, [name])
-    assert report.clean and not report.problems, doctor.report_lines(report)
+    report = checks.examine(settings, [name])
+    assert report.clean and not report.problems, checks.report_lines(report)
     # `conveyor doctor` itself, in this process: the same command and exit code, without the
     # seconds a new process spends importing MLflow, Prefect and scikit-learn.
     env = {k: v for k, v in site.env.items() if k.startswith(("CONVEYOR_", "AWS_"))}

@@ -154,7 +154,7 @@ def in_smoke_test(spec_path: str) -> bool:
         FlowRunFilterParentFlowRunId,
     )
 
-    from tasks.resume import releases
+    from tasks.ops.resume import releases
 
     runs = releases(spec_path)
     if not runs:

@@ -19,9 +19,10 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tasks import alias_history, registry, triton, triton_server
-from tasks.settings import Settings
-from tasks.storage import open_store
+from tasks.core.settings import Settings
+from tasks.core.storage import open_store
+from tasks.registry import alias_history, model_registry
+from tasks.serving import model_config, triton_client, triton_server
 from tests.conftest import write_spec
 from tests.servers import BIN, ProductionStack, clean_env, stop_process
 
@@ -118,7 +119,7 @@ def version_tags(gate: Gate, version: int) -> dict[str, str]:
 
 
 def served(gate: Gate) -> list[int]:
-    return triton.loaded_versions(triton_server.endpoint(gate.settings), NAME)
+    return triton_client.loaded_versions(triton_server.endpoint(gate.settings), NAME)
 
 
 def test_approved_release_is_promoted_and_the_decision_recorded(gate: Gate) -> None:
@@ -143,7 +144,7 @@ def test_approved_release_is_promoted_and_the_decision_recorded(gate: Gate) -> N
     assert approve.returncode == 0, approve.stdout + approve.stderr
     code, output = finish(release)
     assert code == 0, output
-    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == 1
+    assert model_registry.alias_version(gate.settings, NAME, model_registry.CHAMPION) == 1
     tags = version_tags(gate, 1)
     assert tags["conveyor.approval"] == "approved"
     assert tags["conveyor.approval.approver"] == "alice@bank"
@@ -165,8 +166,8 @@ def test_rejection_from_the_ui_api_keeps_the_champion(gate: Gate) -> None:
     code, output = finish(release)
     assert code == 2, output
     assert "was not approved (bob: calibration drifted)" in output
-    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == 1
-    assert registry.alias_version(gate.settings, NAME, registry.CHALLENGER) is None
+    assert model_registry.alias_version(gate.settings, NAME, model_registry.CHAMPION) == 1
+    assert model_registry.alias_version(gate.settings, NAME, model_registry.CHALLENGER) is None
     assert version_tags(gate, 2)["conveyor.approval"] == "rejected"
     assert served(gate) == [1]
     assert not open_store(gate.settings.repository).exists(f"{NAME}/2")
@@ -177,7 +178,7 @@ def test_no_decision_in_time_is_a_rejection(gate: Gate) -> None:
     code, output = finish(gate.release(spec))
     assert code == 2, output
     assert "no decision within 6 s" in output
-    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == 1
+    assert model_registry.alias_version(gate.settings, NAME, model_registry.CHAMPION) == 1
     assert version_tags(gate, 3)["conveyor.approval.approver"] == "(nobody)"
     assert served(gate) == [1]
 
@@ -241,7 +242,7 @@ def test_a_deployment_run_suspends_freeing_its_worker_and_completes_once_approve
     """Runs last here: it moves the champion. The run a worker picked up suspends for its
     reviewer: no process holds it while it waits; doctor and a second release respect it; once
     approved, a worker runs it again and it completes."""
-    champion = registry.alias_version(gate.settings, NAME, registry.CHAMPION)
+    champion = model_registry.alias_version(gate.settings, NAME, model_registry.CHAMPION)
     assert champion is not None
     spec = gate.spec(**{"promotion.requires_approval": True, "promotion.approval_timeout_s": 900})
     [deployment] = gate.post(
@@ -268,14 +269,14 @@ def test_a_deployment_run_suspends_freeing_its_worker_and_completes_once_approve
     while _flow_run_processes(run_id):
         assert time.monotonic() < deadline, f"still running: {_flow_run_processes(run_id)}"
         time.sleep(0.5)
-    new = registry.alias_version(gate.settings, NAME, registry.CHALLENGER)
+    new = model_registry.alias_version(gate.settings, NAME, model_registry.CHALLENGER)
     assert new is not None and new > champion
     tags = version_tags(gate, new)
     assert (tags["conveyor.approval"], tags["conveyor.approval.flow_run"]) == ("pending", run_id)
     # Callers still get the champion; the candidate waits under its own name.
     assert champion in served(gate) and new not in served(gate)
     endpoint = triton_server.endpoint(gate.settings)
-    assert triton.control_client(endpoint).is_ready(triton.candidate_name(NAME, new))
+    assert triton_client.control_client(endpoint).is_ready(model_config.candidate_name(NAME, new))
     # Nobody treats the waiting challenger as a leftover of a dead release (asked as an
     # operator would: this process's Prefect settings predate the stack's env).
     checked = gate.conveyor("doctor", NAME)
@@ -295,11 +296,13 @@ def test_a_deployment_run_suspends_freeing_its_worker_and_completes_once_approve
         assert state()["type"] not in {"FAILED", "CRASHED", "CANCELLED"}, gate.logs(run_id)
         assert time.monotonic() < deadline, f"not completed after approval: {state()}"
         time.sleep(2)
-    assert registry.alias_version(gate.settings, NAME, registry.CHAMPION) == new
-    assert registry.alias_version(gate.settings, NAME, registry.CHALLENGER) is None
+    assert model_registry.alias_version(gate.settings, NAME, model_registry.CHAMPION) == new
+    assert model_registry.alias_version(gate.settings, NAME, model_registry.CHALLENGER) is None
     tags = version_tags(gate, new)
     assert (tags["conveyor.approval"], tags["conveyor.approval.approver"]) == ("approved", "carol")
     assert new in served(gate)
-    assert not triton.control_client(endpoint).is_ready(triton.candidate_name(NAME, new))
+    assert not triton_client.control_client(endpoint).is_ready(
+        model_config.candidate_name(NAME, new)
+    )
     checked = gate.conveyor("doctor", NAME)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from tasks import owned_processes, registry, smoke, triton, triton_server
-from tasks.settings import Settings
+from tasks.core import owned_processes
+from tasks.core.settings import Settings
+from tasks.registry import model_registry
+from tasks.serving import smoke, triton_client, triton_server
 from tests.conftest import write_spec
 from tests.faults import (
     SMALL_RELEASE,
@@ -83,7 +85,7 @@ def test_killed_mid_swap_the_next_leased_command_serves_champion_and_previous_on
     the release's files verified or gone, and doctor clean."""
     _spec_is_outside_the_fleet(site)
     champion = site.champion()
-    previous = registry.alias_version(site.settings, NAME, registry.PREVIOUS)
+    previous = model_registry.alias_version(site.settings, NAME, model_registry.PREVIOUS)
     new = next_version(site)
     log = f"mid-swap-{follow_up.split()[0]}.log"
     process = site.start("run", "--spec", str(site.spec_path), "--force", log=log)
@@ -97,7 +99,9 @@ def test_killed_mid_swap_the_next_leased_command_serves_champion_and_previous_on
         done = ok(site.run("run", "--spec", str(site.spec_path), "--resume", "last"))
         assert "unchanged" not in done, done[-2000:]
         assert site.champion() == new
-        assert registry.alias_version(site.settings, NAME, registry.PREVIOUS) == champion
+        assert (
+            model_registry.alias_version(site.settings, NAME, model_registry.PREVIOUS) == champion
+        )
     elif follow_up == "doctor --repair":
         done = ok(site.run("doctor", NAME, "--repair"))
         assert "unaliased-served" in done and "[repaired]" in done, done
@@ -142,9 +146,9 @@ def test_finite_inputs_outside_the_ranges_are_answered_with_numbers(
     assert state is not None
     rows = smoke.extreme_rows(site.spec)
     if protocol == "HTTP":
-        _, proba = triton.infer_http(triton.http_client(state.endpoint), NAME, rows)
+        _, proba = triton_client.infer_http(triton_client.http_client(state.endpoint), NAME, rows)
     else:
-        _, proba = triton.infer_grpc(triton.grpc_client(state.endpoint), NAME, rows)
+        _, proba = triton_client.infer_grpc(triton_client.grpc_client(state.endpoint), NAME, rows)
     assert np.isfinite(proba).all(), proba
     assert ((proba >= 0) & (proba <= 1)).all()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)

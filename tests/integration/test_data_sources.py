@@ -14,12 +14,12 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.release import release_flow
-from tasks.data import DataError, load_source
-from tasks.drift import load_current
-from tasks.quality import DataQualityError
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.synthetic import generate_transactions
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.datasets.data import DataError, load_source
+from tasks.datasets.quality import DataQualityError
+from tasks.datasets.synthetic import generate_transactions
+from tasks.ops.drift import load_current
 from tests.conftest import write_spec
 from tests.servers import BIN, clean_env, moto_s3
 
@@ -160,8 +160,9 @@ def test_init_on_a_csv_it_has_never_seen_writes_a_spec_that_releases(
     with no edit."""
     from sklearn.datasets import load_breast_cancer
 
-    from tasks import registry, triton_server
-    from tasks.schema_gen import init_spec
+    from tasks.datasets.schema_gen import init_spec
+    from tasks.registry import model_registry
+    from tasks.serving import triton_server
 
     frame = load_breast_cancer(as_frame=True).frame
     frame.columns = [c.replace(" ", "_") for c in frame.columns]
@@ -174,7 +175,7 @@ def test_init_on_a_csv_it_has_never_seen_writes_a_spec_that_releases(
     try:
         result = release_flow(written.path)
         assert result.version == 1 and result.smoke.passed
-        assert registry.alias_version(settings, "wdbc", registry.CHAMPION) == 1
+        assert model_registry.alias_version(settings, "wdbc", model_registry.CHAMPION) == 1
         assert result.metrics.roc_auc > 0.95  # a real, easy table: the pipeline learns it
     finally:
         triton_server.stop(settings)

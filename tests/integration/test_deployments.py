@@ -25,8 +25,9 @@ import httpx
 import pytest
 import yaml
 
-from tasks import mlflow_store, registry, tracking, triton, triton_server
-from tasks.settings import Settings
+from tasks.core.settings import Settings
+from tasks.registry import mlflow_store, model_registry, tracking
+from tasks.serving import triton_client, triton_server
 from tests.conftest import ROOT, ZOMBIE_AFTER_S, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
@@ -145,7 +146,9 @@ def released(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = write_spec(tmp_path_factory.mktemp("specs"), **{"drift.cooldown_s": 3600})
     run = stack.run("release", spec)
     assert run["state"]["type"] == "COMPLETED", stack.logs(str(run["id"]))
-    assert registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION) == 1
+    assert (
+        model_registry.alias_version(stack.settings, "fraud-detector", model_registry.CHAMPION) == 1
+    )
     return spec
 
 
@@ -166,8 +169,8 @@ def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_
     served = _s3_keys("models", f"triton/{NAME}/")
     assert {f"triton/{NAME}/1/model.onnx", f"triton/{NAME}/config.pbtxt"} <= set(served), served
     endpoint = triton_server.endpoint(stack.settings)
-    assert triton.loaded_versions(endpoint, NAME) == [1]
-    [state] = [m for m in triton.control_client(endpoint).index() if m.name == NAME]
+    assert triton_client.loaded_versions(endpoint, NAME) == [1]
+    [state] = [m for m in triton_client.control_client(endpoint).index() if m.name == NAME]
     assert state.state == "READY"
     # The operator's view of it, with the stack's env file sourced.
     status = subprocess.run(
@@ -257,8 +260,12 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
     retrain = wait_for_runs(stack, "retrain", 1)[0]
     finished = stack.wait(str(retrain["id"]), timeout_s=400)
     assert finished["state"]["type"] == "COMPLETED", stack.logs(str(retrain["id"]))
-    assert registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION) == 2
-    assert registry.alias_version(stack.settings, "fraud-detector", registry.PREVIOUS) == 1
+    assert (
+        model_registry.alias_version(stack.settings, "fraud-detector", model_registry.CHAMPION) == 2
+    )
+    assert (
+        model_registry.alias_version(stack.settings, "fraud-detector", model_registry.PREVIOUS) == 1
+    )
 
     # Version 2 learned the drifted distribution, so the drifted batch is now the norm and the
     # old distribution is the drift. It comes back inside the cooldown: a retrain run starts and
@@ -277,7 +284,9 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
     while "inside the 3600 s cooldown" not in (logs := stack.logs(str(skipped["id"]))):
         assert time.monotonic() < deadline, logs
         time.sleep(1)
-    assert registry.alias_version(stack.settings, "fraud-detector", registry.CHAMPION) == 2
+    assert (
+        model_registry.alias_version(stack.settings, "fraud-detector", model_registry.CHAMPION) == 2
+    )
 
 
 def test_make_deploy_creates_the_zombie_run_automation(stack: Stack) -> None:
@@ -415,7 +424,9 @@ def test_run_all_releases_every_model_and_status_lists_them(stack: Stack, fleet:
     assert fleet.first.returncode == 0, said[-4000:]
     rows = {str(r["model"]): r for r in fleet.status}
     for name in FLEET:
-        assert registry.alias_version(stack.settings, name, registry.CHAMPION) == 1, said
+        assert model_registry.alias_version(stack.settings, name, model_registry.CHAMPION) == 1, (
+            said
+        )
         assert f"{name}: v1 is champion" in said
         row = rows[name]
         assert row["champion"]["version"] == 1 and row["served"] == [1], row  # type: ignore[index]
@@ -467,9 +478,9 @@ def test_a_worker_killed_mid_retrain_crashes_its_run_and_the_next_retrain_runs(
     assert "No heartbeat" in str(crashed["state"]["message"])  # type: ignore[index]
     done = stack.wait(worker_killed.queued, timeout_s=300)
     assert done["state"]["type"] == "COMPLETED", stack.logs(worker_killed.queued)[-3000:]
-    champion = registry.alias_version(stack.settings, name, registry.CHAMPION)
+    champion = model_registry.alias_version(stack.settings, name, model_registry.CHAMPION)
     assert champion is not None
-    assert triton.loaded_versions(triton_server.endpoint(stack.settings), name) == [champion]
+    assert triton_client.loaded_versions(triton_server.endpoint(stack.settings), name) == [champion]
     doctor = subprocess.run(
         [str(BIN / "conveyor"), "doctor", name],
         cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=120,

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from tasks import alias_history, doctor, registry, tracking, triton_server
-from tasks.settings import Settings
+from tasks.core.settings import Settings
+from tasks.ops.doctor import checks
+from tasks.registry import alias_history, model_registry, tracking
+from tasks.serving import triton_server
 from tests.conftest import write_spec
 from tests.faults import (
     SMALL_RELEASE,
@@ -85,7 +87,7 @@ def test_concurrent_releases_queue_and_no_wait_names_the_holder(site: Site) -> N
     assert f"waiting: {NAME} is busy" in " ".join(outputs.split())
     # --no-wait registered nothing; the two others one version each.
     assert site.champion() == before + 2
-    assert registry.alias_version(site.settings, NAME, registry.PREVIOUS) == before + 1
+    assert model_registry.alias_version(site.settings, NAME, model_registry.PREVIOUS) == before + 1
     assert next_version(site) == before + 3
     assert_invariant(site)
 
@@ -102,7 +104,7 @@ def test_release_killed_then_the_next_release_repairs_and_completes(
     the next one clears what the dead one left (provably dead: its lock is free) and goes live."""
     before = site.champion()
     assert before is not None
-    previous = registry.alias_version(site.settings, NAME, registry.PREVIOUS)
+    previous = model_registry.alias_version(site.settings, NAME, model_registry.PREVIOUS)
     new = next_version(site)
 
     def training() -> bool:
@@ -112,13 +114,17 @@ def test_release_killed_then_the_next_release_repairs_and_completes(
         # The candidate's MLflow run is open: trials or the refit are running.
         "training": training,
         # Registered as challenger: the ONNX export and the publish to the repository follow.
-        "export": lambda: registry.alias_version(site.settings, NAME, registry.CHALLENGER) == new,
+        "export": lambda: (
+            model_registry.alias_version(site.settings, NAME, model_registry.CHALLENGER) == new
+        ),
         "smoke": lambda: candidate_ready(site, new),
         # The new version is loaded under the model's own name beside the champion.
         "swap": lambda: f"{NAME}:{new}" in loaded(site),
         # The promotion's first write: `previous` moves onto the champion, `champion` is next.
         "promotion": lambda: (
-            registry.alias_version(site.settings, NAME, registry.PREVIOUS) == before != previous
+            model_registry.alias_version(site.settings, NAME, model_registry.PREVIOUS)
+            == before
+            != previous
         ),
     }[moment]
     # What the dead release leaves at each moment, as doctor names it (mid-promotion it
@@ -136,9 +142,9 @@ def test_release_killed_then_the_next_release_repairs_and_completes(
     )
     wait_until(reached, moment, process)
     kill(process)
-    report = doctor.examine(site.settings, [NAME])
+    report = checks.examine(site.settings, [NAME])
     kinds = {p.kind for p in report.problems}
-    assert left <= kinds, doctor.report_lines(report)
+    assert left <= kinds, checks.report_lines(report)
     if follow_up == "resume last":
         done = ok(site.release("--resume", "last"))
         # The killed release's own version goes live, whatever it had done.
@@ -193,6 +199,6 @@ def test_rollback_during_a_release_waits_for_it_then_rolls_it_back(site: Site) -
     # The rollback waited for the release (v`new`) and then undid it.
     assert site.champion() == before
     history = alias_history.moves(site.settings, NAME)
-    champion_moves = [m for m in history if m.alias == registry.CHAMPION][-2:]
+    champion_moves = [m for m in history if m.alias == model_registry.CHAMPION][-2:]
     assert [m.to_version for m in champion_moves] == [new, before]
     assert_invariant(site)

@@ -17,16 +17,17 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from flows.release import ReleaseResult, release_flow
 from flows.rollback import rollback_flow
-from tasks import alias_history, registry, tracking, triton, triton_server
-from tasks.data import load_dataset, to_features
-from tasks.evaluation import GateError
-from tasks.onnx import predict
-from tasks.registry import PromotionResult
-from tasks.settings import Settings
-from tasks.spec import load_spec
+from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
+from tasks.datasets.data import load_dataset, to_features
+from tasks.modeling.evaluation import GateError
+from tasks.modeling.onnx import predict
+from tasks.registry import alias_history, model_registry, tracking
+from tasks.registry.model_registry import PromotionResult
+from tasks.serving import triton_client, triton_server
 from tests.conftest import write_spec
 
 WEAK = {
@@ -69,7 +70,7 @@ def story(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             # The champion's own spec and data again: forced, or nothing would be registered.
             third = release_flow(str(strong), force=True)
             back = rollback_flow(str(strong), reason="fraud losses up after v3")
-            served = triton.loaded_versions(triton_server.endpoint(settings), first.model)
+            served = triton_client.loaded_versions(triton_server.endpoint(settings), first.model)
             yield Story(
                 settings, first.model, first, second, worse.value, equal.value, third, back, served
             )
@@ -128,31 +129,31 @@ def test_registering_the_same_run_twice_gives_one_version(story: Story) -> None:
     run_id = story.equal_non_inferior.run_id
     candidate = tracking.CandidateRun(
         run_id=run_id,
-        model_uri=registry.version_ref(story.settings, story.name, 3).model_uri,
+        model_uri=model_registry.version_ref(story.settings, story.name, 3).model_uri,
         experiment_id="",
     )
-    again = registry.register(story.settings, story.name, candidate, {})
+    again = model_registry.register(story.settings, story.name, candidate, {})
     assert again.version == 3
     assert versions(story) == [1, 2, 3]
 
 
 def test_rollback_serves_the_previous_version(story: Story) -> None:
     assert story.rollback.champion == 2
-    assert registry.alias_version(story.settings, story.name, registry.CHAMPION) == 2
-    assert registry.alias_version(story.settings, story.name, registry.PREVIOUS) is None
+    assert model_registry.alias_version(story.settings, story.name, model_registry.CHAMPION) == 2
+    assert model_registry.alias_version(story.settings, story.name, model_registry.PREVIOUS) is None
     assert story.served_after_rollback == [2]
     endpoint = triton_server.endpoint(story.settings)
     spec = load_spec(write_spec(Path(story.settings.home).parent))
     features = to_features(load_dataset(story.strong.holdout.uri), spec)[:200]
     v2 = (Path(story.settings.repository) / story.name / "2" / "model.onnx").read_bytes()
-    served_labels, served_proba = triton.infer_http(
-        triton.http_client(endpoint), story.name, features
+    served_labels, served_proba = triton_client.infer_http(
+        triton_client.http_client(endpoint), story.name, features
     )
     offline_labels, offline_proba = predict(v2, features)
     np.testing.assert_array_equal(served_labels, offline_labels)
     np.testing.assert_allclose(served_proba, offline_proba, atol=1e-6)
     tag = MlflowClient(story.settings.tracking_uri).get_model_version(story.name, "3").tags
-    assert tag[registry.TAG_RELEASE] == "rolled back: fraud losses up after v3"
+    assert tag[model_registry.TAG_RELEASE] == "rolled back: fraud losses up after v3"
 
 
 def test_history_shows_promotion_and_rollback(story: Story) -> None:

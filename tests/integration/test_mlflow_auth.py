@@ -24,11 +24,14 @@ from mlflow.exceptions import MlflowException
 from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from flows.release import release_flow
 from flows.rollback import rollback_flow
-from tasks import credentials, doctor, registry, triton, triton_server
-from tasks.settings import Settings
+from tasks.core import credentials
+from tasks.core.settings import Settings
+from tasks.ops.doctor import checks
+from tasks.registry import model_registry
+from tasks.serving import triton_client, triton_server
 from tests.conftest import ROOT, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
@@ -125,9 +128,9 @@ def test_release_with_the_worker_credentials_passes(released: Server) -> None:
     with pytest.MonkeyPatch.context() as env:
         _use(env, released.as_user(released.reader))  # readers may browse
         client = MlflowClient(released.uri)
-        champion = client.get_model_version_by_alias(NAME, registry.CHAMPION)
+        champion = client.get_model_version_by_alias(NAME, model_registry.CHAMPION)
         assert champion.version == "2"
-        assert client.get_model_version_by_alias(NAME, registry.PREVIOUS).version == "1"
+        assert client.get_model_version_by_alias(NAME, model_registry.PREVIOUS).version == "1"
         # Artifacts went through the server's proxy into its S3 destination, not a client-side path.
         where = [
             client.get_run(champion.run_id).info.artifact_uri,
@@ -146,10 +149,10 @@ def test_anonymous_and_read_only_cannot_move_champion(
     user = released.reader if role else None
     _use(monkeypatch, released.as_user(user))
     with pytest.raises(MlflowException) as refused:
-        MlflowClient(released.uri).set_registered_model_alias(NAME, registry.CHAMPION, "1")
+        MlflowClient(released.uri).set_registered_model_alias(NAME, model_registry.CHAMPION, "1")
     assert refused.value.get_http_status_code() == (401 if user is None else 403)
     _use(monkeypatch, released.as_user(released.worker))
-    assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 2
+    assert model_registry.alias_version(released.settings, NAME, model_registry.CHAMPION) == 2
 
 
 @pytest.mark.parametrize(
@@ -190,9 +193,9 @@ def test_refused_rollback_leaves_the_champion_served(
     with pytest.raises(credentials.CredentialError, match="give that user EDIT"):
         rollback_flow(str(write_spec(tmp_path, name=NAME)), reason="read-only attempt")
     _use(monkeypatch, released.as_user(released.worker))
-    assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 2
+    assert model_registry.alias_version(released.settings, NAME, model_registry.CHAMPION) == 2
     endpoint = triton_server.endpoint(released.settings)
-    assert triton.loaded_versions(endpoint, NAME) == [1, 2]
+    assert triton_client.loaded_versions(endpoint, NAME) == [1, 2]
 
 
 def _kill_mlflow(server: Server) -> None:
@@ -236,20 +239,24 @@ def test_mlflow_stopped_between_registration_and_promotion(
             start_new_session=True,
         )
         deadline = time.monotonic() + 300
-        while 3 not in triton.loaded_versions(endpoint, NAME):
+        while 3 not in triton_client.loaded_versions(endpoint, NAME):
             assert release.poll() is None, (tmp_path / "release.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the release never reached its swap"
             time.sleep(0.05)
         _kill_mlflow(released)
         code = release.wait(300)
-    said = " ".join((tmp_path / "release.log").read_text().split())
-    assert code == 2, said[-3000:]
-    assert "Traceback" not in said and "was withdrawn" in said, said[-3000:]
-    assert f"doctor {NAME} --repair" in said, said[-3000:]
-    # Served: exactly what was live before the release, found without the registry.
-    assert triton.loaded_versions(endpoint, NAME) == [1, 2]
-    # `make stack` starts what is down: MLflow again, on the same database and bucket.
-    assert "mlflow " in released.stack.up()
+    try:
+        said = " ".join((tmp_path / "release.log").read_text().split())
+        assert code == 2, said[-3000:]
+        assert "Traceback" not in said and "was withdrawn" in said, said[-3000:]
+        assert f"doctor {NAME} --repair" in said, said[-3000:]
+        # Served: exactly what was live before the release, found without the registry.
+        assert triton_client.loaded_versions(endpoint, NAME) == [1, 2]
+    finally:
+        # `make stack` starts what is down: MLflow again, on the same database and bucket
+        # (whatever the checks above found: the modules after this one share the stack).
+        started = released.stack.up()
+    assert "mlflow " in started
     assert httpx.get(f"{released.uri}/health", timeout=10).status_code == 200
     with pytest.MonkeyPatch.context() as patch:
         _use(patch, released.as_user(released.worker))
@@ -260,7 +267,7 @@ def test_mlflow_stopped_between_registration_and_promotion(
         }
         repaired = runner.invoke(app, ["doctor", NAME, "--repair"], env=cli_env)
         assert repaired.exit_code == 0, repaired.output
-        assert registry.alias_version(settings, NAME, registry.CHAMPION) == 2
-        assert registry.alias_version(settings, NAME, registry.CHALLENGER) is None
-        assert triton.loaded_versions(endpoint, NAME) == [1, 2]
-        assert doctor.examine(settings, [NAME]).clean
+        assert model_registry.alias_version(settings, NAME, model_registry.CHAMPION) == 2
+        assert model_registry.alias_version(settings, NAME, model_registry.CHALLENGER) is None
+        assert triton_client.loaded_versions(endpoint, NAME) == [1, 2]
+        assert checks.examine(settings, [NAME]).clean

@@ -25,11 +25,12 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from flows.drift import drift_check_flow
 from flows.release import ReleaseResult, release_flow
 from infra.stack import StackError, system_binary
-from tasks import credentials, metrics, triton_server
-from tasks.evaluation import GateError
-from tasks.settings import Settings
-from tasks.traffic import measure
-from tasks.triton_server import Endpoint
+from tasks.core import credentials, pushgateway
+from tasks.core.settings import Settings
+from tasks.modeling.evaluation import GateError
+from tasks.serving import triton_server
+from tasks.serving.traffic import measure
+from tasks.serving.triton_server import Endpoint
 from tests.conftest import ROOT, write_spec
 from tests.servers import ProductionStack, free_port
 
@@ -289,17 +290,17 @@ def test_push_never_raises_on_bad_configuration(
 ) -> None:
     monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path))
     caplog.set_level(logging.INFO, logger="conveyor.metrics")
-    obs = metrics.Observation(model="m", flow="release")
+    obs = pushgateway.Observation(model="m", flow="release")
     for url, says in (
         ("not a url:99x", "malformed"),
         ("ftp://host:21", "is not an http(s)://host:port URL"),
         (f"http://127.0.0.1:{free_port()}", "unreachable or refused"),
     ):
         monkeypatch.setenv("CONVEYOR_PUSHGATEWAY_URL", url)
-        assert metrics.push_observation(Settings(), obs) is False
+        assert pushgateway.push_observation(Settings(), obs) is False
         assert says in caplog.text, caplog.text
     monkeypatch.delenv("CONVEYOR_PUSHGATEWAY_URL")
-    assert metrics.push_observation(Settings(), obs) is False
+    assert pushgateway.push_observation(Settings(), obs) is False
     assert "CONVEYOR_PUSHGATEWAY_URL is unset" in caplog.text
 
 
@@ -315,9 +316,9 @@ def test_pushgateway_refuses_anonymous_and_wrong_pushes(
     # conveyor with a wrong password: a warning that says what to set, and the flow goes on.
     monkeypatch.setenv(credentials.PUSHGATEWAY_PASSWORD_ENV, "wrong")
     caplog.set_level(logging.WARNING, logger="conveyor.metrics")
-    obs = metrics.Observation(model="forged", flow="release")
+    obs = pushgateway.Observation(model="forged", flow="release")
     settings = observed.settings.model_copy(update={"pushgateway_url": observed.pushgateway})
-    assert metrics.push_observation(settings, obs) is False
+    assert pushgateway.push_observation(settings, obs) is False
     assert "answered 401" in caplog.text and credentials.PUSHGATEWAY_PASSWORD_ENV in caplog.text
     model = observed.released.model
     assert observed.value(f'conveyor_champion_version{{model="{model}"}}') == 2

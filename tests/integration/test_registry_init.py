@@ -14,7 +14,7 @@ from tests.servers import BIN, clean_env
 OPEN_REGISTRY = """
 import sys
 from tasks import mlflow_store, registry
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 client = mlflow_store.client(Settings(home=sys.argv[1]))
 client.search_registered_models(max_results=1)
 client.search_experiments(max_results=1)

@@ -19,15 +19,16 @@ from mlflow import MlflowClient
 
 from flows.release import ReleaseResult, release_flow
 from flows.rollback import rollback_flow
-from tasks import registry, tracking, triton, triton_server
-from tasks.data import load_dataset, to_features
-from tasks.onnx import predict, sha256
-from tasks.settings import Settings
-from tasks.smoke import SmokeTestError
-from tasks.spec import ModelSpec, load_spec
-from tasks.storage import open_store, repository_versions
-from tasks.traffic import Traffic
-from tasks.unchanged import UnchangedModel
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec, load_spec
+from tasks.core.storage import open_store, repository_versions
+from tasks.datasets.data import load_dataset, to_features
+from tasks.modeling.onnx import predict, sha256
+from tasks.modeling.unchanged import UnchangedModel
+from tasks.registry import model_registry, tracking
+from tasks.serving import model_config, rollout, triton_client, triton_server
+from tasks.serving.smoke import SmokeTestError
+from tasks.serving.traffic import Traffic
 from tests.conftest import write_spec
 
 
@@ -64,8 +65,8 @@ def releases(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def aliases(settings: Settings, name: str) -> dict[str, int | None]:
     return {
-        alias: registry.alias_version(settings, name, alias)
-        for alias in (registry.CHAMPION, registry.PREVIOUS, registry.CHALLENGER)
+        alias: model_registry.alias_version(settings, name, alias)
+        for alias in (model_registry.CHAMPION, model_registry.PREVIOUS, model_registry.CHALLENGER)
     }
 
 
@@ -96,7 +97,7 @@ def test_first_release_went_live_with_the_measured_configuration(releases: Relea
         key=lambda t: t.load.throughput_rps,
     )
     assert chosen == (best.max_queue_delay_microseconds, best.instance_count)
-    tagged = triton.serving_for(releases.settings, releases.spec, 1)
+    tagged = rollout.serving_for(releases.settings, releases.spec, 1)
     assert (tagged.max_queue_delay_microseconds, tagged.instance_count) == chosen
     run = MlflowClient(releases.settings.tracking_uri).get_run(releases.first.run_id)
     assert {f"tuning_{t.key}_rps" for t in tuning.trials} <= set(run.data.metrics)
@@ -123,16 +124,16 @@ def test_second_release_moves_champion_and_previous(releases: Releases) -> None:
 def test_triton_serves_champion_with_offline_predictions(releases: Releases) -> None:
     endpoint = triton_server.endpoint(releases.settings)
     # previous stays loaded for an instant rollback; unversioned requests reach the newest.
-    assert triton.loaded_versions(endpoint, releases.spec.name) == [1, 2]
+    assert triton_client.loaded_versions(endpoint, releases.spec.name) == [1, 2]
     holdout = load_dataset(releases.second.holdout.uri)
     features = to_features(holdout, releases.spec)[:500]
     onnx_bytes = (
         Path(releases.settings.repository) / releases.spec.name / "2" / "model.onnx"
     ).read_bytes()
     offline_labels, offline_proba = predict(onnx_bytes, features)
-    client = triton.http_client(endpoint)
+    client = triton_client.http_client(endpoint)
     served = [
-        triton.infer_http(client, releases.spec.name, features[i : i + 100])
+        triton_client.infer_http(client, releases.spec.name, features[i : i + 100])
         for i in range(0, 500, 100)
     ]
     np.testing.assert_array_equal(np.concatenate([s[0] for s in served]), offline_labels)
@@ -143,11 +144,11 @@ def test_versions_carry_lineage_tags(releases: Releases) -> None:
     client = MlflowClient(releases.settings.tracking_uri)
     version = client.get_model_version(releases.spec.name, "2")
     onnx_file = Path(releases.settings.repository) / releases.spec.name / "2" / "model.onnx"
-    assert version.tags[registry.TAG_ONNX] == sha256(onnx_file.read_bytes())
+    assert version.tags[model_registry.TAG_ONNX] == sha256(onnx_file.read_bytes())
     assert version.tags[tracking.TAG_DATA] == releases.second.train.sha256
     assert version.tags[tracking.TAG_CODE]
     assert version.tags[tracking.TAG_FLOW_RUN]
-    assert version.tags[registry.TAG_RELEASE] == "promoted"
+    assert version.tags[model_registry.TAG_RELEASE] == "promoted"
     # Same data and spec twice: the same fingerprint.
     first = client.get_model_version(releases.spec.name, "1")
     assert first.tags[tracking.TAG_DATA] == version.tags[tracking.TAG_DATA]
@@ -164,7 +165,7 @@ def test_the_champions_data_spec_and_code_again_release_nothing(releases: Releas
     versions = client.search_model_versions(f"name='{releases.spec.name}'")
     # v3 is the failed smoke test's; the unchanged release took no number.
     assert max(int(v.version) for v in versions) == 3
-    assert registry.alias_version(releases.settings, releases.spec.name, "champion") == 2
+    assert model_registry.alias_version(releases.settings, releases.spec.name, "champion") == 2
 
 
 def test_the_registered_model_loads_with_its_stated_requirements(releases: Releases) -> None:
@@ -188,15 +189,19 @@ def test_the_registered_model_loads_with_its_stated_requirements(releases: Relea
 def test_failed_smoke_test_leaves_champion_and_serving_untouched(releases: Releases) -> None:
     settings, name = releases.settings, releases.spec.name
     assert "p99 latency" in str(releases.failure)
-    assert "exceeds the budget 0.001 ms" in str(releases.failure)
+    assert "exceeds the budget 0.001 ms (best of 3 runs)" in str(releases.failure)
     assert aliases(settings, name) == {"champion": 2, "previous": 1, "challenger": None}
     failed = MlflowClient(settings.tracking_uri).get_model_version(name, "3")
-    assert failed.tags[registry.TAG_RELEASE].startswith("failed: SmokeTestError")
+    assert failed.tags[model_registry.TAG_RELEASE].startswith("failed: SmokeTestError")
     endpoint = triton_server.endpoint(settings)
-    assert triton.loaded_versions(endpoint, name) == [1, 2]
-    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name, 3))
+    assert triton_client.loaded_versions(endpoint, name) == [1, 2]
+    assert not triton_client.grpc_client(endpoint).is_model_ready(
+        model_config.candidate_name(name, 3)
+    )
     assert not (Path(settings.repository) / name / "3").exists()
-    live = triton.parse_config((Path(settings.repository) / name / "config.pbtxt").read_text())
+    live = model_config.parse_config(
+        (Path(settings.repository) / name / "config.pbtxt").read_text()
+    )
     assert list(live.version_policy.specific.versions) == [1, 2]
     assert not list((Path(settings.repository) / name).glob(".staging-*"))
 
@@ -235,7 +240,7 @@ def test_swap_and_rollback_under_load_fail_no_request(releases: Releases, tmp_pa
     # After the rollback only v2 answers, and v2 was not reloaded for it: it stayed loaded.
     assert {s.version for s in samples if s.at > rolled_back} == {2}
     assert loads_logged(settings, name, 2) == loads_before
-    assert triton.loaded_versions(endpoint, name) == [2]
+    assert triton_client.loaded_versions(endpoint, name) == [2]
 
 
 def test_retention_keeps_champion_previous_and_the_newest(
@@ -253,10 +258,10 @@ def test_retention_keeps_champion_previous_and_the_newest(
     assert release.retention.removed == sorted(set(before) - {previous})
     assert release.retention.removed  # there was something to remove
     for version in release.retention.removed:
-        retired = registry.version_tag(settings, name, version, registry.TAG_RETIRED)
+        retired = model_registry.version_tag(settings, name, version, model_registry.TAG_RETIRED)
         assert retired is not None and "retention keeps champion, previous" in retired
     # Serving and the aliases are untouched by it: champion and previous stay loaded.
-    assert triton.loaded_versions(triton_server.endpoint(settings), name) == sorted(
+    assert triton_client.loaded_versions(triton_server.endpoint(settings), name) == sorted(
         {champion, previous}
     )
-    assert registry.version_tag(settings, name, champion, registry.TAG_RETIRED) is None
+    assert model_registry.version_tag(settings, name, champion, model_registry.TAG_RETIRED) is None

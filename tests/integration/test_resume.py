@@ -16,10 +16,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
-from tasks import metrics, mlflow_store, registry, triton, triton_server
-from tasks.resume import RESUMABLE, releases
-from tasks.settings import Settings
-from tasks.spec import load_spec
+from tasks.core import pushgateway
+from tasks.core.attempts import RESUMABLE
+from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
+from tasks.ops.resume import releases
+from tasks.registry import mlflow_store, model_registry
+from tasks.serving import model_config, triton_client, triton_server
 from tests.conftest import write_spec
 from tests.servers import BIN, clean_env, in_smoke_test, stop_process
 
@@ -92,9 +95,9 @@ def test_the_killed_release_left_its_version_as_challenger_only(resumed: Resumed
 
 def test_resume_reuses_the_finished_steps_and_reruns_the_rest(resumed: Resumed) -> None:
     states: dict[str, set[str]] = {}
-    for run in metrics.task_runs(str(resumed.resumed.id)):
+    for run in pushgateway.task_runs(str(resumed.resumed.id)):
         assert run.state is not None
-        states.setdefault(metrics.step_name(run), set()).add(run.state.name)
+        states.setdefault(pushgateway.step_name(run), set()).add(run.state.name)
     for step in RESUMED_STEPS:
         assert states[step] == {"Cached"}, (step, states)
     for step in ("register-challenger", "publish-version", "serve-candidate", "smoke-test"):
@@ -112,11 +115,13 @@ def test_nothing_was_trained_or_registered_twice(resumed: Resumed) -> None:
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(candidates) == 1 and len(trials) == 2
     assert [v.version for v in client.search_model_versions(f"name='{name}'")] == [1]
-    assert registry.alias_version(settings, name, registry.CHAMPION) == 1
-    assert registry.alias_version(settings, name, registry.CHALLENGER) is None
+    assert model_registry.alias_version(settings, name, model_registry.CHAMPION) == 1
+    assert model_registry.alias_version(settings, name, model_registry.CHALLENGER) is None
     endpoint = triton_server.endpoint(settings)
-    assert triton.loaded_versions(endpoint, name) == [1]
-    assert not triton.grpc_client(endpoint).is_model_ready(triton.candidate_name(name, 1))
+    assert triton_client.loaded_versions(endpoint, name) == [1]
+    assert not triton_client.grpc_client(endpoint).is_model_ready(
+        model_config.candidate_name(name, 1)
+    )
     assert candidates[0].info.status == "FINISHED"
     assert Path(settings.repository, name, "1", "model.onnx").exists()
 

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from flows.release import release_flow
-from tasks import triton, triton_server
-from tasks.data import to_features, to_target
-from tasks.onnx import convert, predict
-from tasks.registry import ModelRef
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.storage import IntegrityError, S3Store, verify_dir
-from tasks.synthetic import generate_transactions
-from tasks.training import build_pipeline
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.core.storage import IntegrityError, S3Store, verify_dir
+from tasks.datasets.data import to_features, to_target
+from tasks.datasets.synthetic import generate_transactions
+from tasks.modeling.onnx import convert, predict
+from tasks.modeling.training import build_pipeline
+from tasks.registry.model_registry import ModelRef
+from tasks.serving import model_config, rollout, triton_client, triton_server
 from tests.conftest import write_spec
 from tests.faults import (
     SMALL_RELEASE,
@@ -78,9 +78,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
 
 
 def served(repo: Repo, version: int, model: str = "") -> tuple[np.ndarray, np.ndarray]:
-    client = triton.grpc_client(triton_server.endpoint(repo.settings))
+    client = triton_client.grpc_client(triton_server.endpoint(repo.settings))
     name = model or repo.spec.name
-    return triton.infer_grpc(client, name, repo.features[:128], str(version))
+    return triton_client.infer_grpc(client, name, repo.features[:128], str(version))
 
 
 def test_triton_reads_the_repository_from_s3(repo: Repo) -> None:
@@ -91,13 +91,13 @@ def test_triton_reads_the_repository_from_s3(repo: Repo) -> None:
 
 
 def test_published_version_is_verified_and_served(repo: Repo) -> None:
-    triton.publish_version(
+    rollout.publish_version(
         repo.store, repo.settings.repository, repo.spec, 1, repo.models[0], "python"
     )
     assert set(verify_dir(repo.store, f"{repo.spec.name}/1")) == {"model.onnx", "model.py"}
     assert not repo.store.list_files(".staging")
     ref = ModelRef(name=repo.spec.name, version=1, run_id="r1", model_uri="m")
-    candidate = triton.serve_candidate(repo.settings, repo.spec, ref)
+    candidate = rollout.serve_candidate(repo.settings, repo.spec, ref)
     assert (candidate.model, candidate.versions) == (f"{repo.spec.name}-candidate-v1", [1])
     labels, proba = served(repo, 1, candidate.model)
     offline_labels, offline_proba = predict(repo.models[0], repo.features[:128])
@@ -106,26 +106,28 @@ def test_published_version_is_verified_and_served(repo: Repo) -> None:
 
 
 def test_a_new_version_is_picked_up_by_an_explicit_load(repo: Repo) -> None:
-    triton.publish_version(
+    rollout.publish_version(
         repo.store, repo.settings.repository, repo.spec, 2, repo.models[1], "python"
     )
     endpoint = triton_server.endpoint(repo.settings)
-    triton.load_versions(endpoint, repo.spec, "python", [1, 2], timeout_s=60)
-    assert triton.loaded_versions(endpoint, repo.spec.name) == [1, 2]
+    triton_client.load_versions(endpoint, repo.spec, "python", [1, 2], timeout_s=60)
+    assert triton_client.loaded_versions(endpoint, repo.spec.name) == [1, 2]
     np.testing.assert_allclose(
         served(repo, 2)[1], predict(repo.models[1], repo.features[:128])[1], atol=1e-6
     )
 
 
 def test_tampered_object_is_refused_before_load(repo: Repo) -> None:
-    triton.publish_version(
+    rollout.publish_version(
         repo.store, repo.settings.repository, repo.spec, 3, repo.models[2], "python"
     )
     repo.store.write_file(f"{repo.spec.name}/3/model.onnx", repo.models[0])  # a different model
     ref = ModelRef(name=repo.spec.name, version=3, run_id="r3", model_uri="m")
     with pytest.raises(IntegrityError, match=r"model\.onnx sha256"):
-        triton.serve_candidate(repo.settings, repo.spec, ref)
-    assert 3 not in triton.loaded_versions(triton_server.endpoint(repo.settings), repo.spec.name)
+        rollout.serve_candidate(repo.settings, repo.spec, ref)
+    assert 3 not in triton_client.loaded_versions(
+        triton_server.endpoint(repo.settings), repo.spec.name
+    )
 
 
 def test_version_without_manifest_counts_as_incomplete(repo: Repo) -> None:
@@ -145,8 +147,12 @@ def test_a_release_publishes_to_s3_and_serves_from_it(
     assert result.version == 1
     assert result.export.published.repository == "s3://models/triton"
     assert set(verify_dir(repo.store, "card-fraud-s3/1")) == {"model.onnx", "model.py"}
-    assert triton.loaded_versions(triton_server.endpoint(repo.settings), "card-fraud-s3") == [1]
-    live_config = triton.parse_config(repo.store.read_file("card-fraud-s3/config.pbtxt").decode())
+    assert triton_client.loaded_versions(
+        triton_server.endpoint(repo.settings), "card-fraud-s3"
+    ) == [1]
+    live_config = model_config.parse_config(
+        repo.store.read_file("card-fraud-s3/config.pbtxt").decode()
+    )
     assert list(live_config.version_policy.specific.versions) == [1]
     assert result.smoke.passed
 

@@ -14,10 +14,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.training import training_flow
-from tasks.search import task_runner
-from tasks.settings import Settings
-from tasks.spec import load_spec
-from tasks.training import TrainResult, TrialSummary
+from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
+from tasks.modeling.search import task_runner
+from tasks.modeling.training import TrainResult, TrialSummary
 from tests.conftest import write_spec
 
 SPACE = {

@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from infra.stack import SECRETS_FILE, system_binary
-from tasks import registry, triton, triton_server
-from tasks.model_card import CARD_ARTIFACT
-from tasks.settings import Settings
+from tasks.core.settings import Settings
+from tasks.ops.model_card import CARD_ARTIFACT
+from tasks.registry import model_registry
+from tasks.serving import triton_client, triton_server
 from tests.conftest import ROOT, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
@@ -84,8 +85,8 @@ def released(production: ProductionStack, tmp_path_factory: pytest.TempPathFacto
         for key, value in env.items():
             patch.setenv(key, value)
         settings = Settings()
-        assert registry.alias_version(settings, NAME, registry.CHAMPION) == 1
-        assert triton.loaded_versions(triton_server.endpoint(settings), NAME) == [1]
+        assert model_registry.alias_version(settings, NAME, model_registry.CHAMPION) == 1
+        assert triton_client.loaded_versions(triton_server.endpoint(settings), NAME) == [1]
     time.sleep(2)  # Prefect writes logs and events in batches
     return Leak(production, markers(production), base, console, env)
 

@@ -21,10 +21,12 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks import credentials, mlflow_store, registry, tracking, triton, triton_server
-from tasks.settings import Settings
-from tasks.spec import load_spec
+from cli.main import app
+from tasks.core import credentials
+from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
+from tasks.registry import mlflow_store, model_registry, tracking
+from tasks.serving import model_config, triton_client, triton_server
 from tests.conftest import write_spec
 
 NAME = "fraud-detector"
@@ -70,7 +72,9 @@ def released(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def _python_model_config() -> str:
     spec = load_spec(write_spec(Path(os.environ.get("TMPDIR", "/tmp"))))
-    return triton.config_json(triton.render_config(spec, "python", [1], name="intruder"))
+    return model_config.config_json(
+        model_config.render_config(spec, "python", [1], name="intruder")
+    )
 
 
 def _refused(call: object) -> str:
@@ -132,16 +136,18 @@ def test_champion_still_ready_and_open_to_callers(released: Released) -> None:
     http = httpclient.InferenceServerClient(endpoint.http)  # anonymous, as callers are
     assert http.is_server_live() and http.is_model_ready(NAME)
     assert http.get_model_metadata(NAME)["name"] == NAME
-    champion = registry.alias_version(released.settings, NAME, registry.CHAMPION)
+    champion = model_registry.alias_version(released.settings, NAME, model_registry.CHAMPION)
     assert champion == 2
     spec = load_spec(released.spec_path)
     rows = np.zeros((4, spec.n_features), dtype=np.float32)
-    labels, proba = triton.infer_http(http, NAME, rows)
+    labels, proba = triton_client.infer_http(http, NAME, rows)
     assert labels.shape == (4,) and proba.shape == (4, spec.n_classes)
-    labels, _ = triton.infer_grpc(grpcclient.InferenceServerClient(endpoint.grpc), NAME, rows)
+    labels, _ = triton_client.infer_grpc(
+        grpcclient.InferenceServerClient(endpoint.grpc), NAME, rows
+    )
     assert labels.shape == (4,)
     # conveyor's own control client holds the key.
-    assert triton.loaded_versions(endpoint, NAME) == [1, 2]
+    assert triton_client.loaded_versions(endpoint, NAME) == [1, 2]
 
 
 def test_key_is_owner_only_and_only_in_its_file(released: Released) -> None:
@@ -176,11 +182,11 @@ def test_conveyor_smoke_rollback_and_next_release_still_work(released: Released)
     """Runs last in this module: it moves the champion."""
     assert "passed" in released.cli("smoke")
     released.cli("rollback", NAME, "--reason", "security test")
-    assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 1
-    assert triton.loaded_versions(released.endpoint, NAME) == [1]
+    assert model_registry.alias_version(released.settings, NAME, model_registry.CHAMPION) == 1
+    assert triton_client.loaded_versions(released.endpoint, NAME) == [1]
     released.cli("run", "--force")  # v1 is this data and spec: unforced, nothing would change
-    assert registry.alias_version(released.settings, NAME, registry.CHAMPION) == 3
-    assert triton.loaded_versions(released.endpoint, NAME) == [1, 3]
+    assert model_registry.alias_version(released.settings, NAME, model_registry.CHAMPION) == 3
+    assert triton_client.loaded_versions(released.endpoint, NAME) == [1, 3]
 
 
 def test_configured_key_replaces_the_generated_one(
@@ -192,7 +198,7 @@ def test_configured_key_replaces_the_generated_one(
         state = triton_server.start(settings)
         assert state.key_file is None
         assert not (settings.triton_dir / triton_server.KEY_FILE).exists()
-        assert triton.loaded_versions(state.endpoint, NAME) == []  # keyed, accepted
+        assert triton_client.loaded_versions(state.endpoint, NAME) == []  # keyed, accepted
         # Another process without the key: a clear error naming the variable, not a 4xx.
         monkeypatch.delenv(credentials.TRITON_KEY_ENV)
         with pytest.raises(credentials.CredentialError, match=credentials.TRITON_KEY_ENV):
@@ -215,7 +221,7 @@ def test_a_killed_server_leaves_no_stub_and_restarts_cleanly(
     settings = Settings(home=tmp_path / "state", model_repository=released.settings.repository)
     state = triton_server.start(settings)
     spec = load_spec(released.spec_path)
-    triton.load_versions(state.endpoint, spec, "python", [2], timeout_s=60)
+    triton_client.load_versions(state.endpoint, spec, "python", [2], timeout_s=60)
     os.kill(state.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while triton_server._alive(state.pid) and time.monotonic() < deadline:
@@ -226,8 +232,8 @@ def test_a_killed_server_leaves_no_stub_and_restarts_cleanly(
         fresh = triton_server.ensure_running(settings)
         assert fresh.pid != state.pid
         assert triton_server.stray_stubs(state.pid) == []
-        triton.load_versions(fresh.endpoint, spec, "python", [2], timeout_s=60)
-        assert triton.loaded_versions(fresh.endpoint, spec.name) == [2]
+        triton_client.load_versions(fresh.endpoint, spec, "python", [2], timeout_s=60)
+        assert triton_client.loaded_versions(fresh.endpoint, spec.name) == [2]
     finally:
         triton_server.stop(settings)
     assert triton_server.stray_stubs(fresh.pid) == []

@@ -16,15 +16,15 @@ import pytest
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks import smoke, triton, triton_server
-from tasks.data import to_features, to_target
-from tasks.onnx import convert, input_bounds, predict
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.storage import IntegrityError, LocalStore
-from tasks.synthetic import generate_transactions
-from tasks.training import build_pipeline
+from cli.main import app
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.core.storage import IntegrityError, LocalStore
+from tasks.datasets.data import to_features, to_target
+from tasks.datasets.synthetic import generate_transactions
+from tasks.modeling.onnx import convert, input_bounds, predict
+from tasks.modeling.training import build_pipeline
+from tasks.serving import model_config, rollout, smoke, triton_client, triton_ports, triton_server
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def test_server_is_up_on_loopback_with_its_state_recorded(server: Settings) -> N
     assert state is not None
     assert state.endpoint.http.startswith("127.0.0.1:")
     assert Path(state.log_path).is_file()
-    assert triton.http_client(state.endpoint).is_server_live()
-    assert triton.grpc_client(state.endpoint).is_server_ready()
+    assert triton_client.http_client(state.endpoint).is_server_live()
+    assert triton_client.grpc_client(state.endpoint).is_server_ready()
     with pytest.raises(triton_server.TritonServerError, match="already running"):
         triton_server.start(server)
 
@@ -64,30 +64,32 @@ def test_server_is_up_on_loopback_with_its_state_recorded(server: Settings) -> N
 def test_published_version_loads_serves_and_unloads(server: Settings, model) -> None:
     spec, onnx_bytes, features = model
     store = LocalStore(Path(server.repository))
-    triton.publish_version(store, server.repository, spec, 1, onnx_bytes, "python")
+    rollout.publish_version(store, server.repository, spec, 1, onnx_bytes, "python")
     endpoint = triton_server.endpoint(server)
-    triton.load_versions(endpoint, spec, "python", [1], timeout_s=60)
-    assert triton.loaded_versions(endpoint, spec.name) == [1]
-    labels, proba = triton.infer_grpc(triton.grpc_client(endpoint), spec.name, features[:64], "1")
+    triton_client.load_versions(endpoint, spec, "python", [1], timeout_s=60)
+    assert triton_client.loaded_versions(endpoint, spec.name) == [1]
+    labels, proba = triton_client.infer_grpc(
+        triton_client.grpc_client(endpoint), spec.name, features[:64], "1"
+    )
     offline_labels, offline_proba = predict(onnx_bytes, features[:64])
     np.testing.assert_array_equal(labels, offline_labels)
     np.testing.assert_allclose(proba, offline_proba, atol=1e-6)
-    triton.unload_model(endpoint, spec.name)
-    assert triton.loaded_versions(endpoint, spec.name) == []
+    triton_client.unload_model(endpoint, spec.name)
+    assert triton_client.loaded_versions(endpoint, spec.name) == []
 
 
 def test_tampered_version_is_refused_before_load(server: Settings, model) -> None:
     spec, onnx_bytes, _ = model
     spec = spec.model_copy(update={"name": "tampered"})
     store = LocalStore(Path(server.repository))
-    triton.publish_version(store, server.repository, spec, 1, onnx_bytes, "python")
+    rollout.publish_version(store, server.repository, spec, 1, onnx_bytes, "python")
     (Path(server.repository) / "tampered" / "1" / "model.onnx").write_bytes(b"not the model")
-    from tasks.registry import ModelRef
+    from tasks.registry.model_registry import ModelRef
 
     ref = ModelRef(name="tampered", version=1, run_id="r", model_uri="models:/x")
     with pytest.raises(IntegrityError, match=r"model.onnx sha256"):
-        triton.serve_candidate(server, spec, ref)
-    assert triton.loaded_versions(triton_server.endpoint(server), "tampered") == []
+        rollout.serve_candidate(server, spec, ref)
+    assert triton_client.loaded_versions(triton_server.endpoint(server), "tampered") == []
 
 
 def test_port_already_taken_is_a_clear_error(tmp_path: Path) -> None:
@@ -96,7 +98,7 @@ def test_port_already_taken_is_a_clear_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         settings = Settings(home=tmp_path / "state", triton_http_port=port)
-        with pytest.raises(triton_server.PortInUseError) as err:
+        with pytest.raises(triton_ports.PortInUseError) as err:
             triton_server.start(settings)
         assert f"port {port}" in str(err.value)
         assert "CONVEYOR_TRITON_HTTP_PORT" in str(err.value)
@@ -150,7 +152,7 @@ def test_stop_ends_the_process(tmp_path: Path) -> None:
 def test_two_processes_needing_the_server_at_once_start_one(tmp_path: Path) -> None:
     """Releases of two models on one state directory both call ensure_running at their start."""
     env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state")}
-    code = "from tasks import triton_server as t; from tasks.settings import Settings as S; "
+    code = "from tasks import triton_server as t; from tasks.core.settings import Settings as S; "
     code += "print(t.ensure_running(S()).pid)"
     processes = [
         subprocess.Popen(
@@ -198,9 +200,9 @@ class TritonPythonModel:
 
 def test_a_load_that_does_not_finish_in_time_is_one_clear_error(server: Settings) -> None:
     spec = load_spec(DEFAULT_SPEC)
-    config = triton.config_json(triton.render_config(spec, "python", [1], name="slow"))
-    client = triton.control_client(triton_server.endpoint(server))
-    with pytest.raises(triton.TritonError, match=r"did not finish loading slow within 2 s"):
+    config = model_config.config_json(model_config.render_config(spec, "python", [1], name="slow"))
+    client = triton_client.control_client(triton_server.endpoint(server))
+    with pytest.raises(triton_client.TritonError, match=r"did not finish loading slow within 2 s"):
         client.load("slow", config, {"file:1/model.py": SLOW_MODEL}, timeout_s=2)
     client.unload("slow")  # nothing of it stays behind once it has come up
 
@@ -208,8 +210,8 @@ def test_a_load_that_does_not_finish_in_time_is_one_clear_error(server: Settings
 def test_status_lists_a_loaded_candidate(server: Settings, model) -> None:
     spec, onnx_bytes, _ = model
     endpoint = triton_server.endpoint(server)
-    files = triton.version_files(onnx_bytes, "python")
-    name = triton.load_candidate(server, endpoint, spec, 7, files)
+    files = rollout.version_files(onnx_bytes, "python")
+    name = triton_client.load_candidate(server, endpoint, spec, 7, files)
     try:
         result = CliRunner().invoke(
             app, ["triton", "status"], env={"CONVEYOR_HOME": str(server.home)}
@@ -218,7 +220,7 @@ def test_status_lists_a_loaded_candidate(server: Settings, model) -> None:
         # Loaded from the request's files, the candidate is not in the repository index.
         assert f"{name}:7" in " ".join(result.output.split())
     finally:
-        triton.unload_model(endpoint, name)
+        triton_client.unload_model(endpoint, name)
 
 
 def test_a_model_answering_nan_is_refused_and_fails_the_smoke_check(server: Settings) -> None:
@@ -238,26 +240,26 @@ def test_a_model_answering_nan_is_refused_and_fails_the_smoke_check(server: Sett
     fitted = build_pipeline(spec).fit(to_features(frame, spec), to_target(frame, spec))
     store = LocalStore(Path(server.repository))
     endpoint = triton_server.endpoint(server)
-    http, grpc = triton.http_client(endpoint), triton.grpc_client(endpoint)
+    http, grpc = triton_client.http_client(endpoint), triton_client.grpc_client(endpoint)
     predictors = {
-        "HTTP": lambda x: triton.infer_http(http, spec.name, x),
-        "gRPC": lambda x: triton.infer_grpc(grpc, spec.name, x),
+        "HTTP": lambda x: triton_client.infer_http(http, spec.name, x),
+        "gRPC": lambda x: triton_client.infer_grpc(grpc, spec.name, x),
     }
     rows = smoke.extreme_rows(spec)
     try:
         raw = convert(fitted, spec.n_features)
         assert np.isnan(predict(raw, rows)[1]).any()  # the fault is real offline
-        triton.publish_version(store, server.repository, spec, 1, raw, "python")
-        triton.load_versions(endpoint, spec, "python", [1], timeout_s=60)
+        rollout.publish_version(store, server.repository, spec, 1, raw, "python")
+        triton_client.load_versions(endpoint, spec, "python", [1], timeout_s=60)
         with pytest.raises(InferenceServerException, match="non-finite probability"):
-            triton.infer_http(http, spec.name, rows)
+            triton_client.infer_http(http, spec.name, rows)
         problems = smoke.extreme_problems(predictors, spec, spec.serving.max_batch_size)
         assert [p.split(":")[0] for p in problems] == ["HTTP", "gRPC"], problems
         clipped = convert(fitted, spec.n_features, input_bounds(spec))
-        triton.publish_version(store, server.repository, spec, 2, clipped, "python")
-        triton.load_versions(endpoint, spec, "python", [2], timeout_s=60)
+        rollout.publish_version(store, server.repository, spec, 2, clipped, "python")
+        triton_client.load_versions(endpoint, spec, "python", [2], timeout_s=60)
         assert smoke.extreme_problems(predictors, spec, spec.serving.max_batch_size) == []
-        _, proba = triton.infer_grpc(grpc, spec.name, rows)
+        _, proba = triton_client.infer_grpc(grpc, spec.name, rows)
         assert np.isfinite(proba).all()
     finally:
-        triton.unload_model(endpoint, spec.name)
+        triton_client.unload_model(endpoint, spec.name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import alias_history, mlflow_store, registry
-from tasks.settings import Settings
+from tasks.core.settings import Settings
+from tasks.registry import alias_history, mlflow_store, model_registry
 
 
 def test_old_moves_are_archived_and_still_read_in_order(
@@ -19,11 +19,11 @@ def test_old_moves_are_archived_and_still_read_in_order(
     for _ in range(2):
         client.create_model_version("m", source="file:///m")
     for n in range(20):
-        registry.move_alias(settings, "m", "champion", 1 + n % 2, f"move {n}", "tester")
+        model_registry.move_alias(settings, "m", "champion", 1 + n % 2, f"move {n}", "tester")
     tags = [k for k in client.get_registered_model("m").tags if k.startswith("conveyor.history.")]
     assert 5 <= len(tags) <= 5 + 3  # bounded
     moves = alias_history.moves(settings, "m")
     assert [m.reason for m in moves] == [f"move {n}" for n in range(20)]  # complete, in order
     recent = alias_history.moves(settings, "m", archived=False)
     assert recent == moves[-len(recent) :]
-    assert registry.alias_version(settings, "m", "champion") == 2
+    assert model_registry.alias_version(settings, "m", "champion") == 2

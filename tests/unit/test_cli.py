@@ -3,8 +3,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.spec import DEFAULT_SPEC
+from cli.main import app
+from tasks.core.spec import DEFAULT_SPEC
 
 
 def flat(output: str) -> str:

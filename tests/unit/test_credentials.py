@@ -9,7 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED, UNAUTHENTICATED
 
-from tasks import credentials
+from tasks.core import credentials
 
 
 def test_configured_key_wins_over_the_generated_file(

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import (
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.datasets.data import (
     DataError,
     fingerprint,
     load_dataset,
@@ -12,8 +13,7 @@ from tasks.data import (
     split,
     to_features,
 )
-from tasks.spec import DEFAULT_SPEC, load_spec
-from tasks.synthetic import generate_transactions
+from tasks.datasets.synthetic import generate_transactions
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.data import DataError, load_source
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.synthetic import generate_transactions
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.datasets.data import DataError, load_source
+from tasks.datasets.synthetic import generate_transactions
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from tasks import doctor, tracking
-from tasks.settings import Settings
+from tasks.core.settings import Settings
+from tasks.ops.doctor import checks, repairs
+from tasks.registry import tracking
 
 MODEL = "fraud-detector"
 
 
-def _stale(settings: Settings) -> list[doctor.Problem]:
+def _stale(settings: Settings) -> list[checks.Problem]:
     return [
-        doctor.Problem(model=MODEL, kind="stale-run", detail=name, repair="mark it KILLED", key=i)
+        checks.Problem(model=MODEL, kind="stale-run", detail=name, repair="mark it KILLED", key=i)
         for i, name in tracking.running_runs(settings, MODEL)
     ]
 
@@ -26,9 +27,9 @@ def test_a_resume_keeps_the_candidate_run_and_closes_what_it_will_not_reuse(
     tracking.open_run(settings, MODEL, "data-validation", {})
     problems = _stale(settings)
     assert len(problems) == 3
-    doctor._repair_model(settings, MODEL, problems, keep_runs=True)
+    repairs._repair_model(settings, MODEL, problems, keep_runs=True)
     assert tracking.running_runs(settings, MODEL) == [(candidate.run_id, f"train-{MODEL}")]
     assert sorted(p.detail for p in problems if p.repaired) == ["data-validation", "trial-0"]
     # A fresh release reuses nothing: every run of the dead one is closed.
-    doctor._repair_model(settings, MODEL, _stale(settings))
+    repairs._repair_model(settings, MODEL, _stale(settings))
     assert tracking.running_runs(settings, MODEL) == []

@@ -1,13 +1,13 @@
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tasks import mlflow_store
-from tasks.data import newest_partition
-from tasks.drift import load_current
-from tasks.retrain import claim_retrain
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, load_spec
-from tasks.synthetic import generate_transactions
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.datasets.data import newest_partition
+from tasks.datasets.synthetic import generate_transactions
+from tasks.ops.drift import load_current
+from tasks.ops.retrain import claim_retrain
+from tasks.registry import mlflow_store
 
 
 def test_newest_partition_is_the_latest_date_not_the_last_listed() -> None:

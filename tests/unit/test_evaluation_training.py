@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from tasks import mlflow_store, tracking
-from tasks.data import DataError, snapshot, split_dataset
-from tasks.evaluation import (
+from tasks.core.spec import DEFAULT_SPEC, EvaluationSpec, Thresholds, ValidationSpec, load_spec
+from tasks.datasets.data import DataError, snapshot, split_dataset
+from tasks.modeling.evaluation import (
     METRICS,
     GateError,
     ModelMetrics,
@@ -17,9 +17,9 @@ from tasks.evaluation import (
     threshold_failures,
     weighted_metric,
 )
-from tasks.search import run_trial
-from tasks.spec import DEFAULT_SPEC, EvaluationSpec, Thresholds, ValidationSpec, load_spec
-from tasks.training import fit
+from tasks.modeling.search import run_trial
+from tasks.modeling.training import fit
+from tasks.registry import mlflow_store, tracking
 
 SAMPLE = ModelMetrics(
     roc_auc=0.80,

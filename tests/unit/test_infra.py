@@ -11,7 +11,7 @@ import bcrypt
 import yaml
 
 from infra.render_secrets import SCRAPE_USER, read_env, render
-from tasks import credentials
+from tasks.core import credentials
 from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"

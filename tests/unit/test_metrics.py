@@ -1,17 +1,17 @@
 from prometheus_client import generate_latest
 
-from tasks import metrics
-from tasks.errors import ConveyorError
-from tasks.evaluation import GateError
-from tasks.quality import DataQualityError
+from tasks.core import pushgateway
+from tasks.core.errors import ConveyorError
+from tasks.datasets.quality import DataQualityError
+from tasks.modeling.evaluation import GateError
 
 
-def exposition(obs: metrics.Observation, carried: metrics.Carried) -> str:
-    return generate_latest(metrics.build_registry(obs, 1.5, {"train": 0.5}, carried)).decode()
+def exposition(obs: pushgateway.Observation, carried: pushgateway.Carried) -> str:
+    return generate_latest(pushgateway.build_registry(obs, 1.5, {"train": 0.5}, carried)).decode()
 
 
 def test_counters_start_at_zero_for_every_outcome_and_carry_forward() -> None:
-    obs = metrics.Observation(model="m", flow="release")
+    obs = pushgateway.Observation(model="m", flow="release")
     first = exposition(obs, {})
     assert 'conveyor_flow_runs_total{outcome="completed"} 1.0' in first
     assert 'conveyor_flow_runs_total{outcome="failed"} 0.0' in first
@@ -27,8 +27,8 @@ def test_counters_start_at_zero_for_every_outcome_and_carry_forward() -> None:
 
 
 def test_a_gate_failure_counts_the_earlier_gates_as_passed() -> None:
-    obs = metrics.Observation(model="m", flow="release")
-    obs.failed(GateError("worse than the champion"), metrics.GATES)
+    obs = pushgateway.Observation(model="m", flow="release")
+    obs.failed(GateError("worse than the champion"), pushgateway.GATES)
     assert obs.outcome == "failed"
     assert obs.gates == {"data_quality": "pass", "model_validation": "fail"}
     text = exposition(obs, {})
@@ -37,14 +37,14 @@ def test_a_gate_failure_counts_the_earlier_gates_as_passed() -> None:
 
 
 def test_failures_that_are_not_gates_count_no_gate() -> None:
-    obs = metrics.Observation(model="m", flow="release")
-    obs.failed(ConveyorError("Triton unreachable"), metrics.GATES)
+    obs = pushgateway.Observation(model="m", flow="release")
+    obs.failed(ConveyorError("Triton unreachable"), pushgateway.GATES)
     assert obs.gates == {}
-    assert metrics.failed_gate(DataQualityError("nulls")) == "data_quality"
+    assert pushgateway.failed_gate(DataQualityError("nulls")) == "data_quality"
 
 
 def test_gateway_urls() -> None:
-    assert metrics.gateway_problem("http://127.0.0.1:9091") is None
-    assert metrics.gateway_problem("127.0.0.1:9091") is None
-    assert "malformed port" in str(metrics.gateway_problem("http://host:99x"))
-    assert "is not an http(s)" in str(metrics.gateway_problem("ftp://host:21"))
+    assert pushgateway.gateway_problem("http://127.0.0.1:9091") is None
+    assert pushgateway.gateway_problem("127.0.0.1:9091") is None
+    assert "malformed port" in str(pushgateway.gateway_problem("http://host:99x"))
+    assert "is not an http(s)" in str(pushgateway.gateway_problem("ftp://host:21"))

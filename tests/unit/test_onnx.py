@@ -2,11 +2,11 @@ import numpy as np
 import onnx
 import pytest
 
-from tasks.data import to_features, to_target
-from tasks.onnx import ParityError, check_parity, convert, predict
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.synthetic import generate_transactions
-from tasks.training import build_pipeline
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.datasets.data import to_features, to_target
+from tasks.datasets.synthetic import generate_transactions
+from tasks.modeling.onnx import ParityError, check_parity, convert, predict
+from tasks.modeling.training import build_pipeline
 
 FAMILIES = {
     "random_forest": {"n_estimators": 20, "max_depth": 8},

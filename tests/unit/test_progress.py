@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from flows.stages import shown
-from tasks import progress
+from cli.stages import shown
+from tasks.core import progress
 
 
 def test_each_stage_is_told_when_it_starts_and_ends_and_a_failure_is_marked() -> None:

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import DataError, fingerprint, load_source
-from tasks.quality import DataQualityError, DataQualityReport, check_frame, require_quality
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.synthetic import generate_transactions
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.datasets.data import DataError, fingerprint, load_source
+from tasks.datasets.quality import DataQualityError, DataQualityReport, check_frame, require_quality
+from tasks.datasets.synthetic import generate_transactions
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-from tasks.retention import kept_versions
+from tasks.registry.retention import kept_versions
 
 
 def test_keeps_champion_previous_and_the_newest() -> None:

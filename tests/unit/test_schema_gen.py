@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.data import to_features
-from tasks.quality import check_frame
-from tasks.schema_gen import InitError, init_spec
-from tasks.spec import FeatureType, load_spec
+from cli.main import app
+from tasks.core.spec import FeatureType, load_spec
+from tasks.datasets.data import to_features
+from tasks.datasets.quality import check_frame
+from tasks.datasets.schema_gen import InitError, init_spec
 
 
 def _frame(rows: int = 600, seed: int = 0) -> pd.DataFrame:

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import Settings
-from tasks.spec import DEFAULT_SPEC, SpecError, load_spec
+from tasks.core.settings import Settings
+from tasks.core.spec import DEFAULT_SPEC, SpecError, load_spec
 
 
 def test_settings_defaults_live_under_home(settings: Settings, home: Path) -> None:

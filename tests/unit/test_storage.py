@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.spec import DEFAULT_SPEC, load_spec
-from tasks.storage import IntegrityError, LocalStore, StorageError, verify_dir
-from tasks.triton import TritonError, publish_version
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.core.storage import IntegrityError, LocalStore, StorageError, verify_dir
+from tasks.serving.rollout import publish_version
+from tasks.serving.triton_client import TritonError
 
 
 def test_published_directory_is_complete_and_verified(tmp_path: Path) -> None:

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import DataError, split, to_features, to_target
-from tasks.evaluation import compute_metrics, operating_threshold
-from tasks.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.synthetic import generate_transactions
-from tasks.training import THRESHOLD_FOLDS, fit, refit_and_score, threshold_on_training
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.datasets.data import DataError, split, to_features, to_target
+from tasks.datasets.synthetic import generate_transactions
+from tasks.modeling.evaluation import compute_metrics, operating_threshold
+from tasks.modeling.training import THRESHOLD_FOLDS, fit, refit_and_score, threshold_on_training
 
 PARAMS = {"n_estimators": 20, "max_depth": 8}
 

@@ -4,20 +4,18 @@ import socket
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tasks.errors import ServiceUnavailableError
-from tasks.spec import DEFAULT_SPEC, load_spec
-from tasks.triton import (
-    ControlClient,
-    TritonError,
+from tasks.core.errors import ServiceUnavailableError
+from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.serving.model_config import (
     candidate_name,
     candidate_version,
     config_json,
     config_text,
-    loaded_versions,
     parse_config,
     render_config,
 )
-from tasks.triton_server import Endpoint
+from tasks.serving.triton_client import ControlClient, TritonError, loaded_versions
+from tasks.serving.triton_server import Endpoint
 
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])

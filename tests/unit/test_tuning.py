@@ -1,5 +1,5 @@
-from tasks.traffic import LoadResult
-from tasks.tuning import TuningTrial, choose
+from tasks.serving.traffic import LoadResult
+from tasks.serving.tuning import TuningTrial, choose
 
 
 def trial(delay: int, count: int, rps: float, p99: float, errors: int = 0) -> TuningTrial:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import mlflow_store, registry, tracking
-from tasks.data import DatasetRef
-from tasks.settings import Settings
-from tasks.spec import ModelSpec, load_spec
-from tasks.training import spec_fingerprint
-from tasks.unchanged import unchanged
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec, load_spec
+from tasks.datasets.data import DatasetRef
+from tasks.modeling.training import spec_fingerprint
+from tasks.modeling.unchanged import unchanged
+from tasks.registry import mlflow_store, model_registry, tracking
 from tests.conftest import write_spec
 
 DATA = DatasetRef(uri="file:///data/source.parquet", sha256="a" * 64, rows=10, positives=1)
@@ -23,7 +23,7 @@ def _champion(settings: Settings, spec: ModelSpec, **tags: str) -> None:
     client = mlflow_store.client(settings)
     client.create_registered_model(spec.name)
     version = client.create_model_version(spec.name, source="file:///m", tags=tags)
-    client.set_registered_model_alias(spec.name, registry.CHAMPION, version.version)
+    client.set_registered_model_alias(spec.name, model_registry.CHAMPION, version.version)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The `conveyor` command and its console view; `cli.main:app` is the console script."""

@@ -1,0 +1,19 @@
+"""Where a log line goes: Prefect's run logger inside a flow or task run (its lines reach the UI
+and the run's log file), a plain logger of the same name outside one (benchmarks and tests that
+call the plain functions, the CLI before a flow starts)."""
+
+from __future__ import annotations
+
+import logging
+
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+def run_logger(name: str) -> Logger:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)

@@ -1,0 +1,1 @@
+"""Data: reading sources, synthetic generators, the data contract and spec inference."""

@@ -1,0 +1,233 @@
+"""The data contract: a Great Expectations suite derived from the spec, run before training."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from tasks.core.attempts import RESUMABLE
+from tasks.core.errors import ConveyorError
+from tasks.core.settings import Settings
+from tasks.core.spec import FeatureType, ModelSpec
+from tasks.datasets.data import DatasetRef, load_dataset
+from tasks.registry import tracking
+
+Severity = Literal["error", "warning"]
+# Column dtypes each feature type accepts (as pandas names them).
+TYPES: dict[FeatureType, list[str]] = {
+    FeatureType.numeric: ["float64", "float32", "int64", "int32", "int16", "int8"],
+    FeatureType.integer: ["int64", "int32", "int16", "int8", "float64", "float32"],
+    FeatureType.boolean: ["bool", "boolean"],
+    FeatureType.category: ["object", "str", "string", "category"],
+}
+# Finite bounds for features without a range: a value check that also rejects ±inf.
+FINITE = 1.7e308
+EXAMPLES = 5
+
+
+class DataQualityError(ConveyorError):
+    """The data breaks the spec's contract."""
+
+    gate = "data_quality"
+
+
+class QualityIssue(BaseModel):
+    check: str
+    column: str | None
+    severity: Severity
+    unexpected: int | None
+    examples: list[str]
+    detail: str
+
+    def line(self) -> str:
+        where = f"`{self.column}`" if self.column else "table"
+        count = f", {self.unexpected} row(s)" if self.unexpected else ""
+        examples = f", e.g. {', '.join(self.examples)}" if self.examples else ""
+        return f"{where}: {self.check}{count}{examples}{self.detail}"
+
+
+class DataQualityReport(BaseModel):
+    dataset_sha256: str
+    rows: int
+    checks: int
+    errors: list[QualityIssue]
+    warnings: list[QualityIssue]
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+    def markdown(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        lines = [
+            f"# Data validation {verdict}: {self.rows} rows, {self.checks} checks",
+            f"Dataset sha256 `{self.dataset_sha256}`",
+        ]
+        for title, issues in (("Errors", self.errors), ("Warnings", self.warnings)):
+            if issues:
+                lines += ["", f"## {title}", *[f"- {issue.line()}" for issue in issues]]
+        return "\n".join(lines)
+
+
+def build_suite(spec: ModelSpec, columns: list[str]) -> list[Any]:
+    """The expectations, each tagged with its severity and a readable name in `meta`."""
+    import great_expectations.expectations as gxe
+
+    def meta(check: str, severity: Severity = "error") -> dict[str, str]:
+        return {"check": check, "severity": severity}
+
+    expected = [*spec.feature_names, spec.target.name]
+    suite: list[Any] = [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=spec.quality.min_rows, meta=meta(f"at least {spec.quality.min_rows} rows")
+        ),
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=expected, exact_match=True, meta=meta("no unexpected columns", "warning")
+        ),
+    ]
+    for name in expected:
+        suite.append(gxe.ExpectColumnToExist(column=name, meta=meta("column present")))
+    present = set(columns)
+    for feature in spec.features:
+        if feature.name not in present:
+            continue  # reported once, by "column present"
+        column = feature.name
+        suite.append(
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=column,
+                type_list=TYPES[feature.type],
+                meta=meta(f"type is {feature.type.value}"),
+            )
+        )
+        if feature.nullable:
+            suite.append(
+                gxe.ExpectColumnValuesToNotBeNull(
+                    column=column,
+                    mostly=1 - spec.quality.max_null_share,
+                    meta=meta(f"at most {spec.quality.max_null_share:.0%} nulls", "warning"),
+                )
+            )
+        else:
+            suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column, meta=meta("no nulls")))
+        if feature.type is FeatureType.category:
+            suite.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=column,
+                    value_set=feature.categories,
+                    meta=meta(f"one of {feature.categories}"),
+                )
+            )
+        elif feature.type is not FeatureType.boolean:
+            low = -FINITE if feature.min is None else feature.min
+            high = FINITE if feature.max is None else feature.max
+            suite.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=column,
+                    min_value=low,
+                    max_value=high,
+                    meta=meta(f"finite, in [{low:g}, {high:g}]"),
+                )
+            )
+    if spec.target.name in present:
+        target = spec.target.name
+        classes = spec.target.classes
+        suite += [
+            gxe.ExpectColumnValuesToNotBeNull(column=target, meta=meta("target has no nulls")),
+            gxe.ExpectColumnValuesToBeInSet(
+                column=target, value_set=classes, meta=meta(f"target in {classes}")
+            ),
+            gxe.ExpectColumnDistinctValuesToContainSet(
+                column=target, value_set=classes, meta=meta(f"every class of {classes} present")
+            ),
+            gxe.ExpectColumnMeanToBeBetween(
+                column=target,
+                min_value=spec.quality.min_positive_rate,
+                meta=meta(f"positive rate ≥ {spec.quality.min_positive_rate}"),
+            ),
+        ]
+    return suite
+
+
+def _issue(result: Any) -> QualityIssue:
+    config = result.expectation_config
+    details = result.result or {}
+    examples = [repr(v) for v in (details.get("partial_unexpected_list") or [])[:EXAMPLES]]
+    detail = ""
+    if details.get("observed_value") is not None:
+        detail = f" (observed {details['observed_value']})"
+    raised = (result.exception_info or {}).get("exception_message")
+    if raised:
+        detail += f" (check could not run: {raised})"
+    return QualityIssue(
+        check=config.meta["check"],
+        column=config.kwargs.get("column"),
+        severity=config.meta["severity"],
+        unexpected=details.get("unexpected_count"),
+        examples=examples,
+        detail=detail,
+    )
+
+
+def check_frame(frame: pd.DataFrame, spec: ModelSpec, sha256: str) -> DataQualityReport:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (
+        context.data_sources.add_pandas("conveyor")
+        .add_dataframe_asset(spec.name)
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{spec.name}-contract"))
+    expectations = build_suite(spec, list(frame.columns))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{spec.name}-data", data=batch, suite=suite)
+    )
+    # pandas 3 stores text as its `str` dtype, which GE's type check does not recognise; the
+    # values are the same as object columns.
+    strings = {c: object for c in frame.columns if pd.api.types.is_string_dtype(frame[c].dtype)}
+    result = definition.run(
+        batch_parameters={"dataframe": frame.astype(strings)}, result_format="SUMMARY"
+    )
+    issues = [_issue(r) for r in result.results if not r.success]
+    return DataQualityReport(
+        dataset_sha256=sha256,
+        rows=len(frame),
+        checks=len(expectations),
+        errors=[i for i in issues if i.severity == "error"],
+        warnings=[i for i in issues if i.severity == "warning"],
+    )
+
+
+def require_quality(report: DataQualityReport, uri: str) -> None:
+    if report.passed:
+        return
+    raise DataQualityError(
+        f"data at {uri} breaks the spec's contract ({len(report.errors)} failed check(s)):\n"
+        + "\n".join(f"  - {issue.line()}" for issue in report.errors)
+        + "\nNothing was trained or registered. Fix the data or the spec's schema."
+    )
+
+
+@task(name="validate-data", cache_policy=RESUMABLE, persist_result=True)
+def validate_data_task(settings: Settings, spec: ModelSpec, data: DatasetRef) -> DataQualityReport:
+    """Run the contract; the report goes to a Prefect artifact and MLflow whatever the outcome."""
+    report = check_frame(load_dataset(data.uri), spec, data.sha256)
+    create_markdown_artifact(
+        key=f"data-validation-{spec.name}", markdown=report.markdown(), description="Data contract"
+    )
+    tracking.log_data_validation(settings, spec.name, data, report.passed, report.markdown())
+    logger = get_run_logger()
+    for issue in report.warnings:
+        logger.warning("data warning: %s", issue.line())
+    if report.passed:
+        logger.info("data contract passed: %d rows, %d checks", report.rows, report.checks)
+    require_quality(report, data.uri)
+    return report

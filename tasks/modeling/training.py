@@ -1,0 +1,285 @@
+"""Estimators from the spec: one scikit-learn Pipeline over the served `features` tensor."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+from sklearn.base import ClassifierMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from tasks.core.attempts import RESUMABLE
+from tasks.core.orchestration import root_flow_run
+from tasks.core.settings import Settings
+from tasks.core.spec import EstimatorFamily, FeatureType, ModelSpec
+from tasks.datasets.data import (
+    DataError,
+    DatasetRef,
+    SplitResult,
+    load_dataset,
+    split,
+    to_features,
+    to_target,
+)
+from tasks.modeling.evaluation import (
+    ModelMetrics,
+    close_figures,
+    compute_metrics,
+    figures,
+    operating_threshold,
+)
+from tasks.registry import tracking
+
+# Types skops must be told to trust when MLflow saves each family (pickle stays out).
+SKOPS_TRUSTED: dict[EstimatorFamily, list[str]] = {
+    "random_forest": ["sklearn.tree._tree.Tree"],
+    "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
+    "logistic_regression": [],
+}
+# The imputer of nullable features keeps the dtype it was fitted on.
+SKOPS_TRUSTED_IMPUTER = ["numpy.dtype"]
+
+
+def skops_trusted(spec: ModelSpec) -> list[str]:
+    imputed = any(f.nullable and f.type is not FeatureType.category for f in spec.features)
+    return SKOPS_TRUSTED[spec.estimator.family] + (SKOPS_TRUSTED_IMPUTER if imputed else [])
+
+
+Params = dict[str, int | float | str | bool | None]
+
+
+def make_estimator(
+    family: EstimatorFamily, params: Params, seed: int, n_jobs: int = -1
+) -> ClassifierMixin:
+    if family == "random_forest":
+        return RandomForestClassifier(random_state=seed, n_jobs=n_jobs, **params)  # type: ignore[arg-type]
+    if family == "hist_gradient_boosting":
+        return HistGradientBoostingClassifier(random_state=seed, **params)  # type: ignore[arg-type]
+    return LogisticRegression(random_state=seed, max_iter=2000, **params)  # type: ignore[arg-type]
+
+
+def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = -1) -> Pipeline:
+    """Categories arrive as their index; they are one-hot encoded inside the Pipeline (and so
+    inside the ONNX graph), so clients send the same tensor whatever the estimator. A nullable
+    feature's missing value arrives as NaN and is imputed (the training median) inside the graph
+    too; an unknown or missing category (index -1) encodes as all zeros."""
+    params = spec.estimator.params | (params or {})
+    categorical = [i for i, f in enumerate(spec.features) if f.type is FeatureType.category]
+    nullable = [i for i, f in enumerate(spec.features) if f.nullable and i not in categorical]
+    numeric = [i for i in range(len(spec.features)) if i not in categorical + nullable]
+    categories = [
+        [float(i) for i in range(len(spec.features[i].categories or []))] for i in categorical
+    ]
+    # Trees do not care about scale; linear models do.
+    numeric_step = (
+        StandardScaler() if spec.estimator.family == "logistic_regression" else "passthrough"
+    )
+    transformers: list[tuple[str, object, list[int]]] = [("numeric", numeric_step, numeric)]
+    if nullable:
+        # Imputed rather than left to the estimator: logistic regression cannot take NaN, and
+        # one graph for every family keeps ONNX parity simple.
+        imputer = SimpleImputer(strategy="median")
+        scaled = Pipeline([("impute", imputer), ("scale", StandardScaler())])
+        transformers.append(
+            ("nullable", imputer if numeric_step == "passthrough" else scaled, nullable)
+        )
+    if categorical:
+        encoder = OneHotEncoder(
+            categories=categories, handle_unknown="ignore", sparse_output=False, dtype=np.float32
+        )
+        transformers.insert(0, ("categorical", encoder, categorical))
+    return Pipeline(
+        [
+            ("features", ColumnTransformer(transformers)),
+            ("classifier", make_estimator(spec.estimator.family, params, spec.data.seed, n_jobs)),
+        ]
+    )
+
+
+def fit(
+    spec: ModelSpec, features: np.ndarray, target: np.ndarray, params: Params | None = None
+) -> Pipeline:
+    classes = sorted(set(np.unique(target).tolist()))
+    if len(classes) < 2:
+        raise DataError(
+            f"the training target {spec.target.name!r} has only class {classes}; a classifier "
+            "needs examples of every class in the spec"
+        )
+    model = build_pipeline(spec, params).fit(features, target)
+    # Trained on every core, but served a row at a time: with n_jobs=-1 each predict pays joblib's
+    # dispatch (about 50 ms per batch-1 call on 2 cores), which anyone serving this MLflow model
+    # directly (`mlflow models serve`, a pickle behind FastAPI) would inherit.
+    if "n_jobs" in model[-1].get_params():
+        model[-1].set_params(n_jobs=1)
+    return model
+
+
+class TrialSummary(BaseModel):
+    number: int
+    params: Params
+    score: float
+    fit_rows: int  # what the trial fit on: part of the training split, sampled to search.max_rows
+    run_id: str
+    started_at: datetime
+    finished_at: datetime
+
+
+class SearchSummary(BaseModel):
+    metric: str
+    best: TrialSummary
+    trials: list[TrialSummary]
+
+
+class TrainResult(BaseModel):
+    """A trained candidate: where it is logged and what it was trained and judged on."""
+
+    model: str
+    candidate: tracking.CandidateRun
+    metrics: ModelMetrics
+    train: DatasetRef
+    holdout: DatasetRef
+    lineage: dict[str, str]
+    search: SearchSummary
+
+    @property
+    def run_id(self) -> str:
+        return self.candidate.run_id
+
+
+def spec_fingerprint(spec: ModelSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+# The operating threshold is chosen on out-of-fold scores of the training split: the holdout
+# then reports precision, recall and F1 at a threshold it had no part in choosing (chosen on the
+# holdout, those figures are optimistic). Three folds: three extra fits, on two thirds of the
+# (capped) split each.
+THRESHOLD_FOLDS = 3
+THRESHOLD_SOURCE = f"out-of-fold scores of the training split ({THRESHOLD_FOLDS} folds)"
+
+
+def threshold_on_training(
+    spec: ModelSpec, train: pd.DataFrame, params: Params | None = None
+) -> float:
+    """The operating threshold from out-of-fold scores on `train` (sampled to search.max_rows,
+    as the trials are: the threshold needs the score distribution, not every row)."""
+    cap = spec.search.max_rows
+    if cap is not None and len(train) > cap:
+        train, _ = split(train, spec.target.name, 1 - cap / len(train), spec.search.seed)
+    features, target = to_features(train, spec), to_target(train, spec)
+    smallest = int(np.bincount(target).min()) if len(np.unique(target)) > 1 else 0
+    if smallest < THRESHOLD_FOLDS:
+        raise DataError(
+            f"the training split has {smallest} row(s) of its rarest class; choosing the "
+            f"operating threshold needs at least {THRESHOLD_FOLDS} (one per fold). Add data."
+        )
+    folds = StratifiedKFold(THRESHOLD_FOLDS, shuffle=True, random_state=spec.search.seed)
+    scores = cross_val_predict(
+        build_pipeline(spec, params), features, target, cv=folds, method="predict_proba"
+    )[:, 1]
+    return operating_threshold(target, scores, spec.evaluation)
+
+
+def refit_and_score(
+    spec: ModelSpec, train: pd.DataFrame, holdout: pd.DataFrame, params: Params
+) -> tuple[Pipeline, float, ModelMetrics, np.ndarray]:
+    """The candidate refit on all of `train`, its threshold (from `train` alone), and its
+    holdout metrics at that threshold; the holdout's scores for the plots."""
+    model = fit(spec, to_features(train, spec), to_target(train, spec), params)
+    threshold = threshold_on_training(spec, train, params)
+    scores = model.predict_proba(to_features(holdout, spec))[:, 1]
+    return model, threshold, compute_metrics(to_target(holdout, spec), scores, threshold), scores
+
+
+def train_candidate(
+    spec: ModelSpec,
+    settings: Settings,
+    data: SplitResult,
+    run: tracking.CandidateRun,
+    search: SearchSummary,
+    flow_run_id: str,
+) -> TrainResult:
+    """Refit with the chosen parameters on the whole training split, score it on the holdout,
+    and complete its MLflow run."""
+    train = load_dataset(data.train.uri)
+    params = search.best.params
+    holdout = load_dataset(data.holdout.uri)
+    model, threshold, metrics, scores = refit_and_score(spec, train, holdout, params)
+    features, target = to_features(holdout, spec), to_target(holdout, spec)
+    lineage = {
+        tracking.TAG_DATA: data.train.sha256,
+        tracking.TAG_SOURCE: data.source_sha256,
+        tracking.TAG_HOLDOUT: data.holdout.sha256,
+        tracking.TAG_HOLDOUT_URI: data.holdout.uri,
+        tracking.TAG_TRAIN_URI: data.train.uri,
+        tracking.TAG_CODE: tracking.code_version(),
+        tracking.TAG_FLOW_RUN: flow_run_id,
+        tracking.TAG_SPEC: spec_fingerprint(spec),
+        tracking.TAG_THRESHOLD: f"{threshold:.6f}",
+        tracking.TAG_THRESHOLD_SOURCE: THRESHOLD_SOURCE,
+    }
+    plots = figures(target, scores, threshold)
+    candidate = tracking.log_candidate(
+        settings,
+        spec,
+        run,
+        model,
+        spec.estimator.params | params,
+        metrics.model_dump() | {f"search_best_{search.metric}": search.best.score},
+        features[:100],
+        tags=lineage,
+        trusted_types=skops_trusted(spec),
+        figures=plots,
+        inputs={"training": (train, data.train), "holdout": (holdout, data.holdout)},
+    )
+    close_figures(plots)
+    return TrainResult(
+        model=spec.name,
+        candidate=candidate,
+        metrics=metrics,
+        train=data.train,
+        holdout=data.holdout,
+        lineage=lineage,
+        search=search,
+    )
+
+
+@task(name="train-candidate", cache_policy=RESUMABLE, persist_result=True)
+def train_candidate_task(
+    spec: ModelSpec,
+    settings: Settings,
+    data: SplitResult,
+    run: tracking.CandidateRun,
+    search: SearchSummary,
+) -> TrainResult:
+    logger = get_run_logger()
+    result = train_candidate(spec, settings, data, run, search, root_flow_run())
+    m = result.metrics
+    create_table_artifact(
+        key=f"evaluation-{spec.name}",
+        table=[{"metric": k, "value": round(v, 6)} for k, v in m.model_dump().items()],
+        description=f"Holdout metrics of MLflow run [{result.run_id}]"
+        f"({tracking.run_link(settings, result.candidate)})",
+    )
+    logger.info(
+        "trained %s on %d rows (data %s…): ROC AUC %.4f, PR AUC %.4f, F1 %.4f; MLflow run %s",
+        spec.estimator.family,
+        data.train.rows,
+        data.train.sha256[:12],
+        result.metrics.roc_auc,
+        result.metrics.pr_auc,
+        result.metrics.f1,
+        result.run_id,
+    )
+    return result

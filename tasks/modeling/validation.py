@@ -1,0 +1,60 @@
+"""The model gate: thresholds, then the challenger against the champion on the same holdout."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.core.errors import ConveyorError
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.datasets.data import load_dataset, to_features, to_target
+from tasks.modeling.evaluation import ValidationReport, compare, threshold_failures
+from tasks.modeling.training import TrainResult
+from tasks.registry import model_registry, tracking
+
+
+def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
+    """Judge the candidate; with no champion yet, the thresholds alone decide."""
+    comparison = None
+    champion = model_registry.alias_version(settings, spec.name, model_registry.CHAMPION)
+    if champion is not None:
+        ref = model_registry.version_ref(settings, spec.name, champion)
+        trained_on = tracking.run_param(settings, ref.run_id, "features")
+        if trained_on != ",".join(spec.feature_names):
+            raise ConveyorError(
+                f"champion v{champion} of {spec.name} was trained on features [{trained_on}], "
+                f"the challenger on [{','.join(spec.feature_names)}]: they cannot be compared on "
+                "one holdout. Register the new feature set under a new model name."
+            )
+        holdout = load_dataset(train.holdout.uri)
+        features, target = to_features(holdout, spec), to_target(holdout, spec)
+        challenger_model = tracking.load_model(settings, train.candidate.model_uri)
+        champion_model = tracking.load_model(settings, ref.model_uri)
+        comparison = compare(
+            target,
+            challenger_model.predict_proba(features)[:, 1],
+            champion_model.predict_proba(features)[:, 1],
+            champion,
+            spec.validation,
+        )
+    return ValidationReport(
+        metrics=train.metrics,
+        thresholds=spec.thresholds,
+        threshold_failures=threshold_failures(train.metrics, spec.thresholds),
+        comparison=comparison,
+    )
+
+
+@task(name="validate-candidate")
+def validate_task(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
+    report = validate(settings, spec, train)
+    tracking.log_to_run(settings, train.run_id, tags=report.tags())
+    create_markdown_artifact(
+        key=f"validation-{spec.name}", markdown=report.markdown(), description="Model gate"
+    )
+    logger = get_run_logger()
+    if report.comparison is not None:
+        logger.info(report.comparison.summary())
+    (logger.info if report.passed else logger.warning)("validation %s", report.verdict)
+    return report

@@ -1,0 +1,115 @@
+"""The model card: a markdown document per released version, in MLflow and as a Prefect artifact."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.modeling import training
+from tasks.modeling.evaluation import ValidationReport
+from tasks.modeling.onnx import OnnxArtifact
+from tasks.modeling.training import TrainResult
+from tasks.registry import model_registry, tracking
+from tasks.registry.approval import ApprovalDecision
+from tasks.serving.smoke import SmokeReport
+
+CARD_ARTIFACT = "model_card.md"
+
+
+class ReleaseEvidence(BaseModel):
+    """What a release's gates found about the version it promoted: what its card is made of."""
+
+    ref: model_registry.ModelRef
+    train: TrainResult
+    validation: ValidationReport
+    onnx: OnnxArtifact
+    smoke: SmokeReport
+    approval: ApprovalDecision | None
+    promotion: model_registry.PromotionResult
+
+
+def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
+    ref, train, validation = evidence.ref, evidence.train, evidence.validation
+    onnx, smoke, approval = evidence.onnx, evidence.smoke, evidence.approval
+    promotion = evidence.promotion
+    m = train.metrics
+    lineage = train.lineage
+    comparison = (
+        validation.comparison.summary() if validation.comparison else "first release: no champion"
+    )
+    if approval is None:
+        approved = "not required by the spec"
+    else:
+        approved = (
+            f"{approval.approver} at {approval.decided_at:%Y-%m-%d %H:%M UTC}: {approval.reason}"
+        )
+    features = ", ".join(f"`{f.name}` ({f.type.value})" for f in spec.features)
+    return "\n".join(
+        [
+            f"# Model card: {spec.name} version {ref.version}",
+            "",
+            spec.description.strip(),
+            "",
+            "## Decision",
+            f"- Promoted to champion; previous champion: {promotion.previous or 'none'}",
+            f"- Validation: {validation.verdict}",
+            f"- Comparison with the champion: {comparison}",
+            f"- Approval: {approved}",
+            "",
+            "## Data",
+            f"- Training data: `{train.train.uri}`, {train.train.rows} rows, "
+            f"{train.train.positives} positives, sha256 `{train.train.sha256}`",
+            f"- Holdout: `{train.holdout.uri}`, {train.holdout.rows} rows, "
+            f"{train.holdout.positives} positives, sha256 `{train.holdout.sha256}`",
+            f"- Source: {spec.data.source} (seed {spec.data.seed}, drift knob {spec.data.drift})",
+            f"- Features, in served order: {features}",
+            "",
+            "## Holdout metrics",
+            "| ROC AUC | PR AUC | Brier | threshold | precision | recall | F1 | positive rate |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {m.roc_auc:.4f} | {m.pr_auc:.4f} | {m.brier:.4f} | {m.threshold:.4f} | "
+            f"{m.precision:.4f} | {m.recall:.4f} | {m.f1:.4f} | {m.positive_rate:.4f} |",
+            "",
+            f"Operating point: {spec.evaluation.operating_point}, chosen on "
+            f"{training.THRESHOLD_SOURCE}: the holdout had no part in it, so the figures above "
+            "are what to expect of unseen data. Triton's `label` output is the "
+            f"argmax (0.5); flag a transaction when `probabilities[:, 1] >= {m.threshold:.4f}`.",
+            "",
+            "## Serving",
+            f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "
+            f"max |Δp| {onnx.parity.max_abs_diff:.1e}, {onnx.parity.label_flips} label flips",
+            f"- Smoke test: {smoke.rows} rows equal offline over HTTP and gRPC, "
+            f"single-client p50 {smoke.p50_ms:.2f} ms, p99 {smoke.p99_ms:.2f} ms; under load "
+            f"({smoke.load.concurrency} clients) {smoke.load.throughput_rps:.0f} req/s, "
+            f"p99 {smoke.load.p99_ms:.2f} ms (budget {smoke.p99_budget_ms} ms), "
+            f"{smoke.load.errors} errors",
+            "",
+            "## Lineage",
+            f"- Estimator: {spec.estimator.family} {spec.estimator.params}",
+            f"- MLflow run `{ref.run_id}`, model `{ref.model_uri}`",
+            f"- Code version `{lineage.get(tracking.TAG_CODE)}`, spec sha256 "
+            f"`{lineage.get(tracking.TAG_SPEC)}`, "
+            f"Prefect flow run `{lineage.get(tracking.TAG_FLOW_RUN)}`",
+            "",
+            "## Drift baseline",
+            f"- Reference for the nightly drift check: the training data above "
+            f"(sha256 `{train.train.sha256}`); dataset drift when more than "
+            f"{spec.drift.share:.0%} of the features drift.",
+        ]
+    )
+
+
+@task(name="model-card")
+def model_card_task(settings: Settings, spec: ModelSpec, evidence: ReleaseEvidence) -> str:
+    """Log the card with the version's run; returns its `runs:/` URI."""
+    ref = evidence.ref
+    card = render(spec, evidence)
+    uri = tracking.log_run_artifact(settings, ref.run_id, CARD_ARTIFACT, card.encode())
+    model_registry.tag_version(settings, ref, {"conveyor.model_card": uri})
+    create_markdown_artifact(
+        key=f"model-card-{spec.name}", markdown=card, description=f"{spec.name} v{ref.version}"
+    )
+    return uri

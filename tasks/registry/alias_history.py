@@ -1,0 +1,112 @@
+"""Who moved which alias, when and why. MLflow keeps only the current aliases; conveyor records
+every move as a registered-model tag next to them (shared by every worker that shares the
+registry), and archives the oldest into a run's artifacts so the model's tags stay bounded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel
+
+from tasks.core.settings import Settings
+from tasks.registry.mlflow_store import RegistryError, client
+from tasks.registry.tracking import close_run, log_run_artifact, open_run, read_artifact
+
+HISTORY_PREFIX = "conveyor.history."
+
+
+class AliasMove(BaseModel):
+    """One change of one alias; MLflow keeps only the current aliases, conveyor keeps these."""
+
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    at: datetime
+    actor: str
+    reason: str
+    flow_run_id: str | None = None
+
+
+def record(settings: Settings, name: str, move: AliasMove) -> None:
+    """Keep a move that has just been made (the alias is already where it says)."""
+    key = f"{HISTORY_PREFIX}{move.at.strftime('%Y%m%dT%H%M%S.%fZ')}.{move.alias}"
+    client(settings).set_registered_model_tag(name, key, move.model_dump_json())
+    compact(settings, name)
+
+
+# The newest moves stay tags on the registered model (what `conveyor status` reads); older ones
+# are archived, a batch at a time, as JSON lines in the artifacts of an `alias-history` run of
+# the model's experiment, so the record stays complete while the model's tags stay bounded.
+HISTORY_TAGS_KEPT = 60
+HISTORY_BATCH = 40
+HISTORY_RUN = "alias-history"
+HISTORY_ARTIFACTS = "alias-history"
+
+
+def _history_tags(settings: Settings, name: str) -> dict[str, str]:
+    try:
+        tags = client(settings).get_registered_model(name).tags
+    except MlflowException as exc:
+        raise RegistryError(f"no registered model {name} in {settings.tracking_uri}") from exc
+    return {k: v for k, v in tags.items() if k.startswith(HISTORY_PREFIX)}
+
+
+def compact(settings: Settings, name: str) -> int:
+    """Archive the oldest moves once more than HISTORY_TAGS_KEPT + HISTORY_BATCH are tags; the
+    archive is written before any tag is deleted, so a failure in between only duplicates moves
+    (`moves` reads each once). Returns how many moves were archived."""
+    tags = _history_tags(settings, name)
+    if len(tags) <= HISTORY_TAGS_KEPT + HISTORY_BATCH:
+        return 0
+    oldest = sorted(tags)[: len(tags) - HISTORY_TAGS_KEPT]
+    lines = "".join(tags[k] + "\n" for k in oldest).encode()
+    run = open_run(settings, name, HISTORY_RUN, {"conveyor.history_archive": "true"})
+    try:
+        first, last = (k.removeprefix(HISTORY_PREFIX) for k in (oldest[0], oldest[-1]))
+        log_run_artifact(settings, run.run_id, f"{HISTORY_ARTIFACTS}/{first}--{last}.jsonl", lines)
+    except BaseException:
+        close_run(settings, run.run_id, "FAILED")
+        raise
+    close_run(settings, run.run_id, "FINISHED")
+    mlflow_client = client(settings)
+    for key in oldest:
+        mlflow_client.delete_registered_model_tag(name, key)
+    return len(oldest)
+
+
+def _archived_moves(settings: Settings, name: str) -> list[str]:
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is None:
+        return []
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.run_name = '{HISTORY_RUN}' and attributes.status = 'FINISHED'",
+    )
+    lines: list[str] = []
+    for run in runs:
+        for artifact in mlflow_client.list_artifacts(run.info.run_id, HISTORY_ARTIFACTS):
+            uri = f"runs:/{run.info.run_id}/{artifact.path}"
+            lines += read_artifact(settings, uri).decode().splitlines()
+    return lines
+
+
+def _moves(records: list[str]) -> list[AliasMove]:
+    # A move archived and still a tag (compaction interrupted between the two) counts once.
+    unique = {m.model_dump_json(): m for m in map(AliasMove.model_validate_json, records)}
+    return sorted(unique.values(), key=lambda m: m.at)
+
+
+def recent(model_tags: dict[str, str]) -> list[AliasMove]:
+    """The moves kept as tags, from a registered model's tags already read (oldest first)."""
+    return _moves([v for k, v in model_tags.items() if k.startswith(HISTORY_PREFIX)])
+
+
+def moves(settings: Settings, name: str, archived: bool = True) -> list[AliasMove]:
+    """Every move of the model's aliases, oldest first; `archived=False` reads only the recent
+    ones kept as tags (always the newest HISTORY_TAGS_KEPT or more)."""
+    records = list(_history_tags(settings, name).values())
+    if archived:
+        records += _archived_moves(settings, name)
+    return _moves(records)

@@ -1,0 +1,91 @@
+"""Triton model configuration: config.pbtxt rendered from a spec (both renderings of one contract,
+`python` and `onnxruntime_onnx`), parsed back, and the candidate's own Triton name."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tasks.core.spec import ModelSpec, ServingSpec
+from tasks.modeling.onnx import INPUT, LABEL, PROBABILITIES
+
+Backend = Literal["python", "onnxruntime"]
+
+
+# A candidate is served under its own name until promotion: unversioned requests go to the highest
+# READY version of a model, so loading it beside the champion would hand it production traffic.
+# The name carries the version, so two releases of one model (should the lease ever fail) never
+# test, replace or unload each other's candidate.
+CANDIDATE_SUFFIX = "-candidate-v"
+
+
+def candidate_name(model: str, version: int) -> str:
+    return f"{model}{CANDIDATE_SUFFIX}{version}"
+
+
+def candidate_version(model: str, name: str) -> int | None:
+    """The version a Triton model name is the candidate of, for `model`; None if it is not one."""
+    prefix = f"{model}{CANDIDATE_SUFFIX}"
+    tail = name.removeprefix(prefix)
+    return int(tail) if name.startswith(prefix) and tail.isdigit() else None
+
+
+def render_config(
+    spec: ModelSpec,
+    backend: Backend,
+    versions: list[int] | None = None,
+    serving: ServingSpec | None = None,
+    name: str | None = None,
+) -> mc.ModelConfig:
+    """One I/O contract, two renderings: production onnxruntime platform, or python backend.
+
+    `serving` overrides the spec's serving section (a tuned configuration); `name` serves the same
+    files under another model name (the candidate)."""
+    serving = serving or spec.serving
+    config = mc.ModelConfig(name=name or spec.name, max_batch_size=serving.max_batch_size)
+    if backend == "onnxruntime":
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = "model.onnx"
+    else:
+        config.backend = "python"
+    config.input.append(mc.ModelInput(name=INPUT, data_type=mc.TYPE_FP32, dims=[spec.n_features]))
+    config.output.extend(
+        [
+            mc.ModelOutput(name=LABEL, data_type=mc.TYPE_INT64, dims=[1]),
+            mc.ModelOutput(name=PROBABILITIES, data_type=mc.TYPE_FP32, dims=[spec.n_classes]),
+        ]
+    )
+    config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_microseconds
+    config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
+    kind = mc.ModelInstanceGroup.Kind.Value(serving.kind)
+    config.instance_group.append(mc.ModelInstanceGroup(count=serving.instance_count, kind=kind))
+    for key in ("intra_op_thread_count", "inter_op_thread_count"):
+        config.parameters[key].string_value = "1"
+    # Columns where NaN means "missing" (the graph imputes it); NaN elsewhere is refused.
+    nullable = [str(i) for i, f in enumerate(spec.features) if f.nullable]
+    config.parameters["nullable_columns"].string_value = ",".join(nullable)
+    # Warm-up runs before Triton marks a version READY, so no client pays onnxruntime's first run.
+    warmup_input = mc.ModelWarmup.Input(
+        data_type=mc.TYPE_FP32, dims=[spec.n_features], zero_data=True
+    )
+    config.model_warmup.append(
+        mc.ModelWarmup(name="one-row", batch_size=1, inputs={INPUT: warmup_input})
+    )
+    if versions:
+        config.version_policy.specific.versions.extend(sorted(versions))
+    return config
+
+
+def config_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def config_json(config: mc.ModelConfig) -> str:
+    """The form `load_model(config=...)` takes; field names as in config.pbtxt."""
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,295 @@
+"""What Triton serves for a model, as a release changes it: versions published to the repository,
+the candidate served under its own name, the live set (champion + previous) gone live, and a
+candidate withdrawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec, ServingSpec
+from tasks.core.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
+from tasks.modeling.onnx import OnnxArtifact, sha256
+from tasks.registry import model_registry, tracking
+from tasks.registry.registry_state import RegistryState
+from tasks.serving import triton_server
+from tasks.serving.model_config import Backend, candidate_name, config_text
+from tasks.serving.triton_client import (
+    TritonError,
+    load_candidate,
+    load_versions,
+    loaded_versions,
+    unload_model,
+)
+from tasks.serving.triton_server import Endpoint
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "triton" / "python_model" / "model.py"
+
+
+class PublishResult(BaseModel):
+    repository: str
+    model: str
+    version: int
+    files: dict[str, str]  # name → sha256
+
+
+def python_model_source() -> bytes:
+    if not TEMPLATE.is_file():
+        raise TritonError(
+            f"python-backend model template missing at {TEMPLATE}; run conveyor from its source "
+            "checkout (installed with `pip install -e .`, as `make` does)"
+        )
+    return TEMPLATE.read_bytes()
+
+
+def version_files(onnx_bytes: bytes, backend: Backend) -> dict[str, bytes]:
+    files = {"model.onnx": onnx_bytes}
+    if backend == "python":
+        files["model.py"] = python_model_source()
+    return files
+
+
+def publish_version(
+    store: Store,
+    repository: str,
+    spec: ModelSpec,
+    version: int,
+    onnx_bytes: bytes,
+    backend: Backend,
+) -> PublishResult:
+    """Write `<model>/<version>/` all at once with its manifest.
+
+    The model's config.pbtxt is written when a version goes live (`go_live`), so the repository
+    on disk always describes what is served."""
+    files = version_files(onnx_bytes, backend)
+    key = f"{spec.name}/{version}"
+    if store.exists(key):
+        # A retry of the same export finds its own complete version; anything else is a conflict.
+        if verify_dir(store, key) != file_hashes(files):
+            raise TritonError(
+                f"{repository}/{key} already holds different files. Version numbers come from "
+                "the MLflow registry; this repository belongs to another registry or was edited "
+                "by hand. Point CONVEYOR_MODEL_REPOSITORY at this registry's repository."
+            )
+    else:
+        store.publish_dir(key, files)
+    return PublishResult(
+        repository=repository, model=spec.name, version=version, files=verify_dir(store, key)
+    )
+
+
+class ServingState(BaseModel):
+    endpoint: Endpoint
+    model: str
+    versions: list[int]
+
+
+def publish(
+    settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, onnx: OnnxArtifact
+) -> PublishResult:
+    data = tracking.read_artifact(settings, onnx.uri)
+    actual = sha256(data)
+    if actual != onnx.sha256:
+        raise TritonError(
+            f"{onnx.uri} has sha256 {actual[:12]}…, the export recorded {onnx.sha256[:12]}…; "
+            "the artifact store was modified. Export again."
+        )
+    store = open_store(settings.repository)
+    return publish_version(
+        store, settings.repository, spec, ref.version, data, settings.triton_backend
+    )
+
+
+def serving_for(settings: Settings, spec: ModelSpec, version: int) -> ServingSpec:
+    """The serving configuration a version was released with (tuned), else the spec's."""
+    tagged = model_registry.version_tag(settings, spec.name, version, model_registry.TAG_SERVING)
+    return ServingSpec.model_validate_json(tagged) if tagged else spec.serving
+
+
+def serve_candidate(
+    settings: Settings,
+    spec: ModelSpec,
+    ref: model_registry.ModelRef,
+    serving: ServingSpec | None = None,
+) -> ServingState:
+    """Serve the candidate's verified files under its candidate name, reachable for the smoke test
+    but never by production callers, who keep getting the champion until the swap."""
+    files = read_verified(open_store(settings.repository), f"{spec.name}/{ref.version}")
+    endpoint = triton_server.endpoint(settings)
+    name = load_candidate(settings, endpoint, spec, ref.version, files, serving)
+    return ServingState(endpoint=endpoint, model=name, versions=[ref.version])
+
+
+def live_versions(settings: Settings, spec: ModelSpec) -> list[int]:
+    """What the registry says is live (champion, and previous for instant rollback)."""
+    store = open_store(settings.repository)
+    live = {
+        model_registry.alias_version(settings, spec.name, a)
+        for a in (model_registry.PREVIOUS, model_registry.CHAMPION)
+    }
+    return sorted(v for v in live if v is not None and store.exists(f"{spec.name}/{v}/{MANIFEST}"))
+
+
+class LiveSet(BaseModel):
+    """What was live when a release started, kept so that its clean-up can put it back without
+    the registry (which may be what failed)."""
+
+    versions: list[int]
+    serving: ServingSpec | None = None
+
+
+def live_set(settings: Settings, spec: ModelSpec, state: RegistryState) -> LiveSet:
+    """What `state` says is live and has its files, with the newest's serving configuration."""
+    store = open_store(settings.repository)
+    versions = [v for v in state.live() if store.exists(f"{spec.name}/{v}/{MANIFEST}")]
+    if not versions:
+        return LiveSet(versions=[])
+    newest = next(a for a in (state.champion, state.previous) if a and a.version == max(versions))
+    tagged = newest.tags.get(model_registry.TAG_SERVING)
+    serving = ServingSpec.model_validate_json(tagged) if tagged else spec.serving
+    return LiveSet(versions=versions, serving=serving)
+
+
+def go_live(
+    settings: Settings, spec: ModelSpec, versions: list[int], serving: ServingSpec | None = None
+) -> ServingState:
+    """Make exactly `versions` loaded under the model's own name; the newest answers unversioned
+    requests, with the serving configuration it was released with. Every file is verified first,
+    and config.pbtxt is rewritten afterwards, so the repository on disk matches what is served
+    (a production Triton started on it loads the same set)."""
+    store = open_store(settings.repository)
+    for version in versions:
+        verify_dir(store, f"{spec.name}/{version}")
+    endpoint = triton_server.endpoint(settings)
+    if not versions:
+        unload_model(endpoint, spec.name)
+        return ServingState(endpoint=endpoint, model=spec.name, versions=[])
+    config = load_versions(
+        endpoint,
+        spec,
+        settings.triton_backend,
+        versions,
+        settings.triton_load_timeout_s,
+        serving or serving_for(settings, spec, max(versions)),
+    )
+    store.write_file(f"{spec.name}/config.pbtxt", config_text(config).encode())
+    return ServingState(endpoint=endpoint, model=spec.name, versions=sorted(versions))
+
+
+def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
+    return go_live(settings, spec, live_versions(settings, spec))
+
+
+class Withdrawal(BaseModel):
+    state: ServingState
+    files_kept: str | None = None  # why the version's files are still in the repository
+
+
+def withdraw(
+    settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, before: LiveSet | None = None
+) -> Withdrawal:
+    """Undo a candidate: its candidate model unloaded, Triton back to what the registry says is
+    live (it may have been swapped in before a later step failed), the version's files gone.
+
+    With the registry unreachable (`before` given): Triton goes back to what was live when the
+    release started, and the files stay, since the promotion may have moved an alias onto them
+    before the registry went; with the repository unreachable, they stay too.
+    `conveyor doctor --repair` settles either once the server is back."""
+    endpoint = triton_server.endpoint(settings)
+    unload_model(endpoint, candidate_name(spec.name, ref.version))
+    kept = None
+    if ref.version in loaded_versions(endpoint, spec.name):
+        try:
+            restore_serving(settings, spec)
+        except MlflowException:
+            if before is None:
+                raise
+            go_live(settings, spec, before.versions, before.serving)
+            kept = "the registry did not answer"
+    if kept is None:
+        try:
+            open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
+        except Exception as exc:  # S3 or the disk failed: often what failed the release
+            kept = f"the repository did not answer ({type(exc).__name__})"
+    state = ServingState(
+        endpoint=endpoint, model=spec.name, versions=loaded_versions(endpoint, spec.name)
+    )
+    return Withdrawal(state=state, files_kept=kept)
+
+
+def serve_only(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
+    """Make `version` the only loaded version (its files verified first)."""
+    if not open_store(settings.repository).exists(f"{spec.name}/{version}"):
+        raise TritonError(
+            f"{settings.repository}/{spec.name}/{version} does not exist; it cannot be served"
+        )
+    return go_live(settings, spec, [version])
+
+
+@task(name="publish-version")
+def publish_task(
+    settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, onnx: OnnxArtifact
+) -> PublishResult:
+    result = publish(settings, spec, ref, onnx)
+    get_run_logger().info(
+        "published %s/%s/%d (%s)",
+        result.repository,
+        spec.name,
+        ref.version,
+        ", ".join(result.files),
+    )
+    return result
+
+
+@task(name="serve-candidate")
+def serve_candidate_task(
+    settings: Settings,
+    spec: ModelSpec,
+    ref: model_registry.ModelRef,
+    serving: ServingSpec | None = None,
+) -> ServingState:
+    state = serve_candidate(settings, spec, ref, serving)
+    get_run_logger().info(
+        "Triton %s serves the candidate as %s v%d", state.endpoint.http, state.model, ref.version
+    )
+    return state
+
+
+@task(name="withdraw-candidate")
+def withdraw_task(
+    settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, before: LiveSet | None = None
+) -> Withdrawal:
+    done = withdraw(settings, spec, ref, before)
+    get_run_logger().warning(
+        "withdrew %s version %d: Triton serves versions %s, its files are %s",
+        spec.name,
+        ref.version,
+        done.state.versions,
+        f"kept ({done.files_kept}) until `conveyor doctor --repair`"
+        if done.files_kept
+        else "removed",
+    )
+    return done
+
+
+@task(name="serve-only")
+def serve_only_task(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
+    state = serve_only(settings, spec, version)
+    get_run_logger().info("Triton %s serves %s v%d only", state.endpoint.http, spec.name, version)
+    return state
+
+
+@task(name="restore-serving")
+def restore_serving_task(settings: Settings, spec: ModelSpec) -> ServingState:
+    state = restore_serving(settings, spec)
+    get_run_logger().warning(
+        "Triton %s serves %s versions %s again, as the registry's aliases say",
+        state.endpoint.http,
+        spec.name,
+        state.versions,
+    )
+    return state
