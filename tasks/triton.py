@@ -181,7 +181,7 @@ def http_client(
 
 
 def grpc_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
-    return grpcclient.InferenceServerClient(endpoint.grpc)
+    return triton_server.grpc_client(endpoint.grpc)
 
 
 # gRPC codes for a server that died or closed the connection mid-call (tritonclient passes the

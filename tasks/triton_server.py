@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -29,6 +30,9 @@ from tasks import credentials, owned_processes
 from tasks.errors import ConveyorError
 from tasks.settings import Settings
 from tasks.storage import open_store
+
+if TYPE_CHECKING:
+    import tritonclient.grpc as grpcclient
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
@@ -499,14 +503,35 @@ def served_models(settings: Settings) -> list[str]:
     return sorted(f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(CONFIG))
 
 
+def grpc_client(url: str) -> grpcclient.InferenceServerClient:
+    """A gRPC client with a subchannel of its own. gRPC shares subchannels per address across a
+    process, with their reconnect back-off: a client made for a Triton restarted on its kept
+    ports would inherit the dead server's "connection refused" for up to the back-off (seconds)
+    and fail at once. tritonclient's default message sizes and keepalive are kept."""
+    import tritonclient.grpc as grpcclient
+
+    keepalive = grpcclient.KeepAliveOptions()
+    return grpcclient.InferenceServerClient(
+        url,
+        channel_args=[
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ],
+    )
+
+
 def restore_repository(settings: Settings, state: ServerState) -> list[str]:
     """Load every served model from its config.pbtxt (the versions it pins, verified when they
     went live) and wait until each is ready; return their names. Candidates are not among them:
     they were a release's, and are gone with the server that held them."""
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(state.endpoint.grpc)
+    client = grpc_client(state.endpoint.grpc)
     headers = credentials.triton_grpc_headers(state.key_file)
     names = served_models(settings)
     for name in names:
