@@ -3,6 +3,7 @@ rejects malformed requests and is fast enough."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -92,7 +93,6 @@ def _malformed(
     endpoint: Endpoint, spec: ModelSpec, model: str, version: str
 ) -> dict[str, str | None]:
     """Each malformed request mapped to the server's refusal, or None if it was (wrongly) served."""
-    client = triton.http_client(endpoint)
     cases = {
         "wrong shape": np.zeros((1, spec.n_features + 1), dtype=np.float32),
         "wrong dtype": np.zeros((1, spec.n_features), dtype=np.float64),
@@ -100,14 +100,16 @@ def _malformed(
         "oversized batch": np.zeros((spec.serving.max_batch_size + 1, spec.n_features), np.float32),
     }
     outcome: dict[str, str | None] = {}
-    for case, array in cases.items():
-        inp = httpclient.InferInput(INPUT, list(array.shape), np_to_triton_dtype(array.dtype))
-        inp.set_data_from_numpy(array, binary_data=True)
-        try:
-            client.infer(model, [inp], model_version=version)
-            outcome[case] = None
-        except InferenceServerException as exc:
-            outcome[case] = exc.message()
+    # Closed here, in the thread that opened it (see `traffic.measure`).
+    with contextlib.closing(triton.http_client(endpoint)) as client:
+        for case, array in cases.items():
+            inp = httpclient.InferInput(INPUT, list(array.shape), np_to_triton_dtype(array.dtype))
+            inp.set_data_from_numpy(array, binary_data=True)
+            try:
+                client.infer(model, [inp], model_version=version)
+                outcome[case] = None
+            except InferenceServerException as exc:
+                outcome[case] = exc.message()
     return outcome
 
 
@@ -157,93 +159,100 @@ def run_smoke(
 ) -> SmokeReport:
     """Run every check and collect what failed; the caller decides what a failure means."""
     tag = str(version)
-    http, grpc = triton.http_client(endpoint), triton.grpc_client(endpoint)
-    failures: list[str] = []
-    # Live, not ready: strict readiness drops while Triton unloads a version the policy dropped.
-    if not (http.is_server_live() and grpc.is_server_live()):
-        raise SmokeTestError(f"Triton at {endpoint.http} / {endpoint.grpc} is not live")
-    if not (http.is_model_ready(model, tag) and grpc.is_model_ready(model, tag)):
-        raise SmokeTestError(
-            f"{model} version {version} is not loaded on Triton at {endpoint.http}; "
-            "`conveyor triton up` loads the champion and previous versions"
+    # Closed here, in the thread that opened it (see `traffic.measure`).
+    with contextlib.closing(triton.http_client(endpoint)) as http:
+        grpc = triton.grpc_client(endpoint)
+        failures: list[str] = []
+        # Live, not ready: strict readiness drops while Triton unloads a version the policy dropped.
+        if not (http.is_server_live() and grpc.is_server_live()):
+            raise SmokeTestError(f"Triton at {endpoint.http} / {endpoint.grpc} is not live")
+        if not (http.is_model_ready(model, tag) and grpc.is_model_ready(model, tag)):
+            raise SmokeTestError(
+                f"{model} version {version} is not loaded on Triton at {endpoint.http}; "
+                "`conveyor triton up` loads the champion and previous versions"
+            )
+
+        metadata_problems = _metadata_problems(http.get_model_metadata(model, tag), spec)
+        failures += metadata_problems
+
+        batch = spec.serving.max_batch_size
+        http_labels, http_proba = _served_predictions(
+            lambda x: triton.infer_http(http, model, x, tag), features, batch
+        )
+        grpc_labels, grpc_proba = _served_predictions(
+            lambda x: triton.infer_grpc(grpc, model, x, tag), features, batch
+        )
+        http_diff = float(np.abs(http_proba - offline_probabilities).max())
+        grpc_diff = float(np.abs(grpc_proba - offline_probabilities).max())
+        mismatches = int(
+            (http_labels != offline_labels).sum() + (grpc_labels != offline_labels).sum()
+        )
+        for protocol, diff in (("HTTP", http_diff), ("gRPC", grpc_diff)):
+            if diff > spec.smoke.tolerance:
+                failures.append(
+                    f"{protocol} probabilities differ from offline ONNX by {diff:.3g} "
+                    f"(tolerance {spec.smoke.tolerance:.0e})"
+                )
+        if mismatches:
+            failures.append(f"{mismatches} served label(s) differ from offline ONNX")
+
+        failures += extreme_problems(
+            {
+                "HTTP": lambda x: triton.infer_http(http, model, x, tag),
+                "gRPC": lambda x: triton.infer_grpc(grpc, model, x, tag),
+            },
+            spec,
+            batch,
         )
 
-    metadata_problems = _metadata_problems(http.get_model_metadata(model, tag), spec)
-    failures += metadata_problems
+        malformed = _malformed(endpoint, spec, model, tag)
+        failures += [
+            f"malformed request accepted: {case}" for case, m in malformed.items() if m is None
+        ]
 
-    batch = spec.serving.max_batch_size
-    http_labels, http_proba = _served_predictions(
-        lambda x: triton.infer_http(http, model, x, tag), features, batch
-    )
-    grpc_labels, grpc_proba = _served_predictions(
-        lambda x: triton.infer_grpc(grpc, model, x, tag), features, batch
-    )
-    http_diff = float(np.abs(http_proba - offline_probabilities).max())
-    grpc_diff = float(np.abs(grpc_proba - offline_probabilities).max())
-    mismatches = int((http_labels != offline_labels).sum() + (grpc_labels != offline_labels).sum())
-    for protocol, diff in (("HTTP", http_diff), ("gRPC", grpc_diff)):
-        if diff > spec.smoke.tolerance:
-            failures.append(
-                f"{protocol} probabilities differ from offline ONNX by {diff:.3g} "
-                f"(tolerance {spec.smoke.tolerance:.0e})"
-            )
-    if mismatches:
-        failures.append(f"{mismatches} served label(s) differ from offline ONNX")
-
-    failures += extreme_problems(
-        {
-            "HTTP": lambda x: triton.infer_http(http, model, x, tag),
-            "gRPC": lambda x: triton.infer_grpc(grpc, model, x, tag),
-        },
-        spec,
-        batch,
-    )
-
-    malformed = _malformed(endpoint, spec, model, tag)
-    failures += [
-        f"malformed request accepted: {case}" for case, m in malformed.items() if m is None
-    ]
-
-    single = measure(endpoint, model, features, tag, 1, spec.smoke.latency_requests)
-    loads = [
-        measure(endpoint, model, features, tag, spec.smoke.concurrency, spec.smoke.load_requests)
-    ]
-    while loads[-1].p99_ms > spec.smoke.p99_budget_ms and len(loads) < LOAD_TRIES:
-        loads.append(
+        single = measure(endpoint, model, features, tag, 1, spec.smoke.latency_requests)
+        loads = [
             measure(
                 endpoint, model, features, tag, spec.smoke.concurrency, spec.smoke.load_requests
             )
-        )
-    load = min(loads, key=lambda run: run.p99_ms)
-    for run in (single, *loads):
-        if run.errors:
-            failures.append(
-                f"{run.errors} of {run.requests} requests failed with {run.concurrency} client(s)"
+        ]
+        while loads[-1].p99_ms > spec.smoke.p99_budget_ms and len(loads) < LOAD_TRIES:
+            loads.append(
+                measure(
+                    endpoint, model, features, tag, spec.smoke.concurrency, spec.smoke.load_requests
+                )
             )
-    if load.p99_ms > spec.smoke.p99_budget_ms:
-        failures.append(
-            f"p99 latency {load.p99_ms:.2f} ms at concurrency {load.concurrency} exceeds the "
-            f"budget {spec.smoke.p99_budget_ms} ms (best of {len(loads)} runs)"
-        )
+        load = min(loads, key=lambda run: run.p99_ms)
+        for run in (single, *loads):
+            if run.errors:
+                failures.append(
+                    f"{run.errors} of {run.requests} requests failed with "
+                    f"{run.concurrency} client(s)"
+                )
+        if load.p99_ms > spec.smoke.p99_budget_ms:
+            failures.append(
+                f"p99 latency {load.p99_ms:.2f} ms at concurrency {load.concurrency} exceeds the "
+                f"budget {spec.smoke.p99_budget_ms} ms (best of {len(loads)} runs)"
+            )
 
-    return SmokeReport(
-        model=spec.name,
-        version=version,
-        served_as=model,
-        rows=len(features),
-        http_max_abs_diff=http_diff,
-        grpc_max_abs_diff=grpc_diff,
-        label_mismatches=mismatches,
-        metadata_ok=not metadata_problems,
-        malformed_rejected={case: m for case, m in malformed.items() if m is not None},
-        latency_requests=single.requests,
-        p50_ms=single.p50_ms,
-        p99_ms=single.p99_ms,
-        load=load,
-        load_tries=len(loads),
-        p99_budget_ms=spec.smoke.p99_budget_ms,
-        failures=failures,
-    )
+        return SmokeReport(
+            model=spec.name,
+            version=version,
+            served_as=model,
+            rows=len(features),
+            http_max_abs_diff=http_diff,
+            grpc_max_abs_diff=grpc_diff,
+            label_mismatches=mismatches,
+            metadata_ok=not metadata_problems,
+            malformed_rejected={case: m for case, m in malformed.items() if m is not None},
+            latency_requests=single.requests,
+            p50_ms=single.p50_ms,
+            p99_ms=single.p99_ms,
+            load=load,
+            load_tries=len(loads),
+            p99_budget_ms=spec.smoke.p99_budget_ms,
+            failures=failures,
+        )
 
 
 def require_passed(report: SmokeReport) -> None:

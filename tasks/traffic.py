@@ -3,6 +3,7 @@ which version answers. Used by the smoke test, the tuning sweep and the swap pro
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,21 +61,24 @@ def measure(
     start_line = threading.Barrier(clients)
 
     def client_loop(index: int) -> tuple[list[float], int]:
-        client = triton.http_client(endpoint)
-        for n in range(WARMUP_REQUESTS):
-            triton.infer_http(client, model, rows[n % len(rows)].reshape(1, -1), version)
-        timings, errors = [], 0
-        start_line.wait()
-        for n in range(per_client):
-            row = rows[(index * per_client + n) % len(rows)].reshape(1, -1)
-            began = time.perf_counter()
-            try:
-                triton.infer_http(client, model, row, version)
-            except InferenceServerException:
-                errors += 1
-                continue
-            timings.append((time.perf_counter() - began) * 1000.0)
-        return timings, errors
+        # Closed by the thread that opened it: tritonclient's HTTP client left to the garbage
+        # collector closes its gevent pool from whatever thread collects it, which fails (and
+        # prints a traceback into the command's output) in a thread without a gevent hub.
+        with contextlib.closing(triton.http_client(endpoint)) as client:
+            for n in range(WARMUP_REQUESTS):
+                triton.infer_http(client, model, rows[n % len(rows)].reshape(1, -1), version)
+            timings, errors = [], 0
+            start_line.wait()
+            for n in range(per_client):
+                row = rows[(index * per_client + n) % len(rows)].reshape(1, -1)
+                began = time.perf_counter()
+                try:
+                    triton.infer_http(client, model, row, version)
+                except InferenceServerException:
+                    errors += 1
+                    continue
+                timings.append((time.perf_counter() - began) * 1000.0)
+            return timings, errors
 
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -109,8 +113,18 @@ class Traffic:
         ]
 
     def _loop(self, index: int) -> None:
-        http = triton.http_client(self.endpoint, timeout_s=REQUEST_TIMEOUT_S)
-        grpc = triton.grpc_client(self.endpoint)
+        # Closed by this thread (see `measure`).
+        with contextlib.closing(
+            triton.http_client(self.endpoint, timeout_s=REQUEST_TIMEOUT_S)
+        ) as http:
+            self._requests(http, triton.grpc_client(self.endpoint), index)
+
+    def _requests(
+        self,
+        http: httpclient.InferenceServerClient,
+        grpc: grpcclient.InferenceServerClient,
+        index: int,
+    ) -> None:
         n = 0
         while not self._stop.is_set():
             row = self.rows[(index + n * self.clients) % len(self.rows)].reshape(1, -1)
