@@ -136,15 +136,15 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
             status.approval_pending = challenger
     experiment = client.get_experiment_by_name(model)
     if experiment is not None:
-        checks = client.search_runs(
+        drift_runs = client.search_runs(
             [experiment.experiment_id],
             filter_string="attributes.run_name = 'drift-check'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        if checks:
-            status.drift_share = checks[0].data.metrics.get(tracking.DRIFT_SHARE_METRIC)
-            status.drift_at = _millis(checks[0].info.start_time)
+        if drift_runs:
+            status.drift_share = drift_runs[0].data.metrics.get(tracking.DRIFT_SHARE_METRIC)
+            status.drift_at = _millis(drift_runs[0].info.start_time)
     status.problems = [p.line() for p in checks.model_problems(settings, model)]
     return status
 

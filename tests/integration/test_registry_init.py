@@ -13,7 +13,7 @@ from tests.servers import BIN, clean_env
 
 OPEN_REGISTRY = """
 import sys
-from tasks import mlflow_store, registry
+from tasks.registry import mlflow_store, model_registry as registry
 from tasks.core.settings import Settings
 client = mlflow_store.client(Settings(home=sys.argv[1]))
 client.search_registered_models(max_results=1)

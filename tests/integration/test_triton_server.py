@@ -152,8 +152,8 @@ def test_stop_ends_the_process(tmp_path: Path) -> None:
 def test_two_processes_needing_the_server_at_once_start_one(tmp_path: Path) -> None:
     """Releases of two models on one state directory both call ensure_running at their start."""
     env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state")}
-    code = "from tasks import triton_server as t; from tasks.core.settings import Settings as S; "
-    code += "print(t.ensure_running(S()).pid)"
+    code = "from tasks.serving import triton_server as t; "
+    code += "from tasks.core.settings import Settings as S; print(t.ensure_running(S()).pid)"
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
