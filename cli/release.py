@@ -175,18 +175,15 @@ def _print_release(result: ReleaseResult | UnchangedModel, settings: Settings) -
         ("version", f"{result.version} (champion; previous: {result.promotion.previous})"),
         ("MLflow run", result.run_id),
         ("validation", result.validation.verdict),
-        (
-            "ROC AUC / PR AUC / F1",
-            f"{metrics.roc_auc:.4f} / {metrics.pr_auc:.4f} / {metrics.f1:.4f}",
-        ),
+        (f"holdout ({metrics.task})", metrics.headline()),
         (
             "ONNX parity",
-            f"max |Δp| {onnx.parity.max_abs_diff:.1e} on {onnx.parity.rows} rows, "
+            f"max |Δ| {onnx.parity.max_abs_diff:.1e} on {onnx.parity.rows} rows, "
             f"{onnx.parity.label_flips} label flips",
         ),
         (
             "served vs offline",
-            f"max |Δp| {max(smoke.http_max_abs_diff, smoke.grpc_max_abs_diff):.1e} "
+            f"max |Δ| {max(smoke.http_max_abs_diff, smoke.grpc_max_abs_diff):.1e} "
             f"on {smoke.rows} rows (HTTP + gRPC)",
         ),
         (
@@ -264,8 +261,8 @@ def train(spec: SpecOption = None) -> None:
         result = training_flow.with_options(task_runner=runner)(model_spec, settings)
     m = result.metrics
     console.print(
-        f"MLflow run {result.run_id}: ROC AUC {m.roc_auc:.4f}, PR AUC {m.pr_auc:.4f}, "
-        f"F1 {m.f1:.4f} on {m.rows} holdout rows (data {result.train.sha256[:12]}…)"
+        f"MLflow run {result.run_id}: {m.headline()} on {m.rows} holdout rows "
+        f"(data {result.train.sha256[:12]}…)"
     )
 
 

@@ -22,7 +22,8 @@ from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.datasets.data import DatasetRef, snapshot_task
 from tasks.datasets.quality import validate_data_task
-from tasks.modeling.evaluation import ModelMetrics, ValidationReport
+from tasks.modeling.evaluation import ValidationReport
+from tasks.modeling.scores import Metrics
 from tasks.modeling.search import task_runner
 from tasks.modeling.unchanged import UnchangedModel, unchanged_task
 from tasks.ops import metrics
@@ -58,7 +59,7 @@ class ReleaseResult(BaseModel):
     model: str
     version: int
     run_id: str
-    metrics: ModelMetrics
+    metrics: Metrics
     train: DatasetRef
     holdout: DatasetRef
     validation: ValidationReport
@@ -79,9 +80,10 @@ class ReleaseResult(BaseModel):
                 "| | |",
                 "|---|---|",
                 f"| MLflow run | `{self.run_id}` |",
-                f"| ROC AUC / PR AUC / F1 | {m.roc_auc:.4f} / {m.pr_auc:.4f} / {m.f1:.4f} |",
+                f"| task | {m.task} |",
+                f"| holdout | {m.headline()} |",
                 f"| ONNX sha256 | `{o.sha256}` |",
-                f"| parity (sklearn vs ONNX) | max Δp {o.parity.max_abs_diff:.1e}, "
+                f"| parity (sklearn vs ONNX) | max Δ {o.parity.max_abs_diff:.1e}, "
                 f"{o.parity.label_flips} flips |",
                 f"| Triton | http://{self.export.serving.endpoint.http} |",
                 f"| served p50 / p99 | {s.p50_ms:.2f} / {s.p99_ms:.2f} ms |",
@@ -195,14 +197,14 @@ def _release(
             spec, settings, data, validated=True
         )
         m = train.metrics
-        step.figure = f"ROC AUC {m.roc_auc:.4f}, PR AUC {m.pr_auc:.4f}, F1 {m.f1:.4f}"
+        step.figure = m.headline()
     with stage("validation") as step:
         validation = validation_flow(spec, settings, train)
         step.figure = validation.verdict[:70]
     with stage("registration") as step:
         ref = registration_flow(spec, settings, train, validation)
         step.figure = f"v{ref.version} is challenger"
-    obs.registered(ref.version, train.metrics.model_dump(exclude={"rows"}))
+    obs.registered(ref.version, train.metrics.scalars(), spec.task.value)
     try:
         with stage("ONNX export") as step:
             export = triton_export_flow.with_options(result_storage=results)(

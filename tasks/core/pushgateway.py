@@ -166,11 +166,16 @@ class Observation:
         # (tasks.modeling.unchanged).
         self.outcome = "unchanged"
 
-    def registered(self, version: int, metrics: dict[str, float]) -> None:
+    def registered(self, version: int, metrics: dict[str, float], task: str = "binary") -> None:
         self.version = version
         for name, value in metrics.items():
             self.version_gauge(
-                "conveyor_model_metric_ratio", "Holdout metrics of a version.", value, metric=name
+                "conveyor_model_metric_ratio",
+                "Holdout metrics of a version, by the model's task (a regression's errors are in "
+                "the target's units).",
+                value,
+                metric=name,
+                task=task,
             )
 
 

@@ -8,12 +8,26 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.core.errors import ConveyorError
+from tasks.core.model_task import DEFAULT_METRIC, FAMILIES, METRICS, Task
+from tasks.core.spec_sections import (
+    DataSpec,
+    DriftSpec,
+    EstimatorSpec,
+    EvaluationSpec,
+    PromotionSpec,
+    QualitySpec,
+    RetentionSpec,
+    SearchSpec,
+    ServingSpec,
+    SmokeSpec,
+    Thresholds,
+    ValidationSpec,
+)
 
 SPEC_DIR = Path("deployments/models")
 DEFAULT_SPEC = SPEC_DIR / "fraud-detector.yaml"
@@ -54,201 +68,26 @@ class FeatureSpec(BaseModel):
 
 
 class TargetSpec(BaseModel):
+    """A classifier's target lists its classes (integers or strings; the served `label` is the
+    index into this list); a regression's target has no classes and may state its range."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    classes: list[int] = Field(min_length=2)
-
-
-class DataSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = "synthetic"
-    rows: int = Field(default=50_000, ge=100)
-    seed: int = 0
-    # The synthetic generators' base rate of the positive class (`fraud_rate`: its older name).
-    positive_rate: float = Field(
-        default=0.02, gt=0, lt=0.5, validation_alias=AliasChoices("positive_rate", "fraud_rate")
-    )
-    drift: float = Field(default=0.0, ge=0)
-    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
-
-
-EstimatorFamily = Literal["random_forest", "hist_gradient_boosting", "logistic_regression"]
-
-
-class QualitySpec(BaseModel):
-    """Data contract checks beyond the feature schema (run before any training)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_rows: int = Field(default=1000, ge=1)
-    min_positive_rate: float = Field(default=0.001, ge=0, lt=1)
-    max_null_share: float = Field(
-        default=0.05, ge=0, le=1, description="Nullable features: a larger share is a warning."
-    )
-
-
-class EstimatorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    family: EstimatorFamily
-    params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
-
-
-class Dimension(BaseModel):
-    """One hyperparameter's range: ints or floats between low and high, or a set of choices."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["int", "float", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list[int | float | str | bool | None] | None = None
+    classes: list[int] | list[str] | None = None
+    min: float | None = None
+    max: float | None = None
 
     @model_validator(mode="after")
-    def _complete(self) -> Dimension:
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("a categorical dimension needs `choices`")
-        elif self.low is None or self.high is None or self.low > self.high:
-            raise ValueError(f"an {self.type} dimension needs low <= high")
+    def _consistent(self) -> TargetSpec:
+        if self.classes is not None:
+            if len(set(map(str, self.classes))) != len(self.classes):
+                raise ValueError(f"target classes listed twice: {self.classes}")
+            if self.min is not None or self.max is not None:
+                raise ValueError("a target with `classes` has no `min`/`max` (that is regression)")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"target min {self.min} > max {self.max}")
         return self
-
-
-class SearchSpec(BaseModel):
-    """Hyperparameter search: Optuna ask/tell, `parallel` trials at once, each a Prefect task."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    trials: int = Field(default=8, ge=1)
-    parallel: int = Field(default=2, ge=1)
-    metric: Literal["roc_auc", "pr_auc"] = "pr_auc"
-    validation_fraction: float = Field(default=0.25, gt=0, lt=1)
-    # Trials fit on at most this many training rows (a stratified sample); the refit uses all.
-    max_rows: int | None = Field(default=None, ge=100)
-    seed: int = 0
-    space: dict[str, Dimension] = Field(default_factory=dict)
-
-
-class EvaluationSpec(BaseModel):
-    """How the operating threshold on the fraud score is chosen: on out-of-fold scores of the
-    training split, never on the holdout that reports the figures at it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    operating_point: Literal["best_f1", "target_precision"] = "best_f1"
-    target_precision: float = Field(default=0.9, gt=0, le=1)
-
-
-class Thresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    roc_auc: float = Field(default=0.0, ge=0, le=1)
-    pr_auc: float = Field(default=0.0, ge=0, le=1)
-
-
-class DriftSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    share: float = Field(default=0.3, gt=0, le=1, description="Drifted-column share = drift.")
-    max_rows: int = Field(
-        default=100_000, ge=1000, description="Rows compared per side; larger sides are sampled."
-    )
-    seed: int = 0
-    cooldown_s: int = Field(
-        default=21_600, ge=0, description="A drift event this soon after a retrain is skipped."
-    )
-
-
-class ValidationSpec(BaseModel):
-    """Champion vs challenger on the challenger's holdout: a paired bootstrap of the difference."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: Literal["roc_auc", "pr_auc"] = "pr_auc"
-    rule: Literal["non_inferior", "superior"] = Field(
-        default="non_inferior",
-        description="non_inferior: CI lower bound of (challenger - champion) > -margin; "
-        "superior: lower bound > 0.",
-    )
-    margin: float = Field(default=0.01, ge=0, lt=1)
-    resamples: int = Field(default=1000, ge=1000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    seed: int = 0
-
-
-class PromotionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    requires_approval: bool = False
-    approval_timeout_s: int = Field(default=86_400, gt=0)
-
-
-class RetentionSpec(BaseModel):
-    """What the model repository keeps after a promotion: champion, previous and the newest
-    `keep_last` versions; older ones lose their files (their MLflow versions stay, tagged
-    `conveyor.retired`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keep_last: int = Field(default=3, ge=0)
-
-
-class TuningSpec(BaseModel):
-    """A short measured sweep on the candidate before its smoke test. The best throughput whose
-    p99 is within `smoke.p99_budget_ms` at `smoke.concurrency` is the configuration the version
-    goes live with."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    max_queue_delays_us: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: [0, 100, 500], min_length=1
-    )
-    instance_counts: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: [1, 2], min_length=1
-    )
-    requests: int = Field(default=1000, ge=50, description="Batch-1 requests per configuration.")
-
-
-class ServingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_batch_size: int = Field(default=256, gt=0)
-    preferred_batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
-    max_queue_delay_microseconds: int = Field(default=200, ge=0)
-    instance_count: int = Field(default=1, gt=0)
-    kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
-    tuning: TuningSpec = Field(default_factory=TuningSpec)
-
-    @model_validator(mode="after")
-    def _preferred_within_max(self) -> ServingSpec:
-        too_big = [s for s in self.preferred_batch_sizes if s > self.max_batch_size]
-        if too_big:
-            raise ValueError(
-                f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
-            )
-        return self
-
-
-class SmokeSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rows: int = Field(default=1000, ge=1)
-    latency_requests: int = Field(default=200, ge=10, description="Sequential, batch 1.")
-    concurrency: int = Field(default=8, ge=1, description="Clients of the load check.")
-    load_requests: int = Field(default=2000, ge=10, description="Batch-1 requests, all clients.")
-    p99_budget_ms: float = Field(
-        default=50.0, gt=0, description="p99 latency allowed under load at `concurrency`."
-    )
-    tolerance: float = Field(default=1e-5, gt=0)
-    swap_probe_clients: int = Field(
-        default=2,
-        ge=1,
-        description="Clients sending unversioned requests while a new version is swapped in.",
-    )
 
 
 class ModelSpec(BaseModel):
@@ -258,6 +97,7 @@ class ModelSpec(BaseModel):
 
     name: str = Field(pattern=MODEL_NAME)
     description: str = ""
+    task: Task = Task.binary
     data: DataSpec
     features: list[FeatureSpec] = Field(min_length=1)
     target: TargetSpec
@@ -283,6 +123,74 @@ class ModelSpec(BaseModel):
             raise ValueError(f"target {self.target.name!r} is also listed as a feature")
         return self
 
+    @model_validator(mode="after")
+    def _task_fits(self) -> ModelSpec:
+        """The task agrees with its target, its family, its metrics and its gates."""
+        task, classes = self.task, self.target.classes
+        if task is Task.regression and classes is not None:
+            raise ValueError(
+                f"task regression but target.classes is {classes}: remove `classes` (a "
+                "regression predicts a number), or set `task: multiclass`/`binary`"
+            )
+        if task is Task.binary and (classes is None or len(classes) != 2):
+            raise ValueError(
+                f"task binary needs target.classes of two values (negative first), got {classes}: "
+                "set `task: multiclass` for more classes, `task: regression` for a number"
+            )
+        if task is Task.multiclass and (classes is None or len(classes) < 3):
+            raise ValueError(
+                f"task multiclass needs target.classes of 3 or more values, got {classes}"
+                + (": two classes are `task: binary`" if classes and len(classes) == 2 else "")
+            )
+        if self.estimator.family not in FAMILIES[task]:
+            raise ValueError(
+                f"estimator family {self.estimator.family} cannot learn a {task.value} task; "
+                f"use one of {sorted(FAMILIES[task])}"
+            )
+        known = METRICS[task]
+        for where, metric in (
+            ("search", self.search.metric),
+            ("validation", self.validation.metric),
+        ):
+            if metric not in known:
+                raise ValueError(
+                    f"{where}.metric {metric!r} is not a {task.value} metric: use one of "
+                    f"{sorted(known)}"
+                )
+        foreign = sorted(set(self.thresholds.limits()) - set(known))
+        if foreign:
+            raise ValueError(
+                f"thresholds {foreign} are not {task.value} metrics: gate on {sorted(known)}"
+            )
+        if self.thresholds.per_class_recall:
+            if classes is None:
+                raise ValueError("thresholds.per_class_recall needs a classifier's classes")
+            unknown = sorted(set(self.thresholds.per_class_recall) - {str(c) for c in classes})
+            if unknown:
+                raise ValueError(
+                    f"thresholds.per_class_recall names {unknown}, not in target.classes {classes}"
+                )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: object) -> object:
+        """An unset search/validation metric is the task's default (pr_auc for binary)."""
+        if not isinstance(raw, dict):
+            return raw
+        try:
+            task = Task(raw.get("task", Task.binary))
+        except ValueError:
+            return raw  # the field's own error names the choices
+        raw = dict(raw)
+        for section in ("search", "validation"):
+            block = raw.get(section)
+            block = dict(block) if isinstance(block, dict) else ({} if block is None else block)
+            if isinstance(block, dict) and not block.get("metric"):
+                block["metric"] = DEFAULT_METRIC[task]
+            raw[section] = block
+        return raw
+
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
@@ -293,7 +201,12 @@ class ModelSpec(BaseModel):
 
     @property
     def n_classes(self) -> int:
-        return len(self.target.classes)
+        """Classes of a classifier; 0 for a regression."""
+        return len(self.target.classes or [])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.target.classes or []]
 
 
 def _describe(error: ValidationError) -> str:

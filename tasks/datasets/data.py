@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from tasks.core.attempts import RESUMABLE
 from tasks.core.errors import ConveyorError
+from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets import synthetic
@@ -71,7 +72,8 @@ def save_dataset(frame: pd.DataFrame, directory: Path, stem: str, target: str) -
     path = directory / f"{stem}-{sha[:16]}.parquet"
     if not path.exists():
         write_parquet_atomic(frame, path)
-    positives = int(frame[target].sum()) if target in frame else 0
+    # A binary target's positives (rows whose label is 1); 0 for other tasks' targets.
+    positives = int((frame[target] == 1).sum()) if target in frame else 0
     return DatasetRef(uri=str(path), sha256=sha, rows=len(frame), positives=positives)
 
 
@@ -83,13 +85,31 @@ def load_dataset(uri: str) -> pd.DataFrame:
 
 
 def split(
-    frame: pd.DataFrame, target: str, holdout_fraction: float, seed: int
+    frame: pd.DataFrame, target: str | None, holdout_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified split, so the rare class appears in both parts at its base rate."""
+    """Split stratified on `target` (so a rare class appears in both parts at its base rate), or
+    uniformly when `target` is None (a regression's continuous target)."""
     train, holdout = train_test_split(
-        frame, test_size=holdout_fraction, random_state=seed, stratify=frame[target]
+        frame,
+        test_size=holdout_fraction,
+        random_state=seed,
+        stratify=None if target is None else frame[target],
     )
     return train.reset_index(drop=True), holdout.reset_index(drop=True)
+
+
+def stratify_on(spec: ModelSpec) -> str | None:
+    """The column splits are stratified on: a classifier's target; none for a regression."""
+    return None if spec.task is Task.regression else spec.target.name
+
+
+def label_key(value: object) -> str:
+    """A class label as the spec names it: 1, 1.0 and True are the class `1`."""
+    if isinstance(value, bool | np.bool_ | int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def to_features(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
@@ -119,9 +139,37 @@ def to_features(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
 
 
 def to_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    if spec.target.name not in frame.columns:
-        raise DataError(f"target column {spec.target.name!r} is missing from the data")
-    return frame[spec.target.name].to_numpy(dtype=np.int64)
+    """A classifier's target as class indices into `target.classes` (the served `label`); a
+    regression's as float64."""
+    name = spec.target.name
+    if name not in frame.columns:
+        raise DataError(f"target column {name!r} is missing from the data")
+    values = frame[name]
+    if values.isna().any():
+        raise DataError(
+            f"target {name!r} is empty in {int(values.isna().sum())} row(s): drop unlabelled "
+            "rows at the source"
+        )
+    if spec.task is Task.regression:
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            raise DataError(
+                f"target {name!r} of a regression holds {values.dtype} values, not numbers; "
+                "recode it at the source or choose a classification task"
+            )
+        return values.to_numpy(dtype=np.float64)
+    classes = spec.class_names
+    if classes == ["0", "1"] and pd.api.types.is_integer_dtype(values):
+        codes = values.to_numpy(dtype=np.int64)  # the common binary case, without a lookup
+        codes = np.where((codes == 0) | (codes == 1), codes, -1)
+    else:
+        codes = pd.Categorical(values.map(label_key), categories=classes).codes.astype(np.int64)
+    if (codes < 0).any():
+        unknown = sorted({label_key(v) for v in values[codes < 0]})[:5]
+        raise DataError(
+            f"target {name!r} holds {unknown}, not among target.classes {classes}: add the class "
+            "to the spec or clean the data"
+        )
+    return codes
 
 
 SUFFIXES = (".parquet", ".csv")
@@ -304,7 +352,7 @@ def snapshot(spec: ModelSpec, settings: Settings) -> DatasetRef:
 def split_dataset(spec: ModelSpec, settings: Settings, data: DatasetRef) -> SplitResult:
     directory = settings.data_dir / spec.name
     train, holdout = split(
-        load_dataset(data.uri), spec.target.name, spec.data.holdout_fraction, spec.data.seed
+        load_dataset(data.uri), stratify_on(spec), spec.data.holdout_fraction, spec.data.seed
     )
     return SplitResult(
         train=save_dataset(train, directory, "train", spec.target.name),

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tasks.core.attempts import RESUMABLE
 from tasks.core.errors import ConveyorError
+from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets.data import DatasetRef, load_dataset
@@ -73,7 +74,63 @@ class DataQualityReport(BaseModel):
         return "\n".join(lines)
 
 
-def build_suite(spec: ModelSpec, columns: list[str]) -> list[Any]:
+def _target_suite(spec: ModelSpec, rows: int, meta: Any) -> list[Any]:
+    """The target's checks: a classifier's class set, each class's rows (and a binary target's
+    positive rate); a regression's numbers and range."""
+    import great_expectations.expectations as gxe
+
+    target = spec.target.name
+    checks = [gxe.ExpectColumnValuesToNotBeNull(column=target, meta=meta("target has no nulls"))]
+    if spec.task is Task.regression:
+        low = -FINITE if spec.target.min is None else spec.target.min
+        high = FINITE if spec.target.max is None else spec.target.max
+        return [
+            *checks,
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=target,
+                type_list=TYPES[FeatureType.numeric],
+                meta=meta("target is numeric (a regression)"),
+            ),
+            gxe.ExpectColumnValuesToBeBetween(
+                column=target,
+                min_value=low,
+                max_value=high,
+                meta=meta(f"target finite, in [{low:g}, {high:g}]"),
+            ),
+        ]
+    classes = spec.target.classes
+    checks += [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=target, value_set=classes, meta=meta(f"target in {classes}")
+        ),
+        gxe.ExpectColumnDistinctValuesToContainSet(
+            column=target, value_set=classes, meta=meta(f"every class of {classes} present")
+        ),
+    ]
+    if spec.task is Task.binary:
+        return [
+            *checks,
+            gxe.ExpectColumnMeanToBeBetween(
+                column=target,
+                min_value=spec.quality.min_positive_rate,
+                meta=meta(f"positive rate ≥ {spec.quality.min_positive_rate}"),
+            ),
+        ]
+    # Each class's share of rows reaches min_class_rows: "at least this share of the values is
+    # in {class}" is GX's `mostly` on a one-value set.
+    share = min(1.0, spec.quality.min_class_rows / max(rows, 1))
+    return checks + [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=target,
+            value_set=[label],
+            mostly=share,
+            meta=meta(f"class {label!r} has at least {spec.quality.min_class_rows} rows"),
+        )
+        for label in classes or []
+    ]
+
+
+def build_suite(spec: ModelSpec, columns: list[str], rows: int = 0) -> list[Any]:
     """The expectations, each tagged with its severity and a readable name in `meta`."""
     import great_expectations.expectations as gxe
 
@@ -133,22 +190,7 @@ def build_suite(spec: ModelSpec, columns: list[str]) -> list[Any]:
                 )
             )
     if spec.target.name in present:
-        target = spec.target.name
-        classes = spec.target.classes
-        suite += [
-            gxe.ExpectColumnValuesToNotBeNull(column=target, meta=meta("target has no nulls")),
-            gxe.ExpectColumnValuesToBeInSet(
-                column=target, value_set=classes, meta=meta(f"target in {classes}")
-            ),
-            gxe.ExpectColumnDistinctValuesToContainSet(
-                column=target, value_set=classes, meta=meta(f"every class of {classes} present")
-            ),
-            gxe.ExpectColumnMeanToBeBetween(
-                column=target,
-                min_value=spec.quality.min_positive_rate,
-                meta=meta(f"positive rate ≥ {spec.quality.min_positive_rate}"),
-            ),
-        ]
+        suite += _target_suite(spec, rows, meta)
     return suite
 
 
@@ -184,7 +226,7 @@ def check_frame(frame: pd.DataFrame, spec: ModelSpec, sha256: str) -> DataQualit
         .add_batch_definition_whole_dataframe("whole")
     )
     suite = context.suites.add(gx.ExpectationSuite(name=f"{spec.name}-contract"))
-    expectations = build_suite(spec, list(frame.columns))
+    expectations = build_suite(spec, list(frame.columns), len(frame))
     for expectation in expectations:
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(

@@ -20,7 +20,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from tasks.core.errors import ConveyorError
-from tasks.core.spec import MODEL_NAME, EstimatorFamily, FeatureSpec, FeatureType, load_spec
+from tasks.core.model_task import Family as EstimatorFamily
+from tasks.core.spec import MODEL_NAME, FeatureSpec, FeatureType, load_spec
 from tasks.datasets.data import read_source
 
 # A range is widened by this share of its observed span on each side: tomorrow's data should not

@@ -1,4 +1,5 @@
-"""Holdout metrics and the threshold gate."""
+"""The model gate: the binary operating threshold, the holdout thresholds, and the champion vs
+challenger comparison by a paired, seeded bootstrap on any metric of the task."""
 
 from __future__ import annotations
 
@@ -6,38 +7,19 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    f1_score,
-    precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+from sklearn.metrics import precision_recall_curve
 
 from tasks.core.errors import ConveyorError
-from tasks.core.spec import EvaluationSpec, Thresholds, ValidationSpec
+from tasks.core.model_task import Task, direction
+from tasks.core.spec import EvaluationSpec, ModelSpec, Thresholds
+from tasks.modeling.kinds import kind_of
+from tasks.modeling.scores import Metrics
 
 
 class GateError(ConveyorError):
     """A model missed a threshold from its spec."""
 
     gate = "model_validation"
-
-
-class ModelMetrics(BaseModel):
-    """Holdout metrics. Threshold-free (ROC AUC, PR AUC, Brier) and at the operating threshold."""
-
-    roc_auc: float
-    pr_auc: float
-    brier: float
-    threshold: float
-    precision: float
-    recall: float
-    f1: float
-    positive_rate: float
-    rows: int
 
 
 def operating_threshold(target: np.ndarray, scores: np.ndarray, spec: EvaluationSpec) -> float:
@@ -58,40 +40,6 @@ def operating_threshold(target: np.ndarray, scores: np.ndarray, spec: Evaluation
     return float(thresholds[reaching[0]])
 
 
-def compute_metrics(target: np.ndarray, scores: np.ndarray, threshold: float) -> ModelMetrics:
-    flagged = scores >= threshold
-    return ModelMetrics(
-        roc_auc=float(roc_auc_score(target, scores)),
-        pr_auc=float(average_precision_score(target, scores)),
-        brier=float(brier_score_loss(target, scores)),
-        threshold=threshold,
-        precision=float(precision_score(target, flagged, zero_division=0)),
-        recall=float(recall_score(target, flagged, zero_division=0)),
-        f1=float(f1_score(target, flagged, zero_division=0)),
-        positive_rate=float(np.mean(target)),
-        rows=len(target),
-    )
-
-
-def figures(target: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    """ROC, precision-recall, confusion matrix at the threshold, and calibration plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on workers
-    from sklearn.calibration import CalibrationDisplay
-    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
-
-    plots = {
-        "roc.png": RocCurveDisplay.from_predictions(target, scores),
-        "precision_recall.png": PrecisionRecallDisplay.from_predictions(target, scores),
-        "confusion_matrix.png": ConfusionMatrixDisplay.from_predictions(
-            target, (scores >= threshold).astype(int)
-        ),
-        "calibration.png": CalibrationDisplay.from_predictions(target, scores, n_bins=10),
-    }
-    return {name: display.figure_ for name, display in plots.items()}
-
-
 def close_figures(plots: dict[str, Any]) -> None:
     """pyplot keeps every figure alive until closed: a long-lived worker would grow."""
     import matplotlib.pyplot as plt
@@ -100,19 +48,30 @@ def close_figures(plots: dict[str, Any]) -> None:
         plt.close(figure)
 
 
-def threshold_failures(metrics: ModelMetrics, thresholds: Thresholds) -> list[str]:
+def threshold_failures(metrics: Metrics, thresholds: Thresholds) -> list[str]:
+    """Each gate the metrics miss: a floor on a metric where higher is better, a ceiling where
+    lower is, a floor on each named class's recall."""
     failures = []
-    for name, minimum in thresholds.model_dump().items():
+    for name, limit in thresholds.limits().items():
         value = getattr(metrics, name)
-        if value < minimum:
-            failures.append(f"{name} {value:.4f} < {minimum:.4f}")
+        if direction(Task(metrics.task), name) == "higher" and value < limit:
+            failures.append(f"{name} {value:.4f} < {limit:.4f}")
+        elif direction(Task(metrics.task), name) == "lower" and value > limit:
+            failures.append(f"{name} {value:.4f} > {limit:.4f}")
+    recall = getattr(metrics, "per_class_recall", {})
+    for name, floor in thresholds.per_class_recall.items():
+        if recall.get(name, 0.0) < floor:
+            failures.append(f"recall of class {name} {recall.get(name, 0.0):.4f} < {floor:.4f}")
     return failures
 
 
 class Comparison(BaseModel):
-    """Challenger vs champion on the same holdout rows, with a paired bootstrap interval."""
+    """Challenger vs champion on the same holdout rows, with a paired bootstrap interval of
+    challenger - champion. For a metric where lower is better (log loss, RMSE, …) an improvement
+    is a negative difference, and the rule reads the interval's upper bound."""
 
     metric: str
+    higher_is_better: bool = True
     champion_version: int
     challenger: float
     champion: float
@@ -126,16 +85,17 @@ class Comparison(BaseModel):
     passed: bool
 
     def summary(self) -> str:
+        better = "higher" if self.higher_is_better else "lower"
         return (
-            f"{self.metric}: challenger {self.challenger:.4f} vs champion v{self.champion_version} "
-            f"{self.champion:.4f}, difference {self.difference:+.4f} "
+            f"{self.metric} ({better} is better): challenger {self.challenger:.4f} vs champion "
+            f"v{self.champion_version} {self.champion:.4f}, difference {self.difference:+.4f} "
             f"[{self.confidence:.0%} CI {self.ci_low:+.4f}, {self.ci_high:+.4f}], "
             f"rule {self.rule} (margin {self.margin})"
         )
 
 
 class ValidationReport(BaseModel):
-    metrics: ModelMetrics
+    metrics: Metrics
     thresholds: Thresholds
     threshold_failures: list[str]
     comparison: Comparison | None
@@ -169,11 +129,16 @@ class ValidationReport(BaseModel):
         lines = [
             f"# Validation: {self.verdict}",
             "",
-            "| metric | value | threshold |",
+            "| metric | value | gate |",
             "|---|---|---|",
         ]
-        for name, minimum in self.thresholds.model_dump().items():
-            lines.append(f"| {name} | {getattr(self.metrics, name):.4f} | ≥ {minimum} |")
+        task = Task(self.metrics.task)
+        for name, limit in self.thresholds.limits().items():
+            sign = "≥" if direction(task, name) == "higher" else "≤"
+            lines.append(f"| {name} | {getattr(self.metrics, name):.4f} | {sign} {limit} |")
+        recall = getattr(self.metrics, "per_class_recall", {})
+        for name, floor in self.thresholds.per_class_recall.items():
+            lines.append(f"| recall of {name} | {recall.get(name, 0.0):.4f} | ≥ {floor} |")
         lines.append("")
         lines.append(
             self.comparison.summary() if self.comparison else "No champion yet: thresholds decide."
@@ -181,95 +146,72 @@ class ValidationReport(BaseModel):
         return "\n".join(lines)
 
 
-METRICS = {"roc_auc": roc_auc_score, "pr_auc": average_precision_score}
-
-
 CHUNK = 100  # resamples scored at once: bounds memory to CHUNK x rows weights
 
 
-def weighted_metric(
-    metric: str, target: np.ndarray, scores: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
-    """`metric` under each row of `weights` (sample counts), computed as sklearn does with
-    `sample_weight`: tied scores form one threshold; ROC AUC by trapezoids, average precision as
-    the sum of precision times recall increments. One sort serves every resample."""
-    order = np.argsort(-scores, kind="mergesort")
-    ranked, positive = scores[order], target[order] == 1
-    w = weights[:, order]
-    tp = np.cumsum(w * positive, axis=1)
-    fp = np.cumsum(w * ~positive, axis=1)
-    ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
-    tp, fp = tp[:, ends], fp[:, ends]
-    zero = np.zeros((len(w), 1))
-    recall = np.hstack([zero, tp / tp[:, -1:]])
-    if metric == "roc_auc":
-        fpr = np.hstack([zero, fp / fp[:, -1:]])
-        return np.sum(np.diff(fpr, axis=1) * (recall[:, 1:] + recall[:, :-1]) / 2, axis=1)
-    flagged = tp + fp
-    # No weight above a threshold: precision 0 as in sklearn (its recall increment is 0 anyway).
-    precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
-    return np.sum(np.diff(recall, axis=1) * precision, axis=1)
-
-
 def paired_bootstrap(
+    spec: ModelSpec,
+    metric: str,
     target: np.ndarray,
     challenger: np.ndarray,
     champion: np.ndarray,
-    metric: str,
-    resamples: int,
-    confidence: float,
-    seed: int,
 ) -> tuple[float, float, float]:
-    """(difference, CI low, CI high) of metric(challenger) - metric(champion).
+    """(difference, CI low, CI high) of metric(challenger) - metric(champion), with the spec's
+    validation resamples, confidence and seed.
 
-    Both models are scored on the same resampled rows (paired). Resampling is stratified by class:
-    with a rare positive class an unstratified resample can hold too few positives for the metric.
-    A resample is a vector of counts (multinomial within each class), i.e. sample weights.
-    """
-    rng = np.random.default_rng(seed)
-    positives, negatives = np.flatnonzero(target == 1), np.flatnonzero(target != 1)
+    Both models are scored on the same resampled rows (paired). A classifier's resamples are
+    stratified by class: with a rare class an unstratified resample can hold too few of it for
+    the metric. A resample is a vector of counts (multinomial within each stratum), i.e. sample
+    weights, which the task's kind scores in one vectorised pass."""
+    kind, v = kind_of(spec), spec.validation
+    rng = np.random.default_rng(v.seed)
+    strata = kind.strata(target)
     differences = []
-    for start in range(0, resamples, CHUNK):
-        size = min(CHUNK, resamples - start)
+    for start in range(0, v.resamples, CHUNK):
+        size = min(CHUNK, v.resamples - start)
         weights = np.zeros((size, len(target)))
-        for rows in (positives, negatives):
+        for rows in strata:
             weights[:, rows] = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size)
         differences.append(
-            weighted_metric(metric, target, challenger, weights)
-            - weighted_metric(metric, target, champion, weights)
+            kind.weighted(spec, metric, target, challenger, weights)
+            - kind.weighted(spec, metric, target, champion, weights)
         )
-    tail = (1 - confidence) / 2 * 100
+    tail = (1 - v.confidence) / 2 * 100
     low, high = np.percentile(np.concatenate(differences), [tail, 100 - tail])
-    score = METRICS[metric]
-    point = score(target, challenger) - score(target, champion)
+    point = kind.point(spec, metric, target, challenger) - kind.point(
+        spec, metric, target, champion
+    )
     return float(point), float(low), float(high)
 
 
 def compare(
+    spec: ModelSpec,
     target: np.ndarray,
     challenger: np.ndarray,
     champion: np.ndarray,
     champion_version: int,
-    spec: ValidationSpec,
 ) -> Comparison:
-    difference, low, high = paired_bootstrap(
-        target, challenger, champion, spec.metric, spec.resamples, spec.confidence, spec.seed
-    )
-    bound = -spec.margin if spec.rule == "non_inferior" else 0.0
-    score = METRICS[spec.metric]
+    """non_inferior: the interval rules out a loss larger than `margin`; superior: it rules out
+    any loss. Read on the bound in the metric's bad direction."""
+    v, kind = spec.validation, kind_of(spec)
+    difference, low, high = paired_bootstrap(spec, v.metric, target, challenger, champion)
+    higher = direction(spec.task, v.metric) == "higher"
+    allowed = v.margin if v.rule == "non_inferior" else 0.0
+    passed = low > -allowed if higher else high < allowed
     return Comparison(
-        metric=spec.metric,
+        metric=v.metric,
+        higher_is_better=higher,
         champion_version=champion_version,
-        challenger=float(score(target, challenger)),
-        champion=float(score(target, champion)),
+        challenger=kind.point(spec, v.metric, target, challenger),
+        champion=kind.point(spec, v.metric, target, champion),
         difference=difference,
         ci_low=low,
         ci_high=high,
-        confidence=spec.confidence,
-        resamples=spec.resamples,
-        rule=spec.rule,
-        margin=spec.margin,
-        passed=low > bound,
+        confidence=v.confidence,
+        resamples=v.resamples,
+        rule=v.rule,
+        margin=v.margin,
+        passed=passed,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -16,14 +17,16 @@ from sklearn.pipeline import Pipeline
 
 from tasks.core.attempts import RESUMABLE
 from tasks.core.errors import ConveyorError
+from tasks.core.model_task import LABEL, PREDICTION, PROBABILITIES
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
-from tasks.datasets.data import DatasetRef, load_dataset, to_features
+from tasks.datasets.data import DatasetRef, load_dataset, to_features, to_target
+from tasks.modeling.kinds import kind_of
 from tasks.registry import model_registry, tracking
 
 INPUT = "features"
-LABEL = "label"
-PROBABILITIES = "probabilities"
+# skl2onnx names a regressor's output `variable`; the served contract calls it `prediction`.
+SKL2ONNX_REGRESSION_OUTPUT = "variable"
 
 
 class ParityError(ConveyorError):
@@ -33,34 +36,81 @@ class ParityError(ConveyorError):
 
 
 class ParityReport(BaseModel):
+    """sklearn vs ONNX on the same rows. `max_abs_diff` is in the served values' units
+    (probabilities, or the prediction); `scale` is what the tolerance is relative to (1 for
+    probabilities, the holdout target's standard deviation for a regression)."""
+
     rows: int
     max_abs_diff: float
     label_flips: int
     tolerance: float
+    scale: float = 1.0
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / self.scale
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= self.tolerance and self.label_flips == 0
+        return self.relative_diff <= self.tolerance and self.label_flips == 0
 
 
-def _label_as_column(model: onnx.ModelProto) -> onnx.ModelProto:
-    """skl2onnx emits `label` as [N]; the contract (Triton with max_batch_size > 0) wants [N, 1].
+def _as_column(model: onnx.ModelProto, raw_name: str, name: str, dtype: int) -> onnx.ModelProto:
+    """skl2onnx emits `label` as [N] (and a regressor's output under its own name); the contract
+    (Triton with max_batch_size > 0) wants `name` as [N, 1].
 
     Reshaping inside the graph keeps both Triton renderings identical instead of relying on a
     `reshape` clause that only the onnxruntime backend would honour.
     """
     graph = model.graph
-    raw = f"{LABEL}_raw"
+    raw = f"{name}_raw"
     for node in graph.node:
-        node.output[:] = [raw if name == LABEL else name for name in node.output]
-    shape_name = f"{LABEL}_shape"
+        node.output[:] = [raw if out == raw_name else out for out in node.output]
+    shape_name = f"{name}_shape"
     graph.initializer.append(helper.make_tensor(shape_name, TensorProto.INT64, [2], [-1, 1]))
-    graph.node.append(helper.make_node("Reshape", [raw, shape_name], [LABEL], name="label_column"))
+    graph.node.append(helper.make_node("Reshape", [raw, shape_name], [name], name=f"{name}_column"))
     for output in graph.output:
-        if output.name == LABEL:
-            output.CopyFrom(helper.make_tensor_value_info(LABEL, TensorProto.INT64, [None, 1]))
+        if output.name == raw_name:
+            output.CopyFrom(helper.make_tensor_value_info(name, dtype, [None, 1]))
     onnx.checker.check_model(model)
     return model
+
+
+@functools.cache
+def _register_boosters() -> None:
+    """Teach skl2onnx the XGBoost and LightGBM estimators (onnxmltools' converters), once per
+    process, so a Pipeline holding one converts like any scikit-learn one."""
+    import lightgbm
+    import xgboost
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    for cls, alias, converter in (
+        (xgboost.XGBClassifier, "XGBoostXGBClassifier", convert_xgboost),
+        (lightgbm.LGBMClassifier, "LightGbmLGBMClassifier", convert_lightgbm),
+    ):
+        update_registered_converter(
+            cls, alias, calculate_linear_classifier_output_shapes, converter, classifier_options
+        )
+    update_registered_converter(
+        xgboost.XGBRegressor,
+        "XGBoostXGBRegressor",
+        calculate_linear_regressor_output_shapes,
+        convert_xgboost,
+    )
+    update_registered_converter(
+        lightgbm.LGBMRegressor,
+        "LightGbmLGBMRegressor",
+        calculate_linear_regressor_output_shapes,
+        convert_lightgbm,
+        options={"split": None},
+    )
 
 
 # A feature with no range in the spec is still bounded to finite FP32: infinity is no value.
@@ -128,20 +178,28 @@ def _clip_inputs(model: onnx.ModelProto, low: list[float], high: list[float]) ->
 def convert(
     model: Pipeline, n_features: int, bounds: tuple[list[float], list[float]] | None = None
 ) -> bytes:
-    """ONNX bytes for `model`: input `features` FP32 [N, n]; outputs label [N, 1], probabilities.
+    """ONNX bytes for `model`: input `features` FP32 [N, n]; a classifier's outputs `label`
+    INT64 [N, 1] and `probabilities` FP32 [N, classes], a regressor's `prediction` FP32 [N, 1].
 
     ZipMap is off: its sequence-of-maps output cannot be served by Triton. `bounds`: each
     feature's (low, high) range (`input_bounds`), enforced inside the graph by clipping.
     """
-    classifier = model.steps[-1][1]
+    estimator = model.steps[-1][1]
+    if type(estimator).__module__.split(".")[0] in ("xgboost", "lightgbm"):
+        _register_boosters()
+    classifier = hasattr(estimator, "predict_proba")
     converted = to_onnx(
         model,
         initial_types=[(INPUT, FloatTensorType([None, n_features]))],
-        options={id(classifier): {"zipmap": False}},
+        options={id(estimator): {"zipmap": False}} if classifier else None,
     )
     if bounds is not None:
         converted = _clip_inputs(converted, *bounds)
-    return _label_as_column(converted).SerializeToString()
+    if classifier:
+        converted = _as_column(converted, LABEL, LABEL, TensorProto.INT64)
+    else:
+        converted = _as_column(converted, SKL2ONNX_REGRESSION_OUTPUT, PREDICTION, TensorProto.FLOAT)
+    return converted.SerializeToString()
 
 
 def sha256(data: bytes) -> str:
@@ -152,30 +210,50 @@ def session(onnx_bytes: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
 
 
+def predict_outputs(onnx_bytes: bytes, features: np.ndarray) -> dict[str, np.ndarray]:
+    """Offline ONNX predictions, every output of the graph by name (as Triton serves them)."""
+    runner = session(onnx_bytes)
+    names = [output.name for output in runner.get_outputs()]
+    return dict(zip(names, runner.run(names, {INPUT: features}), strict=True))
+
+
 def predict(onnx_bytes: bytes, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Offline ONNX predictions: (labels [N], probabilities [N, n_classes])."""
-    label, proba = session(onnx_bytes).run([LABEL, PROBABILITIES], {INPUT: features})
-    return label.reshape(-1), proba
+    """A classifier's offline ONNX predictions: (labels [N], probabilities [N, n_classes])."""
+    outputs = predict_outputs(onnx_bytes, features)
+    return outputs[LABEL].reshape(-1), outputs[PROBABILITIES]
 
 
 def check_parity(
-    model: Pipeline, onnx_bytes: bytes, features: np.ndarray, tolerance: float
+    model: Pipeline,
+    onnx_bytes: bytes,
+    features: np.ndarray,
+    tolerance: float,
+    scale: float = 1.0,
 ) -> ParityReport:
-    """Compare sklearn and ONNX on the same rows; raise ParityError saying how far they differ."""
-    label, proba = predict(onnx_bytes, features)
-    expected = model.predict_proba(features)
+    """Compare sklearn and ONNX on the same rows; raise ParityError saying how far they differ.
+    A classifier's probabilities and labels, or a regressor's prediction relative to `scale`."""
+    outputs = predict_outputs(onnx_bytes, features)
+    if LABEL in outputs:
+        served, expected = outputs[PROBABILITIES], model.predict_proba(features)
+        flips = int((outputs[LABEL].reshape(-1) != model.predict(features)).sum())
+        what = "probability"
+    else:
+        served, expected = outputs[PREDICTION].reshape(-1), model.predict(features)
+        flips, what = 0, "prediction"
     report = ParityReport(
         rows=len(features),
-        max_abs_diff=float(np.abs(proba - expected).max()),
-        label_flips=int((label != model.predict(features)).sum()),
+        max_abs_diff=float(np.abs(served - expected).max()),
+        label_flips=flips,
         tolerance=tolerance,
+        scale=scale,
     )
     if not report.passed:
+        relative = f" = {report.relative_diff:.3g} of the target's spread" if scale != 1 else ""
         raise ParityError(
             f"ONNX export does not match the sklearn model on {report.rows} holdout rows: "
-            f"max |Δ probability| = {report.max_abs_diff:.3g} (allowed {tolerance:.0e}), "
+            f"max |Δ {what}| = {report.max_abs_diff:.3g}{relative} (allowed {tolerance:.0e}), "
             f"{report.label_flips} label flip(s). The estimator or one of its options is not "
-            "converted faithfully by skl2onnx; change the estimator family or its parameters."
+            "converted faithfully; change the estimator family or its parameters."
         )
     return report
 
@@ -193,8 +271,10 @@ def export_onnx(
 ) -> OnnxArtifact:
     model = tracking.load_model(settings, ref.model_uri)
     data = convert(model, spec.n_features, input_bounds(spec))
-    features = to_features(load_dataset(holdout.uri), spec)
-    parity = check_parity(model, data, features, spec.smoke.tolerance)
+    frame = load_dataset(holdout.uri)
+    features = to_features(frame, spec)
+    scale = kind_of(spec).parity_scale(to_target(frame, spec))
+    parity = check_parity(model, data, features, spec.smoke.tolerance, scale)
     digest = sha256(data)
     uri = tracking.log_run_artifact(settings, ref.run_id, tracking.ONNX_ARTIFACT, data)
     model_registry.tag_version(settings, ref, {model_registry.TAG_ONNX: digest})
@@ -207,10 +287,13 @@ def export_onnx_task(
 ) -> OnnxArtifact:
     result = export_onnx(settings, spec, ref, holdout)
     get_run_logger().info(
-        "ONNX %s… matches sklearn on %d holdout rows: max |Δp| %.2e, %d label flips",
+        "ONNX %s… matches sklearn on %d holdout rows: max |Δ| %.2e (%.2e of scale %.4g), "
+        "%d label flips",
         result.sha256[:12],
         result.parity.rows,
         result.parity.max_abs_diff,
+        result.parity.relative_diff,
+        result.parity.scale,
         result.parity.label_flips,
     )
     return result

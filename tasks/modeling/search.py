@@ -13,11 +13,20 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.core.attempts import RESUMABLE
 from tasks.core.logs import run_logger
+from tasks.core.model_task import direction
 from tasks.core.settings import Settings
-from tasks.core.spec import Dimension, ModelSpec
-from tasks.datasets.data import SplitResult, load_dataset, split, to_features, to_target
-from tasks.modeling.evaluation import METRICS
-from tasks.modeling.training import Params, SearchSummary, TrialSummary, build_pipeline
+from tasks.core.spec import ModelSpec
+from tasks.core.spec_sections import Dimension
+from tasks.datasets.data import (
+    SplitResult,
+    load_dataset,
+    split,
+    stratify_on,
+    to_features,
+    to_target,
+)
+from tasks.modeling.kinds import Params, kind_of
+from tasks.modeling.training import SearchSummary, TrialSummary, build_pipeline
 from tasks.registry import tracking
 
 RunnerKind = Literal["threads", "dask"]
@@ -56,15 +65,16 @@ def run_trial(
     if cap is not None and len(frame) > cap:
         # Trials only rank configurations: a sample ranks them at a fraction of the cost on large
         # data, and the candidate is refit on every training row.
-        frame, _ = split(frame, spec.target.name, 1 - cap / len(frame), spec.search.seed)
+        frame, _ = split(frame, stratify_on(spec), 1 - cap / len(frame), spec.search.seed)
     fit_part, check_part = split(
-        frame, spec.target.name, spec.search.validation_fraction, spec.search.seed
+        frame, stratify_on(spec), spec.search.validation_fraction, spec.search.seed
     )
     model = build_pipeline(spec, params, n_jobs=n_jobs).fit(
         to_features(fit_part, spec), to_target(fit_part, spec)
     )
-    scores = model.predict_proba(to_features(check_part, spec))[:, 1]
-    score = float(METRICS[spec.search.metric](to_target(check_part, spec), scores))
+    kind = kind_of(spec)
+    scores = kind.scores(model, to_features(check_part, spec))
+    score = kind.point(spec, spec.search.metric, to_target(check_part, spec), scores)
     logged = {**params, "fit_rows": len(fit_part)}
     run_id = tracking.log_trial(
         settings, spec.name, parent_run_id, number, logged, {spec.search.metric: score}
@@ -107,8 +117,10 @@ def run_search(
     # Optuna announces every study at INFO on its own stderr handler; the trials are in the
     # flow's logs and MLflow already.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    higher = direction(spec.task, search.metric) == "higher"
     study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=search.seed)
+        direction="maximize" if higher else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
     )
     total = search.trials if search.space else 1
     # Cores shared between concurrent trials: each fit gets its slice, not all of them.
@@ -124,7 +136,7 @@ def run_search(
             result = future.result()
             study.tell(trial, result.score)
             results.append(result)
-    best = max(results, key=lambda r: r.score)
+    best = (max if higher else min)(results, key=lambda r: r.score)
     return SearchSummary(metric=search.metric, best=best, trials=results)
 
 

@@ -1,4 +1,5 @@
-"""Estimators from the spec: one scikit-learn Pipeline over the served `features` tensor."""
+"""Estimators from the spec: one scikit-learn Pipeline over the served `features` tensor, with the
+estimator the task's kind builds for the family (`tasks.modeling.kinds`)."""
 
 from __future__ import annotations
 
@@ -10,43 +11,32 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
-from sklearn.base import ClassifierMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tasks.core.attempts import RESUMABLE
+from tasks.core.model_task import Task
 from tasks.core.orchestration import root_flow_run
 from tasks.core.settings import Settings
-from tasks.core.spec import EstimatorFamily, FeatureType, ModelSpec
+from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets.data import (
     DataError,
     DatasetRef,
     SplitResult,
     load_dataset,
     split,
+    stratify_on,
     to_features,
     to_target,
 )
-from tasks.modeling.evaluation import (
-    ModelMetrics,
-    close_figures,
-    compute_metrics,
-    figures,
-    operating_threshold,
-)
+from tasks.modeling.evaluation import close_figures, operating_threshold
+from tasks.modeling.kinds import SKOPS_TRUSTED, Params, kind_of
+from tasks.modeling.scores import Metrics
 from tasks.registry import tracking
 
-# Types skops must be told to trust when MLflow saves each family (pickle stays out).
-SKOPS_TRUSTED: dict[EstimatorFamily, list[str]] = {
-    "random_forest": ["sklearn.tree._tree.Tree"],
-    "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
-    "logistic_regression": [],
-}
 # The imputer of nullable features keeps the dtype it was fitted on.
 SKOPS_TRUSTED_IMPUTER = ["numpy.dtype"]
 
@@ -56,17 +46,8 @@ def skops_trusted(spec: ModelSpec) -> list[str]:
     return SKOPS_TRUSTED[spec.estimator.family] + (SKOPS_TRUSTED_IMPUTER if imputed else [])
 
 
-Params = dict[str, int | float | str | bool | None]
-
-
-def make_estimator(
-    family: EstimatorFamily, params: Params, seed: int, n_jobs: int = -1
-) -> ClassifierMixin:
-    if family == "random_forest":
-        return RandomForestClassifier(random_state=seed, n_jobs=n_jobs, **params)  # type: ignore[arg-type]
-    if family == "hist_gradient_boosting":
-        return HistGradientBoostingClassifier(random_state=seed, **params)  # type: ignore[arg-type]
-    return LogisticRegression(random_state=seed, max_iter=2000, **params)  # type: ignore[arg-type]
+# Families whose fit depends on the features' scale (the others are trees).
+SCALED = {"logistic_regression", "ridge"}
 
 
 def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = -1) -> Pipeline:
@@ -82,13 +63,11 @@ def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = 
         [float(i) for i in range(len(spec.features[i].categories or []))] for i in categorical
     ]
     # Trees do not care about scale; linear models do.
-    numeric_step = (
-        StandardScaler() if spec.estimator.family == "logistic_regression" else "passthrough"
-    )
+    numeric_step = StandardScaler() if spec.estimator.family in SCALED else "passthrough"
     transformers: list[tuple[str, object, list[int]]] = [("numeric", numeric_step, numeric)]
     if nullable:
-        # Imputed rather than left to the estimator: logistic regression cannot take NaN, and
-        # one graph for every family keeps ONNX parity simple.
+        # Imputed rather than left to the estimator: linear models cannot take NaN, and one
+        # graph for every family keeps ONNX parity simple.
         imputer = SimpleImputer(strategy="median")
         scaled = Pipeline([("impute", imputer), ("scale", StandardScaler())])
         transformers.append(
@@ -102,7 +81,10 @@ def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = 
     return Pipeline(
         [
             ("features", ColumnTransformer(transformers)),
-            ("classifier", make_estimator(spec.estimator.family, params, spec.data.seed, n_jobs)),
+            (
+                "estimator",
+                kind_of(spec).estimator(spec.estimator.family, params, spec.data.seed, n_jobs),
+            ),
         ]
     )
 
@@ -110,12 +92,15 @@ def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = 
 def fit(
     spec: ModelSpec, features: np.ndarray, target: np.ndarray, params: Params | None = None
 ) -> Pipeline:
-    classes = sorted(set(np.unique(target).tolist()))
-    if len(classes) < 2:
-        raise DataError(
-            f"the training target {spec.target.name!r} has only class {classes}; a classifier "
-            "needs examples of every class in the spec"
-        )
+    if spec.task is not Task.regression:
+        missing = sorted(set(range(spec.n_classes)) - set(np.unique(target).tolist()))
+        if missing:
+            names = [spec.class_names[i] for i in missing]
+            raise DataError(
+                f"the training split of {spec.target.name!r} has no row of class(es) {names}; "
+                "a classifier needs examples of every class in target.classes: add data, or "
+                "remove the class from the spec"
+            )
     model = build_pipeline(spec, params).fit(features, target)
     # Trained on every core, but served a row at a time: with n_jobs=-1 each predict pays joblib's
     # dispatch (about 50 ms per batch-1 call on 2 cores), which anyone serving this MLflow model
@@ -146,7 +131,7 @@ class TrainResult(BaseModel):
 
     model: str
     candidate: tracking.CandidateRun
-    metrics: ModelMetrics
+    metrics: Metrics
     train: DatasetRef
     holdout: DatasetRef
     lineage: dict[str, str]
@@ -171,12 +156,15 @@ THRESHOLD_SOURCE = f"out-of-fold scores of the training split ({THRESHOLD_FOLDS}
 
 def threshold_on_training(
     spec: ModelSpec, train: pd.DataFrame, params: Params | None = None
-) -> float:
-    """The operating threshold from out-of-fold scores on `train` (sampled to search.max_rows,
-    as the trials are: the threshold needs the score distribution, not every row)."""
+) -> float | None:
+    """A binary model's operating threshold from out-of-fold scores on `train` (sampled to
+    search.max_rows, as the trials are: the threshold needs the score distribution, not every
+    row). Other tasks have none: a multiclass label is the likeliest class."""
+    if not kind_of(spec).thresholded:
+        return None
     cap = spec.search.max_rows
     if cap is not None and len(train) > cap:
-        train, _ = split(train, spec.target.name, 1 - cap / len(train), spec.search.seed)
+        train, _ = split(train, stratify_on(spec), 1 - cap / len(train), spec.search.seed)
     features, target = to_features(train, spec), to_target(train, spec)
     smallest = int(np.bincount(target).min()) if len(np.unique(target)) > 1 else 0
     if smallest < THRESHOLD_FOLDS:
@@ -193,13 +181,15 @@ def threshold_on_training(
 
 def refit_and_score(
     spec: ModelSpec, train: pd.DataFrame, holdout: pd.DataFrame, params: Params
-) -> tuple[Pipeline, float, ModelMetrics, np.ndarray]:
-    """The candidate refit on all of `train`, its threshold (from `train` alone), and its
-    holdout metrics at that threshold; the holdout's scores for the plots."""
+) -> tuple[Pipeline, float | None, Metrics, np.ndarray]:
+    """The candidate refit on all of `train`, its threshold (binary, from `train` alone), and its
+    holdout metrics; the holdout's scores for the plots."""
+    kind = kind_of(spec)
     model = fit(spec, to_features(train, spec), to_target(train, spec), params)
     threshold = threshold_on_training(spec, train, params)
-    scores = model.predict_proba(to_features(holdout, spec))[:, 1]
-    return model, threshold, compute_metrics(to_target(holdout, spec), scores, threshold), scores
+    scores = kind.scores(model, to_features(holdout, spec))
+    metrics = kind.evaluate(spec, to_target(holdout, spec), scores, threshold)
+    return model, threshold, metrics, scores
 
 
 def train_candidate(
@@ -226,17 +216,19 @@ def train_candidate(
         tracking.TAG_CODE: tracking.code_version(),
         tracking.TAG_FLOW_RUN: flow_run_id,
         tracking.TAG_SPEC: spec_fingerprint(spec),
-        tracking.TAG_THRESHOLD: f"{threshold:.6f}",
-        tracking.TAG_THRESHOLD_SOURCE: THRESHOLD_SOURCE,
+        tracking.TAG_TASK: spec.task.value,
     }
-    plots = figures(target, scores, threshold)
+    if threshold is not None:
+        lineage[tracking.TAG_THRESHOLD] = f"{threshold:.6f}"
+        lineage[tracking.TAG_THRESHOLD_SOURCE] = THRESHOLD_SOURCE
+    plots = kind_of(spec).figures(spec, target, scores, threshold)
     candidate = tracking.log_candidate(
         settings,
         spec,
         run,
         model,
         spec.estimator.params | params,
-        metrics.model_dump() | {f"search_best_{search.metric}": search.best.score},
+        metrics.scalars() | {f"search_best_{search.metric}": search.best.score},
         features[:100],
         tags=lineage,
         trusted_types=skops_trusted(spec),
@@ -268,18 +260,17 @@ def train_candidate_task(
     m = result.metrics
     create_table_artifact(
         key=f"evaluation-{spec.name}",
-        table=[{"metric": k, "value": round(v, 6)} for k, v in m.model_dump().items()],
+        table=[{"metric": k, "value": round(v, 6)} for k, v in m.scalars().items()],
         description=f"Holdout metrics of MLflow run [{result.run_id}]"
         f"({tracking.run_link(settings, result.candidate)})",
     )
     logger.info(
-        "trained %s on %d rows (data %s…): ROC AUC %.4f, PR AUC %.4f, F1 %.4f; MLflow run %s",
+        "trained %s %s on %d rows (data %s…): %s; MLflow run %s",
+        spec.task.value,
         spec.estimator.family,
         data.train.rows,
         data.train.sha256[:12],
-        result.metrics.roc_auc,
-        result.metrics.pr_auc,
-        result.metrics.f1,
+        m.headline(),
         result.run_id,
     )
     return result

@@ -10,6 +10,7 @@ from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets.data import load_dataset, to_features, to_target
 from tasks.modeling.evaluation import ValidationReport, compare, threshold_failures
+from tasks.modeling.kinds import kind_of
 from tasks.modeling.training import TrainResult
 from tasks.registry import model_registry, tracking
 
@@ -29,14 +30,22 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
             )
         holdout = load_dataset(train.holdout.uri)
         features, target = to_features(holdout, spec), to_target(holdout, spec)
+        task = tracking.run_tags(settings, ref.run_id).get(tracking.TAG_TASK, "binary")
+        if task != spec.task.value:
+            raise ConveyorError(
+                f"champion v{champion} of {spec.name} is a {task} model, the challenger a "
+                f"{spec.task.value} one: they cannot be compared. Register the new task under a "
+                "new model name."
+            )
+        kind = kind_of(spec)
         challenger_model = tracking.load_model(settings, train.candidate.model_uri)
         champion_model = tracking.load_model(settings, ref.model_uri)
         comparison = compare(
+            spec,
             target,
-            challenger_model.predict_proba(features)[:, 1],
-            champion_model.predict_proba(features)[:, 1],
+            kind.scores(challenger_model, features),
+            kind.scores(champion_model, features),
             champion,
-            spec.validation,
         )
     return ValidationReport(
         metrics=train.metrics,

@@ -32,9 +32,8 @@ from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets import synthetic
 from tasks.datasets.data import load_dataset, read_source, require_numbers, to_features
 from tasks.modeling import onnx
+from tasks.modeling.kinds import kind_of
 from tasks.registry import mlflow_store, model_registry, tracking
-
-SCORE = "score"
 
 
 class ColumnDrift(BaseModel):
@@ -88,18 +87,26 @@ def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 
 def _scored(frame: pd.DataFrame, spec: ModelSpec, onnx_bytes: bytes) -> pd.DataFrame:
-    columns = [f.name for f in spec.features]
-    scored = frame[columns].copy()
-    _, probabilities = onnx.predict(onnx_bytes, to_features(frame, spec))
-    scored[SCORE] = probabilities[:, 1].astype(np.float64)
+    """The features beside what the champion answers for them: a binary model's score, a
+    multiclass model's predicted class (by name), a regressor's prediction."""
+    kind = kind_of(spec)
+    scored = frame[[f.name for f in spec.features]].copy()
+    values = kind.drift_values(onnx.predict_outputs(onnx_bytes, to_features(frame, spec)))
+    if kind.drift_categorical:
+        values = np.asarray(spec.class_names, dtype=object)[values]
+    scored[kind.drift_column] = values
     return scored
 
 
 def _definition(spec: ModelSpec) -> DataDefinition:
     categorical = {FeatureType.category, FeatureType.boolean}
+    kind = kind_of(spec)
+    answer = [kind.drift_column]
     return DataDefinition(
-        numerical_columns=[f.name for f in spec.features if f.type not in categorical] + [SCORE],
-        categorical_columns=[f.name for f in spec.features if f.type in categorical],
+        numerical_columns=[f.name for f in spec.features if f.type not in categorical]
+        + ([] if kind.drift_categorical else answer),
+        categorical_columns=[f.name for f in spec.features if f.type in categorical]
+        + (answer if kind.drift_categorical else []),
     )
 
 
@@ -140,8 +147,12 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     current = _scored(_sample(current_full, rows, spec.drift.seed), spec, onnx_bytes)
     definition = _definition(spec)
     features = [f.name for f in spec.features]
+    answer = kind_of(spec).drift_column
     report = Report(
-        [DataDriftPreset(columns=features, drift_share=spec.drift.share), ValueDrift(column=SCORE)],
+        [
+            DataDriftPreset(columns=features, drift_share=spec.drift.share),
+            ValueDrift(column=answer),
+        ],
         include_tests=True,
     )
     snapshot = report.run(
@@ -160,7 +171,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
             spec.name,
             html,
             # The share is what `conveyor status` shows; the scores are per column.
-            metrics={f"drift_{c.column}": c.score for c in [*feature_results, columns[SCORE]]}
+            metrics={f"drift_{c.column}": c.score for c in [*feature_results, columns[answer]]}
             | {tracking.DRIFT_SHARE_METRIC: share},
         )
     return DriftReport(
@@ -172,7 +183,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
         current_rows=len(current_full),
         compared_rows=len(current),
         columns=feature_results,
-        prediction=columns[SCORE],
+        prediction=columns[answer],
         drift_share=share,
         threshold_share=spec.drift.share,
         report_uri=report_uri,

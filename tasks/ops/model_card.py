@@ -11,6 +11,7 @@ from tasks.core.spec import ModelSpec
 from tasks.modeling import training
 from tasks.modeling.evaluation import ValidationReport
 from tasks.modeling.onnx import OnnxArtifact
+from tasks.modeling.scores import Metrics, ModelMetrics, MulticlassMetrics
 from tasks.modeling.training import TrainResult
 from tasks.registry import model_registry, tracking
 from tasks.registry.approval import ApprovalDecision
@@ -29,6 +30,30 @@ class ReleaseEvidence(BaseModel):
     smoke: SmokeReport
     approval: ApprovalDecision | None
     promotion: model_registry.PromotionResult
+
+
+def answer_sentence(spec: ModelSpec, m: Metrics) -> str:
+    """What the served answer means, in the model's task."""
+    if isinstance(m, ModelMetrics):
+        positive = spec.class_names[1]
+        return (
+            f"Operating point: {spec.evaluation.operating_point}, chosen on "
+            f"{training.THRESHOLD_SOURCE}: the holdout had no part in it, so the figures above "
+            "are what to expect of unseen data. Triton's `label` output is the argmax (0.5); "
+            f"predict class `{positive}` when `probabilities[:, 1] >= {m.threshold:.4f}`."
+        )
+    if isinstance(m, MulticlassMetrics):
+        recall = ", ".join(f"`{k}` {v:.3f}" for k, v in m.per_class_recall.items())
+        return (
+            "Triton's `label` output is the index of the likeliest class in "
+            f"{spec.class_names} (also in the model config's `class_names` parameter), and "
+            f"`probabilities` one probability per class in that order. Recall by class: {recall}."
+        )
+    return (
+        f"Triton's `prediction` output is the predicted `{spec.target.name}` in its own units; "
+        f"errors above are in those units (the holdout target's standard deviation is "
+        f"{m.target_std:.4g}; |error| p{m.quantile * 100:.0f} is {m.abs_error_quantile:.4g})."
+    )
 
 
 def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
@@ -61,26 +86,25 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
             "",
             "## Data",
             f"- Training data: `{train.train.uri}`, {train.train.rows} rows, "
-            f"{train.train.positives} positives, sha256 `{train.train.sha256}`",
+            f"sha256 `{train.train.sha256}`",
             f"- Holdout: `{train.holdout.uri}`, {train.holdout.rows} rows, "
-            f"{train.holdout.positives} positives, sha256 `{train.holdout.sha256}`",
+            f"sha256 `{train.holdout.sha256}`",
             f"- Source: {spec.data.source} (seed {spec.data.seed}, drift knob {spec.data.drift})",
             f"- Features, in served order: {features}",
             "",
             "## Holdout metrics",
-            "| ROC AUC | PR AUC | Brier | threshold | precision | recall | F1 | positive rate |",
-            "|---|---|---|---|---|---|---|---|",
-            f"| {m.roc_auc:.4f} | {m.pr_auc:.4f} | {m.brier:.4f} | {m.threshold:.4f} | "
-            f"{m.precision:.4f} | {m.recall:.4f} | {m.f1:.4f} | {m.positive_rate:.4f} |",
+            f"Task: **{spec.task.value}**; {m.rows} holdout rows.",
             "",
-            f"Operating point: {spec.evaluation.operating_point}, chosen on "
-            f"{training.THRESHOLD_SOURCE}: the holdout had no part in it, so the figures above "
-            "are what to expect of unseen data. Triton's `label` output is the "
-            f"argmax (0.5); flag a transaction when `probabilities[:, 1] >= {m.threshold:.4f}`.",
+            "| " + " | ".join(m.scalars()) + " |",
+            "|" + "---|" * len(m.scalars()),
+            "| " + " | ".join(f"{v:.4g}" for v in m.scalars().values()) + " |",
+            "",
+            answer_sentence(spec, m),
             "",
             "## Serving",
             f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "
-            f"max |Δp| {onnx.parity.max_abs_diff:.1e}, {onnx.parity.label_flips} label flips",
+            f"max |Δ| {onnx.parity.max_abs_diff:.1e} (tolerance {onnx.parity.tolerance:.0e} x "
+            f"{onnx.parity.scale:.4g}), {onnx.parity.label_flips} label flips",
             f"- Smoke test: {smoke.rows} rows equal offline over HTTP and gRPC, "
             f"single-client p50 {smoke.p50_ms:.2f} ms, p99 {smoke.p99_ms:.2f} ms; under load "
             f"({smoke.load.concurrency} clients) {smoke.load.throughput_rps:.0f} req/s, "

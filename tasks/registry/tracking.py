@@ -38,6 +38,7 @@ TAG_HOLDOUT_URI = "conveyor.holdout_uri"
 TAG_TRAIN_URI = "conveyor.train_uri"  # the drift check's reference
 TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
+TAG_TASK = "conveyor.task"  # binary, multiclass or regression: what the version answers
 TAG_THRESHOLD_SOURCE = "conveyor.operating_threshold_source"  # what it was chosen on
 ONNX_ARTIFACT = "onnx/model.onnx"
 # The spec a candidate was released with: what repair and rollback read when no fleet file
@@ -47,6 +48,12 @@ SPEC_ARTIFACT = "spec.json"
 # MLflow's inference, which loads the model in a subprocess (about 8 s a release) and lists whatever
 # the training process had imported (pytest, dask, rich) as the model's requirements.
 MODEL_REQUIREMENTS = ("scikit-learn", "numpy", "scipy", "skops")
+# The distribution a model's library comes from where the names differ (xgboost's CPU build).
+DISTRIBUTIONS = {"xgboost": "xgboost-cpu"}
+
+
+def _dist(name: str) -> str:
+    return DISTRIBUTIONS.get(name, name)
 
 
 class DataRef(Protocol):
@@ -197,15 +204,21 @@ def log_candidate(
             mlflow.log_input(dataset, context=context, tags={"sha256": ref.sha256})
         for filename, figure in figures.items():
             mlflow.log_figure(figure, f"evaluation/{filename}")
+        # A classifier's pyfunc answers probabilities (what callers act on), a regressor's its
+        # prediction.
+        predict_fn = "predict_proba" if hasattr(model, "predict_proba") else "predict"
+        estimator_module = type(model.steps[-1][1]).__module__.split(".")[0]
+        requirements = MODEL_REQUIREMENTS + tuple(
+            name for name in ("xgboost", "lightgbm") if name == estimator_module
+        )
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=infer_signature(example, model.predict_proba(example)),
+            signature=infer_signature(example, getattr(model, predict_fn)(example)),
             input_example=example[:2],
             skops_trusted_types=trusted_types,
-            pip_requirements=[f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS],
-            # Scores, not labels, are what callers of a fraud model act on.
-            pyfunc_predict_fn="predict_proba",
+            pip_requirements=[f"{_dist(name)}=={version(_dist(name))}" for name in requirements],
+            pyfunc_predict_fn=predict_fn,
         )
     return run.model_copy(update={"model_uri": info.model_uri})
 
@@ -293,3 +306,7 @@ def run_tag(settings: Settings, run_id: str, key: str) -> str:
     if value is None:
         raise RegistryError(f"MLflow run {run_id} has no tag {key}; was it trained by conveyor?")
     return str(value)
+
+
+def run_tags(settings: Settings, run_id: str) -> dict[str, str]:
+    return dict(client(settings).get_run(run_id).data.tags)

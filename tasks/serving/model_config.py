@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tasks.core.model_task import LABEL, PREDICTION, PROBABILITIES, outputs
 from tasks.core.spec import ModelSpec, ServingSpec
-from tasks.modeling.onnx import INPUT, LABEL, PROBABILITIES
+from tasks.modeling.onnx import INPUT
 
 Backend = Literal["python", "onnxruntime"]
 
@@ -51,12 +53,11 @@ def render_config(
     else:
         config.backend = "python"
     config.input.append(mc.ModelInput(name=INPUT, data_type=mc.TYPE_FP32, dims=[spec.n_features]))
-    config.output.extend(
-        [
-            mc.ModelOutput(name=LABEL, data_type=mc.TYPE_INT64, dims=[1]),
-            mc.ModelOutput(name=PROBABILITIES, data_type=mc.TYPE_FP32, dims=[spec.n_classes]),
-        ]
-    )
+    config.output.extend(served_outputs(spec))
+    if spec.class_names:
+        # `label` is an index into these: a client maps it (and each probability's position)
+        # to the class without reading the spec. JSON, since class names may hold commas.
+        config.parameters["class_names"].string_value = json.dumps(spec.class_names)
     config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_microseconds
     config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
     kind = mc.ModelInstanceGroup.Kind.Value(serving.kind)
@@ -76,6 +77,20 @@ def render_config(
     if versions:
         config.version_policy.specific.versions.extend(sorted(versions))
     return config
+
+
+def served_outputs(spec: ModelSpec) -> list[mc.ModelOutput]:
+    """The task's output tensors: a classifier's `label` INT64 [1] and `probabilities` FP32
+    [classes], a regressor's `prediction` FP32 [1]."""
+    shapes = {
+        LABEL: (mc.TYPE_INT64, [1]),
+        PROBABILITIES: (mc.TYPE_FP32, [spec.n_classes]),
+        PREDICTION: (mc.TYPE_FP32, [1]),
+    }
+    return [
+        mc.ModelOutput(name=name, data_type=shapes[name][0], dims=shapes[name][1])
+        for name in outputs(spec.task)
+    ]
 
 
 def config_text(config: mc.ModelConfig) -> str:

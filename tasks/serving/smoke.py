@@ -11,15 +11,18 @@ import tritonclient.http as httpclient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from tasks.core.errors import ConveyorError
+from tasks.core.model_task import LABEL
 from tasks.core.pushgateway import Observation
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.datasets.data import DatasetRef, load_dataset, to_features
+from tasks.datasets.data import DatasetRef, load_dataset, to_features, to_target
 from tasks.modeling import onnx
-from tasks.modeling.onnx import INPUT, LABEL, PROBABILITIES
+from tasks.modeling.kinds import kind_of
+from tasks.modeling.onnx import INPUT
 from tasks.registry import model_registry, tracking
 from tasks.serving import model_config, triton_client, triton_server
 from tasks.serving.traffic import LoadResult, measure
@@ -42,8 +45,11 @@ class SmokeReport(BaseModel):
     version: int
     served_as: str  # the Triton model name the checks addressed (the candidate's own name)
     rows: int
+    # Largest |served - offline| of the probabilities (or a regressor's prediction), in their
+    # units; judged against smoke.tolerance x `scale` (1, or the holdout target's spread).
     http_max_abs_diff: float
     grpc_max_abs_diff: float
+    scale: float = 1.0
     label_mismatches: int
     metadata_ok: bool
     malformed_rejected: dict[str, str]  # case → the server's error message
@@ -62,10 +68,17 @@ class SmokeReport(BaseModel):
 
 def _metadata_problems(metadata: dict[str, object], spec: ModelSpec) -> list[str]:
     expected_inputs = [{"name": INPUT, "datatype": "FP32", "shape": [-1, spec.n_features]}]
-    expected_outputs = [
-        {"name": LABEL, "datatype": "INT64", "shape": [-1, 1]},
-        {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, spec.n_classes]},
-    ]
+    expected_outputs = sorted(
+        (
+            {
+                "name": o.name,
+                "datatype": mc.DataType.Name(o.data_type).removeprefix("TYPE_"),
+                "shape": [-1, *o.dims],
+            }
+            for o in model_config.served_outputs(spec)
+        ),
+        key=lambda e: str(e["name"]),
+    )
 
     def shape(items: object) -> list[dict[str, object]]:
         entries = items if isinstance(items, list) else []
@@ -82,14 +95,21 @@ def _metadata_problems(metadata: dict[str, object], spec: ModelSpec) -> list[str
     return problems
 
 
-Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def _served_predictions(
     predict: Predict, features: np.ndarray, batch: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> dict[str, np.ndarray]:
     parts = [predict(features[i : i + batch]) for i in range(0, len(features), batch)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _values(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The served numbers a caller acts on: every output but the class index, as one array."""
+    return np.hstack(
+        [v.reshape(len(v), -1).astype(np.float64) for k, v in outputs.items() if k != LABEL]
+    )
 
 
 def _malformed(
@@ -135,7 +155,7 @@ def extreme_problems(predictors: dict[str, Predict], spec: ModelSpec, batch: int
     problems = []
     for protocol, predict in predictors.items():
         try:
-            _, proba = _served_predictions(predict, rows, batch)
+            values = _values(_served_predictions(predict, rows, batch))
         except InferenceServerException as exc:
             problems.append(
                 f"{protocol}: finite rows outside the spec's ranges were refused "
@@ -143,10 +163,10 @@ def extreme_problems(predictors: dict[str, Predict], spec: ModelSpec, batch: int
                 "inputs to the contract's range: re-export it with this conveyor)"
             )
             continue
-        if not np.isfinite(proba).all():
+        if not np.isfinite(values).all():
             problems.append(
                 f"{protocol}: answered finite rows outside the spec's ranges with non-finite "
-                "probabilities; callers would act on NaN"
+                "values; callers would act on NaN"
             )
     return problems
 
@@ -157,10 +177,12 @@ def run_smoke(
     model: str,
     version: int,
     features: np.ndarray,
-    offline_labels: np.ndarray,
-    offline_probabilities: np.ndarray,
+    offline: dict[str, np.ndarray],
+    scale: float = 1.0,
 ) -> SmokeReport:
-    """Run every check and collect what failed; the caller decides what a failure means."""
+    """Run every check and collect what failed; the caller decides what a failure means.
+    `offline`: the ONNX file's outputs for `features`; `scale`: what the tolerance is relative
+    to (1 for probabilities, the target's spread for a regression)."""
     tag = str(version)
     # Closed here, in the thread that opened it (see `traffic.measure`).
     with contextlib.closing(triton_client.http_client(endpoint)) as http:
@@ -179,34 +201,33 @@ def run_smoke(
         failures += metadata_problems
 
         batch = spec.serving.max_batch_size
-        http_labels, http_proba = _served_predictions(
-            lambda x: triton_client.infer_http(http, model, x, tag), features, batch
-        )
-        grpc_labels, grpc_proba = _served_predictions(
-            lambda x: triton_client.infer_grpc(grpc, model, x, tag), features, batch
-        )
-        http_diff = float(np.abs(http_proba - offline_probabilities).max())
-        grpc_diff = float(np.abs(grpc_proba - offline_probabilities).max())
-        mismatches = int(
-            (http_labels != offline_labels).sum() + (grpc_labels != offline_labels).sum()
-        )
-        for protocol, diff in (("HTTP", http_diff), ("gRPC", grpc_diff)):
-            if diff > spec.smoke.tolerance:
+        predictors: dict[str, Predict] = {
+            "HTTP": lambda x: triton_client.outputs_http(http, model, x, tag),
+            "gRPC": lambda x: triton_client.outputs_grpc(grpc, model, x, tag),
+        }
+        served = {p: _served_predictions(f, features, batch) for p, f in predictors.items()}
+        diffs, mismatches = {}, 0
+        for protocol, answer in served.items():
+            got, expected = _values(answer), _values(offline)
+            if got.shape != expected.shape:
+                diffs[protocol] = 0.0  # nothing comparable: the failure below says why
                 failures.append(
-                    f"{protocol} probabilities differ from offline ONNX by {diff:.3g} "
-                    f"(tolerance {spec.smoke.tolerance:.0e})"
+                    f"{protocol} answers have shape {got.shape}, offline ONNX {expected.shape}"
+                )
+                continue
+            diffs[protocol] = float(np.abs(got - expected).max())
+            if LABEL in offline:
+                mismatches += int((answer[LABEL].reshape(-1) != offline[LABEL].reshape(-1)).sum())
+            if diffs[protocol] > spec.smoke.tolerance * scale:
+                failures.append(
+                    f"{protocol} answers differ from offline ONNX by {diffs[protocol]:.3g} "
+                    f"(tolerance {spec.smoke.tolerance:.0e}"
+                    + (f" x target spread {scale:.4g})" if scale != 1 else ")")
                 )
         if mismatches:
             failures.append(f"{mismatches} served label(s) differ from offline ONNX")
 
-        failures += extreme_problems(
-            {
-                "HTTP": lambda x: triton_client.infer_http(http, model, x, tag),
-                "gRPC": lambda x: triton_client.infer_grpc(grpc, model, x, tag),
-            },
-            spec,
-            batch,
-        )
+        failures += extreme_problems(predictors, spec, batch)
 
         malformed = _malformed(endpoint, spec, model, tag)
         failures += [
@@ -243,8 +264,9 @@ def run_smoke(
             version=version,
             served_as=model,
             rows=len(features),
-            http_max_abs_diff=http_diff,
-            grpc_max_abs_diff=grpc_diff,
+            http_max_abs_diff=diffs["HTTP"],
+            grpc_max_abs_diff=diffs["gRPC"],
+            scale=scale,
             label_mismatches=mismatches,
             metadata_ok=not metadata_problems,
             malformed_rejected={case: m for case, m in malformed.items() if m is not None},
@@ -277,11 +299,13 @@ def smoke_test(
     (its own Triton name, during a release) or, with `served_as`, under that name (a live
     version, `conveyor smoke`)."""
     onnx_bytes = tracking.read_artifact(settings, f"runs:/{ref.run_id}/{tracking.ONNX_ARTIFACT}")
-    features = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
-    labels, probabilities = onnx.predict(onnx_bytes, features)
+    frame = load_dataset(holdout.uri)
+    features = to_features(frame, spec)[: spec.smoke.rows]
+    offline = onnx.predict_outputs(onnx_bytes, features)
+    scale = kind_of(spec).parity_scale(to_target(frame, spec))
     endpoint = triton_server.endpoint(settings)
     name = served_as or model_config.candidate_name(spec.name, ref.version)
-    report = run_smoke(endpoint, spec, name, ref.version, features, labels, probabilities)
+    report = run_smoke(endpoint, spec, name, ref.version, features, offline, scale)
     tracking.log_to_run(
         settings,
         ref.run_id,

@@ -66,14 +66,16 @@ def measure(
         # prints a traceback into the command's output) in a thread without a gevent hub.
         with contextlib.closing(triton_client.http_client(endpoint)) as client:
             for n in range(WARMUP_REQUESTS):
-                triton_client.infer_http(client, model, rows[n % len(rows)].reshape(1, -1), version)
+                triton_client.infer_http_result(
+                    client, model, rows[n % len(rows)].reshape(1, -1), version
+                )
             timings, errors = [], 0
             start_line.wait()
             for n in range(per_client):
                 row = rows[(index * per_client + n) % len(rows)].reshape(1, -1)
                 began = time.perf_counter()
                 try:
-                    triton_client.infer_http(client, model, row, version)
+                    triton_client.infer_http_result(client, model, row, version)
                 except InferenceServerException:
                     errors += 1
                     continue

@@ -17,9 +17,10 @@ from tritonclient.utils import InferenceServerException
 
 from tasks.core import credentials
 from tasks.core.errors import ConveyorError, ServiceUnavailableError
+from tasks.core.model_task import LABEL, PROBABILITIES
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, ServingSpec
-from tasks.modeling.onnx import INPUT, LABEL, PROBABILITIES
+from tasks.modeling.onnx import INPUT
 from tasks.serving import triton_ports
 from tasks.serving.model_config import Backend, candidate_name, config_json, render_config
 from tasks.serving.triton_ports import Endpoint
@@ -245,16 +246,17 @@ def loaded_versions(endpoint: Endpoint, name: str) -> list[int]:
     return sorted(int(version) for version in metadata.versions)
 
 
+# No outputs named in a request: Triton answers every output of the model (binary-encoded over
+# HTTP), so one client serves a classifier (`label`, `probabilities`) and a regressor
+# (`prediction`) alike.
+
+
 def infer_http_result(
     client: httpclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
 ) -> httpclient.InferResult:
     inp = httpclient.InferInput(INPUT, list(features.shape), "FP32")
     inp.set_data_from_numpy(features, binary_data=True)
-    outputs = [
-        httpclient.InferRequestedOutput(LABEL, binary_data=True),
-        httpclient.InferRequestedOutput(PROBABILITIES, binary_data=True),
-    ]
-    return client.infer(name, [inp], model_version=version, outputs=outputs)
+    return client.infer(name, [inp], model_version=version)
 
 
 def infer_grpc_result(
@@ -266,18 +268,30 @@ def infer_grpc_result(
 ) -> grpcclient.InferResult:
     inp = grpcclient.InferInput(INPUT, list(features.shape), "FP32")
     inp.set_data_from_numpy(features)
-    outputs = [
-        grpcclient.InferRequestedOutput(LABEL),
-        grpcclient.InferRequestedOutput(PROBABILITIES),
-    ]
-    return client.infer(
-        name, [inp], model_version=version, outputs=outputs, client_timeout=timeout_s
-    )
+    return client.infer(name, [inp], model_version=version, client_timeout=timeout_s)
+
+
+def outputs_http(
+    client: httpclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
+) -> dict[str, np.ndarray]:
+    """Every output of one HTTP inference, by name."""
+    result = infer_http_result(client, name, features, version)
+    names = [output["name"] for output in result.get_response()["outputs"]]
+    return {n: result.as_numpy(n) for n in names}
+
+
+def outputs_grpc(
+    client: grpcclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
+) -> dict[str, np.ndarray]:
+    """Every output of one gRPC inference, by name."""
+    result = infer_grpc_result(client, name, features, version)
+    return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
 
 
 def infer_http(
     client: httpclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's answer over HTTP: (labels [N], probabilities [N, classes])."""
     result = infer_http_result(client, name, features, version)
     return result.as_numpy(LABEL).reshape(-1), result.as_numpy(PROBABILITIES)
 
@@ -285,5 +299,6 @@ def infer_http(
 def infer_grpc(
     client: grpcclient.InferenceServerClient, name: str, features: np.ndarray, version: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's answer over gRPC: (labels [N], probabilities [N, classes])."""
     result = infer_grpc_result(client, name, features, version)
     return result.as_numpy(LABEL).reshape(-1), result.as_numpy(PROBABILITIES)

@@ -1,22 +1,29 @@
 import numpy as np
 import pytest
 
-from tasks.core.spec import DEFAULT_SPEC, EvaluationSpec, Thresholds, ValidationSpec, load_spec
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from tasks.core.spec import (
+    DEFAULT_SPEC,
+    EvaluationSpec,
+    ModelSpec,
+    Thresholds,
+    ValidationSpec,
+    load_spec,
+)
 from tasks.datasets.data import DataError, snapshot, split_dataset
 from tasks.modeling.evaluation import (
-    METRICS,
     GateError,
-    ModelMetrics,
     ValidationReport,
     compare,
-    compute_metrics,
-    figures,
     operating_threshold,
     paired_bootstrap,
     require_valid,
     threshold_failures,
-    weighted_metric,
 )
+from tasks.modeling.kinds import Binary
+from tasks.modeling.scores import ModelMetrics, weighted_metric
+from tasks.modeling.scores import binary_metrics as compute_metrics
 from tasks.modeling.search import run_trial
 from tasks.modeling.training import fit
 from tasks.registry import mlflow_store, tracking
@@ -81,7 +88,7 @@ def test_unreachable_precision_is_a_clear_error(scores) -> None:
 
 def test_evaluation_figures_are_the_four_plots(scores) -> None:
     target, good, _ = scores
-    plots = figures(target, good, 0.5)
+    plots = Binary().figures(load_spec(DEFAULT_SPEC), target, good, 0.5)
     assert sorted(plots) == [
         "calibration.png",
         "confusion_matrix.png",
@@ -104,25 +111,34 @@ def test_weighted_metric_matches_sklearn_with_sample_weights(scores, metric: str
     rounded = np.round(good, 2)  # ties, which both must treat as one threshold
     weights = np.random.default_rng(3).integers(0, 4, size=(3, len(target))).astype(float)
     ours = weighted_metric(metric, target, rounded, weights)
-    sklearn = [METRICS[metric](target, rounded, sample_weight=w) for w in weights]
+    score = {"roc_auc": roc_auc_score, "pr_auc": average_precision_score}[metric]
+    sklearn = [score(target, rounded, sample_weight=w) for w in weights]
     np.testing.assert_allclose(ours, sklearn, rtol=1e-12)
+
+
+def judged(**validation: object) -> ModelSpec:
+    """The default (binary) spec with its validation section replaced."""
+    spec = load_spec(DEFAULT_SPEC)
+    section = ValidationSpec(**{"metric": "pr_auc", **validation})  # type: ignore[arg-type]
+    return spec.model_copy(update={"validation": section})
 
 
 def test_paired_bootstrap_is_seeded_and_brackets_the_difference(scores) -> None:
     target, good, worse = scores
-    a = paired_bootstrap(target, good, worse, "pr_auc", 1000, 0.95, seed=1)
-    assert a == paired_bootstrap(target, good, worse, "pr_auc", 1000, 0.95, seed=1)
+    spec = judged(seed=1)
+    a = paired_bootstrap(spec, "pr_auc", target, good, worse)
+    assert a == paired_bootstrap(spec, "pr_auc", target, good, worse)
     difference, low, high = a
     assert low < difference < high
     assert low > 0.1  # the good scorer is clearly better
-    same = paired_bootstrap(target, good, good, "roc_auc", 1000, 0.95, seed=1)
+    same = paired_bootstrap(spec, "roc_auc", target, good, good)
     assert same == (0.0, 0.0, 0.0)
 
 
 def test_worse_challenger_fails_both_rules(scores) -> None:
     target, good, worse = scores
     for rule in ("non_inferior", "superior"):
-        verdict = compare(target, worse, good, 3, ValidationSpec(rule=rule, margin=0.01))
+        verdict = compare(judged(rule=rule, margin=0.01), target, worse, good, 3)
         assert not verdict.passed
         assert verdict.ci_high < 0
 
@@ -130,18 +146,18 @@ def test_worse_challenger_fails_both_rules(scores) -> None:
 def test_better_challenger_passes_both_rules(scores) -> None:
     target, good, worse = scores
     for rule in ("non_inferior", "superior"):
-        assert compare(target, good, worse, 3, ValidationSpec(rule=rule)).passed
+        assert compare(judged(rule=rule), target, good, worse, 3).passed
 
 
 def test_equal_challenger_follows_the_configured_rule(scores) -> None:
     target, good, _ = scores
-    assert compare(target, good, good, 3, ValidationSpec(rule="non_inferior", margin=0.01)).passed
-    assert not compare(target, good, good, 3, ValidationSpec(rule="superior")).passed
+    assert compare(judged(rule="non_inferior", margin=0.01), target, good, good, 3).passed
+    assert not compare(judged(rule="superior"), target, good, good, 3).passed
 
 
 def test_rejected_report_raises_with_its_numbers(scores) -> None:
     target, good, worse = scores
-    comparison = compare(target, worse, good, 7, ValidationSpec())
+    comparison = compare(judged(), target, worse, good, 7)
     report = ValidationReport(
         metrics=SAMPLE, thresholds=Thresholds(), threshold_failures=[], comparison=comparison
     )
@@ -168,7 +184,7 @@ def test_no_champion_means_thresholds_decide() -> None:
 
 def test_single_class_target_is_refused() -> None:
     spec = load_spec(DEFAULT_SPEC)
-    with pytest.raises(DataError, match="only class"):
+    with pytest.raises(DataError, match=r"has no row of class\(es\) \['1'\]"):
         fit(spec, np.zeros((10, spec.n_features), dtype=np.float32), np.zeros(10, dtype=np.int64))
 
 

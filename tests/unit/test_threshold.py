@@ -7,7 +7,8 @@ import pytest
 from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.datasets.data import DataError, split, to_features, to_target
 from tasks.datasets.synthetic import generate_transactions
-from tasks.modeling.evaluation import compute_metrics, operating_threshold
+from tasks.modeling.evaluation import operating_threshold
+from tasks.modeling.scores import binary_metrics as compute_metrics
 from tasks.modeling.training import THRESHOLD_FOLDS, fit, refit_and_score, threshold_on_training
 
 PARAMS = {"n_estimators": 20, "max_depth": 8}

@@ -34,6 +34,11 @@ class TritonPythonModel:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.n_features = int(config["input"][0]["dims"][0])
+        # The outputs the config declares, in its order, with the dtype each is answered in.
+        self.outputs = [
+            (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]
+        ]
+        self.what = "probability" if any(n == "probabilities" for n, _ in self.outputs) else "prediction"
         # NaN is a missing value in these columns (the ONNX graph imputes it), an error elsewhere.
         listed = _parameter(config, "nullable_columns", "")
         self.strict = np.ones(self.n_features, dtype=bool)
@@ -58,19 +63,24 @@ class TritonPythonModel:
             owners.append(i)
         if batches:
             # Dynamic batching hands several requests over at once: one onnxruntime call for all.
-            label, proba = self.session.run(
-                ["label", "probabilities"], {"features": np.concatenate(batches)}
-            )
+            names = [name for name, _ in self.outputs]
+            values = self.session.run(names, {"features": np.concatenate(batches)})
             start = 0
             for i, x in zip(owners, batches):
                 stop = start + len(x)
-                answer = proba[start:stop].astype(np.float32)
-                broken = ~np.isfinite(answer).all(axis=1)
+                answers = [
+                    value[start:stop].astype(dtype)
+                    for value, (_, dtype) in zip(values, self.outputs)
+                ]
+                broken = np.zeros(len(x), dtype=bool)
+                for answer in answers:
+                    if answer.dtype.kind == "f":
+                        broken |= ~np.isfinite(answer.reshape(len(x), -1)).all(axis=1)
                 if broken.any():
                     # Never a 200 with a NaN in it: a caller would act on a non-number.
                     responses[i] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(
-                            f"the model produced a non-finite probability for "
+                            f"the model produced a non-finite {self.what} for "
                             f"{int(broken.sum())} row(s) of this request; nothing was "
                             "answered for it. Report the rows to the model's owners"
                         )
@@ -78,8 +88,8 @@ class TritonPythonModel:
                 else:
                     responses[i] = pb_utils.InferenceResponse(
                         output_tensors=[
-                            pb_utils.Tensor("label", label[start:stop].astype(np.int64)),
-                            pb_utils.Tensor("probabilities", answer),
+                            pb_utils.Tensor(name, answer)
+                            for (name, _), answer in zip(self.outputs, answers)
                         ]
                     )
                 start = stop

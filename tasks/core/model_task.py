@@ -1,0 +1,81 @@
+"""What kind of model a spec describes, as plain data every floor may read: the task, the metrics
+each task is judged by (and which way is better), the estimator families that can learn it and the
+outputs it serves. The arithmetic behind these names is `tasks.modeling.kinds`, the one place the
+line dispatches on the task."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+
+class Task(StrEnum):
+    binary = "binary"
+    multiclass = "multiclass"
+    regression = "regression"
+
+
+Direction = Literal["higher", "lower"]
+
+# Every metric a task reports, gates on and compares champions by. Thresholds on a "higher" metric
+# are floors, on a "lower" one ceilings; the champion/challenger difference is taken so that a
+# positive difference is always an improvement.
+METRICS: dict[Task, dict[str, Direction]] = {
+    Task.binary: {"roc_auc": "higher", "pr_auc": "higher", "f1": "higher", "brier": "lower"},
+    Task.multiclass: {
+        "accuracy": "higher",
+        "f1_macro": "higher",
+        "f1_weighted": "higher",
+        "log_loss": "lower",
+    },
+    Task.regression: {
+        "rmse": "lower",
+        "mae": "lower",
+        "r2": "higher",
+        "abs_error_quantile": "lower",
+    },
+}
+# What the search optimises and the champion is compared on when the spec names nothing.
+DEFAULT_METRIC: dict[Task, str] = {
+    Task.binary: "pr_auc",
+    Task.multiclass: "f1_macro",
+    Task.regression: "rmse",
+}
+# Metrics that need an operating threshold chosen first; the comparison works on scores only.
+THRESHOLD_METRICS = {"f1"}
+
+Family = Literal[
+    "random_forest",
+    "hist_gradient_boosting",
+    "logistic_regression",
+    "ridge",
+    "xgboost",
+    "lightgbm",
+]
+CLASSIFIERS: set[str] = {
+    "random_forest",
+    "hist_gradient_boosting",
+    "logistic_regression",
+    "xgboost",
+    "lightgbm",
+}
+REGRESSORS: set[str] = {"random_forest", "hist_gradient_boosting", "ridge", "xgboost", "lightgbm"}
+FAMILIES: dict[Task, set[str]] = {
+    Task.binary: CLASSIFIERS,
+    Task.multiclass: CLASSIFIERS,
+    Task.regression: REGRESSORS,
+}
+
+# The served outputs: a classifier answers its class index and one probability per class; a
+# regressor its prediction. Names are the Triton tensor names of both renderings.
+LABEL = "label"
+PROBABILITIES = "probabilities"
+PREDICTION = "prediction"
+
+
+def outputs(task: Task) -> list[str]:
+    return [PREDICTION] if task is Task.regression else [LABEL, PROBABILITIES]
+
+
+def direction(task: Task, metric: str) -> Direction:
+    return METRICS[task][metric]
