@@ -21,6 +21,7 @@ from cli.app import (
     log_path,
 )
 from tasks.core.errors import ConveyorError
+from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, load_spec
 
@@ -222,20 +223,28 @@ def init(
     source: Annotated[
         str, typer.Option("--from", help="The data: a CSV or Parquet file, a folder, s3://…")
     ],
-    target: Annotated[str, typer.Option(help="The label column (0/1 or false/true).")],
+    target: Annotated[
+        str, typer.Option(help="The label column: classes (two or more), or a number.")
+    ],
     name: Annotated[
         str | None, typer.Option(help="Model name (default: from the file name).")
     ] = None,
+    task: Annotated[
+        Task | None,
+        typer.Option(help="binary, multiclass or regression (default: inferred from the target)."),
+    ] = None,
 ) -> None:
-    """Write deployments/models/NAME.yaml from the data: types, ranges, nulls, categories,
-    target, quality floors, a model family for its size. Never overwrites a spec."""
+    """Write deployments/models/NAME.yaml from the data: the task, types, ranges, nulls,
+    categories, target, quality floors, a model family for its size. Never overwrites a spec."""
     from tasks.datasets.schema_gen import init_spec
 
     settings = Settings()
     with _expected_errors():
-        result = init_spec(source, target, name, settings.spec_dir)
+        result = init_spec(source, target, name, settings.spec_dir, task)
     console.print(
-        f"wrote {result.path}: model {result.name}, {result.features} features", highlight=False
+        f"wrote {result.path}: model {result.name}, {result.features} features, "
+        f"task {result.task.value} ({result.task_why})",
+        highlight=False,
     )
     for skipped in result.skipped:
         console.print(f"  left out {skipped.name}: {skipped.why}", highlight=False)

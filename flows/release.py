@@ -211,7 +211,7 @@ def _release(
                 spec, settings, ref, train.holdout
             )
             parity = export.onnx.parity
-            step.figure = f"parity max |Δp| {parity.max_abs_diff:.1e}, {parity.label_flips} flips"
+            step.figure = f"parity max |Δ| {parity.max_abs_diff:.1e}, {parity.label_flips} flips"
         with stage("smoke test") as step:
             smoke = smoke_test_flow(spec, settings, ref, train.holdout)
             step.figure = (

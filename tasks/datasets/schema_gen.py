@@ -19,10 +19,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from tasks.core.errors import ConveyorError
-from tasks.core.model_task import Family as EstimatorFamily
+from tasks.core.model_task import Task
 from tasks.core.spec import MODEL_NAME, FeatureSpec, FeatureType, load_spec
 from tasks.datasets.data import read_source
+from tasks.datasets.target_inference import InitError, infer_target
+from tasks.datasets.task_templates import TEMPLATES, choose_family, fixed_params, search_space
+
+__all__ = ["InitError", "init_spec", "render"]
 
 # A range is widened by this share of its observed span on each side: tomorrow's data should not
 # fail the contract for a value slightly past what one extract happened to contain.
@@ -30,16 +33,7 @@ RANGE_MARGIN = 0.1
 # A text column with more distinct values than this is an identifier or free text, not a
 # category (its one-hot encoding would be as wide as the data).
 MAX_CATEGORIES = 50
-# Families by the number of rows: a linear model where trees would overfit, trees beyond.
-SMALL_DATA_ROWS = 5_000
-LARGE_DATA_ROWS = 50_000
 HOLDOUT_FRACTION = 0.25
-# The pipeline scores a binary target (PR AUC, one operating threshold).
-SUPPORTED_CLASSES = 2
-
-
-class InitError(ConveyorError):
-    """The dataset cannot be made into a model spec as it is."""
 
 
 class InferredFeature(FeatureSpec):
@@ -143,80 +137,13 @@ def infer_feature(column: pd.Series) -> InferredFeature | Skipped:
     )
 
 
-def target_classes(frame: pd.DataFrame, target: str, source: str) -> tuple[list[int], float]:
-    """The target's classes (0 and 1) and its positive rate, or an InitError saying what to fix."""
-    if target not in frame.columns:
-        raise InitError(
-            f"{source} has no column {target!r}; its columns are "
-            f"{', '.join(map(str, frame.columns))}. Pass the label column with --target."
-        )
-    labels = frame[target]
-    if labels.isna().any():
-        raise InitError(
-            f"target {target!r} is empty in {int(labels.isna().sum())} row(s) of {source}: "
-            "drop unlabelled rows before training on them"
-        )
-    distinct = sorted(labels.unique().tolist())
-    if len(distinct) < SUPPORTED_CLASSES:
-        raise InitError(
-            f"target {target!r} has one class only ({distinct[0]!r}) in {source}: a classifier "
-            "needs examples of both outcomes; check the extract's filter"
-        )
-    if len(distinct) > SUPPORTED_CLASSES:
-        shown = ", ".join(map(repr, distinct[:8])) + (" …" if len(distinct) > 8 else "")
-        raise InitError(
-            f"target {target!r} has {len(distinct)} classes ({shown}) in {source}; conveyor's "
-            "pipeline scores binary targets: map them to 0 and 1 (the outcome to detect = 1)"
-        )
-    binary = pd.api.types.is_bool_dtype(labels) or (
-        pd.api.types.is_numeric_dtype(labels) and {float(v) for v in distinct} == {0.0, 1.0}
-    )
-    if not binary:
-        raise InitError(
-            f"target {target!r} holds {distinct!r} in {source}; conveyor expects 0 and 1 (or "
-            "false and true), with 1 the outcome to detect: recode it at the source"
-        )
-    return [0, 1], float((labels.astype(int) == 1).mean())
-
-
-def choose_family(rows: int, has_nulls: bool) -> tuple[EstimatorFamily, str]:
-    if rows < SMALL_DATA_ROWS:
-        return "logistic_regression", f"{rows:,} rows: a linear model, trees would overfit"
-    if has_nulls or rows >= LARGE_DATA_ROWS:
-        why = "nulls and " if has_nulls else ""
-        return "hist_gradient_boosting", f"{why}{rows:,} rows: gradient-boosted trees"
-    return "random_forest", f"{rows:,} rows: a random forest, robust with few settings"
-
-
-SEARCH_SPACES: dict[EstimatorFamily, str] = {
-    "logistic_regression": "    C: {type: float, low: 0.001, high: 100.0, log: true}",
-    "random_forest": "\n".join(
-        [
-            "    n_estimators: {type: int, low: 50, high: 300}",
-            "    max_depth: {type: int, low: 4, high: 16}",
-            "    min_samples_leaf: {type: int, low: 1, high: 20}",
-        ]
-    ),
-    "hist_gradient_boosting": "\n".join(
-        [
-            "    learning_rate: {type: float, low: 0.03, high: 0.3, log: true}",
-            "    max_leaf_nodes: {type: int, low: 8, high: 64}",
-            "    min_samples_leaf: {type: int, low: 10, high: 100}",
-        ]
-    ),
-}
-FIXED_PARAMS: dict[EstimatorFamily, str] = {
-    "logistic_regression": "    class_weight: balanced",
-    "random_forest": "    class_weight: balanced_subsample",
-    "hist_gradient_boosting": "    max_iter: 200\n    early_stopping: false",
-}
-
-
-def render(source: str, name: str, target: str, frame: pd.DataFrame) -> tuple[str, list[Skipped]]:
-    """The spec's text and the columns left out (with why)."""
+def render(
+    source: str, name: str, target: str, frame: pd.DataFrame, task: Task | None = None
+) -> tuple[str, list[Skipped], str]:
+    """The spec's text, the columns left out (with why), and why the task is what it is."""
     if frame.empty:
         raise InitError(f"{source} has a header but no rows: point --from at data with rows")
-    classes, positive_rate = target_classes(frame, target, source)
+    inferred_target = infer_target(frame, target, source, task)
     inferred = [infer_feature(frame[c]) for c in frame.columns if c != target]
     features = [f for f in inferred if isinstance(f, InferredFeature)]
     skipped = [f for f in inferred if isinstance(f, Skipped)]
@@ -226,32 +153,26 @@ def render(source: str, name: str, target: str, frame: pd.DataFrame) -> tuple[st
             + "; ".join(f"{s.name}: {s.why}" for s in skipped)
         )
     rows = len(frame)
-    positives = round(positive_rate * rows)
-    if positives < 10 or rows - positives < 10:
-        raise InitError(
-            f"target {target!r} has {min(positives, rows - positives)} example(s) of its rarer "
-            f"class in {rows} rows of {source}: too few to train and hold out; gather more data"
-        )
     nulls = [f for f in features if f.nullable]
-    family, family_why = choose_family(rows, bool(nulls))
+    family, family_why = choose_family(rows, bool(nulls), inferred_target.task)
     holdout_rows = int(rows * HOLDOUT_FRACTION)
     max_null = max((f.null_share for f in nulls), default=0.0)
-    metric = "pr_auc" if positive_rate < 0.1 else "roc_auc"
-    metric_why = "a rare positive class" if metric == "pr_auc" else "classes balanced enough"
     null_floor = min(0.5, max(0.05, round(2 * max_null, 2)))
-    pr_floor = round(positive_rate + (1 - positive_rate) / 4, 3)
     left_out = "".join(f"#   - {s.name}: {s.why}\n" for s in skipped)
+    t = TEMPLATES[inferred_target.task](inferred_target, rows)
+    quality = t.quality + "\n" if t.quality else ""
     text = f"""# Written by `conveyor init --from {source} --target {target}` from {rows:,} rows.
 # Review it before the first release: every value below is inferred or a default, and says which.
 name: {name}
 description: >-
   Inferred from {source}. Describe what the model decides and for whom.
+{t.task_line}
 
 data:
   source: {json.dumps(source)}
   rows: {max(rows, 100)}                 # rows seen (used by the synthetic generators only)
   seed: 0
-  holdout_fraction: {HOLDOUT_FRACTION}      # a stratified quarter is held out for the gates
+  holdout_fraction: {HOLDOUT_FRACTION}      # a quarter is held out for the gates
 
 # Order here is the order of the served `features` tensor. Ranges are the observed ones widened
 # {RANGE_MARGIN:.0%} of their span each side (non-negative columns stay non-negative): values
@@ -261,42 +182,36 @@ features:
 {("# Left out:" + chr(10) + left_out) if skipped else ""}
 target:
   name: {json.dumps(target)}
-  classes: {classes}          # {positive_rate:.2%} of rows are 1
+{t.target}
 
 quality:                     # from the data: floors a broken extract would fall under
   min_rows: {max(100, rows // 10)}            # a tenth of the rows seen
-  min_positive_rate: {positive_rate / 4:.4g}  # a quarter of the rate seen ({positive_rate:.2%})
-  max_null_share: {null_floor}        # twice the largest null share seen, at least 5 %
+{quality}  max_null_share: {null_floor}        # twice the largest null share seen, at least 5 %
 
 estimator:
   family: {family}   # {family_why}
   params:
-{FIXED_PARAMS[family]}
+{fixed_params(inferred_target.task, family)}
 
 search:
   trials: 8
   parallel: 2
-  metric: {metric}            # {metric_why}
+  metric: {t.metric}            # {t.metric_why}
   validation_fraction: 0.25
   max_rows: 20000            # trials fit on a sample of at most this many rows
   seed: 0
   space:
-{SEARCH_SPACES[family]}
-
-evaluation:
-  operating_point: best_f1   # or target_precision, with target_precision set below
-  target_precision: 0.9
-
+{search_space(family)}
+{(chr(10) + t.evaluation + chr(10)) if t.evaluation else ""}
 # LEFT FOR YOU: the floors a model must reach to be released. These are only "better than
 # chance" so that a first release on this data goes through; set them from your model-risk policy.
 thresholds:
-  roc_auc: 0.6
-  pr_auc: {pr_floor}             # a quarter of the way from chance (the positive rate) to 1
+{t.thresholds}
 
 validation:                  # challenger vs champion on the challenger's holdout
-  metric: {metric}
+  metric: {t.metric}
   rule: non_inferior
-  margin: 0.01
+  margin: {t.margin}
   resamples: 1000
   confidence: 0.95
   seed: 0
@@ -331,7 +246,7 @@ smoke:
   p99_budget_ms: 50.0
   tolerance: 1.0e-5
 """
-    return text, skipped
+    return text, skipped, inferred_target.why
 
 
 class InitResult(BaseModel):
@@ -339,9 +254,13 @@ class InitResult(BaseModel):
     name: str
     features: int
     skipped: list[Skipped]
+    task: Task
+    task_why: str  # what the target showed that chose the task
 
 
-def init_spec(source: str, target: str, name: str | None, spec_dir: Path) -> InitResult:
+def init_spec(
+    source: str, target: str, name: str | None, spec_dir: Path, task: Task | None = None
+) -> InitResult:
     name = name or default_name(source)
     if not re.fullmatch(MODEL_NAME, name):
         # Checked before it becomes a path: `--name ../../x` must not reach the file system.
@@ -357,7 +276,7 @@ def init_spec(source: str, target: str, name: str | None, spec_dir: Path) -> Ini
             "--name, or delete it first if it is yours to replace"
         )
     frame = read_source(source)[0]
-    text, skipped = render(source, name, target, frame)
+    text, skipped, why = render(source, name, target, frame, task)
     spec_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -369,4 +288,11 @@ def init_spec(source: str, target: str, name: str | None, spec_dir: Path) -> Ini
             out.write(text)
     finally:
         tmp.unlink(missing_ok=True)
-    return InitResult(path=str(path), name=spec.name, features=spec.n_features, skipped=skipped)
+    return InitResult(
+        path=str(path),
+        name=spec.name,
+        features=spec.n_features,
+        skipped=skipped,
+        task=spec.task,
+        task_why=why,
+    )

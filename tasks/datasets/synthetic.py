@@ -1,5 +1,6 @@
 """Seeded synthetic data for the shipped specs, one generator per domain, so every spec releases
-with no download. `data.source: synthetic` is card fraud; `synthetic:<domain>` names another.
+with no download. `data.source: synthetic` is card fraud; `synthetic:<domain>` names another
+(the multiclass and regression books are in `synthetic_kinds`).
 
 Each generator draws features whose class-conditional patterns a model can learn (neither trivial
 nor noise), and `drift` > 0 shifts the population the way that book's real traffic shifts, with
@@ -14,9 +15,11 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.errors import ConveyorError
+from tasks.datasets.synthetic_kinds import generate_loss_given_default, generate_merchant_categories
 
 SYNTHETIC = "synthetic"
 CARD_FRAUD, CREDIT_DEFAULT, CHURN = "card-fraud", "credit-default", "churn"
+MERCHANT_CATEGORY, LOSS_GIVEN_DEFAULT = "merchant-category", "loss-given-default"
 
 Generator = Callable[[int, int, float, float], pd.DataFrame]
 
@@ -219,6 +222,8 @@ GENERATORS: dict[str, Generator] = {
     CARD_FRAUD: generate_transactions,
     CREDIT_DEFAULT: generate_credit,
     CHURN: generate_churn,
+    MERCHANT_CATEGORY: generate_merchant_categories,
+    LOSS_GIVEN_DEFAULT: generate_loss_given_default,
 }
 
 

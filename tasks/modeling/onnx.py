@@ -76,6 +76,11 @@ def _as_column(model: onnx.ModelProto, raw_name: str, name: str, dtype: int) -> 
     return model
 
 
+# onnxmltools' tree converters emit the `ai.onnx.ml` domain's TreeEnsemble of version 3 and refuse
+# a newer one; opset 17 is what skl2onnx's other operators need and onnxruntime serves.
+BOOSTER_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
 @functools.cache
 def _register_boosters() -> None:
     """Teach skl2onnx the XGBoost and LightGBM estimators (onnxmltools' converters), once per
@@ -96,7 +101,11 @@ def _register_boosters() -> None:
         (lightgbm.LGBMClassifier, "LightGbmLGBMClassifier", convert_lightgbm),
     ):
         update_registered_converter(
-            cls, alias, calculate_linear_classifier_output_shapes, converter, classifier_options
+            cls,
+            alias,
+            calculate_linear_classifier_output_shapes,
+            converter,
+            options=classifier_options,
         )
     update_registered_converter(
         xgboost.XGBRegressor,
@@ -185,13 +194,16 @@ def convert(
     feature's (low, high) range (`input_bounds`), enforced inside the graph by clipping.
     """
     estimator = model.steps[-1][1]
+    opset = None
     if type(estimator).__module__.split(".")[0] in ("xgboost", "lightgbm"):
         _register_boosters()
+        opset = BOOSTER_OPSET
     classifier = hasattr(estimator, "predict_proba")
     converted = to_onnx(
         model,
         initial_types=[(INPUT, FloatTensorType([None, n_features]))],
         options={id(estimator): {"zipmap": False}} if classifier else None,
+        target_opset=opset,
     )
     if bounds is not None:
         converted = _clip_inputs(converted, *bounds)

@@ -188,7 +188,8 @@ def multiclass_weighted(
     onehot = sparse.csr_matrix(
         (np.ones(len(target)), (np.arange(len(target)), cells)), shape=(len(target), k * k)
     )
-    confusion = np.asarray(sparse.csr_matrix(weights) @ onehot).reshape(-1, k, k)
+    # (cells x rows) @ (rows x resamples): one weighted confusion matrix per resample.
+    confusion = np.asarray(onehot.T @ weights.T).T.reshape(-1, k, k)
     hits = np.einsum("rii->ri", confusion)
     if metric == "accuracy":
         return hits.sum(axis=1) / total

@@ -33,7 +33,7 @@ from tasks.datasets.data import (
     to_target,
 )
 from tasks.modeling.evaluation import close_figures, operating_threshold
-from tasks.modeling.kinds import SKOPS_TRUSTED, Params, kind_of
+from tasks.modeling.kinds import SKOPS_TRUSTED, Params, kind_of, snap_to_served_precision
 from tasks.modeling.scores import Metrics
 from tasks.registry import tracking
 
@@ -102,6 +102,7 @@ def fit(
                 "remove the class from the spec"
             )
     model = build_pipeline(spec, params).fit(features, target)
+    snap_to_served_precision(model[-1])
     # Trained on every core, but served a row at a time: with n_jobs=-1 each predict pays joblib's
     # dispatch (about 50 ms per batch-1 call on 2 cores), which anyone serving this MLflow model
     # directly (`mlflow models serve`, a pickle behind FastAPI) would inherit.
