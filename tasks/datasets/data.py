@@ -89,6 +89,15 @@ def split(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split stratified on `target` (so a rare class appears in both parts at its base rate), or
     uniformly when `target` is None (a regression's continuous target)."""
+    if target is not None:
+        counts = frame[target].value_counts()
+        rare = counts[counts < 2]
+        if len(rare):
+            raise DataError(
+                f"class(es) {[label_key(v) for v in rare.index][:5]} of {target!r} have "
+                f"{int(rare.min())} row(s) in {len(frame)}: a stratified split needs at least 2 "
+                "of each class. Add data or merge the rare classes at the source"
+            )
     train, holdout = train_test_split(
         frame,
         test_size=holdout_fraction,

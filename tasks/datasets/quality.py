@@ -108,11 +108,14 @@ def _target_suite(spec: ModelSpec, rows: int, meta: Any) -> list[Any]:
         ),
     ]
     if spec.task is Task.binary:
+        # The share of the positive (second) class, whatever its labels: "at least this share
+        # of the values is the positive class" is GX's `mostly` on a one-value set.
         return [
             *checks,
-            gxe.ExpectColumnMeanToBeBetween(
+            gxe.ExpectColumnValuesToBeInSet(
                 column=target,
-                min_value=spec.quality.min_positive_rate,
+                value_set=[(classes or [0, 1])[1]],
+                mostly=spec.quality.min_positive_rate,
                 meta=meta(f"positive rate ≥ {spec.quality.min_positive_rate}"),
             ),
         ]

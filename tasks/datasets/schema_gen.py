@@ -10,7 +10,6 @@ over an existing one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -22,14 +21,11 @@ from pydantic import BaseModel
 from tasks.core.model_task import Task
 from tasks.core.spec import MODEL_NAME, FeatureSpec, FeatureType, load_spec
 from tasks.datasets.data import read_source
-from tasks.datasets.target_inference import InitError, infer_target
+from tasks.datasets.target_inference import RANGE_MARGIN, InitError, infer_target, widen
 from tasks.datasets.task_templates import TEMPLATES, choose_family, fixed_params, search_space
 
 __all__ = ["InitError", "init_spec", "render"]
 
-# A range is widened by this share of its observed span on each side: tomorrow's data should not
-# fail the contract for a value slightly past what one extract happened to contain.
-RANGE_MARGIN = 0.1
 # A text column with more distinct values than this is an identifier or free text, not a
 # category (its one-hot encoding would be as wide as the data).
 MAX_CATEGORIES = 50
@@ -67,25 +63,6 @@ def default_name(source: str) -> str:
     return name or "model"
 
 
-def _widen(low: float, high: float, integer: bool, non_negative: bool) -> tuple[float, float]:
-    span = high - low
-    margin = RANGE_MARGIN * span if span > 0 else max(abs(high) * RANGE_MARGIN, 1.0)
-    low, high = low - margin, high + margin
-    if non_negative:
-        low = max(low, 0.0)
-    if integer:
-        return float(math.floor(low)), float(math.ceil(high))
-
-    # Rounded outward to 4 significant digits: readable, and still containing every value.
-    def outward(value: float, up: bool) -> float:
-        if value == 0:
-            return 0.0
-        scale = 10 ** (math.floor(math.log10(abs(value))) - 3)
-        return float((math.ceil if up else math.floor)(value / scale) * scale)
-
-    return outward(low, up=False), outward(high, up=True)
-
-
 def infer_feature(column: pd.Series) -> InferredFeature | Skipped:
     name = str(column.name)
     nulls = int(column.isna().sum())
@@ -106,7 +83,7 @@ def infer_feature(column: pd.Series) -> InferredFeature | Skipped:
         integer = bool((numbers == np.round(numbers)).all())
         if values.nunique() == 1:
             return Skipped(name=name, why=f"one value only ({numbers.iloc[0]:g}): no signal")
-        low, high = _widen(numbers.min(), numbers.max(), integer, bool(numbers.min() >= 0))
+        low, high = widen(numbers.min(), numbers.max(), integer, bool(numbers.min() >= 0))
         seen = f"seen {numbers.min():g}..{numbers.max():g}, widened {RANGE_MARGIN:.0%}"
         return InferredFeature(
             name=name,

@@ -4,6 +4,8 @@ as a comment. A target conveyor cannot learn from is one InitError saying what t
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 from pydantic import BaseModel
 
@@ -17,6 +19,30 @@ MAX_CLASSES = 30
 # Rows of each class, at least: the split, the search and the threshold's folds each stratify
 # on the class, and three folds of a quarter-held-out split need about this many to see it.
 MIN_CLASS_ROWS = 10
+
+
+# A range is widened by this share of its observed span on each side: tomorrow's data should not
+# fail the contract for a value slightly past what one extract happened to contain.
+RANGE_MARGIN = 0.1
+
+
+def widen(low: float, high: float, integer: bool, non_negative: bool) -> tuple[float, float]:
+    span = high - low
+    margin = RANGE_MARGIN * span if span > 0 else max(abs(high) * RANGE_MARGIN, 1.0)
+    low, high = low - margin, high + margin
+    if non_negative:
+        low = max(low, 0.0)
+    if integer:
+        return float(math.floor(low)), float(math.ceil(high))
+
+    # Rounded outward to 4 significant digits: readable, and still containing every value.
+    def outward(value: float, up: bool) -> float:
+        if value == 0:
+            return 0.0
+        scale = 10 ** (math.floor(math.log10(abs(value))) - 3)
+        return float((math.ceil if up else math.floor)(value / scale) * scale)
+
+    return outward(low, up=False), outward(high, up=True)
 
 
 class InitError(ConveyorError):
@@ -70,10 +96,14 @@ def _regression(labels: pd.Series, target: str, source: str, why: str) -> Target
             "numbers. Recode it at the source, or drop --task regression to classify it"
         )
     numbers = labels.astype(float)
+    # Widened like a feature's range, and rounded outward: the contract holds every value seen.
+    low, high = widen(
+        float(numbers.min()), float(numbers.max()), _integral(labels), bool(numbers.min() >= 0)
+    )
     return TargetInference(
         task=Task.regression,
-        low=float(numbers.min()),
-        high=float(numbers.max()),
+        low=low,
+        high=high,
         std=float(numbers.std(ddof=0)),
         why=why,
     )

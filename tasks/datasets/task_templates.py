@@ -129,8 +129,8 @@ def _regression(t: TargetInference, rows: int) -> TaskText:
     std = t.std or 1.0
     return TaskText(
         task_line=f"task: regression             # {t.why}",
-        target=f"  min: {t.low:.6g}   # the range seen; the data contract refuses values outside\n"
-        f"  max: {t.high:.6g}",
+        target=f"  min: {t.low!r}   # the range seen, widened; the data contract refuses values "
+        f"outside\n  max: {t.high!r}",
         quality="",
         metric="rmse",
         metric_why="errors in the target's units, large ones weigh most",

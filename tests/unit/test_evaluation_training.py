@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tasks.core.spec import (

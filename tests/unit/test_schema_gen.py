@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from tasks.core.model_task import Task
 from tasks.core.spec import FeatureType, load_spec
 from tasks.datasets.data import to_features
 from tasks.datasets.quality import check_frame
@@ -75,8 +76,9 @@ def test_it_never_writes_over_a_spec(tmp_path: Path) -> None:
     [
         (lambda f: f.drop(columns="label"), "has no column 'label'"),
         (lambda f: f.assign(label=1), "one class only"),
-        (lambda f: f.assign(label=np.arange(len(f)) % 3), "has 3 classes"),
-        (lambda f: f.assign(label=np.where(f.label == 1, "yes", "no")), "expects 0 and 1"),
+        (lambda f: f.assign(label=[5] * 3 + [0, 1, 2] * 199), r"too few rows to stratify: 5 \(3"),
+        (lambda f: f.assign(label=[f"id{i}" for i in range(len(f))]), "an identifier, not a"),
+        (lambda f: f.assign(label=[None] + [0.5] * (len(f) - 1)), "empty in 1 row"),
         (lambda f: f.head(0), "no rows"),
     ],
 )
@@ -104,3 +106,45 @@ def test_the_cli_says_what_it_wrote_and_refuses_an_empty_file(tmp_path: Path) ->
     assert wrote.exit_code == 0, wrote.output
     said = " ".join(wrote.output.split())
     assert "churners.yaml" in "".join(said.split()) and "left out customer_id" in said
+
+
+@pytest.mark.parametrize(
+    ("labels", "task", "classes"),
+    [
+        (
+            lambda n: np.array(["setosa", "versicolor", "virginica"])[np.arange(n) % 3],
+            "multiclass",
+            ["setosa", "versicolor", "virginica"],
+        ),
+        (lambda n: np.arange(n) % 10, "multiclass", list(range(10))),
+        (lambda n: np.where(np.arange(n) % 4 == 0, "yes", "no"), "binary", ["no", "yes"]),
+        (lambda n: np.linspace(0.0, 1.0, n) ** 2, "regression", None),
+        (lambda n: (np.arange(n) * 7) % 214, "regression", None),  # 214 whole numbers: amounts
+    ],
+)
+def test_the_task_is_inferred_from_the_target_and_said(
+    tmp_path: Path, labels: object, task: str, classes: list[object] | None
+) -> None:
+    source = tmp_path / "table.parquet"
+    frame = _frame()
+    frame.assign(label=labels(len(frame))).to_parquet(source)  # type: ignore[operator]
+    result = init_spec(str(source), "label", None, tmp_path / "specs")
+    spec = load_spec(result.path)
+    assert (spec.task.value, spec.target.classes) == (task, classes)
+    assert result.task.value == task and task in result.task_why
+    assert f"task: {task}" in Path(result.path).read_text()
+    # What init wrote is a contract the data it came from passes.
+    assert check_frame(pd.read_parquet(source), spec, "sha").passed
+
+
+def test_a_named_task_wins_and_a_contradicting_one_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "counts.parquet"
+    _frame().assign(label=np.arange(600) % 4).to_parquet(source)
+    result = init_spec(str(source), "label", "counts", tmp_path / "specs", Task.regression)
+    assert load_spec(result.path).task is Task.regression
+    with pytest.raises(InitError, match="--task binary contradicts target 'label': it has 4"):
+        init_spec(str(source), "label", "other", tmp_path / "specs", Task.binary)
+    text = tmp_path / "text.parquet"
+    _frame().assign(label=np.where(np.arange(600) % 2, "a", "b")).to_parquet(text)
+    with pytest.raises(InitError, match="a regression needs numbers"):
+        init_spec(str(text), "label", "t", tmp_path / "specs", Task.regression)
