@@ -66,6 +66,7 @@ class AliasState(BaseModel):
 
 class ModelStatus(BaseModel):
     model: str
+    task: str = ""  # binary, multiclass or regression, from the spec ("" without one)
     champion: AliasState | None = None
     previous: AliasState | None = None
     served: list[int] | None = None  # READY versions on Triton; None: Triton not reachable
@@ -104,6 +105,12 @@ def _served(settings: Settings, model: str) -> list[int] | None:
 
 
 def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> ModelStatus:
+    status = _registry_status(settings, model, spec)
+    status.task = spec.task.value if spec is not None else ""
+    return status
+
+
+def _registry_status(settings: Settings, model: str, spec: ModelSpec | None) -> ModelStatus:
     client = mlflow_store.client(settings)
     try:
         # One read gives the aliases and the recent history (tags): no call per alias.
@@ -156,7 +163,16 @@ def fleet_status(settings: Settings) -> list[ModelStatus]:
     return [model_status(settings, name, specs.get(name)) for name in names]
 
 
-COLUMNS = ("model", "champion", "previous", "Triton READY", "last release", "drift", "problems")
+COLUMNS = (
+    "model",
+    "task",
+    "champion",
+    "previous",
+    "Triton READY",
+    "last release",
+    "drift",
+    "problems",
+)
 
 
 def _when(at: datetime | None) -> str:
@@ -186,6 +202,7 @@ def row(status: ModelStatus) -> tuple[str, ...]:
     problems = "; ".join(status.problems) or "none"
     return (
         status.model,
+        status.task or "-",
         _alias_cell(status.champion),
         _alias_cell(status.previous),
         served,

@@ -32,7 +32,7 @@ from tests.conftest import ROOT, ZOMBIE_AFTER_S, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
 NAME = "fraud-detector"
-SHIPPED = ("fraud-detector", "credit-default", "churn")
+SHIPPED = ("fraud-detector", "credit-default", "churn", "merchant-category", "loss-given-default")
 
 
 @dataclass
@@ -375,11 +375,14 @@ def worker_killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Wor
     return WorkerKilled(name, killed, queued)
 
 
-# The fleet: the three shipped specs (made small), under names of their own on the shared stack.
+# The fleet: the five shipped specs (made small), under names of their own on the shared stack:
+# three binary classifiers, a multiclass one on LightGBM and a regression on XGBoost.
 FLEET = {
     "fleet-card-fraud": ROOT / "deployments/models/fraud-detector.yaml",
     "fleet-credit": ROOT / "deployments/models/credit-default.yaml",
     "fleet-churn": ROOT / "deployments/models/churn.yaml",
+    "fleet-merchant": ROOT / "deployments/models/merchant-category.yaml",
+    "fleet-lgd": ROOT / "deployments/models/loss-given-default.yaml",
 }
 
 
@@ -393,7 +396,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    """`conveyor run --all` over a fleet of three, twice, then `conveyor status --json`; the
+    """`conveyor run --all` over the fleet of five, twice, then `conveyor status --json`; the
     module's last fixture, so its models do not meet the drift tests above."""
     directory = tmp_path_factory.mktemp("fleet")
     for name, base in FLEET.items():
@@ -463,7 +466,8 @@ def test_the_nightly_drift_deployment_checks_every_model(stack: Stack, fleet: Fl
     assert len(children) == len(FLEET)
     artifacts = stack.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-status"]}}})
     [table] = [str(a["data"]) for a in artifacts if a["flow_run_id"] == run["id"]]
-    assert all(f"| {name} | v1" in table for name in FLEET), table
+    tasks = {"fleet-merchant": "multiclass", "fleet-lgd": "regression"}
+    assert all(f"| {name} | {tasks.get(name, 'binary')} | v1" in table for name in FLEET), table
 
 
 def test_a_worker_killed_mid_retrain_crashes_its_run_and_the_next_retrain_runs(
