@@ -349,6 +349,42 @@ def fleet_section(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def kinds_section(rows: list[dict[str, Any]]) -> list[str]:
+    releases = [r for r in rows if r["kind"] == "release"]
+    served = [r for r in rows if r["kind"] == "served"]
+    lines = [
+        "## Every kind of model",
+        "",
+        "The five shipped specs released one after another on one fresh state directory, each a",
+        "`conveyor run --spec` process timed from outside (interpreter, imports and the ephemeral",
+        "Prefect API's start included), then batch-1 requests of a binary, a multiclass and a",
+        "regression champion over HTTP (`wrk --latency`, a real holdout row), each beside a no-op",
+        "python-backend model with its own I/O contract on the same Triton (the server's ceiling).",
+        "",
+        "Reproduce: `.venv/bin/python -m bench.kinds --seconds 5 && .venv/bin/python -m "
+        "bench.report`",
+        "",
+        "| model | task | family | rows | release wall (s) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for r in releases:
+        lines.append(
+            f"| {r['model']} | {r['task']} | {r['family']} | {r['rows']:,} | {r['wall_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "| model | task | concurrency | req/s | p50 (ms) | p99 (ms) | no-op req/s | of no-op |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in served:
+        lines.append(
+            f"| {r['model']} | {r['task']} | {r['concurrency']} | {r['throughput_rps']:,.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['noop_rps']:,.0f} "
+            f"| {100 * r['throughput_rps'] / r['noop_rps']:.0f} % |"
+        )
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -368,6 +404,7 @@ def main() -> None:
         ("control_key.json", control_key_section),
         ("stack.json", stack_section),
         ("fleet.json", fleet_section),
+        ("kinds.json", kinds_section),
     ]
     for name, section in sections:
         if (RESULTS / name).exists():

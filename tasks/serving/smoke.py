@@ -369,7 +369,7 @@ def smoke_test_task(
         report.load.errors,
     )
     get_run_logger().info(
-        "smoke test of %s v%d: %s; |Δp| ≤ %.1e on %d rows, p50 %.2f ms, p99 %.2f ms",
+        "smoke test of %s v%d: %s; |Δ| ≤ %.1e on %d rows, p50 %.2f ms, p99 %.2f ms",
         spec.name,
         ref.version,
         "passed" if report.passed else "FAILED: " + "; ".join(report.failures),

@@ -53,8 +53,16 @@ def resumed(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     base = tmp_path_factory.mktemp("resume")
     env = clean_env(CONVEYOR_HOME=str(base / "state"), PREFECT_API_URL=str(PREFECT_API_URL.value()))
     # Small: what is measured is which steps run again, not how long they take.
+    # The smoke test is where the release is killed: long enough (a few seconds) that polling
+    # the API every 0.2 s on a busy host sees it running.
     spec = write_spec(
-        base, **{"data.rows": 4000, "estimator.params": {"n_estimators": 12, "max_depth": 8}}
+        base,
+        **{
+            "data.rows": 4000,
+            "estimator.params": {"n_estimators": 12, "max_depth": 8},
+            "smoke.latency_requests": 1000,
+            "smoke.load_requests": 6000,
+        },
     )
     command = [str(BIN / "conveyor"), "run", "--spec", str(spec)]
     with pytest.MonkeyPatch.context() as patch:

@@ -241,9 +241,9 @@ def test_a_model_answering_nan_is_refused_and_fails_the_smoke_check(server: Sett
     store = LocalStore(Path(server.repository))
     endpoint = triton_server.endpoint(server)
     http, grpc = triton_client.http_client(endpoint), triton_client.grpc_client(endpoint)
-    predictors = {
-        "HTTP": lambda x: triton_client.infer_http(http, spec.name, x),
-        "gRPC": lambda x: triton_client.infer_grpc(grpc, spec.name, x),
+    predictors: dict[str, smoke.Predict] = {
+        "HTTP": lambda x: triton_client.outputs_http(http, spec.name, x),
+        "gRPC": lambda x: triton_client.outputs_grpc(grpc, spec.name, x),
     }
     rows = smoke.extreme_rows(spec)
     try:
