@@ -20,9 +20,10 @@ run: bootstrap
 	$(BIN)/conveyor run
 
 # Debian packages the server tests and `make stack` start: Prometheus and its Pushgateway,
-# PostgreSQL and Redis (CI runs as root). Elsewhere: install them yourself; what needs them
+# PostgreSQL and Redis (CI runs as root), and the OpenMP runtime LightGBM's wheel links against
+# (libgomp1, on most images already). Elsewhere: install them yourself; what needs them
 # says so. PostgreSQL's programs live off PATH, under /usr/lib/postgresql/<major>/bin.
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server libgomp1
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
@@ -30,6 +31,7 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ldconfig -p | grep -q 'libgomp\.so\.1' || missing="$$missing libgomp1"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$missing"; \
