@@ -41,8 +41,27 @@ DEFAULT_METRIC: dict[Task, str] = {
     Task.multiclass: "f1_macro",
     Task.regression: "rmse",
 }
-# Metrics that need an operating threshold chosen first; the comparison works on scores only.
+# Metrics that need an operating threshold chosen first; the search, the comparison and the
+# per-segment intervals work on scores only.
 THRESHOLD_METRICS = {"f1"}
+
+
+def score_metrics(task: Task) -> list[str]:
+    """The task's metrics that scores alone decide (what may be searched, compared, resampled)."""
+    return [m for m in METRICS[task] if m not in THRESHOLD_METRICS]
+
+
+# Disparity between segments, the fairness gate's figures (`tasks.modeling.fairness`): each is a
+# limit of one kind ("min": the figure must stay above it, "max": below) for the tasks it exists
+# for. Selection rate is the share of a segment given the favourable decision (a binary model's
+# non-adverse class); equalised odds compares true and false positive rates (per class,
+# one-vs-rest, for a multiclass model); the error gap is the spread of mean absolute error.
+DISPARITIES: dict[str, tuple[Literal["min", "max"], set[Task]]] = {
+    "selection_rate_ratio": ("min", {Task.binary}),
+    "selection_rate_difference": ("max", {Task.binary}),
+    "equalized_odds_difference": ("max", {Task.binary, Task.multiclass}),
+    "error_gap": ("max", {Task.regression}),
+}
 
 Family = Literal[
     "random_forest",

@@ -55,6 +55,7 @@ DECISIONS = ("pass", "fail")
 GATES = (
     "data_quality",
     "model_validation",
+    "fairness",
     "onnx_parity",
     "repository_integrity",
     "smoke_test",

@@ -13,7 +13,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.core.errors import ConveyorError
-from tasks.core.model_task import DEFAULT_METRIC, FAMILIES, METRICS, Task
+from tasks.core.model_task import (
+    DEFAULT_METRIC,
+    DISPARITIES,
+    FAMILIES,
+    METRICS,
+    THRESHOLD_METRICS,
+    Task,
+    score_metrics,
+)
+from tasks.core.spec_review import ExplanationsSpec, FairnessSpec, SegmentsSpec
 from tasks.core.spec_sections import (
     DataSpec,
     DriftSpec,
@@ -112,6 +121,9 @@ class ModelSpec(BaseModel):
     retention: RetentionSpec = Field(default_factory=RetentionSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     smoke: SmokeSpec = Field(default_factory=SmokeSpec)
+    segments: SegmentsSpec = Field(default_factory=SegmentsSpec)
+    fairness: FairnessSpec = Field(default_factory=FairnessSpec)
+    explanations: ExplanationsSpec = Field(default_factory=ExplanationsSpec)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelSpec:
@@ -157,6 +169,13 @@ class ModelSpec(BaseModel):
                     f"{where}.metric {metric!r} is not a {task.value} metric: use one of "
                     f"{sorted(known)}"
                 )
+            if metric in THRESHOLD_METRICS:
+                raise ValueError(
+                    f"{where}.metric {metric!r} depends on an operating threshold that is chosen "
+                    f"after the search, so trials and champions cannot be ranked by it: use one "
+                    f"of {sorted(set(known) - THRESHOLD_METRICS)} (gate on {metric} in "
+                    "`thresholds`)"
+                )
         foreign = sorted(set(self.thresholds.limits()) - set(known))
         if foreign:
             raise ValueError(
@@ -170,6 +189,47 @@ class ModelSpec(BaseModel):
                 raise ValueError(
                     f"thresholds.per_class_recall names {unknown}, not in target.classes {classes}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _review_fits(self) -> ModelSpec:
+        """Segments are evaluation-only columns; fairness limits exist for the task."""
+        columns = self.segments.columns
+        both = sorted(set(columns) & {*self.feature_names, self.target.name})
+        if both:
+            raise ValueError(
+                f"segments.columns {both} are also the model's features or target: a segment is "
+                "evaluation-only (never a model input); remove it from one of the two lists"
+            )
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"segments.columns lists a column twice: {columns}")
+        fairness, task = self.fairness, self.task
+        if fairness.gated and not columns:
+            raise ValueError("fairness gates need segments: list the columns in segments.columns")
+        for metric in fairness.floors:
+            if metric not in score_metrics(task):
+                raise ValueError(
+                    f"fairness.floors names {metric!r}, not a {task.value} metric a segment's "
+                    f"interval can be taken of: use one of {sorted(score_metrics(task))}"
+                )
+        for name in fairness.limits:
+            if name not in DISPARITIES or task not in DISPARITIES[name][1]:
+                usable = sorted(n for n, (_, tasks) in DISPARITIES.items() if task in tasks)
+                raise ValueError(
+                    f"fairness.limits names {name!r}, which does not exist for a {task.value} "
+                    f"model: use one of {usable}"
+                )
+        adverse = self.explanations.adverse_class
+        if adverse is not None and str(adverse) not in self.class_names:
+            raise ValueError(
+                f"explanations.adverse_class {adverse!r} is not one of target.classes "
+                f"{self.target.classes}"
+            )
+        unknown = sorted(set(self.explanations.reasons) - set(self.feature_names))
+        if unknown:
+            raise ValueError(
+                f"explanations.reasons names {unknown}, which are not features of the model"
+            )
         return self
 
     @model_validator(mode="before")
@@ -207,6 +267,14 @@ class ModelSpec(BaseModel):
     @property
     def class_names(self) -> list[str]:
         return [str(c) for c in self.target.classes or []]
+
+    @property
+    def adverse_index(self) -> int | None:
+        """A binary model's adverse class (as its index); None for other tasks."""
+        if self.task is not Task.binary:
+            return None
+        adverse = self.explanations.adverse_class
+        return 1 if adverse is None else self.class_names.index(str(adverse))
 
 
 def _describe(error: ValidationError) -> str:

@@ -22,6 +22,9 @@ class DataSpec(BaseModel):
         default=0.02, gt=0, lt=0.5, validation_alias=AliasChoices("positive_rate", "fraud_rate")
     )
     drift: float = Field(default=0.0, ge=0)
+    # synthetic:credit-default only: the share of young applicants' repaid loans recorded as
+    # defaults, a model unfair to that segment (`tasks.datasets.synthetic._age_bands`).
+    bias: float = Field(default=0.0, ge=0, le=1)
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
 
 

@@ -345,7 +345,7 @@ def load_source(spec: ModelSpec) -> pd.DataFrame:
     source = spec.data.source
     if synthetic.is_synthetic(source):
         d = spec.data
-        return synthetic.generate(source, d.rows, d.seed, d.positive_rate, d.drift)
+        return synthetic.generate(source, d.rows, d.seed, d.positive_rate, d.drift, d.bias)
     frame = read_source(source)[0]
     require_numbers(frame, spec, source)
     return frame

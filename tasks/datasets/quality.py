@@ -140,7 +140,7 @@ def build_suite(spec: ModelSpec, columns: list[str], rows: int = 0) -> list[Any]
     def meta(check: str, severity: Severity = "error") -> dict[str, str]:
         return {"check": check, "severity": severity}
 
-    expected = [*spec.feature_names, spec.target.name]
+    expected = [*spec.feature_names, spec.target.name, *spec.segments.columns]
     suite: list[Any] = [
         gxe.ExpectTableRowCountToBeBetween(
             min_value=spec.quality.min_rows, meta=meta(f"at least {spec.quality.min_rows} rows")
@@ -194,7 +194,27 @@ def build_suite(spec: ModelSpec, columns: list[str], rows: int = 0) -> list[Any]
             )
     if spec.target.name in present:
         suite += _target_suite(spec, rows, meta)
+    for column in spec.segments.columns:
+        if column in present:
+            suite += _segment_suite(column, meta)
     return suite
+
+
+def _segment_suite(column: str, meta: Any) -> list[Any]:
+    """An evaluation-only segment column: every row belongs to a segment, and there are at least
+    two (one segment has nothing to be compared with)."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=column, meta=meta("segment has no nulls (every row in a segment)")
+        ),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(
+            column=column,
+            min_value=2,
+            meta=meta("segment has at least two values (fairness compares them)"),
+        ),
+    ]
 
 
 def _issue(result: Any) -> QualityIssue:

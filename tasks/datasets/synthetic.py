@@ -108,11 +108,16 @@ HOME = ["rent", "own", "mortgage"]
 PURPOSE = ["car", "home_improvement", "education", "debt_consolidation", "other"]
 
 
-def generate_credit(rows: int, seed: int, positive_rate: float, drift: float = 0.0) -> pd.DataFrame:
+AGE_BANDS = ["18-29", "30-44", "45-64", "65+"]
+
+
+def generate_credit(
+    rows: int, seed: int, positive_rate: float, drift: float = 0.0, bias: float = 0.0
+) -> pd.DataFrame:
     """Consumer loan applications; the target is default within 12 months. Non-linear effects
     (debt-to-income and utilisation interact) suit a gradient-boosted model; `income` and
     `revolving_utilization` have nulls (not declared, no revolving line), more often where the
-    risk is higher, as in real bureau data."""
+    risk is higher, as in real bureau data. `age_band` is evaluation-only (see `_age_bands`)."""
     rng = np.random.default_rng(seed)
     employment = rng.choice(len(EMPLOYMENT), rows, p=[0.62, 0.2, 0.06, 0.12])
     home = rng.choice(len(HOME), rows, p=[0.4, 0.2, 0.4])
@@ -149,6 +154,7 @@ def generate_credit(rows: int, seed: int, positive_rate: float, drift: float = 0
     defaulted = _with_rate(rng, 1.8 * risk, positive_rate)
     income_missing = rng.random(rows) < np.where(employment == 1, 0.15, 0.03)
     utilization = np.where(rng.random(rows) < 0.04, np.nan, np.round(utilization, 3))
+    band, defaulted = _age_bands(seed, np.clip(history, 0, 600).astype("int64"), defaulted, bias)
     return pd.DataFrame(
         {
             "annual_income": np.where(income_missing, np.nan, np.round(income, 0)),
@@ -162,9 +168,30 @@ def generate_credit(rows: int, seed: int, positive_rate: float, drift: float = 0
             "employment_type": pd.Categorical.from_codes(employment, EMPLOYMENT).astype(str),
             "home_ownership": pd.Categorical.from_codes(home, HOME).astype(str),
             "loan_purpose": pd.Categorical.from_codes(purpose, PURPOSE).astype(str),
+            "age_band": pd.Categorical.from_codes(band, AGE_BANDS).astype(str),
             "defaulted": defaulted.astype("int64"),
         }
     )
+
+
+def _age_bands(
+    seed: int, history_months: np.ndarray, defaulted: np.ndarray, bias: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each applicant's age band, and the labels with `bias` applied.
+
+    Age is a protected attribute for credit (never a model input), but a short credit history
+    says much of it: most applicants under 30 have less than four years of history. With
+    `bias` > 0 the recorded outcomes are unfair to them — a share `bias` of the young applicants
+    who repaid is recorded as defaulted (past decisions and collections that treated them
+    harshly) — so a model learns, through credit history, to refuse young applicants it should
+    accept: the fairness gate's case. Drawn from a stream of its own, so that with `bias` 0 every
+    other column is the same rows as before the band existed."""
+    rng = np.random.default_rng([seed, 1])
+    young = rng.random(len(history_months)) < np.where(history_months < 48, 0.85, 0.04)
+    band = np.where(young, 0, rng.choice([1, 2, 3], len(young), p=[0.45, 0.4, 0.15]))
+    if bias > 0:
+        defaulted = defaulted | (young & (rng.random(len(young)) < bias))
+    return band, defaulted
 
 
 CONTRACT = ["monthly", "one_year", "two_year"]
@@ -241,5 +268,19 @@ def generator(source: str) -> Generator:
     return GENERATORS[domain]
 
 
-def generate(source: str, rows: int, seed: int, positive_rate: float, drift: float) -> pd.DataFrame:
-    return generator(source)(rows, seed, positive_rate, drift)
+# The generators that take the `data.bias` knob (a seeded unfairness against one segment).
+BIASED = {CREDIT_DEFAULT}
+
+
+def generate(
+    source: str, rows: int, seed: int, positive_rate: float, drift: float, bias: float = 0.0
+) -> pd.DataFrame:
+    make = generator(source)
+    if not bias:
+        return make(rows, seed, positive_rate, drift)
+    if source.partition(":")[2] not in BIASED:
+        raise ConveyorError(
+            f"data.bias is {bias}, but {source} has no segment to be unfair to: the knob is "
+            f"for {', '.join(f'{SYNTHETIC}:{d}' for d in sorted(BIASED))}; set it to 0"
+        )
+    return generate_credit(rows, seed, positive_rate, drift, bias)

@@ -12,6 +12,7 @@ from sklearn.metrics import precision_recall_curve
 from tasks.core.errors import ConveyorError
 from tasks.core.model_task import Task, direction
 from tasks.core.spec import EvaluationSpec, ModelSpec, Thresholds
+from tasks.modeling.fairness import FairnessReport
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.scores import Metrics
 
@@ -20,6 +21,12 @@ class GateError(ConveyorError):
     """A model missed a threshold from its spec."""
 
     gate = "model_validation"
+
+
+class FairnessError(GateError):
+    """A model passed its thresholds but failed a fairness gate (a segment or a disparity)."""
+
+    gate = "fairness"
 
 
 def operating_threshold(target: np.ndarray, scores: np.ndarray, spec: EvaluationSpec) -> float:
@@ -99,11 +106,16 @@ class ValidationReport(BaseModel):
     thresholds: Thresholds
     threshold_failures: list[str]
     comparison: Comparison | None
+    fairness: FairnessReport | None = None
+
+    @property
+    def performance_passed(self) -> bool:
+        comparison_ok = self.comparison is None or self.comparison.passed
+        return not self.threshold_failures and comparison_ok
 
     @property
     def passed(self) -> bool:
-        comparison_ok = self.comparison is None or self.comparison.passed
-        return not self.threshold_failures and comparison_ok
+        return self.performance_passed and (self.fairness is None or self.fairness.passed)
 
     @property
     def verdict(self) -> str:
@@ -112,6 +124,8 @@ class ValidationReport(BaseModel):
         reasons = list(self.threshold_failures)
         if self.comparison is not None and not self.comparison.passed:
             reasons.append(f"not {self.comparison.rule.replace('_', '-')} to the champion")
+        if self.fairness is not None and not self.fairness.passed:
+            reasons.append(f"{len(self.fairness.failures)} fairness gate(s) failed")
         return "rejected: " + "; ".join(reasons)
 
     def tags(self) -> dict[str, str]:
@@ -143,6 +157,8 @@ class ValidationReport(BaseModel):
         lines.append(
             self.comparison.summary() if self.comparison else "No champion yet: thresholds decide."
         )
+        if self.fairness is not None:
+            lines += ["", self.fairness.markdown().replace("# ", "## ", 1)]
         return "\n".join(lines)
 
 
@@ -216,12 +232,17 @@ def compare(
 
 
 def require_valid(report: ValidationReport) -> None:
+    """Raise at the first gate that failed (thresholds and the champion, then fairness), naming
+    every failure of both."""
     if report.passed:
         return
     details = list(report.threshold_failures)
     if report.comparison is not None and not report.comparison.passed:
         details.append(report.comparison.summary())
-    raise GateError(
+    if report.fairness is not None:
+        details += [f"fairness: {failure}" for failure in report.fairness.failures]
+    error = GateError if not report.performance_passed else FairnessError
+    raise error(
         f"challenger rejected: {'; '.join(details)}. Nothing was registered and the champion "
         "is unchanged."
     )

@@ -32,6 +32,7 @@ from tasks.datasets.data import (
     to_features,
     to_target,
 )
+from tasks.modeling import explain
 from tasks.modeling.evaluation import close_figures, operating_threshold
 from tasks.modeling.kinds import SKOPS_TRUSTED, Params, kind_of, snap_to_served_precision
 from tasks.modeling.scores import Metrics
@@ -137,6 +138,7 @@ class TrainResult(BaseModel):
     holdout: DatasetRef
     lineage: dict[str, str]
     search: SearchSummary
+    importance: explain.Importance | None = None
 
     @property
     def run_id(self) -> str:
@@ -223,6 +225,9 @@ def train_candidate(
         lineage[tracking.TAG_THRESHOLD] = f"{threshold:.6f}"
         lineage[tracking.TAG_THRESHOLD_SOURCE] = THRESHOLD_SOURCE
     plots = kind_of(spec).figures(spec, target, scores, threshold)
+    # Global importance is part of every version's record (the model card shows it).
+    importance = explain.global_importance(spec, model, features, spec.data.seed)
+    plots["importance.png"] = explain.importance_figure(importance)
     candidate = tracking.log_candidate(
         settings,
         spec,
@@ -237,6 +242,12 @@ def train_candidate(
         inputs={"training": (train, data.train), "holdout": (holdout, data.holdout)},
     )
     close_figures(plots)
+    tracking.log_run_artifact(
+        settings,
+        candidate.run_id,
+        explain.IMPORTANCE_ARTIFACT,
+        importance.model_dump_json(indent=1).encode(),
+    )
     return TrainResult(
         model=spec.name,
         candidate=candidate,
@@ -245,6 +256,7 @@ def train_candidate(
         holdout=data.holdout,
         lineage=lineage,
         search=search,
+        importance=importance,
     )
 
 

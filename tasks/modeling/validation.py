@@ -9,6 +9,7 @@ from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets.data import load_dataset, to_features, to_target
+from tasks.modeling import fairness
 from tasks.modeling.evaluation import ValidationReport, compare, threshold_failures
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.training import TrainResult
@@ -16,9 +17,18 @@ from tasks.registry import model_registry, tracking
 
 
 def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
-    """Judge the candidate; with no champion yet, the thresholds alone decide."""
-    comparison = None
+    """Judge the candidate; with no champion yet, the thresholds (and the fairness gates) alone
+    decide."""
+    kind = kind_of(spec)
+    holdout = load_dataset(train.holdout.uri)
+    features, target = to_features(holdout, spec), to_target(holdout, spec)
+    comparison, champion_scores, champion_threshold = None, None, None
     champion = model_registry.alias_version(settings, spec.name, model_registry.CHAMPION)
+    challenger_scores = None
+    if champion is not None or spec.segments.columns:
+        challenger_scores = kind.scores(
+            tracking.load_model(settings, train.candidate.model_uri), features
+        )
     if champion is not None:
         ref = model_registry.version_ref(settings, spec.name, champion)
         trained_on = tracking.run_param(settings, ref.run_id, "features")
@@ -28,39 +38,62 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
                 f"the challenger on [{','.join(spec.feature_names)}]: they cannot be compared on "
                 "one holdout. Register the new feature set under a new model name."
             )
-        holdout = load_dataset(train.holdout.uri)
-        features, target = to_features(holdout, spec), to_target(holdout, spec)
-        task = tracking.run_tags(settings, ref.run_id).get(tracking.TAG_TASK, "binary")
+        tags = tracking.run_tags(settings, ref.run_id)
+        task = tags.get(tracking.TAG_TASK, "binary")
         if task != spec.task.value:
             raise ConveyorError(
                 f"champion v{champion} of {spec.name} is a {task} model, the challenger a "
                 f"{spec.task.value} one: they cannot be compared. Register the new task under a "
                 "new model name."
             )
-        kind = kind_of(spec)
-        challenger_model = tracking.load_model(settings, train.candidate.model_uri)
-        champion_model = tracking.load_model(settings, ref.model_uri)
-        comparison = compare(
+        champion_scores = kind.scores(tracking.load_model(settings, ref.model_uri), features)
+        if tracking.TAG_THRESHOLD in tags:
+            champion_threshold = float(tags[tracking.TAG_THRESHOLD])
+        assert challenger_scores is not None  # loaded above: there is a champion
+        comparison = compare(spec, target, challenger_scores, champion_scores, champion)
+    report = None
+    if challenger_scores is not None and spec.segments.columns:
+        report = fairness.evaluate(
             spec,
+            holdout,
             target,
-            kind.scores(challenger_model, features),
-            kind.scores(champion_model, features),
-            champion,
+            fairness.predictions(
+                spec, challenger_scores, getattr(train.metrics, "threshold", None)
+            ),
+            None
+            if champion_scores is None
+            else fairness.predictions(spec, champion_scores, champion_threshold),
         )
     return ValidationReport(
         metrics=train.metrics,
         thresholds=spec.thresholds,
         threshold_failures=threshold_failures(train.metrics, spec.thresholds),
         comparison=comparison,
+        fairness=report,
     )
 
 
 @task(name="validate-candidate")
 def validate_task(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
     report = validate(settings, spec, train)
-    tracking.log_to_run(settings, train.run_id, tags=report.tags())
+    tracking.log_to_run(
+        settings,
+        train.run_id,
+        metrics=report.fairness.mlflow_metrics() if report.fairness else None,
+        tags=report.tags(),
+    )
+    if report.fairness is not None:
+        tracking.log_run_artifact(
+            settings,
+            train.run_id,
+            fairness.REPORT_ARTIFACT,
+            report.fairness.model_dump_json(indent=1).encode(),
+        )
     create_markdown_artifact(
-        key=f"validation-{spec.name}", markdown=report.markdown(), description="Model gate"
+        key=f"validation-{spec.name}",
+        markdown=report.markdown(),
+        description=f"Model gate of {spec.name}: thresholds, champion comparison"
+        + (", performance by segment and fairness" if report.fairness else ""),
     )
     logger = get_run_logger()
     if report.comparison is not None:

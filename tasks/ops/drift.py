@@ -74,7 +74,7 @@ def load_current(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
     if synthetic.is_synthetic(source):
         # Tomorrow's traffic: another seed, and the spec's drift knob.
         d = spec.data
-        frame = synthetic.generate(source, d.rows, d.seed + 1, d.positive_rate, d.drift)
+        frame = synthetic.generate(source, d.rows, d.seed + 1, d.positive_rate, d.drift, d.bias)
         return frame, f"{source} (drift {d.drift})"
     frame, newest = read_source(source, newest_only=True)
     where = f"{source} ({newest})" if newest else source

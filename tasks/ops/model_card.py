@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.modeling import training
+from tasks.modeling import fairness, training
 from tasks.modeling.evaluation import ValidationReport
 from tasks.modeling.onnx import OnnxArtifact
 from tasks.modeling.scores import Metrics, ModelMetrics, MulticlassMetrics
@@ -56,6 +56,49 @@ def answer_sentence(spec: ModelSpec, m: Metrics) -> str:
     )
 
 
+def review_sections(spec: ModelSpec, evidence: ReleaseEvidence) -> list[str]:
+    """Performance by segment, the fairness gates and global importance: what a model-risk
+    reviewer reads beside the holdout metrics."""
+    lines = ["## Performance by segment and fairness"]
+    report = evidence.validation.fairness
+    if report is None:
+        lines += ["No segments in the spec (`segments.columns`): not assessed.", ""]
+    else:
+        lines += [
+            f"{report.confidence:.0%} intervals from {report.resamples} seeded resamples of the "
+            f"holdout; segments under {report.min_rows} rows are reported, not judged. "
+            f"Gates: {'passed' if report.passed else 'FAILED'}.",
+            "",
+            *fairness.segment_table(report.segments),
+            "",
+        ]
+        for d in report.disparities:
+            limit = "no limit" if d.limit is None else f"limit {'≥' if d.kind == 'min' else '≤'} "
+            limit += "" if d.limit is None else f"{d.limit}"
+            versus = f"; change vs champion {d.versus_champion.text()}" if d.versus_champion else ""
+            lines.append(
+                f"- {d.figure} across `{d.column}`: {d.estimate.text()} ({limit}; "
+                f"{d.between}){versus}"
+            )
+        lines.append("")
+    importance = evidence.train.importance
+    lines.append("## Explanations")
+    if importance is None:
+        lines += ["Global importance was not computed for this version.", ""]
+    else:
+        reasons = spec.explanations.reasons
+        lines += [
+            f"Global importance: mean |contribution| over {importance.rows} holdout rows, "
+            f"{importance.method}, in {importance.link} units. Reason codes per applicant: "
+            f"`conveyor explain {spec.name} --rows FILE --version {evidence.ref.version}`"
+            + (f" (reason texts for {len(reasons)} features in the spec)." if reasons else "."),
+            "",
+            *importance.markdown(),
+            "",
+        ]
+    return lines
+
+
 def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
     ref, train, validation = evidence.ref, evidence.train, evidence.validation
     onnx, smoke, approval = evidence.onnx, evidence.smoke, evidence.approval
@@ -101,6 +144,7 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
             "",
             answer_sentence(spec, m),
             "",
+            *review_sections(spec, evidence),
             "## Serving",
             f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "
             f"max |Δ| {onnx.parity.max_abs_diff:.1e} (tolerance {onnx.parity.tolerance:.0e} x "

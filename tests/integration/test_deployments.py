@@ -186,7 +186,14 @@ def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_
 
 def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: Stack) -> None:
     deployments = {str(d["name"]): d for d in stack.post("/deployments/filter", {})}
-    assert set(deployments) == {"release", "nightly-drift", "drift-check", "retrain", "release-gpu"}
+    assert set(deployments) == {
+        "release",
+        "nightly-drift",
+        "drift-check",
+        "retrain",
+        "explain",
+        "release-gpu",
+    }
     assert all("conveyor" in d["tags"] for d in deployments.values())  # type: ignore[operator]
     [schedule] = deployments["nightly-drift"]["schedules"]  # type: ignore[misc]
     assert schedule["schedule"]["cron"] == "0 2 * * *"

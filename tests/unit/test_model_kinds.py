@@ -41,7 +41,7 @@ def spec_with(base: Path, tmp_path: Path, **changes: object) -> Path:
         *sections, key = dotted.split(".")
         target = raw
         for section in sections:
-            target = target[section]
+            target = target.setdefault(section, {})
         if value is None:
             target.pop(key, None)
         else:

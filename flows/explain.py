@@ -1,0 +1,27 @@
+"""explain_flow: reason codes for a file of rows from a registered version (the champion by
+default), deployable: a reviewer runs it from the Prefect UI on a worker that reads the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.core.settings import Settings
+from tasks.modeling.reason_codes import ReasonCodes, explain_rows_task
+
+
+@flow(name="explain")
+def explain_flow(
+    model: str,
+    rows: str,
+    output: str = "",
+    version: int | None = None,
+    top: int | None = None,
+) -> ReasonCodes:
+    """`rows`: a CSV or Parquet file of rows in the model's feature schema; `output`: where the
+    reason codes go (CSV; default: beside `rows`, `<stem>.reasons.csv`); `version`: default the
+    champion; `top`: reasons per row (default: the spec's `explanations.top`)."""
+    source = Path(rows)
+    target = Path(output) if output else source.with_name(f"{source.stem}.reasons.csv")
+    return explain_rows_task(Settings(), model, source, target, version, top)

@@ -1,0 +1,446 @@
+"""Performance by segment and the fairness gate.
+
+For each evaluation-only segment column (`segments.columns`) the holdout is sliced by value: each
+metric of the model's task per segment, with a seeded bootstrap interval and the row count, and
+the disparity figures between segments (`tasks.core.model_task.DISPARITIES`). fairlearn's
+`MetricFrame` (and `equalized_odds_difference`) computes every point figure. The intervals come
+from resampling the holdout within each segment and class (the same stratified, weighted bootstrap
+as the champion comparison, vectorised): a MetricFrame per resample costs about 100 ms on 2
+cores, a thousand of them more than the whole release. `tests/unit/test_fairness.py` holds the
+weighted figures at unit weights equal to MetricFrame's.
+
+A gate fails only when its interval lies wholly on the wrong side of its limit; a segment below
+`segments.min_rows` (or missing a class its metric needs) is reported as too small, not judged."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from tasks.core.model_task import DISPARITIES, Task, direction, score_metrics
+from tasks.core.spec import ModelSpec
+from tasks.modeling.kinds import kind_of
+
+# Where the full report (every segment's intervals) is kept with the version's MLflow run.
+REPORT_ARTIFACT = "evaluation/fairness.json"
+
+
+class Interval(BaseModel):
+    value: float
+    low: float
+    high: float
+
+    def text(self) -> str:
+        return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}]"
+
+
+class SegmentFigures(BaseModel):
+    column: str
+    value: str
+    rows: int
+    judged: bool
+    note: str = ""  # why a segment is not judged
+    metrics: dict[str, Interval] = {}
+
+
+class Disparity(BaseModel):
+    column: str
+    figure: str
+    kind: Literal["min", "max"]
+    estimate: Interval
+    limit: float | None
+    between: str  # the segments the figure sets apart (worst and best)
+    passed: bool
+    # challenger - champion on the same resamples, where a champion exists
+    versus_champion: Interval | None = None
+    champion_passed: bool = True
+
+
+class FairnessReport(BaseModel):
+    confidence: float
+    resamples: int
+    min_rows: int
+    segments: list[SegmentFigures]
+    disparities: list[Disparity]
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s in self.segments:
+            for metric, interval in s.metrics.items():
+                out[_metric_name(f"segment.{s.column}.{s.value}.{metric}")] = interval.value
+        for d in self.disparities:
+            out[_metric_name(f"fairness.{d.column}.{d.figure}")] = d.estimate.value
+        return out
+
+    def markdown(self) -> str:
+        verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.failures)
+        lines = [
+            f"# Fairness and performance by segment: {verdict}",
+            "",
+            f"Intervals: {self.confidence:.0%}, {self.resamples} seeded resamples of the holdout "
+            f"within each segment and class; segments under {self.min_rows} rows are not judged.",
+            "",
+            *segment_table(self.segments),
+        ]
+        if self.disparities:
+            lines += [
+                "",
+                "| column | disparity | estimate [interval] | limit | between | vs champion |",
+            ]
+            lines.append("|---|---|---|---|---|---|")
+            for d in self.disparities:
+                sign = "≥" if d.kind == "min" else "≤"
+                limit = "—" if d.limit is None else f"{sign} {d.limit}"
+                champion = d.versus_champion.text() if d.versus_champion else "—"
+                lines.append(
+                    f"| {d.column} | {d.figure} | {d.estimate.text()} | {limit} | {d.between} "
+                    f"| {champion} |"
+                )
+        return "\n".join(lines)
+
+
+def segment_table(segments: list[SegmentFigures]) -> list[str]:
+    """The per-segment metrics as a markdown table (also the model card's)."""
+    metrics = sorted({m for s in segments for m in s.metrics}, key=lambda m: m)
+    lines = [
+        "| segment | rows | " + " | ".join(metrics) + " |",
+        "|---|---:|" + "---|" * len(metrics),
+    ]
+    for s in segments:
+        cells = [
+            s.metrics[m].text() if m in s.metrics else (s.note or "—") if not s.judged else "—"
+            for m in metrics
+        ]
+        lines.append(f"| {s.column} = {s.value} | {s.rows:,} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _metric_name(name: str) -> str:
+    # MLflow metric names allow letters, digits and `_-. /`; a segment value may hold others.
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
+# --- the figures -----------------------------------------------------------------------------
+
+
+class Predictions(BaseModel):
+    """What a model decided for each holdout row, in the form each disparity needs: the
+    favourable decision (binary), the predicted class (classifiers), the prediction (regression)."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    scores: Any
+    decided: Any  # binary: 1 where favourable; multiclass: class index; regression: prediction
+
+
+def predictions(spec: ModelSpec, scores: np.ndarray, threshold: float | None) -> Predictions:
+    if spec.task is Task.binary:
+        flagged = scores >= (0.5 if threshold is None else threshold)
+        predicted = flagged.astype(int)  # class index 1 where flagged
+        favourable = (predicted != spec.adverse_index).astype(int)
+        return Predictions(scores=scores, decided=favourable)
+    if spec.task is Task.multiclass:
+        return Predictions(scores=scores, decided=scores.argmax(axis=1))
+    return Predictions(scores=scores, decided=scores)
+
+
+def _predicted_class(spec: ModelSpec, p: Predictions) -> np.ndarray:
+    """A binary model's predicted class index, from its favourable decisions."""
+    return p.decided if spec.adverse_index == 0 else 1 - p.decided
+
+
+def _group_mean(weights: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per resample, the weighted mean of `values` over `rows` (NaN where they weigh nothing)."""
+    w = weights[:, rows]
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w @ values[rows]) / total
+
+
+def disparity_samples(
+    spec: ModelSpec,
+    figure: str,
+    target: np.ndarray,
+    p: Predictions,
+    groups: list[np.ndarray],
+    weights: np.ndarray,
+) -> np.ndarray:
+    """The figure under each row of `weights` (one resample each), over the segments `groups`.
+    At unit weights this is fairlearn's figure (held so by a test)."""
+    if figure.startswith("selection_rate"):
+        rates = np.stack([_group_mean(weights, p.decided.astype(float), g) for g in groups], 1)
+        if figure == "selection_rate_ratio":
+            return rates.min(axis=1) / rates.max(axis=1)
+        return rates.max(axis=1) - rates.min(axis=1)
+    if figure == "error_gap":
+        errors = np.abs(p.decided - target)
+        mae = np.stack([_group_mean(weights, errors, g) for g in groups], 1)
+        return mae.max(axis=1) - mae.min(axis=1)
+    # equalized_odds_difference: the larger of the spreads of TPR and FPR across segments; for a
+    # multiclass model, one-vs-rest per class and the largest.
+    if spec.task is Task.binary:
+        pairs = [(target == 1, _predicted_class(spec, p) == 1)]
+    else:
+        pairs = [(target == c, p.decided == c) for c in range(spec.n_classes)]
+    worst = np.zeros(len(weights))
+    for actual, said in pairs:
+        for condition in (actual, ~actual):
+            rates = np.stack(
+                [_group_mean(weights, said.astype(float), g[condition[g]]) for g in groups], 1
+            )
+            worst = np.maximum(worst, np.nanmax(rates, 1) - np.nanmin(rates, 1))
+    return worst
+
+
+def fairlearn_figure(
+    spec: ModelSpec, figure: str, target: np.ndarray, p: Predictions, segment: np.ndarray
+) -> float:
+    """The figure as fairlearn computes it (the point estimate the report states)."""
+    from fairlearn.metrics import MetricFrame, equalized_odds_difference, selection_rate
+    from sklearn.metrics import mean_absolute_error
+
+    if figure.startswith("selection_rate"):
+        frame = MetricFrame(
+            metrics=selection_rate,
+            y_true=target,
+            y_pred=p.decided,
+            sensitive_features=segment,
+            sample_params={"pos_label": 1},
+        )
+        return float(frame.ratio() if figure == "selection_rate_ratio" else frame.difference())
+    if figure == "error_gap":
+        frame = MetricFrame(
+            metrics=mean_absolute_error,
+            y_true=target,
+            y_pred=p.decided,
+            sensitive_features=segment,
+        )
+        return float(frame.difference())
+    if spec.task is Task.binary:
+        return float(
+            equalized_odds_difference(target, _predicted_class(spec, p), sensitive_features=segment)
+        )
+    return max(
+        float(
+            equalized_odds_difference(
+                (target == c).astype(int), (p.decided == c).astype(int), sensitive_features=segment
+            )
+        )
+        for c in range(spec.n_classes)
+    )
+
+
+def _resample_weights(
+    rng: np.random.Generator, strata: list[np.ndarray], n: int, resamples: int
+) -> np.ndarray:
+    weights = np.zeros((resamples, n))
+    for rows in strata:
+        if len(rows):
+            weights[:, rows] = rng.multinomial(
+                len(rows), np.full(len(rows), 1 / len(rows)), resamples
+            )
+    return weights
+
+
+def _interval(spec: ModelSpec, value: float, samples: np.ndarray) -> Interval:
+    tail = (1 - spec.segments.confidence) / 2 * 100
+    low, high = np.nanpercentile(samples, [tail, 100 - tail])
+    return Interval(value=value, low=float(low), high=float(high))
+
+
+def _segment_figures(
+    spec: ModelSpec,
+    column: str,
+    value: str,
+    rows: np.ndarray,
+    target: np.ndarray,
+    scores: np.ndarray,
+    rng: np.random.Generator,
+) -> SegmentFigures:
+    from fairlearn.metrics import MetricFrame
+
+    kind, s = kind_of(spec), spec.segments
+    base = SegmentFigures(column=column, value=value, rows=len(rows), judged=False)
+    if len(rows) < s.min_rows:
+        return base.model_copy(update={"note": f"too small (< {s.min_rows} rows)"})
+    y = target[rows]
+    if spec.task is not Task.regression and len(np.unique(y)) < 2:
+        # A ranking metric needs both outcomes; a segment of one class says nothing of them.
+        return base.model_copy(update={"note": "one class only"})
+    names = score_metrics(spec.task)
+    # The point figures by MetricFrame (one segment's rows: the group is the whole frame).
+    frame = MetricFrame(
+        metrics={m: (lambda t, p, m=m: kind.point(spec, m, t, p)) for m in names},
+        y_true=y,
+        y_pred=scores[rows],
+        sensitive_features=np.full(len(rows), value),
+    )
+    weights = _resample_weights(rng, kind.strata(y), len(rows), s.resamples)
+    metrics = {
+        m: _interval(
+            spec, float(frame.overall[m]), kind.weighted(spec, m, y, scores[rows], weights)
+        )
+        for m in names
+    }
+    return base.model_copy(update={"judged": True, "metrics": metrics})
+
+
+def _floor_failures(spec: ModelSpec, segments: list[SegmentFigures]) -> list[str]:
+    failures = []
+    for metric, limit in spec.fairness.floors.items():
+        higher = direction(spec.task, metric) == "higher"
+        for s in segments:
+            interval = s.metrics.get(metric)
+            if interval is None:
+                continue
+            if (higher and interval.high < limit) or (not higher and interval.low > limit):
+                sign = "≥" if higher else "≤"
+                failures.append(
+                    f"{metric} of segment {s.column} = {s.value} is {interval.text()}, "
+                    f"wholly outside the limit {sign} {limit}"
+                )
+    return failures
+
+
+def evaluate(
+    spec: ModelSpec,
+    holdout: pd.DataFrame,
+    target: np.ndarray,
+    challenger: Predictions,
+    champion: Predictions | None = None,
+) -> FairnessReport:
+    """Per-segment figures and disparities of the challenger on the holdout; with a champion,
+    the change of each limited disparity on the same resamples."""
+    s, f = spec.segments, spec.fairness
+    rng = np.random.default_rng(s.seed)
+    segments: list[SegmentFigures] = []
+    disparities: list[Disparity] = []
+    failures: list[str] = []
+    for column in s.columns:
+        values = holdout[column].astype(str).to_numpy()
+        figures = [
+            _segment_figures(
+                spec, column, v, np.flatnonzero(values == v), target, challenger.scores, rng
+            )
+            for v in sorted(np.unique(values))
+        ]
+        segments += figures
+        judged = [x.value for x in figures if x.judged]
+        if len(judged) < 2:
+            continue  # nothing to compare: the table says why each segment is not judged
+        groups = [np.flatnonzero(values == v) for v in judged]
+        kept = np.concatenate(groups)
+        # Resampled within each judged segment and class: every resample keeps each segment's
+        # size and class mix, as the champion comparison's resamples keep the class mix.
+        strata = (
+            [g[target[g] == c] for g in groups for c in np.unique(target[g])]
+            if (spec.task is not Task.regression)
+            else groups
+        )
+        weights = _resample_weights(rng, strata, len(target), s.resamples)
+        for figure, (kind, tasks) in DISPARITIES.items():
+            if spec.task not in tasks:
+                continue
+            limit = f.limits.get(figure)
+            samples = disparity_samples(spec, figure, target, challenger, groups, weights)
+            point = fairlearn_figure(
+                spec, figure, target[kept], _subset(challenger, kept), values[kept]
+            )
+            estimate = _interval(spec, point, samples)
+            passed = limit is None or not (
+                estimate.high < limit if kind == "min" else estimate.low > limit
+            )
+            disparity = Disparity(
+                column=column,
+                figure=figure,
+                kind=kind,
+                estimate=estimate,
+                limit=limit,
+                between=_between(spec, figure, target, challenger, groups, judged),
+                passed=passed,
+            )
+            if not passed:
+                sign = "≥" if kind == "min" else "≤"
+                failures.append(
+                    f"{figure} across {column} is {estimate.text()} ({disparity.between}), "
+                    f"wholly outside the limit {sign} {limit}"
+                )
+            if champion is not None and limit is not None:
+                disparity = _versus_champion(
+                    spec, disparity, target, challenger, champion, groups, weights, samples
+                )
+                if not disparity.champion_passed:
+                    failures.append(
+                        f"{figure} across {column} is worse than the champion's by "
+                        f"{disparity.versus_champion.text() if disparity.versus_champion else ''}"
+                        f", beyond the margin {f.champion_margin}"
+                    )
+            disparities.append(disparity)
+    failures = _floor_failures(spec, segments) + failures
+    return FairnessReport(
+        confidence=s.confidence,
+        resamples=s.resamples,
+        min_rows=s.min_rows,
+        segments=segments,
+        disparities=disparities,
+        failures=failures,
+    )
+
+
+def _subset(p: Predictions, rows: np.ndarray) -> Predictions:
+    return Predictions(scores=p.scores[rows], decided=p.decided[rows])
+
+
+def _between(
+    spec: ModelSpec,
+    figure: str,
+    target: np.ndarray,
+    p: Predictions,
+    groups: list[np.ndarray],
+    names: list[str],
+) -> str:
+    """Which segments are furthest apart on the figure's underlying rate or error."""
+    if figure.startswith("selection_rate"):
+        per = [float(p.decided[g].mean()) for g in groups]
+        what = "selection rate"
+    elif figure == "error_gap":
+        per = [float(np.abs(p.decided[g] - target[g]).mean()) for g in groups]
+        what = "mean |error|"
+    else:
+        return f"over {len(groups)} segments"
+    low, high = int(np.argmin(per)), int(np.argmax(per))
+    return f"{what} {names[low]} {per[low]:.3f} vs {names[high]} {per[high]:.3f}"
+
+
+def _versus_champion(
+    spec: ModelSpec,
+    disparity: Disparity,
+    target: np.ndarray,
+    challenger: Predictions,
+    champion: Predictions,
+    groups: list[np.ndarray],
+    weights: np.ndarray,
+    challenger_samples: np.ndarray,
+) -> Disparity:
+    """challenger - champion on the same resamples; worse beyond the margin fails (for a "min"
+    figure a drop is worse, for a "max" one a rise)."""
+    figure = disparity.figure
+    champion_samples = disparity_samples(spec, figure, target, champion, groups, weights)
+    ones = np.ones((1, len(target)))
+    point = float(
+        disparity_samples(spec, figure, target, challenger, groups, ones)[0]
+        - disparity_samples(spec, figure, target, champion, groups, ones)[0]
+    )
+    change = _interval(spec, point, challenger_samples - champion_samples)
+    margin = spec.fairness.champion_margin
+    worse = change.high < -margin if disparity.kind == "min" else change.low > margin
+    return disparity.model_copy(update={"versus_champion": change, "champion_passed": not worse})
