@@ -385,6 +385,27 @@ def kinds_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def explain_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Reason codes and the fairness gate (credit-default)",
+        "",
+        "The shipped credit-default spec (HistGradientBoosting, 30,000 rows) released on a fresh",
+        "state directory; reason codes (shap TreeExplainer, top 4 per row) in-process on generated",
+        "applications (best of three), `conveyor explain` on 1,000 rows as a process timed from",
+        "outside, and the release's fairness evaluation and global importance (best of three).",
+        "",
+        "Reproduce: `.venv/bin/python -m bench.explain && .venv/bin/python -m bench.report`",
+        "",
+        "| what | rows | seconds | rows/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['what']} | {r['rows']:,} | {r['seconds']:.3f} | {r['rows_per_s']:,.0f} |"
+        )
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -405,6 +426,7 @@ def main() -> None:
         ("stack.json", stack_section),
         ("fleet.json", fleet_section),
         ("kinds.json", kinds_section),
+        ("explain.json", explain_section),
     ]
     for name, section in sections:
         if (RESULTS / name).exists():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import _expected_errors, _stages, _tagged, app, console
+from cli.app import _expected_errors, _flag, _stages, _tagged, app, console
 
 
 @app.command()
@@ -27,6 +27,9 @@ def explain(
         Path | None,
         typer.Option("--out", help="CSV to write (default: <rows stem>.reasons.csv)."),
     ] = None,
+    full: Annotated[
+        bool, _flag("--full", help="Every feature's contribution too (an audit of the sums).")
+    ] = False,
 ) -> None:
     """Reason codes: for each row, the score and the features that pushed it most toward the
     adverse outcome, with their contributions, from exactly the registered version's model."""
@@ -34,7 +37,7 @@ def explain(
 
     with _expected_errors(), _tagged(), _stages(f"explain {model}"):
         result = explain_flow(
-            model=model, rows=str(rows), output=str(out or ""), version=version, top=top
+            model=model, rows=str(rows), output=str(out or ""), version=version, top=top, full=full
         )
     console.print(
         f"{model} v{result.version}: reason codes of {result.rows} rows (top {result.top}, "

@@ -18,10 +18,12 @@ def explain_flow(
     output: str = "",
     version: int | None = None,
     top: int | None = None,
+    full: bool = False,
 ) -> ReasonCodes:
     """`rows`: a CSV or Parquet file of rows in the model's feature schema; `output`: where the
     reason codes go (CSV; default: beside `rows`, `<stem>.reasons.csv`); `version`: default the
-    champion; `top`: reasons per row (default: the spec's `explanations.top`)."""
+    champion; `top`: reasons per row (default: the spec's `explanations.top`); `full`: every
+    feature's contribution as well, for an audit of the arithmetic."""
     source = Path(rows)
     target = Path(output) if output else source.with_name(f"{source.stem}.reasons.csv")
-    return explain_rows_task(Settings(), model, source, target, version, top)
+    return explain_rows_task(Settings(), model, source, target, version, top, full)

@@ -15,7 +15,7 @@ A gate fails only when its interval lies wholly on the wrong side of its limit; 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,12 @@ from pydantic import BaseModel
 
 from tasks.core.model_task import DISPARITIES, Task, direction, score_metrics
 from tasks.core.spec import ModelSpec
+from tasks.modeling.disparity import (
+    Predictions,
+    fairlearn_figure,
+    resample_weights,
+)
+from tasks.modeling.disparity import samples as disparity_samples
 from tasks.modeling.kinds import kind_of
 
 # Where the full report (every segment's intervals) is kept with the version's MLflow run.
@@ -129,128 +135,6 @@ def _metric_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
 
 
-# --- the figures -----------------------------------------------------------------------------
-
-
-class Predictions(BaseModel):
-    """What a model decided for each holdout row, in the form each disparity needs: the
-    favourable decision (binary), the predicted class (classifiers), the prediction (regression)."""
-
-    model_config = {"arbitrary_types_allowed": True}
-
-    scores: Any
-    decided: Any  # binary: 1 where favourable; multiclass: class index; regression: prediction
-
-
-def predictions(spec: ModelSpec, scores: np.ndarray, threshold: float | None) -> Predictions:
-    if spec.task is Task.binary:
-        flagged = scores >= (0.5 if threshold is None else threshold)
-        predicted = flagged.astype(int)  # class index 1 where flagged
-        favourable = (predicted != spec.adverse_index).astype(int)
-        return Predictions(scores=scores, decided=favourable)
-    if spec.task is Task.multiclass:
-        return Predictions(scores=scores, decided=scores.argmax(axis=1))
-    return Predictions(scores=scores, decided=scores)
-
-
-def _predicted_class(spec: ModelSpec, p: Predictions) -> np.ndarray:
-    """A binary model's predicted class index, from its favourable decisions."""
-    return p.decided if spec.adverse_index == 0 else 1 - p.decided
-
-
-def _group_mean(weights: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per resample, the weighted mean of `values` over `rows` (NaN where they weigh nothing)."""
-    w = weights[:, rows]
-    total = w.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (w @ values[rows]) / total
-
-
-def disparity_samples(
-    spec: ModelSpec,
-    figure: str,
-    target: np.ndarray,
-    p: Predictions,
-    groups: list[np.ndarray],
-    weights: np.ndarray,
-) -> np.ndarray:
-    """The figure under each row of `weights` (one resample each), over the segments `groups`.
-    At unit weights this is fairlearn's figure (held so by a test)."""
-    if figure.startswith("selection_rate"):
-        rates = np.stack([_group_mean(weights, p.decided.astype(float), g) for g in groups], 1)
-        if figure == "selection_rate_ratio":
-            return rates.min(axis=1) / rates.max(axis=1)
-        return rates.max(axis=1) - rates.min(axis=1)
-    if figure == "error_gap":
-        errors = np.abs(p.decided - target)
-        mae = np.stack([_group_mean(weights, errors, g) for g in groups], 1)
-        return mae.max(axis=1) - mae.min(axis=1)
-    # equalized_odds_difference: the larger of the spreads of TPR and FPR across segments; for a
-    # multiclass model, one-vs-rest per class and the largest.
-    if spec.task is Task.binary:
-        pairs = [(target == 1, _predicted_class(spec, p) == 1)]
-    else:
-        pairs = [(target == c, p.decided == c) for c in range(spec.n_classes)]
-    worst = np.zeros(len(weights))
-    for actual, said in pairs:
-        for condition in (actual, ~actual):
-            rates = np.stack(
-                [_group_mean(weights, said.astype(float), g[condition[g]]) for g in groups], 1
-            )
-            worst = np.maximum(worst, np.nanmax(rates, 1) - np.nanmin(rates, 1))
-    return worst
-
-
-def fairlearn_figure(
-    spec: ModelSpec, figure: str, target: np.ndarray, p: Predictions, segment: np.ndarray
-) -> float:
-    """The figure as fairlearn computes it (the point estimate the report states)."""
-    from fairlearn.metrics import MetricFrame, equalized_odds_difference, selection_rate
-    from sklearn.metrics import mean_absolute_error
-
-    if figure.startswith("selection_rate"):
-        frame = MetricFrame(
-            metrics=selection_rate,
-            y_true=target,
-            y_pred=p.decided,
-            sensitive_features=segment,
-            sample_params={"pos_label": 1},
-        )
-        return float(frame.ratio() if figure == "selection_rate_ratio" else frame.difference())
-    if figure == "error_gap":
-        frame = MetricFrame(
-            metrics=mean_absolute_error,
-            y_true=target,
-            y_pred=p.decided,
-            sensitive_features=segment,
-        )
-        return float(frame.difference())
-    if spec.task is Task.binary:
-        return float(
-            equalized_odds_difference(target, _predicted_class(spec, p), sensitive_features=segment)
-        )
-    return max(
-        float(
-            equalized_odds_difference(
-                (target == c).astype(int), (p.decided == c).astype(int), sensitive_features=segment
-            )
-        )
-        for c in range(spec.n_classes)
-    )
-
-
-def _resample_weights(
-    rng: np.random.Generator, strata: list[np.ndarray], n: int, resamples: int
-) -> np.ndarray:
-    weights = np.zeros((resamples, n))
-    for rows in strata:
-        if len(rows):
-            weights[:, rows] = rng.multinomial(
-                len(rows), np.full(len(rows), 1 / len(rows)), resamples
-            )
-    return weights
-
-
 def _interval(spec: ModelSpec, value: float, samples: np.ndarray) -> Interval:
     tail = (1 - spec.segments.confidence) / 2 * 100
     low, high = np.nanpercentile(samples, [tail, 100 - tail])
@@ -284,7 +168,7 @@ def _segment_figures(
         y_pred=scores[rows],
         sensitive_features=np.full(len(rows), value),
     )
-    weights = _resample_weights(rng, kind.strata(y), len(rows), s.resamples)
+    weights = resample_weights(rng, kind.strata(y), len(rows), s.resamples)
     metrics = {
         m: _interval(
             spec, float(frame.overall[m]), kind.weighted(spec, m, y, scores[rows], weights)
@@ -346,7 +230,7 @@ def evaluate(
             if (spec.task is not Task.regression)
             else groups
         )
-        weights = _resample_weights(rng, strata, len(target), s.resamples)
+        weights = resample_weights(rng, strata, len(target), s.resamples)
         for figure, (kind, tasks) in DISPARITIES.items():
             if spec.task not in tasks:
                 continue

@@ -44,11 +44,18 @@ class ReasonCodes(BaseModel):
 
 
 def reason_table(
-    spec: ModelSpec, model: Pipeline, frame: pd.DataFrame, background: np.ndarray, top: int
+    spec: ModelSpec,
+    model: Pipeline,
+    frame: pd.DataFrame,
+    background: np.ndarray,
+    top: int,
+    full: bool = False,
 ) -> tuple[pd.DataFrame, float, explain.Link]:
     """One row per input row: the score of the explained outcome, the base value, and for k in
-    1..top the feature, its value, its contribution and the spec's reason text. Returns the
-    table, the largest |reconstructed - model score| and the units of the contributions."""
+    1..top the feature, its value, its contribution and the spec's reason text; with `full`,
+    every feature's contribution too (`contribution:<feature>`: an auditor adds them to the base
+    value and gets the score back through the link). Returns the table, the largest
+    |reconstructed - model score| and the units of the contributions."""
     features = to_features(frame, spec)
     c = explain.contributions(spec, model, features, background)
     scores = kind_of(spec).scores(model, features)
@@ -92,6 +99,9 @@ def reason_table(
             frame[names[i]].iloc[r] if i >= 0 else None for r, i in enumerate(shown)
         ]
         table[f"contribution_{k + 1}"] = np.where(toward, push, np.nan)
+    if full:
+        for i, name in enumerate(names):
+            table[f"contribution:{name}"] = pushes[:, i]
     return pd.DataFrame(table), error, c.link
 
 
@@ -110,6 +120,7 @@ def explain_rows(
     output: Path,
     version: int | None = None,
     top: int | None = None,
+    full: bool = False,
 ) -> ReasonCodes:
     """Reason codes for the rows in `rows_path` from `model_name` v`version` (default: the
     champion), written to `output` (CSV). Rows that break the data contract are refused, named."""
@@ -126,7 +137,7 @@ def explain_rows(
     model = tracking.load_model(settings, ref.model_uri)
     background = to_features(load_dataset(_holdout_uri(settings, ref)), spec)[:BACKGROUND_ROWS]
     k = top or spec.explanations.top
-    table, error, link = reason_table(spec, model, frame, background, k)
+    table, error, link = reason_table(spec, model, frame, background, k, full)
     output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False)
     return ReasonCodes(
@@ -158,8 +169,9 @@ def explain_rows_task(
     output: Path,
     version: int | None = None,
     top: int | None = None,
+    full: bool = False,
 ) -> ReasonCodes:
-    result = explain_rows(settings, model_name, rows_path, output, version, top)
+    result = explain_rows(settings, model_name, rows_path, output, version, top, full)
     get_run_logger().info(
         "reason codes of %d rows from %s v%d (top %d, %s units) in %s; contributions reproduce "
         "the scores to %.1e",

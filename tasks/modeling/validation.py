@@ -9,7 +9,7 @@ from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets.data import load_dataset, to_features, to_target
-from tasks.modeling import fairness
+from tasks.modeling import disparity, fairness
 from tasks.modeling.evaluation import ValidationReport, compare, threshold_failures
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.training import TrainResult
@@ -57,12 +57,12 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
             spec,
             holdout,
             target,
-            fairness.predictions(
+            disparity.predictions(
                 spec, challenger_scores, getattr(train.metrics, "threshold", None)
             ),
             None
             if champion_scores is None
-            else fairness.predictions(spec, champion_scores, champion_threshold),
+            else disparity.predictions(spec, champion_scores, champion_threshold),
         )
     return ValidationReport(
         metrics=train.metrics,

@@ -18,7 +18,7 @@ from tasks.datasets.data import to_features, to_target
 from tasks.datasets.quality import check_frame
 from tasks.datasets.row_contract import RowContractError, require_rows, violations
 from tasks.datasets.synthetic import generate, generate_credit
-from tasks.modeling import explain, fairness
+from tasks.modeling import disparity, explain, fairness
 from tasks.modeling.evaluation import FairnessError, GateError, ValidationReport, require_valid
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.reason_codes import reason_table
@@ -69,7 +69,7 @@ def test_the_vectorised_figures_at_unit_weights_are_fairlearns() -> None:
     spec = load_spec(CREDIT)
     target, segment = _rows(rng)
     scores = np.clip(0.3 * target + rng.random(len(target)) * 0.7, 0, 1)
-    p = fairness.predictions(spec, scores, 0.5)
+    p = disparity.predictions(spec, scores, 0.5)
     groups = [np.flatnonzero(segment == v) for v in ("a", "b", "c")]
     ones = np.ones((1, len(target)))
     for figure in (
@@ -77,17 +77,17 @@ def test_the_vectorised_figures_at_unit_weights_are_fairlearns() -> None:
         "selection_rate_difference",
         "equalized_odds_difference",
     ):
-        ours = fairness.disparity_samples(spec, figure, target, p, groups, ones)[0]
-        assert ours == pytest.approx(fairness.fairlearn_figure(spec, figure, target, p, segment))
+        ours = disparity.samples(spec, figure, target, p, groups, ones)[0]
+        assert ours == pytest.approx(disparity.fairlearn_figure(spec, figure, target, p, segment))
     # and fairlearn's own, computed here from its public API
     favourable = (scores < 0.5).astype(int)
     frame = MetricFrame(
         metrics=selection_rate, y_true=target, y_pred=favourable, sensitive_features=segment
     )
-    assert fairness.fairlearn_figure(
+    assert disparity.fairlearn_figure(
         spec, "selection_rate_ratio", target, p, segment
     ) == pytest.approx(frame.ratio())
-    assert fairness.fairlearn_figure(
+    assert disparity.fairlearn_figure(
         spec, "equalized_odds_difference", target, p, segment
     ) == pytest.approx(
         equalized_odds_difference(target, (scores >= 0.5).astype(int), sensitive_features=segment)
@@ -95,19 +95,17 @@ def test_the_vectorised_figures_at_unit_weights_are_fairlearns() -> None:
     multiclass = load_spec(MULTICLASS)
     classes = rng.integers(0, multiclass.n_classes, len(target))
     proba = rng.dirichlet(np.ones(multiclass.n_classes), len(target))
-    pm = fairness.predictions(multiclass, proba, None)
-    ours = fairness.disparity_samples(
-        multiclass, "equalized_odds_difference", classes, pm, groups, ones
-    )[0]
+    pm = disparity.predictions(multiclass, proba, None)
+    ours = disparity.samples(multiclass, "equalized_odds_difference", classes, pm, groups, ones)[0]
     assert ours == pytest.approx(
-        fairness.fairlearn_figure(multiclass, "equalized_odds_difference", classes, pm, segment)
+        disparity.fairlearn_figure(multiclass, "equalized_odds_difference", classes, pm, segment)
     )
     regression = load_spec(REGRESSION)
     actual = rng.random(len(target))
-    pr = fairness.predictions(regression, actual + rng.normal(0, 0.1, len(target)), None)
-    ours = fairness.disparity_samples(regression, "error_gap", actual, pr, groups, ones)[0]
+    pr = disparity.predictions(regression, actual + rng.normal(0, 0.1, len(target)), None)
+    ours = disparity.samples(regression, "error_gap", actual, pr, groups, ones)[0]
     assert ours == pytest.approx(
-        fairness.fairlearn_figure(regression, "error_gap", actual, pr, segment)
+        disparity.fairlearn_figure(regression, "error_gap", actual, pr, segment)
     )
 
 
@@ -129,7 +127,7 @@ def test_the_gate_refuses_a_model_unfair_to_a_segment_and_passes_a_fair_one() ->
         holdout = frame[4000:].reset_index(drop=True)
         scores = kind_of(spec).scores(model, to_features(holdout, spec))
         reports[bias] = fairness.evaluate(
-            spec, holdout, target[4000:], fairness.predictions(spec, scores, 0.25)
+            spec, holdout, target[4000:], disparity.predictions(spec, scores, 0.25)
         )
     fair, biased = reports[0.0], reports[0.3]
     assert fair.passed, fair.failures
@@ -184,8 +182,8 @@ def test_a_small_segment_is_reported_not_judged_and_a_worse_disparity_than_the_c
         spec,
         holdout,
         target,
-        fairness.predictions(spec, challenger_scores, 0.5),
-        fairness.predictions(spec, champion_scores, 0.5),
+        disparity.predictions(spec, challenger_scores, 0.5),
+        disparity.predictions(spec, champion_scores, 0.5),
     )
     tiny = next(s for s in report.segments if s.value == "tiny")
     assert not tiny.judged and tiny.note.startswith("too small") and tiny.rows == 60
@@ -262,9 +260,12 @@ def test_reason_codes_name_only_pushes_toward_the_adverse_outcome_with_the_specs
     assert (table["contribution_1"].fillna(np.inf) >= table["contribution_2"].fillna(-np.inf)).all()
     texts = set(spec.explanations.reasons.values())
     assert set(table["reason_1"][table["reason_1"] != ""]) <= texts
-    # base + all pushes toward default is the log-odds of default
-    logit = np.log(table["score"] / (1 - table["score"]))
-    assert (logit >= table["base_value"] + table["contribution_1"].fillna(0) - 50).all()
+    # base + every feature's contribution is the log-odds of default (the linear model's score)
+    full, _, _ = reason_table(spec, model, rows, features[:1000], 3, full=True)
+    every = [c for c in full.columns if c.startswith("contribution:")]
+    assert len(every) == spec.n_features
+    raw = full["base_value"] + full[every].sum(axis=1)
+    assert (1 / (1 + np.exp(-raw))).to_numpy() == pytest.approx(full["score"], abs=1e-6)
     # adverse class 0 explains the other way: the score is the other class's probability
     flipped = spec.model_copy(
         update={"explanations": spec.explanations.model_copy(update={"adverse_class": 0})}
