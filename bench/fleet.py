@@ -1,6 +1,7 @@
 """A fleet of generated specs on the embedded default: `conveyor run --all` (in steps of 1, 10 and
 N models, each step releasing only the new ones: the others are unchanged and skip), the embedded
-Triton's memory with 1, 10 and N models served, `conveyor drift --all` and `conveyor status`.
+Triton's memory with 1, 10 and N models served, `conveyor drift --all` (the nightly run: each
+model's drift check and its outcome check) and `conveyor status`.
 
 The specs are the three shipped ones, cycled, renamed and reseeded, made small (5,000 rows, one
 trial, no serving sweep) so that the fleet's cost, not one model's training, is measured. One

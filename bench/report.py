@@ -335,8 +335,10 @@ def fleet_section(rows: list[dict[str, Any]]) -> list[str]:
             for r in rows
         ],
         "",
-        f"Nightly drift check over {drift['models']} models: {drift['wall_s']:.0f} s (target:",
-        "at most 120 s on 2 cores). A `run --all` row with exit 2 had a model refused with an",
+        f"Nightly run over {drift['models']} models (`conveyor drift --all`: each model's drift",
+        "check and, beside it, its outcome check on a labelled batch with the estimate before",
+        f"labels): {drift['wall_s']:.0f} s, peak RSS {mb(drift['peak_rss_mb'])} MB (target: at",
+        "most 120 s on 2 cores). A `run --all` row with exit 2 had a model refused with an",
         "expected error while the others still released; since this run, `detail` in",
         "fleet.json records which and why.",
         "",
@@ -385,6 +387,39 @@ def kinds_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def outcomes_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## The outcome check on a large labelled batch",
+        "",
+        "`python -m bench.outcomes`: a fraud champion (50,000 rows), then `check_outcomes` in a",
+        "fresh process per row on 1,000,000 generated labelled rows: the batch generated, sampled",
+        "to `outcomes.max_rows` (or not), scored through the champion's ONNX file, the bootstrap",
+        "interval (500 resamples), and the CBPE estimate on an unlabelled batch of the same size.",
+        "Peak RSS includes the imports and the generation of both batches.",
+        "",
+        "| labelled rows | checked rows | check s | process s | peak RSS MB | metric | value "
+        "| interval width | estimated | verdict |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['labelled_rows']:,} | {r['checked_rows']:,} | {r['seconds']:.1f} | "
+            f"{r['process_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['metric']} | "
+            f"{r['value']:.4f} | {r['interval_width']:.4f} | {r['estimated']:.4f} | "
+            f"{r['verdict']} |"
+        )
+    if len(rows) == 2:
+        sampled, whole = rows
+        lines += [
+            "",
+            f"Sampling {sampled['checked_rows']:,} of {whole['checked_rows']:,} rows costs "
+            f"{sampled['interval_width'] / whole['interval_width']:.1f}x the interval's width "
+            "(about the square root of the ratio of rows, as a bootstrap should) for "
+            f"{whole['seconds'] / sampled['seconds']:.1f}x less time.",
+        ]
+    return lines
+
+
 def explain_section(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Reason codes and the fairness gate (credit-default)",
@@ -427,6 +462,7 @@ def main() -> None:
         ("fleet.json", fleet_section),
         ("kinds.json", kinds_section),
         ("explain.json", explain_section),
+        ("outcomes.json", outcomes_section),
     ]
     for name, section in sections:
         if (RESULTS / name).exists():

@@ -10,7 +10,20 @@ from cli.app import app
 COMMANDS = (release, operate, review, triton)
 # How `conveyor --help` lists them: along the line first, then operating the fleet. Typer lists
 # commands in registration order, which is the modules' import order otherwise.
-ORDER = ("run", "init", "train", "smoke", "drift", "approve", "rollback", "status", "history")
+ORDER = (
+    "run",
+    "init",
+    "train",
+    "smoke",
+    "drift",
+    "outcomes",
+    "approve",
+    "rollback",
+    "status",
+    "history",
+    "report",
+    "explain",
+)
 
 
 def _place(command: typer.models.CommandInfo) -> int:

@@ -1,4 +1,5 @@
-"""`conveyor` commands for a model-risk review: explain (reason codes)."""
+"""`conveyor` commands for a model-risk review and its monitoring: explain (reason codes),
+outcomes (realised performance on labels), report (the model's history as a chart)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from cli.app import _expected_errors, _flag, _stages, _tagged, app, console
+from cli.app import (
+    SpecOption,
+    _expected_errors,
+    _flag,
+    _spec_path,
+    _stages,
+    _tagged,
+    app,
+    console,
+)
+from tasks.core.errors import ConveyorError
+from tasks.core.settings import Settings
 
 
 @app.command()
@@ -45,3 +57,57 @@ def explain(
         f"{result.max_reconstruction_error:.1e}) in {result.output}",
         soft_wrap=True,
     )
+
+
+@app.command()
+def outcomes(spec: SpecOption = None) -> None:
+    """Outcome check of the champion on the newest labelled batch (and, for a binary model, its
+    estimate before labels); emits the retrain event on degradation."""
+    from flows.outcomes import outcome_check_flow
+    from tasks.core.spec import load_spec
+    from tasks.registry import model_registry
+
+    settings = Settings()
+    path = _spec_path(spec, settings)
+    with _expected_errors():
+        name = load_spec(path).name
+        if model_registry.alias_version(settings, name, model_registry.CHAMPION) is None:
+            raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
+        with _tagged(), _stages(f"outcome check {name}"):
+            report = outcome_check_flow(spec_path=path)
+    event = " (conveyor.performance.degraded emitted)" if report.degraded else ""
+    console.print(f"{report.line()}{event}; MLflow run {report.run_id}", highlight=False)
+
+
+@app.command()
+def report(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="HTML file to write (default: <model>-history.html)."),
+    ] = None,
+) -> None:
+    """The model's history on one time axis: every release, outcome check (with its interval),
+    estimate and drift check, as a chart in a self-contained HTML page."""
+    from tasks.ops import history
+    from tasks.registry import known_specs
+
+    settings = Settings()
+    target = out or Path(f"{model}-history.html")
+    with _expected_errors():
+        spec = known_specs.spec_of(settings, model)
+        found = history.points(settings, spec)
+        if not found:
+            raise ConveyorError(f"{model} has no release or check on record yet")
+        target.write_text(history.render(spec, found))
+    kinds = {
+        name: sum(p.kind == k for p in found)
+        for k, name in (
+            ("release", "release"),
+            ("outcome", "outcome check"),
+            ("estimate", "estimate"),
+            ("drift", "drift check"),
+        )
+    }
+    summary = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in kinds.items())
+    console.print(f"{model}: {summary} in {target}", highlight=False)

@@ -1,9 +1,11 @@
 """drift_check_flow: the newest batch against the champion's training data; emits
 `conveyor.drift.detected` when the drifted-column share crosses the spec's threshold.
 
-fleet_drift_flow: the nightly run over every model of the fleet, one drift-check subflow per
-model, a few at a time; one model's failure does not stop the others, and the run ends Failed
-naming every model that failed, after a fleet status table (artifact `fleet-status`)."""
+fleet_drift_flow: the nightly run over every model of the fleet, one drift-check subflow and one
+outcome-check subflow (`flows.outcomes`: where the spec has outcomes, or a binary model's
+estimate) per model, a few models at a time; one model's failure does not stop the others,
+and the run ends Failed naming every model that failed, after a fleet status table (artifact
+`fleet-status`)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
+from flows.outcomes import outcome_check_flow
 from tasks.core.errors import ConveyorError
+from tasks.core.model_task import Task
 from tasks.core.progress import stage
 from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, load_spec
@@ -50,10 +54,18 @@ class ModelDrift(BaseModel):
     outcome: Literal["drift", "no drift", "no champion", "failed"]
     drift_share: float | None = None
     detail: str = ""  # the report's URI, or what failed
+    # The outcome check beside it: its one line, or what failed ("" when not run).
+    performance: str = ""
+    performance_failed: bool = False
 
     def line(self) -> str:
         share = "" if self.drift_share is None else f" (share {self.drift_share:.2f})"
-        return f"{self.model}: {self.outcome}{share}" + (f"; {self.detail}" if self.detail else "")
+        performance = f"; outcomes: {self.performance}" if self.performance else ""
+        return (
+            f"{self.model}: {self.outcome}{share}"
+            + (f"; {self.detail}" if self.detail else "")
+            + performance
+        )
 
 
 class FleetDriftReport(BaseModel):
@@ -61,7 +73,7 @@ class FleetDriftReport(BaseModel):
 
     @property
     def failed(self) -> list[ModelDrift]:
-        return [m for m in self.models if m.outcome == "failed"]
+        return [m for m in self.models if m.outcome == "failed" or m.performance_failed]
 
 
 class FleetDriftError(ConveyorError):
@@ -70,8 +82,9 @@ class FleetDriftError(ConveyorError):
 
 @task(name="check-model-drift")
 def check_model_task(spec_path: str) -> ModelDrift:
-    """One model's drift check as its own subflow run; its failure is this model's result, so
-    the fleet run goes on and reports it (the subflow run itself ends Failed, with its logs)."""
+    """One model's drift check, then its outcome check, each as its own subflow run; a failure
+    is this model's result, so the fleet run goes on and reports it (the subflow run itself
+    ends Failed, with its logs)."""
     settings = Settings()
     spec = load_spec(spec_path)
     if model_registry.alias_version(settings, spec.name, model_registry.CHAMPION) is None:
@@ -86,13 +99,26 @@ def check_model_task(spec_path: str) -> ModelDrift:
             outcome="failed",
             detail=f"{type(exc).__name__}: {str(exc)[:300]}",
         )
-    return ModelDrift(
+    result = ModelDrift(
         model=spec.name,
         spec_path=spec_path,
         outcome="drift" if report.drifted else "no drift",
         drift_share=report.drift_share,
         detail=report.report_uri,
     )
+    if not spec.outcomes.configured and spec.task is not Task.binary:
+        return result  # no labels, and no probabilities to estimate from
+    try:
+        performance = outcome_check_flow(spec_path=spec_path).line()
+    except Exception as exc:  # reported like a failed drift check
+        get_run_logger().error("%s: outcome check failed: %s", spec.name, exc)
+        return result.model_copy(
+            update={
+                "performance": f"failed: {type(exc).__name__}: {str(exc)[:300]}",
+                "performance_failed": True,
+            }
+        )
+    return result.model_copy(update={"performance": performance})
 
 
 @flow(name="fleet-drift-check")
@@ -118,12 +144,13 @@ def fleet_drift_flow(
     lines = "\n".join(f"- {m.line()}" for m in results)
     create_markdown_artifact(
         key="fleet-status",
-        markdown=f"# Nightly drift check: {len(results)} models\n\n{lines}\n\n"
+        markdown=f"# Nightly drift and outcome checks: {len(results)} models\n\n{lines}\n\n"
         + fleet.markdown(fleet.fleet_status(settings)),
     )
     if report.failed:
         raise FleetDriftError(
-            f"the drift check failed for {', '.join(m.model for m in report.failed)} (the other "
+            f"the drift or outcome check failed for {', '.join(m.model for m in report.failed)} "
+            f"(the other "
             f"{len(results) - len(report.failed)} models were checked): "
             + "; ".join(m.line() for m in report.failed)
         )

@@ -1,5 +1,6 @@
-"""retrain_flow: what a `conveyor.drift.detected` event runs: the release flow on fresh data,
-unless the model was retrained within its cooldown."""
+"""retrain_flow: what a `conveyor.drift.detected` or `conveyor.performance.degraded` event runs:
+the release flow on fresh data (every gate still applies), unless the model was retrained within
+its cooldown; one at a time (the deployment's concurrency limit), whichever event asked."""
 
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ class RetrainResult(BaseModel):
 
 @flow(name="retrain")
 def retrain_flow(
-    spec_path: str = str(DEFAULT_SPEC), drift_share: float = 0.0, report_uri: str = ""
+    spec_path: str = str(DEFAULT_SPEC),
+    drift_share: float = 0.0,
+    report_uri: str = "",
+    reason: str = "drift",
 ) -> RetrainResult:
-    """Retrain the model described by `spec_path` (drift_share and report_uri come from the
-    drift event and are kept in the run's parameters for the record)."""
+    """Retrain the model described by `spec_path`. The rest is the event's, kept in the run's
+    parameters for the record: `reason` (drift, or performance degraded), the drift share and
+    report, or the outcome check's run."""
     settings = Settings()
     spec = load_spec(spec_path)
     with metrics.observed(settings, spec.name, "retrain") as obs:

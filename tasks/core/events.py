@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.events import emit_event
 
 DRIFT_DETECTED = "conveyor.drift.detected"
+PERFORMANCE_DEGRADED = "conveyor.performance.degraded"
 MODEL_PROMOTED = "conveyor.model.promoted"
 RELEASE_FAILED = "conveyor.release.failed"
 APPROVED = "conveyor.model.approved"

@@ -22,7 +22,7 @@ from tasks.core.model_task import (
     Task,
     score_metrics,
 )
-from tasks.core.spec_review import ExplanationsSpec, FairnessSpec, SegmentsSpec
+from tasks.core.spec_review import ExplanationsSpec, FairnessSpec, OutcomesSpec, SegmentsSpec
 from tasks.core.spec_sections import (
     DataSpec,
     DriftSpec,
@@ -124,6 +124,7 @@ class ModelSpec(BaseModel):
     segments: SegmentsSpec = Field(default_factory=SegmentsSpec)
     fairness: FairnessSpec = Field(default_factory=FairnessSpec)
     explanations: ExplanationsSpec = Field(default_factory=ExplanationsSpec)
+    outcomes: OutcomesSpec = Field(default_factory=OutcomesSpec)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelSpec:
@@ -225,6 +226,24 @@ class ModelSpec(BaseModel):
                 f"explanations.adverse_class {adverse!r} is not one of target.classes "
                 f"{self.target.classes}"
             )
+        o = self.outcomes
+        if o.source is not None and o.labels is not None:
+            raise ValueError(
+                "outcomes names both `source` (labelled batches) and `labels` (a table joined by "
+                "key): choose one"
+            )
+        if (o.labels is None) != (o.key is None):
+            raise ValueError(
+                "outcomes.labels and outcomes.key go together: the labels table is joined to the "
+                "scored rows by the key column"
+            )
+        if o.metric and o.metric not in score_metrics(task):
+            raise ValueError(
+                f"outcomes.metric {o.metric!r} is not a {task.value} metric of scores: use one of "
+                f"{sorted(score_metrics(task))}"
+            )
+        if o.key is not None and o.key in self.feature_names:
+            raise ValueError(f"outcomes.key {o.key!r} is a feature: the key identifies a row")
         unknown = sorted(set(self.explanations.reasons) - set(self.feature_names))
         if unknown:
             raise ValueError(
@@ -267,6 +286,10 @@ class ModelSpec(BaseModel):
     @property
     def class_names(self) -> list[str]:
         return [str(c) for c in self.target.classes or []]
+
+    @property
+    def outcome_metric(self) -> str:
+        return self.outcomes.metric or self.validation.metric
 
     @property
     def adverse_index(self) -> int | None:

@@ -56,3 +56,42 @@ class ExplanationsSpec(BaseModel):
     adverse_class: int | str | None = None
     # feature -> the reason a person reads ("revolving utilisation is high").
     reasons: dict[str, str] = Field(default_factory=dict)
+
+
+class OutcomesSpec(BaseModel):
+    """Where the model's outcomes (labels) arrive, and when a drop in a realised metric is
+    degradation. Two ways to point at labels:
+
+    - `source`: labelled batches, read for the newest `date=YYYY-MM-DD` partition whose target
+      is filled (a file, a folder, s3://bucket/prefix), or `synthetic` (the spec's generator, a
+      later seed, with the `degradation` knob);
+    - `labels` + `key`: a table of key + target (chargebacks, defaults) joined by `key` to the
+      newest batch of `data.source` (the rows that were scored).
+
+    Unset: the model has no outcome check; the nightly run still estimates its performance from
+    its probabilities (binary models) and checks drift."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = None
+    labels: str | None = None
+    key: str | None = None
+    # How long labels take to arrive (days): said in the report, so a reader knows how old the
+    # checked decisions are. Nothing waits on it.
+    label_lag_days: int | None = Field(default=None, ge=0)
+    metric: str = ""  # default: the validation metric
+    # A drop below the released figure by more than this (in the metric's units) is degradation,
+    # when the interval says so.
+    tolerance: float = Field(default=0.02, ge=0)
+    min_rows: int = Field(default=500, ge=50)
+    max_rows: int = Field(default=200_000, ge=1000)
+    resamples: int = Field(default=500, ge=50, le=10_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    seed: int = 0
+    # synthetic only: the share of a later batch's rows whose targets are shuffled among
+    # themselves: the features and the target's own distribution stay, their relation breaks.
+    degradation: float = Field(default=0.0, ge=0, le=1)
+
+    @property
+    def configured(self) -> bool:
+        return self.source is not None or self.labels is not None

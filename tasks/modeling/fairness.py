@@ -141,7 +141,7 @@ def _interval(spec: ModelSpec, value: float, samples: np.ndarray) -> Interval:
     return Interval(value=value, low=float(low), high=float(high))
 
 
-def _segment_figures(
+def segment_figures(
     spec: ModelSpec,
     column: str,
     value: str,
@@ -212,7 +212,7 @@ def evaluate(
     for column in s.columns:
         values = holdout[column].astype(str).to_numpy()
         figures = [
-            _segment_figures(
+            segment_figures(
                 spec, column, v, np.flatnonzero(values == v), target, challenger.scores, rng
             )
             for v in sorted(np.unique(values))

@@ -33,6 +33,7 @@ from tasks.datasets import synthetic
 from tasks.datasets.data import load_dataset, read_source, require_numbers, to_features
 from tasks.modeling import onnx
 from tasks.modeling.kinds import kind_of
+from tasks.ops import history
 from tasks.registry import mlflow_store, model_registry, tracking
 
 
@@ -218,8 +219,13 @@ def report_markdown(report: DriftReport) -> str:
 @task(name="check-drift")
 def check_drift_task(settings: Settings, spec: ModelSpec) -> DriftReport:
     report = check_drift(settings, spec)
+    # The model's history, this check included, kept with the check's run.
+    run_id = report.report_uri.removeprefix("runs:/").split("/", 1)[0]
+    chart = history.log_history(settings, spec, run_id)
     create_markdown_artifact(
-        key=f"drift-{spec.name}", markdown=report_markdown(report), description="Drift check"
+        key=f"drift-{spec.name}",
+        markdown=report_markdown(report) + f"\n\nHistory chart: `{chart}`",
+        description="Drift check",
     )
     get_run_logger().info(
         "%s: drift share %.2f (threshold %.2f), drifted columns %s, prediction drift %s",

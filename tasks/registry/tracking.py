@@ -256,6 +256,31 @@ def log_drift_run(settings: Settings, name: str, html: Path, metrics: dict[str, 
     return f"runs:/{run.run_id}/drift/{html.name}"
 
 
+OUTCOME_RUN = "outcome-check"
+
+
+def log_check_run(
+    settings: Settings,
+    name: str,
+    run_name: str,
+    metrics: dict[str, float],
+    files: dict[str, bytes],
+    tags: dict[str, str] | None = None,
+) -> str:
+    """One finished run per check (outcome check) in the model's experiment, with its figures
+    and files (under `check/`); returns the run id."""
+    run = open_run(settings, name, run_name, {TAG_FLOW_RUN: root_flow_run(), **(tags or {})})
+    try:
+        log_to_run(settings, run.run_id, metrics=metrics)
+        for filename, data in files.items():
+            log_run_artifact(settings, run.run_id, f"check/{filename}", data)
+    except BaseException:
+        close_run(settings, run.run_id, "FAILED")
+        raise
+    close_run(settings, run.run_id, "FINISHED")
+    return run.run_id
+
+
 def load_model(settings: Settings, model_uri: str) -> Pipeline:
     client(settings)
     model: Pipeline = mlflow.sklearn.load_model(model_uri)

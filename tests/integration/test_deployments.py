@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from tasks.core import events
 from tasks.core.settings import Settings
 from tasks.registry import mlflow_store, model_registry, tracking
 from tasks.serving import triton_client, triton_server
@@ -124,7 +125,10 @@ class Stack:
         return "\n".join(str(e["message"]) for e in entries)
 
     def drift_events(self) -> list[dict[str, object]]:
-        body = {"filter": {"event": {"name": ["conveyor.drift.detected"]}}, "limit": 50}
+        return self.events("conveyor.drift.detected")
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        body = {"filter": {"event": {"name": [name]}}, "limit": 50}
         response = httpx.post(f"{self.api}/events/filter", json=body, timeout=10, auth=self.auth)
         response.raise_for_status()
         return list(response.json()["events"])
@@ -191,6 +195,7 @@ def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: 
         "nightly-drift",
         "drift-check",
         "retrain",
+        "outcome-check",
         "explain",
         "release-gpu",
     }
@@ -294,6 +299,65 @@ def test_drift_triggers_a_retrain_that_moves_the_champion_then_cooldown_skips(
     assert (
         model_registry.alias_version(stack.settings, "fraud-detector", model_registry.CHAMPION) == 2
     )
+
+
+def test_the_nightly_outcome_check_catches_degradation_and_the_retrain_deployment_runs(
+    stack: Stack, released: Path, tmp_path: Path
+) -> None:
+    """The nightly run on the worker, for a champion trained on the batch it checks (version 2
+    learned the drifted distribution above, so drift stays quiet): with the generator's
+    degradation knob off, no event and no retrain; with it on, the realised drop with its
+    interval, `conveyor.performance.degraded`, and a retrain run of the retrain deployment."""
+
+    def nightly(degradation: float) -> dict[str, object]:
+        directory = tmp_path / f"fleet-{degradation}"
+        directory.mkdir()
+        write_spec(
+            directory,
+            **{"data.drift": 1.0, "drift.cooldown_s": 0, "outcomes.degradation": degradation},
+        ).rename(directory / f"{NAME}.yaml")
+        run = stack.run("nightly-drift", timeout_s=400, spec_dir=str(directory))
+        assert run["state"]["type"] == "COMPLETED", stack.logs(str(run["id"]))
+        return run
+
+    retrains, drifted = len(stack.runs("retrain")), len(stack.drift_events())
+    quiet = nightly(0.0)
+    time.sleep(15)  # a trigger fires within seconds; give it time to show it does not
+    assert stack.events(events.PERFORMANCE_DEGRADED) == []
+    assert len(stack.runs("retrain")) == retrains
+    assert last_outcome_verdict(stack) == "healthy", stack.logs(str(quiet["id"]))
+
+    loud = nightly(0.8)
+    deadline = time.monotonic() + 30
+    while not (found := stack.events(events.PERFORMANCE_DEGRADED)):
+        assert time.monotonic() < deadline, stack.logs(str(loud["id"]))
+        time.sleep(1)
+    [event] = found
+    payload = event["payload"]
+    assert event["resource"]["prefect.resource.id"] == f"conveyor.model.{NAME}"  # type: ignore[index]
+    low, high = json.loads(payload["ci"])  # type: ignore[index]
+    assert high < float(payload["released"]) and low <= float(payload["realised"]) <= high  # type: ignore[index]
+    assert len(stack.drift_events()) == drifted  # the features did not move
+    runs = wait_for_runs(stack, "retrain", retrains + 1)
+    [retrain] = [r for r in runs if r["parameters"].get("reason") == "performance degraded"]  # type: ignore[union-attr]
+    finished = stack.wait(str(retrain["id"]), timeout_s=400)
+    assert finished["state"]["type"] == "COMPLETED", stack.logs(str(retrain["id"]))
+    assert str(retrain["parameters"]["report_uri"]).startswith("runs:/")  # type: ignore[index]
+    assert last_outcome_verdict(stack) == "degraded"
+
+
+def last_outcome_verdict(stack: Stack) -> str:
+    """The verdict of the model's newest outcome-check run in MLflow (what the worker logged)."""
+    client = mlflow_store.client(stack.settings)
+    experiment = client.get_experiment_by_name(NAME)
+    assert experiment is not None
+    [run] = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.run_name = '{tracking.OUTCOME_RUN}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(run.data.tags["conveyor.outcome.verdict"])
 
 
 def test_make_deploy_creates_the_zombie_run_automation(stack: Stack) -> None:

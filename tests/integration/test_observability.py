@@ -23,6 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from flows.drift import drift_check_flow
+from flows.outcomes import outcome_check_flow
 from flows.release import ReleaseResult, release_flow
 from infra.stack import StackError, system_binary
 from tasks.core import credentials, pushgateway
@@ -99,6 +100,9 @@ def observed(
         with pytest.raises(GateError) as failure:
             release_flow(str(write_spec(base, name=NAME, **WEAK)))
         drift_check_flow(str(write_spec(base, name=NAME, **{"data.drift": 1.0})))
+        # A healthy outcome check: its gauges exist (the degradation alert compares them) and
+        # its alert stays silent.
+        outcome_check_flow(str(write_spec(base, name=NAME)))
         # Clients' traffic, so Triton's rate and latency series have samples to work on.
         more_traffic(triton_server.endpoint(settings), second.model)
         yield Observed(
