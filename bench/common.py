@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -76,3 +77,23 @@ def add_state_argument(parser: argparse.ArgumentParser) -> None:
         help="use the champion in this state directory (bench.pipeline --keep-state) instead of "
         "releasing one",
     )
+
+
+def run_snippet(code: str, args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float]:
+    """Run `code` in a fresh interpreter (its imports and peak memory its own); returns the JSON
+    object its last line prints and the process's wall seconds."""
+    import time
+
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark step failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), elapsed

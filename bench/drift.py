@@ -11,17 +11,14 @@ batch of that size. Peak memory is that process's maximum RSS, imports included.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
 
-from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, write_results
+from bench.common import CONVEYOR, ROOT, add_state_argument, isolated, run_snippet, write_results
 from tasks.core.spec import DEFAULT_SPEC
 
 _CHECK = """
@@ -68,19 +65,7 @@ def spec_file(directory: Path, rows: int, drift: float, max_rows: int) -> Path:
 
 
 def run_check(spec: Path, env: dict[str, str], unsampled: bool = False) -> DriftRow:
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", _CHECK, str(spec)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"drift check failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result, elapsed = run_snippet(_CHECK, [str(spec)], env)
     return DriftRow(
         current_rows=result["current"],
         reference_rows=result["reference"],

@@ -164,5 +164,18 @@ def _stages(title: str) -> contextlib.AbstractContextManager[object]:
     return shown(console, title, live=not VERBOSE["on"])
 
 
+def _champion_spec(spec: Path | None, settings: Settings) -> tuple[str, str]:
+    """(spec path, model name) of a check that judges the champion; refused before Prefect
+    starts its API when there is no champion to judge. Call inside `_expected_errors()`."""
+    from tasks.core.spec import load_spec
+    from tasks.registry import model_registry
+
+    path = _spec_path(spec, settings)
+    name = load_spec(path).name
+    if model_registry.alias_version(settings, name, model_registry.CHAMPION) is None:
+        raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
+    return path, name
+
+
 def _spec_path(spec: Path | None, settings: Settings) -> str:
     return str(spec or settings.spec)

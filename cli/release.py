@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.app import (
     SpecOption,
+    _champion_spec,
     _expected_errors,
     _fail,
     _flag,
@@ -315,12 +316,11 @@ def smoke(
 def drift(
     spec: SpecOption = None,
     every: Annotated[
-        bool, _flag("--all", help="Check every model of the fleet (the nightly run).")
+        bool, _flag("--all", help="Every model, outcome checks too (the nightly run).")
     ] = False,
 ) -> None:
     """Drift check of the champion against the newest batch; emits the retrain event on drift."""
     from flows.drift import drift_check_flow, fleet_drift_flow
-    from tasks.registry import model_registry
 
     settings = Settings()
     if every:
@@ -329,12 +329,8 @@ def drift(
         for checked in fleet_report.models:
             console.print(checked.line(), highlight=False)
         return
-    path = _spec_path(spec, settings)
     with _expected_errors():
-        name = load_spec(path).name
-        if model_registry.alias_version(settings, name, model_registry.CHAMPION) is None:
-            # Before Prefect starts its API: there is nothing to compare against.
-            raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
+        path, name = _champion_spec(spec, settings)
         with _tagged(), _stages(f"drift check {name}"):
             report = drift_check_flow(spec_path=path)
     verdict = "DRIFT (conveyor.drift.detected emitted)" if report.drifted else "no drift"

@@ -10,9 +10,9 @@ import typer
 
 from cli.app import (
     SpecOption,
+    _champion_spec,
     _expected_errors,
     _flag,
-    _spec_path,
     _stages,
     _tagged,
     app,
@@ -64,15 +64,9 @@ def outcomes(spec: SpecOption = None) -> None:
     """Outcome check of the champion on the newest labelled batch (and, for a binary model, its
     estimate before labels); emits the retrain event on degradation."""
     from flows.outcomes import outcome_check_flow
-    from tasks.core.spec import load_spec
-    from tasks.registry import model_registry
 
-    settings = Settings()
-    path = _spec_path(spec, settings)
     with _expected_errors():
-        name = load_spec(path).name
-        if model_registry.alias_version(settings, name, model_registry.CHAMPION) is None:
-            raise ConveyorError(f"{name} has no champion yet; run `conveyor run` first")
+        path, name = _champion_spec(spec, Settings())
         with _tagged(), _stages(f"outcome check {name}"):
             report = outcome_check_flow(spec_path=path)
     event = " (conveyor.performance.degraded emitted)" if report.degraded else ""
