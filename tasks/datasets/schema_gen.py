@@ -137,6 +137,11 @@ def render(
     null_floor = min(0.5, max(0.05, round(2 * max_null, 2)))
     left_out = "".join(f"#   - {s.name}: {s.why}\n" for s in skipped)
     t = TEMPLATES[inferred_target.task](inferred_target, rows)
+    fairness_example = {
+        Task.binary: "selection_rate_ratio: 0.8, equalized_odds_difference: 0.1",
+        Task.multiclass: "equalized_odds_difference: 0.1",
+        Task.regression: "error_gap: ...",
+    }[inferred_target.task]
     quality = t.quality + "\n" if t.quality else ""
     text = f"""# Written by `conveyor init --from {source} --target {target}` from {rows:,} rows.
 # Review it before the first release: every value below is inferred or a default, and says which.
@@ -193,11 +198,25 @@ validation:                  # challenger vs champion on the challenger's holdou
   confidence: 0.95
   seed: 0
 
+# LEFT FOR YOU (never guessed): columns to slice the holdout by (an age band, a region, a
+# product), evaluation-only: in the data, never model inputs; with fairness gates between them.
+# segments:
+#   columns: [age_band]
+# fairness:
+#   floors: {{{t.metric}: ...}}          # per segment, judged by its interval
+#   limits: {{{fairness_example}}}
+
 drift:
   share: 0.3
   max_rows: 100000
   seed: 0
   cooldown_s: 21600
+
+# LEFT FOR YOU: where the outcomes arrive, for the nightly outcome check.
+# outcomes:
+#   source: s3://bucket/labelled   # newest date=YYYY-MM-DD partition whose target is filled
+#   label_lag_days: 30
+#   tolerance: 0.02
 
 promotion:
   requires_approval: false   # LEFT FOR YOU: true if a person signs off each promotion

@@ -290,3 +290,16 @@ def test_rows_that_break_the_contract_are_named_and_refused() -> None:
     with pytest.raises(RowContractError, match="Nothing was scored"):
         require_rows(frame, spec, "rows.csv")
     assert Task(spec.task) is Task.binary
+
+
+def test_init_never_guesses_segments_and_leaves_a_commented_example(tmp_path: Path) -> None:
+    from tasks.datasets.schema_gen import init_spec
+
+    frame = generate_credit(1500, 0, 0.12)  # it even has an age band: still not guessed
+    frame.to_csv(tmp_path / "loans.csv", index=False)
+    result = init_spec(str(tmp_path / "loans.csv"), "defaulted", "loans", tmp_path / "specs")
+    text = Path(result.path).read_text()
+    spec = load_spec(result.path)
+    assert spec.segments.columns == [] and not spec.fairness.gated
+    assert "# segments:\n#   columns: [age_band]" in text
+    assert "#   limits: {selection_rate_ratio: 0.8" in text
