@@ -71,8 +71,8 @@ def test_threads_run_trials_concurrently_as_nested_runs(prefect_api, tmp_path, m
     plots = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
     assert plots == {
         f"evaluation/{name}.png"
-        for name in ("roc", "precision_recall", "confusion_matrix", "calibration")
-    }
+        for name in ("roc", "precision_recall", "confusion_matrix", "calibration", "importance")
+    } | {"evaluation/importance.json"}  # the global importance: its table beside its plot
     assert 0 < result.metrics.threshold < 1
     assert result.metrics.brier < 0.05
 
