@@ -224,7 +224,7 @@ def check_drift_task(settings: Settings, spec: ModelSpec) -> DriftReport:
     chart = history.log_history(settings, spec, run_id)
     create_markdown_artifact(
         key=f"drift-{spec.name}",
-        markdown=report_markdown(report) + f"\n\nHistory chart: `{chart}`",
+        markdown=report_markdown(report) + f"\n\n{chart}",
         description="Drift check",
     )
     get_run_logger().info(

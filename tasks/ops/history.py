@@ -176,6 +176,10 @@ def render(spec: ModelSpec, history: list[Point]) -> str:
 
 
 def log_history(settings: Settings, spec: ModelSpec, run_id: str) -> str:
-    """Draw the history now and keep it with the check's run; returns its `runs:/` URI."""
+    """Draw the history now and keep it with the check's run; returns a markdown link to it in
+    the MLflow UI (the run's artifacts), with its `runs:/` URI beside."""
     page = render(spec, points(settings, spec))
-    return tracking.log_run_artifact(settings, run_id, f"check/{HISTORY_HTML}", page.encode())
+    uri = tracking.log_run_artifact(settings, run_id, f"check/{HISTORY_HTML}", page.encode())
+    experiment = mlflow_store.client(settings).get_run(run_id).info.experiment_id
+    page_url = f"{settings.mlflow_ui_url}/#/experiments/{experiment}/runs/{run_id}/artifacts"
+    return f"[history chart]({page_url}) (`{uri}`)"

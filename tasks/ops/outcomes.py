@@ -226,7 +226,7 @@ def report_markdown(report: OutcomeReport, link: str = "") -> str:
 
         lines += ["", *segment_table(report.segments)]
     if link:
-        lines += ["", f"History chart: {link}"]
+        lines += ["", link]
     return "\n".join(lines)
 
 
