@@ -6,6 +6,7 @@ gate takes hundreds of resamples."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -132,3 +133,16 @@ def resample_weights(
                 len(rows), np.full(len(rows), 1 / len(rows)), resamples
             )
     return weights
+
+
+# Resamples drawn at once: a chunk of (CHUNK x rows) weights bounds the memory whatever the batch
+# (500 resamples of 1,000,000 rows at once are 4 GB per array; 25 of them, 200 MB).
+CHUNK = 25
+
+
+def chunked_weights(
+    rng: np.random.Generator, strata: list[np.ndarray], n: int, resamples: int
+) -> Iterator[np.ndarray]:
+    """`resamples` rows of resampling weights, CHUNK at a time."""
+    for start in range(0, resamples, CHUNK):
+        yield resample_weights(rng, strata, n, min(CHUNK, resamples - start))

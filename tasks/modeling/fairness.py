@@ -23,11 +23,7 @@ from pydantic import BaseModel
 
 from tasks.core.model_task import DISPARITIES, Task, direction, score_metrics
 from tasks.core.spec import ModelSpec
-from tasks.modeling.disparity import (
-    Predictions,
-    fairlearn_figure,
-    resample_weights,
-)
+from tasks.modeling.disparity import Predictions, chunked_weights, fairlearn_figure
 from tasks.modeling.disparity import samples as disparity_samples
 from tasks.modeling.kinds import kind_of
 
@@ -168,12 +164,12 @@ def segment_figures(
         y_pred=scores[rows],
         sensitive_features=np.full(len(rows), value),
     )
-    weights = resample_weights(rng, kind.strata(y), len(rows), s.resamples)
+    samples: dict[str, list[np.ndarray]] = {m: [] for m in names}
+    for weights in chunked_weights(rng, kind.strata(y), len(rows), s.resamples):
+        for m in names:
+            samples[m].append(kind.weighted(spec, m, y, scores[rows], weights))
     metrics = {
-        m: _interval(
-            spec, float(frame.overall[m]), kind.weighted(spec, m, y, scores[rows], weights)
-        )
-        for m in names
+        m: _interval(spec, float(frame.overall[m]), np.concatenate(samples[m])) for m in names
     }
     return base.model_copy(update={"judged": True, "metrics": metrics})
 
@@ -230,12 +226,22 @@ def evaluate(
             if (spec.task is not Task.regression)
             else groups
         )
-        weights = resample_weights(rng, strata, len(target), s.resamples)
-        for figure, (kind, tasks) in DISPARITIES.items():
-            if spec.task not in tasks:
-                continue
+        here = [name for name, (_, tasks) in DISPARITIES.items() if spec.task in tasks]
+        ours: dict[str, list[np.ndarray]] = {name: [] for name in here}
+        theirs: dict[str, list[np.ndarray]] = {name: [] for name in here}
+        for weights in chunked_weights(rng, strata, len(target), s.resamples):
+            for name in here:
+                ours[name].append(
+                    disparity_samples(spec, name, target, challenger, groups, weights)
+                )
+                if champion is not None and name in f.limits:
+                    theirs[name].append(
+                        disparity_samples(spec, name, target, champion, groups, weights)
+                    )
+        for figure in here:
+            kind = DISPARITIES[figure][0]
             limit = f.limits.get(figure)
-            samples = disparity_samples(spec, figure, target, challenger, groups, weights)
+            samples = np.concatenate(ours[figure])
             point = fairlearn_figure(
                 spec, figure, target[kept], _subset(challenger, kept), values[kept]
             )
@@ -260,7 +266,14 @@ def evaluate(
                 )
             if champion is not None and limit is not None:
                 disparity = _versus_champion(
-                    spec, disparity, target, challenger, champion, groups, weights, samples
+                    spec,
+                    disparity,
+                    target,
+                    challenger,
+                    champion,
+                    groups,
+                    samples,
+                    np.concatenate(theirs[figure]),
                 )
                 if not disparity.champion_passed:
                     failures.append(
@@ -312,13 +325,12 @@ def _versus_champion(
     challenger: Predictions,
     champion: Predictions,
     groups: list[np.ndarray],
-    weights: np.ndarray,
     challenger_samples: np.ndarray,
+    champion_samples: np.ndarray,
 ) -> Disparity:
     """challenger - champion on the same resamples; worse beyond the margin fails (for a "min"
     figure a drop is worse, for a "max" one a rise)."""
     figure = disparity.figure
-    champion_samples = disparity_samples(spec, figure, target, champion, groups, weights)
     ones = np.ones((1, len(target)))
     point = float(
         disparity_samples(spec, figure, target, challenger, groups, ones)[0]

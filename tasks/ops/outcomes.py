@@ -28,7 +28,7 @@ from tasks.core.spec import ModelSpec
 from tasks.datasets.data import load_dataset, to_features, to_target
 from tasks.datasets.labels import load_labelled
 from tasks.modeling import estimation, onnx
-from tasks.modeling.disparity import resample_weights
+from tasks.modeling.disparity import chunked_weights
 from tasks.modeling.fairness import Interval, SegmentFigures, segment_figures
 from tasks.modeling.kinds import kind_of
 from tasks.ops import history
@@ -116,8 +116,12 @@ def realised_interval(
     """The metric on the labelled rows with a seeded bootstrap interval (within each class)."""
     o, kind = spec.outcomes, kind_of(spec)
     rng = np.random.default_rng(o.seed)
-    weights = resample_weights(rng, kind.strata(target), len(target), o.resamples)
-    samples = kind.weighted(spec, metric, target, scores, weights)
+    samples = np.concatenate(
+        [
+            kind.weighted(spec, metric, target, scores, weights)
+            for weights in chunked_weights(rng, kind.strata(target), len(target), o.resamples)
+        ]
+    )
     tail = (1 - o.confidence) / 2 * 100
     low, high = np.nanpercentile(samples, [tail, 100 - tail])
     value = kind.point(spec, metric, target, scores)
