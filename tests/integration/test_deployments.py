@@ -533,8 +533,15 @@ def test_the_nightly_drift_deployment_checks_every_model(stack: Stack, fleet: Fl
         )
         assert len(checks) == 1 and "drift_share" in checks[0].data.metrics, name
         assert checks[0].data.tags[tracking.TAG_FLOW_RUN] == str(run["id"])
-    # One drift-check subflow per model, each under its own task of the nightly run.
-    assert len(children) == len(FLEET)
+        # ... and, beside it, its outcome check (every shipped spec says where labels come from)
+        [outcome] = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"attributes.run_name = '{tracking.OUTCOME_RUN}'",
+        )
+        assert outcome.data.tags["conveyor.outcome.verdict"] == "healthy", name
+        assert outcome.data.tags[tracking.TAG_FLOW_RUN] == str(run["id"])
+    # A drift-check and an outcome-check subflow per model, under the model's task.
+    assert len(children) == 2 * len(FLEET)
     artifacts = stack.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-status"]}}})
     [table] = [str(a["data"]) for a in artifacts if a["flow_run_id"] == run["id"]]
     tasks = {"fleet-merchant": "multiclass", "fleet-lgd": "regression"}
