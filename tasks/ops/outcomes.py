@@ -281,19 +281,25 @@ def emit_degraded_task(report: OutcomeReport, spec_path: str) -> bool:
 
 
 def record_outcomes(obs: Observation, report: OutcomeReport) -> None:
-    """Latest realised and estimated metric per model (the alert reads `degraded`)."""
+    """Latest realised and estimated metric per model (the alert reads `degraded`). `_ratio`
+    as `conveyor_model_metric_ratio`: the task's metric (an error, in the target's units, for a
+    regression)."""
     labels = {"metric": report.metric}
-    obs.gauge(
-        "conveyor_outcome_released", "The champion's metric at release.", report.released, **labels
-    )
+    series = [
+        ("conveyor_outcome_released_ratio", "The champion's metric at release.", report.released)
+    ]
     if report.realised is not None:
         r = report.realised
-        obs.gauge("conveyor_outcome_realised", "Realised metric on labels.", r.value, **labels)
-        obs.gauge("conveyor_outcome_realised_low", "Its interval's low end.", r.low, **labels)
-        obs.gauge("conveyor_outcome_realised_high", "Its interval's high end.", r.high, **labels)
+        series += [
+            ("conveyor_outcome_realised_ratio", "Realised metric on labels.", r.value),
+            ("conveyor_outcome_realised_low_ratio", "Its interval's low end.", r.low),
+            ("conveyor_outcome_realised_high_ratio", "Its interval's high end.", r.high),
+        ]
+    for name, help_text, value in series:
+        obs.gauge(name, help_text, value, **labels)
     if report.estimated is not None:
         obs.gauge(
-            "conveyor_outcome_estimated",
+            "conveyor_outcome_estimated_ratio",
             "Metric estimated from calibrated probabilities (CBPE), before labels.",
             report.estimated.value,
             metric=report.estimated.metric,

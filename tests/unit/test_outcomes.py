@@ -164,3 +164,31 @@ def test_the_history_page_draws_every_point() -> None:
     page = history.render(spec, points)
     assert page.count("<tr><td>") == 5 and "data:image/png;base64," in page
     assert "[0.5500, 0.6100]" in page and ">v2<" in page
+
+
+def test_the_gauges_the_alert_and_the_dashboard_read() -> None:
+    from prometheus_client import generate_latest
+
+    from tasks.core import pushgateway
+    from tasks.ops.outcomes import OutcomeReport, record_outcomes
+
+    report = OutcomeReport(
+        model="churn",
+        champion=2,
+        metric="pr_auc",
+        higher_is_better=True,
+        released=0.6,
+        tolerance=0.05,
+        source="synthetic",
+        rows=6000,
+        realised=Interval(value=0.4, low=0.38, high=0.42),
+        verdict="degraded",
+        checked_at=datetime(2026, 12, 6, tzinfo=UTC),
+    )
+    obs = pushgateway.Observation(model="churn", flow="outcome-check")
+    record_outcomes(obs, report)
+    text = generate_latest(pushgateway.build_registry(obs, 1.0, {}, {})).decode()
+    assert 'conveyor_outcome_realised_high_ratio{metric="pr_auc"} 0.42' in text
+    assert 'conveyor_outcome_released_ratio{metric="pr_auc"} 0.6' in text
+    assert "conveyor_outcome_degraded 1.0" in text
+    assert "conveyor_outcome_estimated_ratio" not in text  # no estimate: no series
