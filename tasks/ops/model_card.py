@@ -56,6 +56,15 @@ def answer_sentence(spec: ModelSpec, m: Metrics) -> str:
     )
 
 
+def _where(uri: str) -> str:
+    """A snapshot's place as a reader of the card needs it: an object store URI as it is, a local
+    file by its name in the state directory (a worker's absolute path means nothing to a
+    reviewer, and the sha256 beside it is what identifies the data)."""
+    if "://" in uri and not uri.startswith("file://"):
+        return f"`{uri}`"
+    return f"`{uri.rsplit('/', 1)[-1]}` (the state directory's `data/`)"
+
+
 def review_sections(spec: ModelSpec, evidence: ReleaseEvidence) -> list[str]:
     """Performance by segment, the fairness gates and global importance: what a model-risk
     reviewer reads beside the holdout metrics."""
@@ -128,9 +137,9 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
             f"- Approval: {approved}",
             "",
             "## Data",
-            f"- Training data: `{train.train.uri}`, {train.train.rows} rows, "
+            f"- Training data: {_where(train.train.uri)}, {train.train.rows} rows, "
             f"sha256 `{train.train.sha256}`",
-            f"- Holdout: `{train.holdout.uri}`, {train.holdout.rows} rows, "
+            f"- Holdout: {_where(train.holdout.uri)}, {train.holdout.rows} rows, "
             f"sha256 `{train.holdout.sha256}`",
             f"- Source: {spec.data.source} (seed {spec.data.seed}, drift knob {spec.data.drift})",
             f"- Features, in served order: {features}",

@@ -124,6 +124,7 @@ def test_the_model_card_carries_segments_fairness_and_importance(review: Review)
         review.settings, f"runs:/{review.first.run_id}/model_card.md"
     ).decode()
     assert "## Performance by segment and fairness" in card
+    assert str(review.base) not in card  # no machine path: snapshots by name and sha256
     assert "| age_band = 18-29 |" in card and "roc_auc" in card
     assert "selection_rate_ratio across `age_band`" in card and "limit ≥ 0.8" in card
     assert "## Explanations" in card and "shap TreeExplainer" in card
