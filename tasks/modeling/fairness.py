@@ -131,10 +131,33 @@ def _metric_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
 
 
-def _interval(spec: ModelSpec, value: float, samples: np.ndarray) -> Interval:
-    tail = (1 - spec.segments.confidence) / 2 * 100
+def interval(value: float, samples: np.ndarray, confidence: float) -> Interval:
+    """The point figure with the percentile interval of its resampled values."""
+    tail = (1 - confidence) / 2 * 100
     low, high = np.nanpercentile(samples, [tail, 100 - tail])
     return Interval(value=value, low=float(low), high=float(high))
+
+
+def _interval(spec: ModelSpec, value: float, samples: np.ndarray) -> Interval:
+    return interval(value, samples, spec.segments.confidence)
+
+
+def metric_samples(
+    spec: ModelSpec,
+    metrics: list[str],
+    target: np.ndarray,
+    scores: np.ndarray,
+    rng: np.random.Generator,
+    resamples: int,
+) -> dict[str, np.ndarray]:
+    """Each metric under `resamples` seeded resamples of the rows within each class (every
+    metric on the same resamples, drawn a chunk at a time)."""
+    kind = kind_of(spec)
+    samples: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for weights in chunked_weights(rng, kind.strata(target), len(target), resamples):
+        for m in metrics:
+            samples[m].append(kind.weighted(spec, m, target, scores, weights))
+    return {m: np.concatenate(found) for m, found in samples.items()}
 
 
 def segment_figures(
@@ -164,13 +187,8 @@ def segment_figures(
         y_pred=scores[rows],
         sensitive_features=np.full(len(rows), value),
     )
-    samples: dict[str, list[np.ndarray]] = {m: [] for m in names}
-    for weights in chunked_weights(rng, kind.strata(y), len(rows), s.resamples):
-        for m in names:
-            samples[m].append(kind.weighted(spec, m, y, scores[rows], weights))
-    metrics = {
-        m: _interval(spec, float(frame.overall[m]), np.concatenate(samples[m])) for m in names
-    }
+    samples = metric_samples(spec, names, y, scores[rows], rng, s.resamples)
+    metrics = {m: _interval(spec, float(frame.overall[m]), samples[m]) for m in names}
     return base.model_copy(update={"judged": True, "metrics": metrics})
 
 

@@ -20,15 +20,21 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
     """Judge the candidate; with no champion yet, the thresholds (and the fairness gates) alone
     decide."""
     kind = kind_of(spec)
-    holdout = load_dataset(train.holdout.uri)
-    features, target = to_features(holdout, spec), to_target(holdout, spec)
     comparison, champion_scores, champion_threshold = None, None, None
     champion = model_registry.alias_version(settings, spec.name, model_registry.CHAMPION)
-    challenger_scores = None
-    if champion is not None or spec.segments.columns:
-        challenger_scores = kind.scores(
-            tracking.load_model(settings, train.candidate.model_uri), features
-        )
+    metrics_only = ValidationReport(
+        metrics=train.metrics,
+        thresholds=spec.thresholds,
+        threshold_failures=threshold_failures(train.metrics, spec.thresholds),
+        comparison=None,
+    )
+    if champion is None and not spec.segments.columns:
+        return metrics_only  # the training step's holdout metrics decide: nothing to re-score
+    holdout = load_dataset(train.holdout.uri)
+    features, target = to_features(holdout, spec), to_target(holdout, spec)
+    challenger_scores = kind.scores(
+        tracking.load_model(settings, train.candidate.model_uri), features
+    )
     if champion is not None:
         ref = model_registry.version_ref(settings, spec.name, champion)
         trained_on = tracking.run_param(settings, ref.run_id, "features")
@@ -49,10 +55,9 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
         champion_scores = kind.scores(tracking.load_model(settings, ref.model_uri), features)
         if tracking.TAG_THRESHOLD in tags:
             champion_threshold = float(tags[tracking.TAG_THRESHOLD])
-        assert challenger_scores is not None  # loaded above: there is a champion
         comparison = compare(spec, target, challenger_scores, champion_scores, champion)
     report = None
-    if challenger_scores is not None and spec.segments.columns:
+    if spec.segments.columns:
         report = fairness.evaluate(
             spec,
             holdout,
@@ -64,13 +69,7 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
             if champion_scores is None
             else disparity.predictions(spec, champion_scores, champion_threshold),
         )
-    return ValidationReport(
-        metrics=train.metrics,
-        thresholds=spec.thresholds,
-        threshold_failures=threshold_failures(train.metrics, spec.thresholds),
-        comparison=comparison,
-        fairness=report,
-    )
+    return metrics_only.model_copy(update={"comparison": comparison, "fairness": report})
 
 
 @task(name="validate-candidate")

@@ -58,6 +58,7 @@ class DriftReport(BaseModel):
     drift_share: float
     threshold_share: float
     report_uri: str
+    run_id: str = ""  # the check's MLflow run (its report and history chart)
     checked_at: datetime
 
     @property
@@ -83,7 +84,8 @@ def load_current(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
     return frame, where
 
 
-def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+def sample_rows(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """A seeded uniform sample of at most `rows` rows (the frame itself when smaller)."""
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=seed)
 
 
@@ -144,8 +146,8 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     reference_full = load_dataset(reference_uri)
     current_full, where = load_current(spec)
     rows = spec.drift.max_rows
-    reference = _scored(_sample(reference_full, rows, spec.drift.seed), spec, onnx_bytes)
-    current = _scored(_sample(current_full, rows, spec.drift.seed), spec, onnx_bytes)
+    reference = _scored(sample_rows(reference_full, rows, spec.drift.seed), spec, onnx_bytes)
+    current = _scored(sample_rows(current_full, rows, spec.drift.seed), spec, onnx_bytes)
     definition = _definition(spec)
     features = [f.name for f in spec.features]
     answer = kind_of(spec).drift_column
@@ -167,7 +169,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     with tempfile.TemporaryDirectory() as tmp:
         html = Path(tmp) / "drift_report.html"
         snapshot.save_html(str(html))
-        report_uri = tracking.log_drift_run(
+        run_id, report_uri = tracking.log_drift_run(
             settings,
             spec.name,
             html,
@@ -188,6 +190,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
         drift_share=share,
         threshold_share=spec.drift.share,
         report_uri=report_uri,
+        run_id=run_id,
         checked_at=datetime.now(UTC),
     )
 
@@ -220,8 +223,7 @@ def report_markdown(report: DriftReport) -> str:
 def check_drift_task(settings: Settings, spec: ModelSpec) -> DriftReport:
     report = check_drift(settings, spec)
     # The model's history, this check included, kept with the check's run.
-    run_id = report.report_uri.removeprefix("runs:/").split("/", 1)[0]
-    chart = history.log_history(settings, spec, run_id)
+    chart = history.log_history(settings, spec, report.run_id)
     create_markdown_artifact(
         key=f"drift-{spec.name}",
         markdown=report_markdown(report) + f"\n\n{chart}",

@@ -145,7 +145,7 @@ def _registry_status(settings: Settings, model: str, spec: ModelSpec | None) -> 
     if experiment is not None:
         drift_runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string="attributes.run_name = 'drift-check'",
+            filter_string=f"attributes.run_name = '{tracking.DRIFT_RUN}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )

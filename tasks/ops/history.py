@@ -18,7 +18,6 @@ from tasks.core.spec import ModelSpec
 from tasks.registry import mlflow_store, tracking
 
 HISTORY_HTML = "history.html"
-DRIFT_RUN = "drift-check"
 
 
 class Point(BaseModel):
@@ -56,7 +55,7 @@ def points(settings: Settings, spec: ModelSpec) -> list[Point]:
         # MLflow's filter has no OR: one search per kind of check.
         runs = [
             run
-            for name in (DRIFT_RUN, tracking.OUTCOME_RUN)
+            for name in (tracking.DRIFT_RUN, tracking.OUTCOME_RUN)
             for run in client.search_runs(
                 [experiment.experiment_id],
                 filter_string=f"attributes.run_name = '{name}'",
@@ -65,7 +64,7 @@ def points(settings: Settings, spec: ModelSpec) -> list[Point]:
         ]
         for run in runs:
             m, at = run.data.metrics, _when(run.info.start_time)
-            if run.info.run_name == DRIFT_RUN and tracking.DRIFT_SHARE_METRIC in m:
+            if run.info.run_name == tracking.DRIFT_RUN and tracking.DRIFT_SHARE_METRIC in m:
                 found.append(Point(kind="drift", at=at, value=m[tracking.DRIFT_SHARE_METRIC]))
                 continue
             realised = m.get(f"outcome_{metric}")

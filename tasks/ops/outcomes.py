@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
@@ -28,11 +27,17 @@ from tasks.core.spec import ModelSpec
 from tasks.datasets.data import load_dataset, to_features, to_target
 from tasks.datasets.labels import load_labelled
 from tasks.modeling import estimation, onnx
-from tasks.modeling.disparity import chunked_weights
-from tasks.modeling.fairness import Interval, SegmentFigures, segment_figures
+from tasks.modeling.fairness import (
+    Interval,
+    SegmentFigures,
+    interval,
+    metric_samples,
+    segment_figures,
+    segment_table,
+)
 from tasks.modeling.kinds import kind_of
 from tasks.ops import history
-from tasks.ops.drift import load_current
+from tasks.ops.drift import load_current, sample_rows
 from tasks.registry import mlflow_store, model_registry, tracking
 
 Verdict = Literal["degraded", "healthy", "too small", "no labels"]
@@ -106,26 +111,14 @@ def _released_figure(settings: Settings, run_id: str, metric: str) -> float:
     return float(value)
 
 
-def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
-    return frame if len(frame) <= rows else frame.sample(rows, random_state=seed)
-
-
 def realised_interval(
     spec: ModelSpec, metric: str, target: np.ndarray, scores: np.ndarray
 ) -> Interval:
     """The metric on the labelled rows with a seeded bootstrap interval (within each class)."""
-    o, kind = spec.outcomes, kind_of(spec)
+    o = spec.outcomes
     rng = np.random.default_rng(o.seed)
-    samples = np.concatenate(
-        [
-            kind.weighted(spec, metric, target, scores, weights)
-            for weights in chunked_weights(rng, kind.strata(target), len(target), o.resamples)
-        ]
-    )
-    tail = (1 - o.confidence) / 2 * 100
-    low, high = np.nanpercentile(samples, [tail, 100 - tail])
-    value = kind.point(spec, metric, target, scores)
-    return Interval(value=value, low=float(low), high=float(high))
+    samples = metric_samples(spec, [metric], target, scores, rng, o.resamples)[metric]
+    return interval(kind_of(spec).point(spec, metric, target, scores), samples, o.confidence)
 
 
 def judge(spec: ModelSpec, metric: str, released: float, realised: Interval) -> Verdict:
@@ -144,7 +137,7 @@ def estimate(spec: ModelSpec, settings: Settings, ref_run: str, onnx_bytes: byte
     held = kind.served_scores(onnx.predict_outputs(onnx_bytes, to_features(holdout, spec)))
     calibrate = estimation.calibrator(held, to_target(holdout, spec))
     current, where = load_current(spec)
-    current = _sample(current, spec.outcomes.max_rows, spec.outcomes.seed)
+    current = sample_rows(current, spec.outcomes.max_rows, spec.outcomes.seed)
     scores = kind.served_scores(onnx.predict_outputs(onnx_bytes, to_features(current, spec)))
     value = estimation.expected_metric(metric, scores, calibrate.predict(scores))
     return Estimate(
@@ -170,7 +163,7 @@ def check_outcomes(settings: Settings, spec: ModelSpec) -> OutcomeReport:
     verdict: Verdict = "no labels"
     if o.configured:
         frame, where = load_labelled(spec)
-        frame = _sample(frame, o.max_rows, o.seed).reset_index(drop=True)
+        frame = sample_rows(frame, o.max_rows, o.seed).reset_index(drop=True)
         rows = len(frame)
         target = to_target(frame, spec)
         verdict = "too small"
@@ -226,8 +219,6 @@ def report_markdown(report: OutcomeReport, link: str = "") -> str:
             f"never a gate): {e.metric} {e.value:.4f} on {e.rows} rows of {e.source}."
         )
     if report.segments:
-        from tasks.modeling.fairness import segment_table
-
         lines += ["", *segment_table(report.segments)]
     if link:
         lines += ["", link]

@@ -242,20 +242,6 @@ def log_data_validation(
 DRIFT_SHARE_METRIC = "drift_share"  # on each drift-check run: what `conveyor status` shows
 
 
-def log_drift_run(settings: Settings, name: str, html: Path, metrics: dict[str, float]) -> str:
-    """One run per drift check in the model's experiment; returns the HTML report's URI."""
-    tags = {TAG_FLOW_RUN: root_flow_run()}
-    run = open_run(settings, name, "drift-check", tags)
-    try:
-        log_to_run(settings, run.run_id, metrics=metrics)
-        client(settings).log_artifact(run.run_id, str(html), "drift")
-    except BaseException:
-        close_run(settings, run.run_id, "FAILED")
-        raise
-    close_run(settings, run.run_id, "FINISHED")
-    return f"runs:/{run.run_id}/drift/{html.name}"
-
-
 OUTCOME_RUN = "outcome-check"
 
 
@@ -266,19 +252,34 @@ def log_check_run(
     metrics: dict[str, float],
     files: dict[str, bytes],
     tags: dict[str, str] | None = None,
+    directory: str = "check",
 ) -> str:
-    """One finished run per check (outcome check) in the model's experiment, with its figures
-    and files (under `check/`); returns the run id."""
+    """One finished run per check (drift, outcomes) in the model's experiment, with its figures
+    and files (under `directory/`); returns the run id."""
     run = open_run(settings, name, run_name, {TAG_FLOW_RUN: root_flow_run(), **(tags or {})})
     try:
         log_to_run(settings, run.run_id, metrics=metrics)
         for filename, data in files.items():
-            log_run_artifact(settings, run.run_id, f"check/{filename}", data)
+            log_run_artifact(settings, run.run_id, f"{directory}/{filename}", data)
     except BaseException:
         close_run(settings, run.run_id, "FAILED")
         raise
     close_run(settings, run.run_id, "FINISHED")
     return run.run_id
+
+
+DRIFT_RUN = "drift-check"
+
+
+def log_drift_run(
+    settings: Settings, name: str, html: Path, metrics: dict[str, float]
+) -> tuple[str, str]:
+    """One run per drift check in the model's experiment; returns its id and the HTML report's
+    URI."""
+    run_id = log_check_run(
+        settings, name, DRIFT_RUN, metrics, {html.name: html.read_bytes()}, directory="drift"
+    )
+    return run_id, f"runs:/{run_id}/drift/{html.name}"
 
 
 def load_model(settings: Settings, model_uri: str) -> Pipeline:

@@ -28,6 +28,7 @@ from tasks.ops.outcomes import OutcomeReport
 from tasks.registry import model_registry, tracking
 from tasks.serving import triton_client, triton_server
 from tests.conftest import ROOT
+from tests.conftest import write_spec as small_spec
 from tests.faults import assert_one_paragraph
 
 NAME = "churn"
@@ -44,13 +45,10 @@ class Monitored:
 
 
 def write_spec(path: Path, **outcomes: object) -> Path:
-    raw = yaml.safe_load((ROOT / "deployments/models/churn.yaml").read_text())
-    raw["data"] |= {"rows": 6000}
-    raw["search"] |= {"trials": 2, "parallel": 2}
-    raw["smoke"] |= {"rows": 200, "latency_requests": 50, "load_requests": 200}
-    raw["outcomes"] |= outcomes
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """The shipped churn spec made small (`tests.conftest.write_spec`: 6,000 rows), at `path`;
+    `outcomes`: its outcomes section's overrides."""
+    overrides = {f"outcomes.{key}": value for key, value in outcomes.items()}
+    return small_spec(path.parent, ROOT / "deployments/models/churn.yaml", **overrides).rename(path)
 
 
 @pytest.fixture(scope="module")
