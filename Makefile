@@ -20,10 +20,10 @@ run: bootstrap
 	$(BIN)/conveyor run
 
 # Debian packages the server tests and `make stack` start: Prometheus and its Pushgateway,
-# PostgreSQL and Redis (CI runs as root), and the OpenMP runtime LightGBM's wheel links against
-# (libgomp1, on most images already). Elsewhere: install them yourself; what needs them
-# says so. PostgreSQL's programs live off PATH, under /usr/lib/postgresql/<major>/bin.
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server libgomp1
+# PostgreSQL and Redis (CI runs as root), the OpenMP runtime LightGBM's wheel links against
+# (libgomp1, on most images already), and the browser the UI test drives (chromium).
+# Elsewhere: install them yourself; what needs them says so. PostgreSQL's programs live off PATH, under /usr/lib/postgresql/<major>/bin.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server libgomp1 chromium
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
@@ -32,6 +32,7 @@ system-deps:
 		missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	ldconfig -p | grep -q 'libgomp\.so\.1' || missing="$$missing libgomp1"; \
+	command -v chromium >/dev/null || missing="$$missing chromium fonts-liberation"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$missing"; \
@@ -87,7 +88,7 @@ deploy: bootstrap
 		PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create gpu --type process
 	PREFECT_API_URL=$(PREFECT_API_URL) CONVEYOR_PROJECT_DIR=$(CURDIR) \
 		$(BIN)/prefect --no-prompt deploy --all
-	@# The release form offers the fleet's specs (deployments/models/) as a choice.
+	@# Run forms a person reads: models by name (deployments/models/), no raw type names.
 	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/python -m infra.deploy_forms
 	@# Zombie-run detection: runs whose heartbeats stop for ZOMBIE_AFTER_S are marked Crashed
 	@# (infra/prefect/zombie-runs.yaml).

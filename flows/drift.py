@@ -24,7 +24,7 @@ from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, load_spec
 from tasks.ops import fleet, metrics
 from tasks.ops.drift import DriftReport, check_drift_task, emit_drift_task, record_drift
-from tasks.registry import model_registry
+from tasks.registry import known_specs, model_registry, ui_links
 
 # Models checked at once: each check scores both samples through onnxruntime and builds an
 # Evidently report (a core and a few hundred MB each); more would only queue on the CPU.
@@ -35,6 +35,7 @@ FLEET_CONCURRENCY = 2
 def drift_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> DriftReport:
     """Check the model described by `spec_path` for data and prediction drift."""
     settings = Settings()
+    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
     spec = load_spec(spec_path)
     with (
         metrics.observed(settings, spec.name, "drift-check") as obs,
@@ -58,14 +59,21 @@ class ModelDrift(BaseModel):
     performance: str = ""
     performance_failed: bool = False
 
-    def line(self) -> str:
+    def line(self, detail: str | None = None) -> str:
+        """One line; `detail` in place of the raw one (the report as a link)."""
         share = "" if self.drift_share is None else f" (share {self.drift_share:.2f})"
         performance = f"; outcomes: {self.performance}" if self.performance else ""
+        detail = self.detail if detail is None else detail
         return (
             f"{self.model}: {self.outcome}{share}"
-            + (f"; {self.detail}" if self.detail else "")
-            + performance
+            + (f"; {detail}" if detail else "")
+            + (performance)
         )
+
+    def markdown(self, settings: Settings) -> str:
+        if not self.detail.startswith(ui_links.RUNS_URI):
+            return self.line()
+        return self.line(ui_links.artifact_link(settings, "drift report", self.detail))
 
 
 class FleetDriftReport(BaseModel):
@@ -141,11 +149,14 @@ def fleet_drift_flow(
         batch = [check_model_task.submit(p) for p in paths[start : start + max_concurrent]]
         results += [future.result() for future in batch]
     report = FleetDriftReport(models=results)
-    lines = "\n".join(f"- {m.line()}" for m in results)
+    lines = "\n".join(f"- {m.markdown(settings)}" for m in results)
     create_markdown_artifact(
         key="fleet-status",
-        markdown=f"# Nightly drift and outcome checks: {len(results)} models\n\n{lines}\n\n"
-        + fleet.markdown(fleet.fleet_status(settings)),
+        markdown=f"# Nightly drift and outcome checks: {len(results)} model"
+        f"{'s' if len(results) != 1 else ''}\n\n{lines}\n\n"
+        "## Fleet status\n\n" + fleet.markdown(fleet.fleet_status(settings)),
+        description="The nightly checks of every model (a drifted or degraded one starts its "
+        "retrain), then what production holds: aliases, what Triton serves, problems",
     )
     if report.failed:
         raise FleetDriftError(

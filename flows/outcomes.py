@@ -16,12 +16,14 @@ from tasks.ops.outcomes import (
     emit_degraded_task,
     record_outcomes,
 )
+from tasks.registry import known_specs
 
 
 @flow(name="outcome-check")
 def outcome_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> OutcomeReport:
     """Check the model described by `spec_path` against its outcomes."""
     settings = Settings()
+    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
     spec = load_spec(spec_path)
     with (
         metrics.observed(settings, spec.name, "outcome-check") as obs,

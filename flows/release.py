@@ -31,6 +31,7 @@ from tasks.ops.crashed_runs import mark_crashed_task
 from tasks.ops.doctor.repairs import repair_leftovers_task
 from tasks.ops.model_card import ReleaseEvidence, model_card_task
 from tasks.ops.resume import resume_task
+from tasks.registry import known_specs, ui_links
 from tasks.registry.approval import (
     ApprovalDecision,
     ensure_approvable,
@@ -71,29 +72,33 @@ class ReleaseResult(BaseModel):
     model_card: str
     retention: RetentionReport
 
-    def markdown(self) -> str:
+    def markdown(self, settings: Settings) -> str:
+        """The release at a glance, with links to MLflow where a reader goes next."""
         m, s, o = self.metrics, self.smoke, self.export.onnx
+        version = ui_links.link(
+            f"v{self.version}", ui_links.model_version_url(settings, self.model, self.version)
+        )
+        run = ui_links.link(self.run_id[:12] + "…", ui_links.run_url(settings, self.run_id))
+        previous = f"v{self.promotion.previous}" if self.promotion.previous else "none"
+        card = ui_links.artifact_link(settings, "model card", self.model_card)
         return "\n".join(
             [
-                f"# {self.model} version {self.version} is champion",
+                f"# {self.model} {version} is champion",
                 "",
-                "| | |",
+                "| what | outcome |",
                 "|---|---|",
-                f"| MLflow run | `{self.run_id}` |",
-                f"| task | {m.task} |",
+                f"| model version | {version} ({m.task}), previous champion {previous} |",
                 f"| holdout | {m.headline()} |",
-                f"| ONNX sha256 | `{o.sha256}` |",
-                f"| parity (sklearn vs ONNX) | max Δ {o.parity.max_abs_diff:.1e}, "
-                f"{o.parity.label_flips} flips |",
-                f"| Triton | http://{self.export.serving.endpoint.http} |",
-                f"| served p50 / p99 | {s.p50_ms:.2f} / {s.p99_ms:.2f} ms |",
-                f"| serving config | max_queue_delay "
+                f"| validation | {self.validation.verdict} |",
+                f"| model card | {card} |",
+                f"| MLflow run | {run} |",
+                f"| ONNX | sha256 `{o.sha256[:16]}…`; parity with sklearn max Δ "
+                f"{o.parity.max_abs_diff:.1e}, {o.parity.label_flips} label flips |",
+                f"| served by | Triton http://{self.export.serving.endpoint.http}, p50 "
+                f"{s.p50_ms:.2f} ms / p99 {s.p99_ms:.2f} ms, max_queue_delay "
                 f"{self.export.tuning.chosen.max_queue_delay_microseconds} µs, "
                 f"{self.export.tuning.chosen.instance_count} instance(s) |",
                 f"| swap | {self.swap.summary()} |",
-                f"| previous champion | {self.promotion.previous} |",
-                f"| validation | {self.validation.verdict} |",
-                f"| model card | `{self.model_card}` |",
                 f"| repository | {self.retention.summary()} |",
             ]
         )
@@ -127,6 +132,7 @@ def release_flow(
         force: Release even when data, spec and code equal the champion's.
     """
     settings = Settings()
+    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
     spec = load_spec(spec_path)
     with ExitStack() as held:
         with stage("model lease") as waiting:
@@ -158,9 +164,14 @@ def release_flow(
     markdown = (
         f"# {spec.name}: unchanged\n\n{result.sentence()}"
         if isinstance(result, UnchangedModel)
-        else result.markdown()
+        else result.markdown(settings)
     )
-    create_markdown_artifact(key=f"release-{spec.name}", markdown=markdown)
+    create_markdown_artifact(
+        key=f"release-{spec.name}",
+        markdown=markdown,
+        description=f"The release of {spec.name}: what was promoted, its evidence, where it is "
+        "served (or why nothing changed)",
+    )
     prune_results_task(settings)
     return result
 

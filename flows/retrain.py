@@ -14,6 +14,7 @@ from tasks.core.spec import DEFAULT_SPEC, load_spec
 from tasks.modeling.unchanged import UnchangedModel
 from tasks.ops import metrics
 from tasks.ops.retrain import RetrainClaim, claim_retrain_task
+from tasks.registry import known_specs
 
 
 class RetrainResult(BaseModel):
@@ -33,6 +34,7 @@ def retrain_flow(
     parameters for the record: `reason` (drift, or performance degraded), the drift share and
     report, or the outcome check's run."""
     settings = Settings()
+    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
     spec = load_spec(spec_path)
     with metrics.observed(settings, spec.name, "retrain") as obs:
         claim = claim_retrain_task(settings, spec)

@@ -32,6 +32,7 @@ STACK_MODULES = frozenset(
         "test_mlflow_auth.py",
         "test_observability.py",
         "test_secrets.py",
+        "test_ui.py",
     }
 )
 

@@ -9,6 +9,7 @@ import time
 
 from infra.stack.compose import ENV_FILE, StackError
 from infra.stack.data_services import _as_postgres, postgres_data
+from infra.stack.handover import handover
 from infra.stack.processes import _signal, alive, marked_processes, stop_pid, system_binary
 from infra.stack.services import _triton_environment, is_up, services, triton_settings
 from infra.stack.state import Stack, env_file_text, write_private
@@ -29,10 +30,7 @@ def up(stack: Stack) -> list[str]:
             "compose's x-conveyor-env for this stack: `source` it to point conveyor at it.",
         ),
     )
-    lines.append(
-        f"\nsource {env_path}   # then: make deploy; conveyor run; prefect deployment run ..."
-    )
-    return lines
+    return lines + handover(stack)
 
 
 def down(stack: Stack) -> list[str]:

@@ -106,6 +106,14 @@ class ModelSpec(BaseModel):
 
     name: str = Field(pattern=MODEL_NAME)
     description: str = ""
+    # The model card speaks of what one row is in the business's words (a customer, a loan
+    # application, a transaction), not of "rows" or of another model's nouns.
+    subject: str = Field(
+        default="row",
+        min_length=1,
+        description="What one row is, singular (e.g. customer, loan application); the model "
+        "card's noun.",
+    )
     task: Task = Task.binary
     data: DataSpec
     features: list[FeatureSpec] = Field(min_length=1)
@@ -282,6 +290,14 @@ class ModelSpec(BaseModel):
     def n_classes(self) -> int:
         """Classes of a classifier; 0 for a regression."""
         return len(self.target.classes or [])
+
+    @property
+    def subjects(self) -> str:
+        """`subject` in the plural, by the English rule (one word is enough for the card)."""
+        word = self.subject
+        if word.endswith("y") and word[-2:-1] not in "aeiou":
+            return word[:-1] + "ies"
+        return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
 
     @property
     def class_names(self) -> list[str]:

@@ -286,7 +286,10 @@ def validate_data_task(settings: Settings, spec: ModelSpec, data: DatasetRef) ->
     """Run the contract; the report goes to a Prefect artifact and MLflow whatever the outcome."""
     report = check_frame(load_dataset(data.uri), spec, data.sha256)
     create_markdown_artifact(
-        key=f"data-validation-{spec.name}", markdown=report.markdown(), description="Data contract"
+        key=f"data-validation-{spec.name}",
+        markdown=report.markdown(),
+        description=f"Data contract of {spec.name}: the snapshot's rows, columns, ranges and "
+        "label balance against the spec",
     )
     tracking.log_data_validation(settings, spec.name, data, report.passed, report.markdown())
     logger = get_run_logger()

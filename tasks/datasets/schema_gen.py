@@ -148,6 +148,7 @@ def render(
 name: {name}
 description: >-
   Inferred from {source}. Describe what the model decides and for whom.
+subject: row                  # what one row is (customer, loan application…): the card's noun
 {t.task_line}
 
 data:

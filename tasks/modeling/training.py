@@ -36,7 +36,7 @@ from tasks.modeling import explain
 from tasks.modeling.evaluation import close_figures, operating_threshold
 from tasks.modeling.kinds import SKOPS_TRUSTED, Params, kind_of, snap_to_served_precision
 from tasks.modeling.scores import Metrics
-from tasks.registry import tracking
+from tasks.registry import tracking, ui_links
 
 # The imputer of nullable features keeps the dtype it was fitted on.
 SKOPS_TRUSTED_IMPUTER = ["numpy.dtype"]
@@ -275,7 +275,7 @@ def train_candidate_task(
         key=f"evaluation-{spec.name}",
         table=[{"metric": k, "value": round(v, 6)} for k, v in m.scalars().items()],
         description=f"Holdout metrics of MLflow run [{result.run_id}]"
-        f"({tracking.run_link(settings, result.candidate)})",
+        f"({ui_links.run_url(settings, result.run_id, result.candidate.experiment_id)})",
     )
     logger.info(
         "trained %s %s on %d rows (data %s…): %s; MLflow run %s",

@@ -34,7 +34,7 @@ from tasks.datasets.data import load_dataset, read_source, require_numbers, to_f
 from tasks.modeling import onnx
 from tasks.modeling.kinds import kind_of
 from tasks.ops import history
-from tasks.registry import mlflow_store, model_registry, tracking
+from tasks.registry import mlflow_store, model_registry, tracking, ui_links
 
 
 class ColumnDrift(BaseModel):
@@ -195,7 +195,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     )
 
 
-def report_markdown(report: DriftReport) -> str:
+def report_markdown(report: DriftReport, full_report: str = "") -> str:
     verdict = "DRIFT" if report.drifted else "no drift"
     lines = [
         f"# Drift check of {report.model} (champion v{report.champion}): {verdict}",
@@ -206,7 +206,7 @@ def report_markdown(report: DriftReport) -> str:
         f"({report.prediction.method} {report.prediction.score:.3f}).",
         f"Current: {report.current_source}, {report.current_rows} rows; reference: "
         f"{report.reference_rows} rows; compared {report.compared_rows} per side.",
-        f"Full report: `{report.report_uri}`",
+        f"Full report: {full_report or f'`{report.report_uri}`'}",
         "",
         "| column | method | score | threshold | drifted |",
         "|---|---|---|---|---|",
@@ -226,8 +226,12 @@ def check_drift_task(settings: Settings, spec: ModelSpec) -> DriftReport:
     chart = history.log_history(settings, spec, report.run_id)
     create_markdown_artifact(
         key=f"drift-{spec.name}",
-        markdown=report_markdown(report) + f"\n\n{chart}",
-        description="Drift check",
+        markdown=report_markdown(
+            report, ui_links.artifact_link(settings, "Evidently report", report.report_uri)
+        )
+        + f"\n\n{chart}",
+        description=f"Drift check of {spec.name}: each feature and the predictions against the "
+        "training data, with the full report and the model's history",
     )
     get_run_logger().info(
         "%s: drift share %.2f (threshold %.2f), drifted columns %s, prediction drift %s",

@@ -212,9 +212,33 @@ def row(status: ModelStatus) -> tuple[str, ...]:
     )
 
 
+def _short_when(at: datetime | None) -> str:
+    return f" ({at:%m-%d %H:%M})" if at else ""
+
+
 def markdown(statuses: list[ModelStatus]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    """The status as a Prefect artifact: a table of short cells that fits a laptop's pane (the
+    CLI's `row` is as wide as its terminal), then each model's long fields as a list."""
+    columns = ("model", "task", "champion", "previous", "Triton READY", "drift share", "problems")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    details = []
     for status in statuses:
-        cells = (c.replace("|", "\\|") for c in row(status))
+        champion, previous = status.champion, status.previous
+        cells = (
+            f"**{status.model}**",
+            status.task or "-",
+            f"v{champion.version}{_short_when(champion.since)}" if champion else "-",
+            f"v{previous.version}" if previous else "-",
+            "down" if status.served is None else ", ".join(map(str, status.served)) or "-",
+            "-" if status.drift_share is None else f"{status.drift_share:.2f}",
+            f"{len(status.problems)} (below)" if status.problems else "none",
+        )
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        _, _, champion_cell, previous_cell, _, release, drift, problems = row(status)
+        details += [
+            f"- **{status.model}**: last release {release}",
+            f"  - champion {champion_cell}; previous {previous_cell}",
+            f"  - drift checked: {drift}",
+            *([f"  - problems: {problems}"] if status.problems else []),
+        ]
+    return "\n".join([*lines, "", *details])

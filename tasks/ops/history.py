@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.registry import mlflow_store, tracking
+from tasks.registry import mlflow_store, tracking, ui_links
 
 HISTORY_HTML = "history.html"
 
@@ -179,6 +179,4 @@ def log_history(settings: Settings, spec: ModelSpec, run_id: str) -> str:
     the MLflow UI (the run's artifacts), with its `runs:/` URI beside."""
     page = render(spec, points(settings, spec))
     uri = tracking.log_run_artifact(settings, run_id, f"check/{HISTORY_HTML}", page.encode())
-    experiment = mlflow_store.client(settings).get_run(run_id).info.experiment_id
-    page_url = f"{settings.mlflow_ui_url}/#/experiments/{experiment}/runs/{run_id}/artifacts"
-    return f"[history chart]({page_url}) (`{uri}`)"
+    return ui_links.artifact_link(settings, "history chart", uri)

@@ -33,36 +33,50 @@ class ReleaseEvidence(BaseModel):
 
 
 def answer_sentence(spec: ModelSpec, m: Metrics) -> str:
-    """What the served answer means, in the model's task."""
+    """What the served answer means for one of the model's subjects, in the model's task."""
+    one, target = spec.subject, spec.target.name
     if isinstance(m, ModelMetrics):
         positive = spec.class_names[1]
         return (
-            f"Operating point: {spec.evaluation.operating_point}, chosen on "
-            f"{training.THRESHOLD_SOURCE}: the holdout had no part in it, so the figures above "
-            "are what to expect of unseen data. Triton's `label` output is the argmax (0.5); "
-            f"predict class `{positive}` when `probabilities[:, 1] >= {m.threshold:.4f}`."
+            f"A {one} is predicted `{target} = {positive}` when its probability "
+            f"(`probabilities[:, 1]`) is at least **{m.threshold:.4f}**: the operating point "
+            f"({spec.evaluation.operating_point}), chosen on {training.THRESHOLD_SOURCE}, so the "
+            "holdout had no part in it and the figures above are what to expect of unseen "
+            f"{spec.subjects}. Triton's `label` output is the argmax (0.5), not this decision."
         )
     if isinstance(m, MulticlassMetrics):
         recall = ", ".join(f"`{k}` {v:.3f}" for k, v in m.per_class_recall.items())
         return (
-            "Triton's `label` output is the index of the likeliest class in "
-            f"{spec.class_names} (also in the model config's `class_names` parameter), and "
+            f"Each {one} gets the likeliest `{target}` of {spec.class_names}: Triton's `label` "
+            "output is its index (the model config's `class_names` parameter lists them), and "
             f"`probabilities` one probability per class in that order. Recall by class: {recall}."
         )
     return (
-        f"Triton's `prediction` output is the predicted `{spec.target.name}` in its own units; "
-        f"errors above are in those units (the holdout target's standard deviation is "
-        f"{m.target_std:.4g}; |error| p{m.quantile * 100:.0f} is {m.abs_error_quantile:.4g})."
+        f"Each {one} gets a predicted `{target}` in its own units (Triton's `prediction` "
+        f"output); errors above are in those units (the holdout target's standard deviation "
+        f"is {m.target_std:.4g}; |error| p{m.quantile * 100:.0f} is {m.abs_error_quantile:.4g})."
     )
 
 
-def _where(uri: str) -> str:
+def _where(uri: str, place: str = "the state directory's `data/`") -> str:
     """A snapshot's place as a reader of the card needs it: an object store URI as it is, a local
     file by its name in the state directory (a worker's absolute path means nothing to a
     reviewer, and the sha256 beside it is what identifies the data)."""
     if "://" in uri and not uri.startswith("file://"):
         return f"`{uri}`"
-    return f"`{uri.rsplit('/', 1)[-1]}` (the state directory's `data/`)"
+    return f"`{uri.rstrip('/').rsplit('/', 1)[-1]}` ({place})"
+
+
+def _source(spec: ModelSpec) -> str:
+    """Where the data came from, without a worker's paths: a generator by name, an object
+    store by URI, a local file or folder by its name."""
+    source = spec.data.source
+    if source.startswith("synthetic:"):
+        return (
+            f"`{source}`, conveyor's seeded generator (seed {spec.data.seed}, "
+            f"drift knob {spec.data.drift})"
+        )
+    return _where(source, "a file or folder on the worker")
 
 
 def review_sections(spec: ModelSpec, evidence: ReleaseEvidence) -> list[str]:
@@ -98,7 +112,7 @@ def review_sections(spec: ModelSpec, evidence: ReleaseEvidence) -> list[str]:
         reasons = spec.explanations.reasons
         lines += [
             f"Global importance: mean |contribution| over {importance.rows} holdout rows, "
-            f"{importance.method}, in {importance.link} units. Reason codes per applicant: "
+            f"{importance.method}, in {importance.link} units. Reason codes per {spec.subject}: "
             f"`conveyor explain {spec.name} --rows FILE --version {evidence.ref.version}`"
             + (f" (reason texts for {len(reasons)} features in the spec)." if reasons else "."),
             "",
@@ -128,7 +142,10 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
         [
             f"# Model card: {spec.name} version {ref.version}",
             "",
-            spec.description.strip(),
+            " ".join(spec.description.split()),
+            "",
+            f"One row is one {spec.subject}; the model answers for each {spec.subject} it is "
+            f"sent ({spec.task.value} task, target `{spec.target.name}`).",
             "",
             "## Decision",
             f"- Promoted to champion; previous champion: {promotion.previous or 'none'}",
@@ -137,15 +154,15 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
             f"- Approval: {approved}",
             "",
             "## Data",
-            f"- Training data: {_where(train.train.uri)}, {train.train.rows} rows, "
+            f"- Training data: {_where(train.train.uri)}, {train.train.rows:,} {spec.subjects}, "
             f"sha256 `{train.train.sha256}`",
-            f"- Holdout: {_where(train.holdout.uri)}, {train.holdout.rows} rows, "
+            f"- Holdout: {_where(train.holdout.uri)}, {train.holdout.rows:,} {spec.subjects}, "
             f"sha256 `{train.holdout.sha256}`",
-            f"- Source: {spec.data.source} (seed {spec.data.seed}, drift knob {spec.data.drift})",
+            f"- Source: {_source(spec)}",
             f"- Features, in served order: {features}",
             "",
             "## Holdout metrics",
-            f"Task: **{spec.task.value}**; {m.rows} holdout rows.",
+            f"On {m.rows:,} holdout {spec.subjects} the version never saw:",
             "",
             "| " + " | ".join(m.scalars()) + " |",
             "|" + "---|" * len(m.scalars()),
@@ -158,7 +175,7 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
             f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "
             f"max |Δ| {onnx.parity.max_abs_diff:.1e} (tolerance {onnx.parity.tolerance:.0e} x "
             f"{onnx.parity.scale:.4g}), {onnx.parity.label_flips} label flips",
-            f"- Smoke test: {smoke.rows} rows equal offline over HTTP and gRPC, "
+            f"- Smoke test: {smoke.rows} {spec.subjects} answered as offline over HTTP and gRPC, "
             f"single-client p50 {smoke.p50_ms:.2f} ms, p99 {smoke.p99_ms:.2f} ms; under load "
             f"({smoke.load.concurrency} clients) {smoke.load.throughput_rps:.0f} req/s, "
             f"p99 {smoke.load.p99_ms:.2f} ms (budget {smoke.p99_budget_ms} ms), "
@@ -187,6 +204,9 @@ def model_card_task(settings: Settings, spec: ModelSpec, evidence: ReleaseEviden
     uri = tracking.log_run_artifact(settings, ref.run_id, CARD_ARTIFACT, card.encode())
     model_registry.tag_version(settings, ref, {"conveyor.model_card": uri})
     create_markdown_artifact(
-        key=f"model-card-{spec.name}", markdown=card, description=f"{spec.name} v{ref.version}"
+        key=f"model-card-{spec.name}",
+        markdown=card,
+        description=f"Model card of {spec.name} v{ref.version}: decision, data, metrics, "
+        "fairness, explanations, serving, lineage",
     )
     return uri

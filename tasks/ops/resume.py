@@ -24,6 +24,8 @@ from prefect.client.schemas.sorting import FlowRunSort
 from pydantic import BaseModel
 
 from tasks.core.attempts import RELEASE_FLOW, ResumeError, attempt_of_run, read_run
+from tasks.core.settings import Settings
+from tasks.registry import known_specs
 
 
 def _forced(run: FlowRun) -> bool:
@@ -43,7 +45,10 @@ class ResumePoint(BaseModel):
 
 
 def _same_spec(run: FlowRun, spec_path: str) -> bool:
-    return Path(str(run.parameters.get("spec_path", ""))).resolve() == Path(spec_path).resolve()
+    # A run started from the form names its model; one from the CLI gives the file.
+    settings = Settings()
+    given = known_specs.spec_file(settings, str(run.parameters.get("spec_path", "")))
+    return Path(given).resolve() == Path(known_specs.spec_file(settings, spec_path)).resolve()
 
 
 def releases(spec_path: str) -> list[FlowRun]:

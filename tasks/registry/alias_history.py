@@ -33,6 +33,45 @@ def record(settings: Settings, name: str, move: AliasMove) -> None:
     key = f"{HISTORY_PREFIX}{move.at.strftime('%Y%m%dT%H%M%S.%fZ')}.{move.alias}"
     client(settings).set_registered_model_tag(name, key, move.model_dump_json())
     compact(settings, name)
+    describe(settings, name)
+
+
+# The registered model's page in the MLflow UI shows its description as markdown and its tags as
+# raw JSON: the newest moves are written into the description as a table for people (the tags
+# stay the record programs read). A description is a view: two workers writing at once can
+# leave one move out of it until the next move rewrites it.
+DESCRIBED_MOVES = 20
+DESCRIPTION_HEADING = "#### Alias history (newest first; written by conveyor)"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def history_table(moves: list[AliasMove]) -> list[str]:
+    def version(v: int | None) -> str:
+        return "-" if v is None else f"v{v}"
+
+    return [
+        "| when (UTC) | alias | from | to | by | why |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {m.at:%Y-%m-%d %H:%M} | {m.alias} | {version(m.from_version)} | "
+            f"{version(m.to_version)} | {_cell(m.actor)} | {_cell(m.reason)} |"
+            for m in reversed(moves)
+        ),
+    ]
+
+
+def describe(settings: Settings, name: str) -> None:
+    """Rewrite the model's description: what a person wrote above the heading stays, the table
+    of the newest moves below it is conveyor's."""
+    mlflow_client = client(settings)
+    model = mlflow_client.get_registered_model(name)
+    own = (model.description or "").split(DESCRIPTION_HEADING)[0].rstrip()
+    shown = recent(model.tags)[-DESCRIBED_MOVES:]
+    table = "\n".join([DESCRIPTION_HEADING, "", *history_table(shown)])
+    mlflow_client.update_registered_model(name, description=f"{own}\n\n{table}".lstrip())
 
 
 # The newest moves stay tags on the registered model (what `conveyor status` reads); older ones

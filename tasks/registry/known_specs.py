@@ -11,6 +11,7 @@ champion (or, before any champion, with the newest version). So a model released
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
@@ -19,18 +20,31 @@ from tasks.core.spec import ModelSpec, SpecError, load_spec
 from tasks.registry import mlflow_store, model_registry, tracking
 
 
-def fleet_specs(settings: Settings) -> dict[str, ModelSpec]:
+def fleet_entries(settings: Settings) -> dict[str, tuple[Path, ModelSpec]]:
     """The specs in the spec directory that load, by model name (the name inside the file,
-    which need not be the file's stem)."""
-    found: dict[str, ModelSpec] = {}
+    which need not be the file's stem), with their files."""
+    found: dict[str, tuple[Path, ModelSpec]] = {}
     directory = settings.spec_dir
     for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
         try:
             spec = load_spec(path)
         except SpecError:
             continue  # a broken spec is the fleet commands' error to report, not this lookup's
-        found.setdefault(spec.name, spec)
+        found.setdefault(spec.name, (path, spec))
     return found
+
+
+def fleet_specs(settings: Settings) -> dict[str, ModelSpec]:
+    return {name: spec for name, (_, spec) in fleet_entries(settings).items()}
+
+
+def spec_file(settings: Settings, reference: str) -> str:
+    """A spec as the run forms and `--spec` give it: a file's path, or the name of a model of the
+    fleet. Anything else comes back as it is, for `load_spec` to say it is not found."""
+    if Path(reference).is_file() or "/" in reference or reference.endswith((".yaml", ".yml")):
+        return reference
+    entry = fleet_entries(settings).get(reference)
+    return str(entry[0]) if entry else reference
 
 
 def recorded_spec(settings: Settings, model: str, version: int) -> ModelSpec:

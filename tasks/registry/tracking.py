@@ -67,17 +67,26 @@ class CandidateRun(BaseModel):
     experiment_id: str
 
 
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI overview (traces, token cost);
+# this tag makes it a machine-learning experiment that opens on its runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(mlflow_client: MlflowClient, settings: Settings, name: str) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
+    key, kind = EXPERIMENT_KIND
     if experiment is not None:
+        if experiment.tags.get(key) != kind:  # made before conveyor set it, or by hand
+            mlflow_client.set_experiment_tag(experiment.experiment_id, key, kind)
         return str(experiment.experiment_id)
+    tags = {key: kind}
     if settings.tracking_uri.startswith(("http://", "https://")):
         # A tracking server stores artifacts where it was told (--artifacts-destination,
         # proxied): a client-side path would bypass its credentials and its bucket.
-        return str(mlflow_client.create_experiment(name))
+        return str(mlflow_client.create_experiment(name, tags=tags))
     # Explicit artifact root: with a SQLite store MLflow would otherwise write ./mlruns in the cwd.
     location = (settings.artifacts_dir / name).as_uri()
-    return str(mlflow_client.create_experiment(name, artifact_location=location))
+    return str(mlflow_client.create_experiment(name, artifact_location=location, tags=tags))
 
 
 UNKNOWN_CODE = "unknown"
@@ -114,10 +123,6 @@ def open_run(
         tags = tags | {"mlflow.parentRunId": parent_run_id}
     run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=tags)
     return CandidateRun(run_id=run.info.run_id, model_uri="", experiment_id=experiment_id)
-
-
-def run_link(settings: Settings, run: CandidateRun) -> str:
-    return f"{settings.mlflow_ui_url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
 
 def close_run(settings: Settings, run_id: str, status: str = "FAILED") -> None:

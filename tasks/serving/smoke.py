@@ -358,7 +358,10 @@ def smoke_test_task(
 ) -> SmokeReport:
     report = smoke_test(settings, spec, ref, holdout, served_as)
     create_markdown_artifact(
-        key=f"smoke-{spec.name}", markdown=report_markdown(report), description="Smoke test"
+        key=f"smoke-{spec.name}",
+        markdown=report_markdown(report),
+        description=f"Smoke test of {spec.name} v{ref.version} on Triton: served answers against "
+        "offline ones over HTTP and gRPC, latency, load",
     )
     get_run_logger().info(
         "under load (%d clients): %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors",

@@ -122,7 +122,9 @@ def tune_task(
             }
             for t in result.trials
         ],
-        description=f"Serving sweep at concurrency {spec.smoke.concurrency}",
+        description=f"Serving sweep of {spec.name} v{ref.version} at concurrency "
+        f"{spec.smoke.concurrency}: the highest throughput without errors within the p99 budget "
+        "is chosen",
     )
     logger.info(
         "tuned %s v%d: max_queue_delay %d µs x %d instance(s)%s",

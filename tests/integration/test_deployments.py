@@ -204,12 +204,21 @@ def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: 
     assert schedule["schedule"]["cron"] == "0 2 * * *"
     assert schedule["schedule"]["timezone"] == "Europe/London"
     assert deployments["drift-check"]["schedules"] == []  # the fleet run covers it nightly
-    # The release form offers the fleet's specs as a choice, each described; a path still goes.
-    form = deployments["release"]["parameter_openapi_schema"]["properties"]["spec_path"]  # type: ignore[index]
-    choice, free = form["anyOf"]
-    assert set(choice["enum"]) == {f"deployments/models/{m}.yaml" for m in SHIPPED}
+    # The release form offers the fleet's models by name, each described; a path still goes.
+    release = deployments["release"]
+    form = release["parameter_openapi_schema"]["properties"]  # type: ignore[index]
+    choice, free = form["spec_path"]["anyOf"]
+    assert choice["enum"] == sorted(SHIPPED) and choice["type"] == "string"
     assert free == {"title": "another spec file", "type": "string"}
-    assert all(f"{m}:" in form["description"] for m in SHIPPED)
+    assert all(f"**{m}**:" in form["spec_path"]["description"] for m in SHIPPED)
+    assert release["parameters"] == {"spec_path": "fraud-detector"}
+    assert form["resume_from"] == {  # no str/None toggle
+        "title": "resume from",
+        "type": "string",
+        "description": form["resume_from"]["description"],
+        "position": 1,
+    }
+    assert all(f"**{m}**" in str(release["description"]) for m in SHIPPED)
 
 
 def test_anonymous_api_calls_are_refused(stack: Stack) -> None:

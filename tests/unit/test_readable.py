@@ -1,0 +1,232 @@
+"""What a person reads, checked without a browser: the run forms `make deploy` writes, the fleet
+status and alias history as tables that fit, a model's own nouns in its card, links into the
+MLflow UI. The browser test (tests/integration/test_ui.py) checks the same pages rendered."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from infra.deploy_forms import described, form, one_line
+from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
+from tasks.modeling.scores import ModelMetrics
+from tasks.ops import fleet, model_card
+from tasks.registry import alias_history, known_specs, ui_links
+from tests.conftest import ROOT
+
+SPECS = ROOT / "deployments/models"
+
+
+@pytest.fixture
+def shipped(settings: Settings) -> list[tuple[Path, object]]:
+    return fleet.load_fleet(settings)
+
+
+def release_schema() -> dict[str, object]:
+    """The schema Prefect derives from `release_flow`'s signature (what `prefect deploy` sends)."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.release import release_flow
+
+    return parameter_schema(release_flow.fn).model_dump_for_openapi()
+
+
+def test_the_form_offers_the_fleet_by_name_first_and_a_path_second(shipped: list) -> None:
+    schema, names_model = form(release_schema(), shipped)
+    assert names_model
+    spec_path = schema["properties"]["spec_path"]
+    choice, other = spec_path["anyOf"]
+    assert choice == {
+        "title": "a model of the fleet",
+        "type": "string",  # the UI opens the first tab whose type matches the value
+        "enum": [spec.name for _, spec in shipped],
+    }
+    assert other == {"title": "another spec file", "type": "string"}
+    # Prefect's default is the fraud spec's path: shown as the model's name.
+    assert spec_path["default"] == "fraud-detector" and spec_path["title"] == "model"
+    # One line per model, blank lines between (the UI's markdown joins single-spaced items).
+    for _, spec in shipped:
+        assert f"\n\n- **{spec.name}**: {one_line(spec)}" in spec_path["description"]
+
+
+def test_an_optional_parameter_is_a_plain_field_with_words_for_a_title(shipped: list) -> None:
+    schema, _ = form(release_schema(), shipped)
+    resume = schema["properties"]["resume_from"]
+    assert "anyOf" not in resume and resume["type"] == "string" and "default" not in resume
+    assert resume["title"] == "resume from"
+    assert schema["properties"]["force"]["title"] == "force"
+    assert schema["properties"]["force"]["default"] is False
+
+
+def test_a_form_without_a_model_is_left_its_types(shipped: list) -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.drift import fleet_drift_flow
+
+    raw = parameter_schema(fleet_drift_flow.fn).model_dump_for_openapi()
+    schema, names_model = form(raw, shipped)
+    assert not names_model
+    assert schema["properties"]["spec_dir"]["type"] == "string"
+    assert schema["properties"]["max_concurrent"]["type"] == "integer"
+
+
+def test_one_line_is_the_first_sentence_cut_on_a_word(shipped: list) -> None:
+    by_name = {spec.name: spec for _, spec in shipped}
+    assert one_line(by_name["fraud-detector"]) == (
+        "Scores card transactions for fraud at authorisation time."
+    )
+    long = one_line(by_name["loss-given-default"])
+    assert long.endswith("…") and len(long) <= 141
+    assert long[:-1] in " ".join(by_name["loss-given-default"].description.split())
+
+
+def test_the_deployment_description_keeps_its_own_words_and_lists_every_model(
+    shipped: list,
+) -> None:
+    once = described("Train, validate and promote one model.", shipped)
+    again = described(once, shipped)  # `make deploy` twice
+    assert again == once and once.startswith("Train, validate and promote one model.")
+    for path, spec in shipped:
+        assert f"- **{spec.name}** (`{path.name}`, {spec.task.value}):" in once
+
+
+def test_a_fleet_name_resolves_to_its_spec_file(settings: Settings, tmp_path: Path) -> None:
+    # Relative to the checkout, as the workers and `make` run (settings.spec_dir's default).
+    assert known_specs.spec_file(settings, "churn") == "deployments/models/churn.yaml"
+    path = str(SPECS / "churn.yaml")
+    assert known_specs.spec_file(settings, path) == path  # a file stays itself
+    assert known_specs.spec_file(settings, "no-such-model") == "no-such-model"
+    # A broken spec beside the others does not stop the lookup of a good one.
+    broken = tmp_path / "fleet"
+    broken.mkdir()
+    (broken / "a-broken.yaml").write_text("name: [")
+    (broken / "churn.yaml").write_text((SPECS / "churn.yaml").read_text())
+    moved = settings.model_copy(update={"spec_dir": broken})
+    assert known_specs.spec_file(moved, "churn") == str(broken / "churn.yaml")
+
+
+def test_the_fleet_status_table_has_short_cells_and_the_long_fields_below() -> None:
+    at = datetime(2026, 12, 6, 4, 14, tzinfo=UTC)
+    long_why = "release passed every gate after a challenger beat the champion " * 2
+    status = fleet.ModelStatus(
+        model="credit-default",
+        task="binary",
+        champion=fleet.AliasState(version=12, since=at, by="a.reviewer", why=long_why),
+        previous=fleet.AliasState(version=11),
+        served=[11, 12],
+        last_release="v12 promoted",
+        last_release_at=at,
+        drift_share=0.125,
+        drift_at=at,
+        problems=["Triton serves v10, which is neither champion nor previous | repair"],
+    )
+    text = fleet.markdown([status])
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [c.strip() for line in table for c in line.strip("|").split("|")]
+    assert max(map(len, cells)) <= 20, cells  # 7 columns of ≤ 20 characters fit 1400 px
+    assert "| **credit-default** | binary | v12 (12-06 04:14) | v11 | 11, 12 | 0.12 |" in text
+    assert "1 (below)" in text
+    details = text.split("\n\n", 1)[1]
+    assert long_why.strip() in details and "neither champion nor previous | repair" in details
+
+
+def test_the_alias_history_table_is_newest_first_with_pipes_escaped() -> None:
+    at = datetime(2026, 12, 6, 4, 14, tzinfo=UTC)
+    moves = [
+        alias_history.AliasMove(
+            alias="champion", from_version=None, to_version=1, at=at, actor="ci", reason="first"
+        ),
+        alias_history.AliasMove(
+            alias="champion", from_version=1, to_version=2, at=at, actor="ci", reason="a | b\nc"
+        ),
+    ]
+    table = alias_history.history_table(moves)
+    assert table[0] == "| when (UTC) | alias | from | to | by | why |"
+    assert table[2] == "| 2026-12-06 04:14 | champion | v1 | v2 | ci | a \\| b c |"
+    assert table[3] == "| 2026-12-06 04:14 | champion | - | v1 | ci | first |"
+
+
+def test_the_alias_history_is_the_registered_models_description(settings: Settings) -> None:
+    from tasks.registry import mlflow_store
+
+    client = mlflow_store.client(settings)
+    client.create_registered_model("readable", description="Written by a person.")
+    at = datetime.now(UTC)
+    for version in (1, 2):
+        move = alias_history.AliasMove(
+            alias="champion",
+            from_version=version - 1 or None,
+            to_version=version,
+            at=at.replace(microsecond=version),
+            actor="ci",
+            reason=f"release {version}",
+        )
+        alias_history.record(settings, "readable", move)
+    description = client.get_registered_model("readable").description
+    own, table = description.split(alias_history.DESCRIPTION_HEADING)
+    assert own.strip() == "Written by a person."  # kept, and the table written once
+    rows = [line for line in table.splitlines() if line.startswith("| 20")]
+    assert [r.split("|")[4].strip() for r in rows] == ["v2", "v1"]
+
+
+def test_links_open_mlflow_in_its_machine_learning_mode(settings: Settings) -> None:
+    url = ui_links.model_version_url(settings, "churn", 3)
+    assert url == f"{settings.mlflow_ui_url}/#/models/churn/versions/3{ui_links.MODE}"
+    assert ui_links.run_url(settings, "abc").endswith(f"/#/runs/abc{ui_links.MODE}")
+    assert ui_links.artifact_url(settings, "s3://bucket/key") is None
+    assert ui_links.link("text", None, "ref") == "text (`ref`)"
+
+
+@pytest.mark.parametrize(
+    ("name", "noun", "absent"),
+    [
+        ("churn", "A customer is predicted `churned = 1`", "transaction"),
+        ("fraud-detector", "A card transaction is predicted `is_fraud = 1`", "customer"),
+        ("credit-default", "A loan application is predicted", "transaction"),
+    ],
+)
+def test_the_card_says_what_the_answer_means_in_the_models_nouns(
+    name: str, noun: str, absent: str
+) -> None:
+    spec = load_spec(SPECS / f"{name}.yaml")
+    metrics = ModelMetrics(
+        roc_auc=0.9,
+        pr_auc=0.5,
+        brier=0.1,
+        threshold=0.698,
+        precision=0.5,
+        recall=0.5,
+        f1=0.5,
+        positive_rate=0.15,
+        rows=5000,
+    )
+    sentence = model_card.answer_sentence(spec, metrics)
+    assert sentence.startswith(noun) and absent not in sentence.lower()
+    assert "**0.6980**" in sentence
+
+
+def test_the_subject_reads_in_the_plural() -> None:
+    spec = load_spec(SPECS / "churn.yaml")
+    for one, many in [
+        ("customer", "customers"),
+        ("loan application", "loan applications"),
+        ("defaulted loan", "defaulted loans"),
+        ("company", "companies"),
+        ("business", "businesses"),
+        ("row", "rows"),
+    ]:
+        assert spec.model_copy(update={"subject": one}).subjects == many
+
+
+def test_a_local_data_source_is_named_not_located() -> None:
+    spec = load_spec(SPECS / "churn.yaml")
+    local = spec.model_copy(
+        update={"data": spec.data.model_copy(update={"source": "/srv/data/churn/2026-12.parquet"})}
+    )
+    assert model_card._source(local) == "`2026-12.parquet` (a file or folder on the worker)"
+    assert re.search("/srv", model_card._source(local)) is None
+    assert model_card._source(spec).startswith("`synthetic:churn`")
