@@ -13,7 +13,7 @@ from tasks.modeling.evaluation import ValidationReport
 from tasks.modeling.onnx import OnnxArtifact
 from tasks.modeling.scores import Metrics, ModelMetrics, MulticlassMetrics
 from tasks.modeling.training import TrainResult
-from tasks.registry import model_registry, tracking
+from tasks.registry import model_registry, tracking, ui_links
 from tasks.registry.approval import ApprovalDecision
 from tasks.serving.smoke import SmokeReport
 
@@ -122,7 +122,7 @@ def review_sections(spec: ModelSpec, evidence: ReleaseEvidence) -> list[str]:
     return lines
 
 
-def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
+def render(settings: Settings, spec: ModelSpec, evidence: ReleaseEvidence) -> str:
     ref, train, validation = evidence.ref, evidence.train, evidence.validation
     onnx, smoke, approval = evidence.onnx, evidence.smoke, evidence.approval
     promotion = evidence.promotion
@@ -138,6 +138,7 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
             f"{approval.approver} at {approval.decided_at:%Y-%m-%d %H:%M UTC}: {approval.reason}"
         )
     features = ", ".join(f"`{f.name}` ({f.type.value})" for f in spec.features)
+    version_url = ui_links.model_version_url(settings, ref.name, ref.version)
     return "\n".join(
         [
             f"# Model card: {spec.name} version {ref.version}",
@@ -183,7 +184,8 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
             "",
             "## Lineage",
             f"- Estimator: {spec.estimator.family} {spec.estimator.params}",
-            f"- MLflow run `{ref.run_id}`, model `{ref.model_uri}`",
+            f"- MLflow run {ui_links.link(ref.run_id, ui_links.run_url(settings, ref.run_id))}, "
+            f"model version {ui_links.link(f'v{ref.version}', version_url)} (`{ref.model_uri}`)",
             f"- Code version `{lineage.get(tracking.TAG_CODE)}`, spec sha256 "
             f"`{lineage.get(tracking.TAG_SPEC)}`, "
             f"Prefect flow run `{lineage.get(tracking.TAG_FLOW_RUN)}`",
@@ -200,7 +202,7 @@ def render(spec: ModelSpec, evidence: ReleaseEvidence) -> str:
 def model_card_task(settings: Settings, spec: ModelSpec, evidence: ReleaseEvidence) -> str:
     """Log the card with the version's run; returns its `runs:/` URI."""
     ref = evidence.ref
-    card = render(spec, evidence)
+    card = render(settings, spec, evidence)
     uri = tracking.log_run_artifact(settings, ref.run_id, CARD_ARTIFACT, card.encode())
     model_registry.tag_version(settings, ref, {"conveyor.model_card": uri})
     create_markdown_artifact(

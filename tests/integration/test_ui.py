@@ -180,7 +180,7 @@ def run_id(ui: Ui, form: Page) -> str:
     page.get_by_role("button", name="Submit").click()
     # The UI goes back to the deployment and says the run was scheduled; the run is its newest.
     page.wait_for_url(re.compile(rf".*/deployments/deployment/{deployment}(\?.*)?$"))
-    page.get_by_text("scheduled", exact=False).first.wait_for()  # the UI's toast
+    page.get_by_text("Upcoming", exact=True).wait_for()  # the deployment's page again
     shot(page, "05-release-scheduled")
     [newest] = ui.post(
         "/flow_runs/filter",
