@@ -554,7 +554,7 @@ def test_the_nightly_drift_deployment_checks_every_model(stack: Stack, fleet: Fl
     artifacts = stack.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["fleet-status"]}}})
     [table] = [str(a["data"]) for a in artifacts if a["flow_run_id"] == run["id"]]
     tasks = {"fleet-merchant": "multiclass", "fleet-lgd": "regression"}
-    assert all(f"| {name} | {tasks.get(name, 'binary')} | v1" in table for name in FLEET), table
+    assert all(f"| **{name}** | {tasks.get(name, 'binary')} | v1" in table for name in FLEET), table
 
 
 def test_a_worker_killed_mid_retrain_crashes_its_run_and_the_next_retrain_runs(
