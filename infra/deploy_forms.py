@@ -21,6 +21,7 @@ rewritten here, from the specs on disk when deploying (re-run `make deploy` afte
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,4 +147,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tasks.core.errors import ConveyorError
+
+    try:
+        main()
+    except ConveyorError as exc:  # a spec that does not load: one paragraph, no traceback
+        sys.exit(f"make deploy: the run forms were not written: {exc}")

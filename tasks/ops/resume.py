@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from tasks.core.attempts import RELEASE_FLOW, ResumeError, attempt_of_run, read_run
 from tasks.core.settings import Settings
+from tasks.core.spec import SpecError
 from tasks.registry import known_specs
 
 
@@ -47,7 +48,10 @@ class ResumePoint(BaseModel):
 def _same_spec(run: FlowRun, spec_path: str) -> bool:
     # A run started from the form names its model; one from the CLI gives the file.
     settings = Settings()
-    given = known_specs.spec_file(settings, str(run.parameters.get("spec_path", "")))
+    try:
+        given = known_specs.spec_file(settings, str(run.parameters.get("spec_path", "")))
+    except SpecError:
+        return False  # a model since removed from the fleet: not this spec
     return Path(given).resolve() == Path(known_specs.spec_file(settings, spec_path)).resolve()
 
 

@@ -40,11 +40,17 @@ def fleet_specs(settings: Settings) -> dict[str, ModelSpec]:
 
 def spec_file(settings: Settings, reference: str) -> str:
     """A spec as the run forms and `--spec` give it: a file's path, or the name of a model of the
-    fleet. Anything else comes back as it is, for `load_spec` to say it is not found."""
+    fleet. A name the fleet does not have is a `SpecError` that lists the fleet's."""
     if Path(reference).is_file() or "/" in reference or reference.endswith((".yaml", ".yml")):
-        return reference
-    entry = fleet_entries(settings).get(reference)
-    return str(entry[0]) if entry else reference
+        return reference  # a path: `load_spec` says so if it is missing
+    fleet = fleet_entries(settings)
+    if reference in fleet:
+        return str(fleet[reference][0])
+    raise SpecError(
+        f"no model named {reference!r} in {settings.spec_dir}/ (its models: "
+        f"{', '.join(sorted(fleet)) or 'none'}); give a model of the fleet by name or the path "
+        "of a spec file"
+    )
 
 
 def recorded_spec(settings: Settings, model: str, version: int) -> ModelSpec:

@@ -12,11 +12,11 @@ import pytest
 
 from infra.deploy_forms import described, form, one_line
 from tasks.core.settings import Settings
-from tasks.core.spec import load_spec
-from tasks.modeling.scores import ModelMetrics
+from tasks.core.spec import SpecError, load_spec
 from tasks.ops import fleet, model_card
 from tasks.registry import alias_history, known_specs, ui_links
 from tests.conftest import ROOT
+from tests.unit.test_evaluation_training import SAMPLE
 
 SPECS = ROOT / "deployments/models"
 
@@ -99,7 +99,8 @@ def test_a_fleet_name_resolves_to_its_spec_file(settings: Settings, tmp_path: Pa
     assert known_specs.spec_file(settings, "churn") == "deployments/models/churn.yaml"
     path = str(SPECS / "churn.yaml")
     assert known_specs.spec_file(settings, path) == path  # a file stays itself
-    assert known_specs.spec_file(settings, "no-such-model") == "no-such-model"
+    with pytest.raises(SpecError, match=r"no model named 'churnn' in deployments/models/ .*churn,"):
+        known_specs.spec_file(settings, "churnn")
     # A broken spec beside the others does not stop the lookup of a good one.
     broken = tmp_path / "fleet"
     broken.mkdir()
@@ -193,17 +194,7 @@ def test_the_card_says_what_the_answer_means_in_the_models_nouns(
     name: str, noun: str, absent: str
 ) -> None:
     spec = load_spec(SPECS / f"{name}.yaml")
-    metrics = ModelMetrics(
-        roc_auc=0.9,
-        pr_auc=0.5,
-        brier=0.1,
-        threshold=0.698,
-        precision=0.5,
-        recall=0.5,
-        f1=0.5,
-        positive_rate=0.15,
-        rows=5000,
-    )
+    metrics = SAMPLE.model_copy(update={"threshold": 0.698})
     sentence = model_card.answer_sentence(spec, metrics)
     assert sentence.startswith(noun) and absent not in sentence.lower()
     assert "**0.6980**" in sentence
