@@ -64,11 +64,8 @@ class ModelDrift(BaseModel):
         share = "" if self.drift_share is None else f" (share {self.drift_share:.2f})"
         performance = f"; outcomes: {self.performance}" if self.performance else ""
         detail = self.detail if detail is None else detail
-        return (
-            f"{self.model}: {self.outcome}{share}"
-            + (f"; {detail}" if detail else "")
-            + (performance)
-        )
+        said = f"; {detail}" if detail else ""
+        return f"{self.model}: {self.outcome}{share}{said}{performance}"
 
     def markdown(self, settings: Settings) -> str:
         if not self.detail.startswith(ui_links.RUNS_URI):

@@ -10,7 +10,7 @@ rewritten here, from the specs on disk when deploying (re-run `make deploy` afte
 - a model (`spec_path`, or `model` for the flows that take a registered name) is chosen by name
   from the fleet, the first tab and the default, each name with the first sentence of its
   description; a spec file's path is still accepted (`anyOf`), since the server enforces the
-  schema on every run and flows resolve a fleet name to its file (`fleet.spec_file`);
+  schema on every run and flows resolve a fleet name to its file (`known_specs.spec_file`);
 - the full descriptions go into the deployment's description (its page in the UI);
 - `X | None` becomes `X`: an empty field is the flow's default (None), not a type to pick;
 - titles are words.
@@ -51,18 +51,19 @@ def model_choice(
 ) -> dict[str, Any]:
     """A model of the fleet by name (the default), or what the flow also accepts."""
     names = [spec.name for _, spec in fleet]
-    default = current.get("default")
     by_path = {str(path): spec.name for path, spec in fleet}
-    default = by_path.get(str(default), default)  # prefect.yaml's default is a file
-    if default not in names:
-        default = names[0]
+    # prefect.yaml's default is a file: shown by its model's name. A required parameter
+    # (explain's `model`) stays without one.
+    default = {}
+    if "default" in current:
+        default["default"] = by_path.get(str(current["default"]), current["default"])
     # The UI's markdown keeps a list only with blank lines between its items.
     items = "\n\n".join(f"- **{spec.name}**: {one_line(spec)}" for _, spec in fleet)
     other = "a spec file's path on the worker" if name == "spec_path" else "a registered model"
     return {
         "title": "model",
         "description": f"A model of the fleet (the first tab), or {other}.\n\n{items}",
-        "default": default,
+        **default,
         "position": current.get("position", 0),
         "anyOf": [
             {"title": "a model of the fleet", "type": "string", "enum": names},

@@ -67,8 +67,9 @@ class CandidateRun(BaseModel):
     experiment_id: str
 
 
-# MLflow 3's UI opens an experiment of unknown kind on its GenAI overview (traces, token cost);
-# this tag makes it a machine-learning experiment that opens on its runs.
+# MLflow 3 marks an experiment's kind with this tag: conveyor's are machine-learning ones (its
+# experiment list says so, and a UI without the GenAI/training switch opens them on their runs;
+# with the switch, the links conveyor writes ask for training: `ui_links.MODE`).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 

@@ -62,6 +62,19 @@ def test_an_optional_parameter_is_a_plain_field_with_words_for_a_title(shipped: 
     assert schema["properties"]["force"]["default"] is False
 
 
+def test_a_required_model_gets_no_default(shipped: list) -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.explain import explain_flow
+
+    raw = parameter_schema(explain_flow.fn).model_dump_for_openapi()
+    schema, names_model = form(raw, shipped)
+    assert names_model and "model" in schema["required"]
+    assert "default" not in schema["properties"]["model"]
+    assert schema["properties"]["model"]["anyOf"][1]["title"] == "another model"
+    assert schema["properties"]["version"]["type"] == "integer"  # was `int | None`
+
+
 def test_a_form_without_a_model_is_left_its_types(shipped: list) -> None:
     from prefect.utilities.callables import parameter_schema
 
