@@ -319,6 +319,27 @@ def test_mlflow_opens_conveyors_experiment_on_its_runs(
     shot(mlflow_page, "12-mlflow-model-card")
 
 
+def test_every_run_form_reads_without_type_names(ui: Ui, run_id: str) -> None:
+    """Each deployment's form: titles in words, no `str`/`None` toggle, a model by name."""
+    page = ui.prefect
+    for deployment in ui.post("/deployments/filter", {}):
+        name = str(deployment["name"])
+        page.goto(f"{ui.url}/deployments/deployment/{deployment['id']}/run")
+        page.get_by_text("Parameters", exact=True).first.wait_for()
+        page.get_by_role("button", name="Submit").wait_for()
+        shot(page, f"13-form-{name}")
+        labels = page.locator(".schema-form-property__label").all_inner_texts()
+        text = page.locator("body").inner_text()
+        assert labels, name
+        assert 'Property is type "None"' not in text, name
+        assert not [label for label in labels if "_" in label], (name, labels)
+        if any(
+            p in deployment["parameter_openapi_schema"]["properties"]
+            for p in ("spec_path", "model")
+        ):  # type: ignore[index]
+            assert page.get_by_role("button", name="a model of the fleet").count() == 1, name
+
+
 def test_make_stack_hands_over_without_printing_a_secret(ui: Ui) -> None:
     said = ui.production.up()
     assert f"Credentials: {ui.production.root / 'secrets.env'}" in said
