@@ -20,10 +20,16 @@ def explain_flow(
     top: int | None = None,
     full: bool = False,
 ) -> ReasonCodes:
-    """`rows`: a CSV or Parquet file of rows in the model's feature schema; `output`: where the
-    reason codes go (CSV; default: beside `rows`, `<stem>.reasons.csv`); `version`: default the
-    champion; `top`: reasons per row (default: the spec's `explanations.top`); `full`: every
-    feature's contribution as well, for an audit of the arithmetic."""
+    """Reason codes for a file of rows from a registered version of `model`.
+
+    Args:
+        model: The registered model (a model of the fleet by name).
+        rows: A CSV or Parquet file on the worker, rows in the model's feature schema.
+        output: Where the reason codes go (CSV); default beside `rows`, `<stem>.reasons.csv`.
+        version: The registered version; default the champion.
+        top: Reasons per row; default the spec's `explanations.top`.
+        full: Every feature's contribution as well, for an audit of the arithmetic.
+    """
     source = Path(rows)
     target = Path(output) if output else source.with_name(f"{source.stem}.reasons.csv")
     return explain_rows_task(Settings(), model, source, target, version, top, full)

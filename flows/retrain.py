@@ -31,8 +31,14 @@ def retrain_flow(
     reason: str = "drift",
 ) -> RetrainResult:
     """Retrain the model described by `spec_path`. The rest is the event's, kept in the run's
-    parameters for the record: `reason` (drift, or performance degraded), the drift share and
-    report, or the outcome check's run."""
+    parameters for the record.
+
+    Args:
+        spec_path: The model: a model of the fleet by name, or a spec file's path.
+        drift_share: The drifted share of features the drift event reported (0 otherwise).
+        report_uri: The drift report, or the outcome check's MLflow run, that asked for it.
+        reason: Why: drift, or performance degraded.
+    """
     settings = Settings()
     spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
     spec = load_spec(spec_path)

@@ -37,6 +37,11 @@ def shot(page: Page, name: str) -> None:
     """The page at the laptop's width and as tall as its content (the Prefect UI scrolls inside
     its own pane, where a full-page screenshot stops at the window)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
+    # Page transitions fade in: a screenshot mid-way is grey (spinners loop forever: not those).
+    page.wait_for_function(
+        "document.getAnimations().every(a => a.playState !== 'running'"
+        " || a.effect.getTiming().iterations === Infinity)"
+    )
     tall = page.evaluate(
         "Math.max(...[...document.querySelectorAll('main, div')].map(e => e.scrollHeight))"
     )
@@ -332,6 +337,9 @@ def test_every_run_form_reads_without_type_names(ui: Ui, run_id: str) -> None:
         text = page.locator("body").inner_text()
         assert labels, name
         assert 'Property is type "None"' not in text, name
+        # Every parameter says what it is (the flows' docstrings, as Prefect reads them).
+        described = page.locator(".schema-form-property__description").count()
+        assert described == len(labels), (name, labels)
         assert not [label for label in labels if "_" in label], (name, labels)
         if any(
             p in deployment["parameter_openapi_schema"]["properties"]
