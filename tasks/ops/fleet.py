@@ -145,7 +145,9 @@ def _registry_status(settings: Settings, model: str, spec: ModelSpec | None) -> 
     if experiment is not None:
         drift_runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"attributes.run_name = '{tracking.DRIFT_RUN}'",
+            # Finished ones only: a check killed mid-way leaves a RUNNING run without its report.
+            filter_string=f"attributes.run_name = '{tracking.DRIFT_RUN}' "
+            "and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )

@@ -58,7 +58,8 @@ def points(settings: Settings, spec: ModelSpec) -> list[Point]:
             for name in (tracking.DRIFT_RUN, tracking.OUTCOME_RUN)
             for run in client.search_runs(
                 [experiment.experiment_id],
-                filter_string=f"attributes.run_name = '{name}'",
+                # A check killed mid-way leaves its run RUNNING, half-logged: not a point.
+                filter_string=f"attributes.run_name = '{name}' and attributes.status = 'FINISHED'",
                 max_results=5000,
             )
         ]

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+from tasks.core.settings import Settings
 from tasks.core.spec import SpecError, load_spec
 from tasks.datasets.data import DataError, to_target
 from tasks.datasets.labels import degrade, load_labelled
@@ -192,3 +193,22 @@ def test_the_gauges_the_alert_and_the_dashboard_read() -> None:
     assert 'conveyor_outcome_released_ratio{metric="pr_auc"} 0.6' in text
     assert "conveyor_outcome_degraded 1.0" in text
     assert "conveyor_outcome_estimated_ratio" not in text  # no estimate: no series
+
+
+def test_a_check_killed_mid_way_is_neither_a_point_nor_the_fleets_drift(settings: Settings) -> None:
+    """A drift check whose process died between logging its figure and closing its run leaves a
+    RUNNING run without its report: the history and `conveyor status` read finished ones only."""
+    from tasks.ops import fleet
+    from tasks.registry import mlflow_store, tracking
+
+    spec = load_spec(CHURN)
+    mlflow_store.client(settings).create_registered_model(spec.name)
+    tracking.log_check_run(
+        settings, spec.name, tracking.DRIFT_RUN, {tracking.DRIFT_SHARE_METRIC: 0.1}, {}
+    )
+    killed = tracking.open_run(settings, spec.name, tracking.DRIFT_RUN, {})
+    tracking.log_to_run(settings, killed.run_id, metrics={tracking.DRIFT_SHARE_METRIC: 0.9})
+    status = fleet.model_status(settings, spec.name, spec)
+    assert status.drift_share == 0.1
+    drawn = [p.value for p in history.points(settings, spec) if p.kind == "drift"]
+    assert drawn == [0.1]
