@@ -35,8 +35,7 @@ FLEET_CONCURRENCY = 2
 def drift_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> DriftReport:
     """Check the model described by `spec_path` for data and prediction drift."""
     settings = Settings()
-    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
-    spec = load_spec(spec_path)
+    spec_path, spec = known_specs.resolve(settings, spec_path)  # a fleet name, from the form
     with (
         metrics.observed(settings, spec.name, "drift-check") as obs,
         stage(f"drift {spec.name}") as step,

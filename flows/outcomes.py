@@ -8,7 +8,7 @@ from prefect import flow
 
 from tasks.core.progress import stage
 from tasks.core.settings import Settings
-from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.core.spec import DEFAULT_SPEC
 from tasks.ops import metrics
 from tasks.ops.outcomes import (
     OutcomeReport,
@@ -23,8 +23,7 @@ from tasks.registry import known_specs
 def outcome_check_flow(spec_path: str = str(DEFAULT_SPEC)) -> OutcomeReport:
     """Check the model described by `spec_path` against its outcomes."""
     settings = Settings()
-    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
-    spec = load_spec(spec_path)
+    spec_path, spec = known_specs.resolve(settings, spec_path)  # a fleet name, from the form
     with (
         metrics.observed(settings, spec.name, "outcome-check") as obs,
         stage(f"outcomes {spec.name}") as step,

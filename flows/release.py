@@ -19,7 +19,7 @@ from tasks.core.errors import ConveyorError, ServiceUnavailableError
 from tasks.core.orchestration import subflows_without_heartbeats
 from tasks.core.progress import stage
 from tasks.core.settings import Settings
-from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
+from tasks.core.spec import DEFAULT_SPEC, ModelSpec
 from tasks.datasets.data import DatasetRef, snapshot_task
 from tasks.datasets.quality import validate_data_task
 from tasks.modeling.evaluation import ValidationReport
@@ -71,6 +71,8 @@ class ReleaseResult(BaseModel):
     promotion: PromotionResult
     model_card: str
     retention: RetentionReport
+    # The run's experiment, so the artifact's links need no MLflow read after the promotion.
+    experiment_id: str | None = None
 
     def markdown(self, settings: Settings) -> str:
         """The release at a glance, with links to MLflow where a reader goes next."""
@@ -78,9 +80,10 @@ class ReleaseResult(BaseModel):
         version = ui_links.link(
             f"v{self.version}", ui_links.model_version_url(settings, self.model, self.version)
         )
-        run = ui_links.link(self.run_id[:12] + "…", ui_links.run_url(settings, self.run_id))
+        url = ui_links.run_url(settings, self.run_id, self.experiment_id)
+        run = ui_links.link(self.run_id[:12] + "…", url)
         previous = f"v{self.promotion.previous}" if self.promotion.previous else "none"
-        card = ui_links.artifact_link(settings, "model card", self.model_card)
+        card = ui_links.artifact_link(settings, "model card", self.model_card, self.experiment_id)
         return "\n".join(
             [
                 f"# {self.model} {version} is champion",
@@ -132,8 +135,7 @@ def release_flow(
         force: Release even when data, spec and code equal the champion's.
     """
     settings = Settings()
-    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
-    spec = load_spec(spec_path)
+    spec_path, spec = known_specs.resolve(settings, spec_path)  # a fleet name, from the form
     with ExitStack() as held:
         with stage("model lease") as waiting:
             # Waiting for another release of the model is a stage an operator wants to see.
@@ -313,4 +315,5 @@ def _release(
         promotion=promotion,
         model_card=card,
         retention=retention,
+        experiment_id=train.candidate.experiment_id,
     )

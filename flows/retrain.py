@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from flows.release import release_flow
 from tasks.core.orchestration import subflows_without_heartbeats
 from tasks.core.settings import Settings
-from tasks.core.spec import DEFAULT_SPEC, load_spec
+from tasks.core.spec import DEFAULT_SPEC
 from tasks.modeling.unchanged import UnchangedModel
 from tasks.ops import metrics
 from tasks.ops.retrain import RetrainClaim, claim_retrain_task
@@ -40,8 +40,7 @@ def retrain_flow(
         reason: Why: drift, or performance degraded.
     """
     settings = Settings()
-    spec_path = known_specs.spec_file(settings, spec_path)  # a fleet name, from the form
-    spec = load_spec(spec_path)
+    spec_path, spec = known_specs.resolve(settings, spec_path)  # a fleet name, from the form
     with metrics.observed(settings, spec.name, "retrain") as obs:
         claim = claim_retrain_task(settings, spec)
         obs.gauge(

@@ -46,17 +46,21 @@ def one_line(spec: ModelSpec) -> str:
     return first if len(first) <= 140 else first[:140].rsplit(" ", 1)[0].rstrip(",;") + "…"
 
 
+def by_name(fleet: list[tuple[Path, ModelSpec]], value: Any) -> Any:
+    """A fleet spec's path as its model's name; anything else as it is."""
+    return next((spec.name for path, spec in fleet if str(path) == str(value)), value)
+
+
 def model_choice(
     fleet: list[tuple[Path, ModelSpec]], name: str, current: dict[str, Any]
 ) -> dict[str, Any]:
     """A model of the fleet by name (the default), or what the flow also accepts."""
     names = [spec.name for _, spec in fleet]
-    by_path = {str(path): spec.name for path, spec in fleet}
     # prefect.yaml's default is a file: shown by its model's name. A required parameter
     # (explain's `model`) stays without one.
     default = {}
     if "default" in current:
-        default["default"] = by_path.get(str(current["default"]), current["default"])
+        default["default"] = by_name(fleet, current["default"])
     # The UI's markdown keeps a list only with blank lines between its items.
     items = "\n\n".join(f"- **{spec.name}**: {one_line(spec)}" for _, spec in fleet)
     other = "a spec file's path on the worker" if name == "spec_path" else "a registered model"
@@ -135,9 +139,8 @@ def main() -> None:
             if names_model:
                 update.description = described(deployment.description or "", fleet)
                 # prefect.yaml's parameters name a file; the form opens on them, so by name.
-                by_path = {str(path): spec.name for path, spec in fleet}
                 update.parameters = {
-                    k: by_path.get(str(v), v) if k in MODEL_PARAMETERS else v
+                    k: by_name(fleet, v) if k in MODEL_PARAMETERS else v
                     for k, v in (deployment.parameters or {}).items()
                 }
             client.update_deployment(deployment.id, update)

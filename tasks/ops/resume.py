@@ -14,6 +14,7 @@ release is never resumed into a second promotion of itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -45,14 +46,20 @@ class ResumePoint(BaseModel):
     force: bool
 
 
-def _same_spec(run: FlowRun, spec_path: str) -> bool:
-    # A run started from the form names its model; one from the CLI gives the file.
+def _same_spec(spec_path: str) -> Callable[[FlowRun], bool]:
+    """Whether a release run released `spec_path`. A run started from the form names its model,
+    one from the CLI gives the file: both are compared as files, with the fleet read once."""
     settings = Settings()
-    try:
-        given = known_specs.spec_file(settings, str(run.parameters.get("spec_path", "")))
-    except SpecError:
-        return False  # a model since removed from the fleet: not this spec
-    return Path(given).resolve() == Path(known_specs.spec_file(settings, spec_path)).resolve()
+    fleet = known_specs.fleet_entries(settings)
+
+    def resolved(reference: str) -> Path | None:
+        try:
+            return Path(known_specs.spec_file(settings, reference, fleet)).resolve()
+        except SpecError:
+            return None  # a model since removed from the fleet: not this spec
+
+    wanted = Path(known_specs.spec_file(settings, spec_path, fleet)).resolve()
+    return lambda run: resolved(str(run.parameters.get("spec_path", ""))) == wanted
 
 
 def releases(spec_path: str) -> list[FlowRun]:
@@ -63,7 +70,7 @@ def releases(spec_path: str) -> list[FlowRun]:
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=200,
         )
-    return [run for run in runs if _same_spec(run, spec_path)]
+    return list(filter(_same_spec(spec_path), runs))
 
 
 def last_release(spec_path: str) -> str:
@@ -85,7 +92,7 @@ def check_resumable(run_id: str, spec_path: str) -> ResumePoint:
         flow_name = client.read_flow(run.flow_id).name
     if flow_name != RELEASE_FLOW:
         raise ResumeError(f"flow run {run_id} is a {flow_name!r} run, not a release")
-    if not _same_spec(run, spec_path):
+    if not _same_spec(spec_path)(run):
         raise ResumeError(
             f"flow run {run_id} released {run.parameters.get('spec_path')}, not {spec_path}: "
             "resume it with the spec it started with"

@@ -38,12 +38,21 @@ def fleet_specs(settings: Settings) -> dict[str, ModelSpec]:
     return {name: spec for name, (_, spec) in fleet_entries(settings).items()}
 
 
-def spec_file(settings: Settings, reference: str) -> str:
+def _path_like(reference: str) -> bool:
+    return Path(reference).is_file() or "/" in reference or reference.endswith((".yaml", ".yml"))
+
+
+def spec_file(
+    settings: Settings,
+    reference: str,
+    fleet: dict[str, tuple[Path, ModelSpec]] | None = None,
+) -> str:
     """A spec as the run forms and `--spec` give it: a file's path, or the name of a model of the
-    fleet. A name the fleet does not have is a `SpecError` that lists the fleet's."""
-    if Path(reference).is_file() or "/" in reference or reference.endswith((".yaml", ".yml")):
+    fleet. A name the fleet does not have is a `SpecError` that lists the fleet's. `fleet`: the
+    entries already read, for a caller resolving many references."""
+    if _path_like(reference):
         return reference  # a path: `load_spec` says so if it is missing
-    fleet = fleet_entries(settings)
+    fleet = fleet_entries(settings) if fleet is None else fleet
     if reference in fleet:
         return str(fleet[reference][0])
     raise SpecError(
@@ -51,6 +60,16 @@ def spec_file(settings: Settings, reference: str) -> str:
         f"{', '.join(sorted(fleet)) or 'none'}); give a model of the fleet by name or the path "
         "of a spec file"
     )
+
+
+def resolve(settings: Settings, reference: str) -> tuple[str, ModelSpec]:
+    """The spec file and its spec for a flow's `spec_path` (a path, or a fleet model's name,
+    whose spec was read finding it)."""
+    if _path_like(reference):
+        return reference, load_spec(reference)
+    fleet = fleet_entries(settings)
+    path = spec_file(settings, reference, fleet)
+    return path, fleet[reference][1]
 
 
 def recorded_spec(settings: Settings, model: str, version: int) -> ModelSpec:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from mlflow.exceptions import MlflowException
+
 from tasks.core.settings import Settings
 from tasks.registry.mlflow_store import client
 
@@ -34,14 +36,20 @@ def model_version_url(settings: Settings, name: str, version: int) -> str:
     return f"{_base(settings)}/models/{quote(name)}/versions/{version}{MODE}"
 
 
-def artifact_url(settings: Settings, uri: str) -> str | None:
-    """The run's artifact page for a `runs:/<run>/<path>` URI (one read of the run for its
-    experiment: the UI has no direct route to an artifact); None for any other URI."""
+def artifact_url(settings: Settings, uri: str, experiment_id: str | None = None) -> str | None:
+    """The run's artifact page for a `runs:/<run>/<path>` URI; None for any other URI. The UI
+    has no direct route to an artifact, so without `experiment_id` the run is read for it; if
+    MLflow does not answer, the run's page (its direct route) stands in: a link never fails
+    what it describes."""
     if not uri.startswith(RUNS_URI):
         return None
     run_id, _, path = uri.removeprefix(RUNS_URI).partition("/")
-    experiment = client(settings).get_run(run_id).info.experiment_id
-    page = f"{_base(settings)}/experiments/{experiment}/runs/{run_id}/artifacts"
+    if experiment_id is None:
+        try:
+            experiment_id = client(settings).get_run(run_id).info.experiment_id
+        except MlflowException:
+            return run_url(settings, run_id)
+    page = f"{_base(settings)}/experiments/{experiment_id}/runs/{run_id}/artifacts"
     return f"{page}/{path}{MODE}" if path else f"{page}{MODE}"
 
 
@@ -51,5 +59,5 @@ def link(text: str, url: str | None, reference: str = "") -> str:
     return f"{shown} (`{reference}`)" if reference else shown
 
 
-def artifact_link(settings: Settings, text: str, uri: str) -> str:
-    return link(text, artifact_url(settings, uri), uri)
+def artifact_link(settings: Settings, text: str, uri: str, experiment_id: str | None = None) -> str:
+    return link(text, artifact_url(settings, uri, experiment_id), uri)

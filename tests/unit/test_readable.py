@@ -234,3 +234,46 @@ def test_a_local_data_source_is_named_not_located() -> None:
     assert model_card._source(local) == "`2026-12.parquet` (a file or folder on the worker)"
     assert re.search("/srv", model_card._source(local)) is None
     assert model_card._source(spec).startswith("`synthetic:churn`")
+
+
+def test_a_table_mlflow_refuses_to_rewrite_never_fails_the_move(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The description is a view: MLflow refusing its update leaves the move recorded (the tag)
+    and the move's caller (a promotion) going on."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry import mlflow_store
+
+    client = mlflow_store.client(settings)
+    client.create_registered_model("refused", description="Written by a person.")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise MlflowException("update refused")
+
+    monkeypatch.setattr(MlflowClient, "update_registered_model", refuse)
+    move = alias_history.AliasMove(
+        alias="champion",
+        from_version=None,
+        to_version=1,
+        at=datetime.now(UTC),
+        actor="ci",
+        reason="first",
+    )
+    alias_history.record(settings, "refused", move)
+    assert alias_history.moves(settings, "refused", archived=False) == [move]
+    assert client.get_registered_model("refused").description == "Written by a person."
+
+
+def test_a_link_needs_no_mlflow_read_when_the_experiment_is_known(settings: Settings) -> None:
+    """The release artifact is written after the promotion: its links carry the experiment,
+    and a run MLflow cannot find is linked by its own page, never an error."""
+    dead = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9/"})
+    url = ui_links.artifact_url(dead, "runs:/abc/model_card.md", experiment_id="7")
+    assert url == f"{dead.mlflow_ui_url}/#/experiments/7/runs/abc/artifacts/model_card.md" + (
+        ui_links.MODE
+    )
+    assert ui_links.artifact_url(settings, "runs:/0123abcd/model_card.md") == ui_links.run_url(
+        settings, "0123abcd"
+    )
