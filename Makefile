@@ -21,9 +21,10 @@ run: bootstrap
 
 # Debian packages the server tests and `make stack` start: Prometheus and its Pushgateway,
 # PostgreSQL and Redis (CI runs as root), the OpenMP runtime LightGBM's wheel links against
-# (libgomp1, on most images already), and the browser the UI test drives (chromium).
+# (libgomp1, on most images already), the browser the UI test drives (chromium), and nginx and
+# openssl for the edge in front of the Triton replicas (its TLS certificate, `make stack`).
 # Elsewhere: install them yourself; what needs them says so. PostgreSQL's programs live off PATH, under /usr/lib/postgresql/<major>/bin.
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server libgomp1 chromium
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server libgomp1 chromium nginx openssl
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
@@ -33,6 +34,8 @@ system-deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	ldconfig -p | grep -q 'libgomp\.so\.1' || missing="$$missing libgomp1"; \
 	command -v chromium >/dev/null || missing="$$missing chromium fonts-liberation"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$missing"; \

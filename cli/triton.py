@@ -11,12 +11,28 @@ from tasks.core.spec import load_spec
 
 @triton_app.command("up")
 def triton_up(spec: SpecOption = None) -> None:
-    """Start the embedded Triton and load the spec's champion (and previous) version."""
-    from tasks.serving import rollout, triton_server
+    """Start the embedded Triton (or, with CONVEYOR_TRITON_REPLICAS, reach every replica) and load
+    the spec's champion (and previous) version on it."""
+    from tasks.serving import replicas, rollout, triton_server
 
     settings = Settings()
     with _expected_errors():
         model_spec = load_spec(_spec_path(spec, settings))
+        if settings.triton_replicas:
+            # Every replica that answers, whatever their number: bringing production to the
+            # champion never waits for a quorum (`conveyor doctor` names the ones down).
+            fleet = replicas.survey(settings)
+            if not fleet.up:
+                raise replicas.ReplicasDownError(
+                    f"no Triton replica answers ({fleet.names(fleet.down)}); start them first"
+                )
+            serving = rollout.restore_serving(settings, model_spec, targets=fleet.up)
+            down = f"; down: {fleet.names(fleet.down)}" if fleet.down else ""
+            console.print(
+                f"{model_spec.name} versions loaded on {serving.where()}: "
+                f"{serving.versions or 'none (no champion yet)'}{down}"
+            )
+            return
         state = triton_server.ensure_running(settings)
         serving = rollout.restore_serving(settings, model_spec)
     console.print(
@@ -37,26 +53,39 @@ def triton_down() -> None:
 
 @triton_app.command("status")
 def triton_status() -> None:
-    """Say whether Triton (the embedded one, or the one TRITON_URL names) is up, where, and
-    what it serves."""
-    from tasks.serving import triton_client, triton_server
+    """Say whether Triton (the embedded one, the one TRITON_URL names, or each replica of
+    CONVEYOR_TRITON_REPLICAS) is up, where, and what it serves; exit 1 if one is down."""
+    from tasks.serving import replicas, triton_client, triton_server
 
     settings = Settings()
-    if not settings.embedded_triton:
-        # TRITON_URL points at a server conveyor did not start (compose, `make stack`).
-        where = triton_server.endpoint(settings)
-        described = f"http://{where.http}, grpc {where.grpc} (external: TRITON_URL)"
-    else:
+    if settings.embedded_triton:
         state = triton_server.status(settings)
         if state is None:
             console.print("the embedded Triton is not running (`conveyor triton up` starts it)")
             raise typer.Exit(1)
-        where = state.endpoint
-        described = (
-            f"pid {state.pid}, http://{where.http}, grpc {where.grpc}, "
-            f"metrics {state.metrics_url}, repository {state.repository}"
-        )
-    with _expected_errors():
-        ready = triton_client.control_client(where).ready_models()
-    loaded = [f"{name}:{version or '?'}" for name, version in ready]
-    console.print(f"up: {described}; loaded: {', '.join(loaded) or 'nothing'}")
+        described = {
+            state.endpoint.http: (
+                state.endpoint,
+                f"pid {state.pid}, http://{state.endpoint.http}, grpc {state.endpoint.grpc}, "
+                f"metrics {state.metrics_url}, repository {state.repository}",
+            )
+        }
+    else:
+        # Servers conveyor did not start (compose, `make stack`, a headless service's pods).
+        fleet = replicas.configured(settings)
+        described = {
+            r.name: (r.endpoint, f"{r.name}: http://{r.endpoint.http}, grpc {r.endpoint.grpc}")
+            for r in fleet
+        }
+    down = False
+    for where, text in described.values():
+        if not replicas.is_live(where):
+            console.print(f"down: {text}")
+            down = True
+            continue
+        with _expected_errors():
+            ready = triton_client.control_client(where).ready_models()
+        loaded = [f"{name}:{version or '?'}" for name, version in ready]
+        console.print(f"up: {text}; loaded: {', '.join(loaded) or 'nothing'}")
+    if down:
+        raise typer.Exit(1)

@@ -47,6 +47,7 @@ from tasks.registry.model_registry import (
 )
 from tasks.registry.registry_state import RegistryState, read_registry_state_task
 from tasks.registry.retention import RetentionReport, retire_old_versions_task
+from tasks.serving import replicas
 from tasks.serving.rollout import live_set, withdraw_task
 from tasks.serving.smoke import SmokeReport, record_smoke
 from tasks.serving.swap import SwapReport, record_swap, swap_task
@@ -147,6 +148,15 @@ def release_flow(
                 if resume_from:
                     # A resume finishes the release as it was asked: forced stays forced.
                     force = resume_task(resume_from, spec_path).force or force
+                # A fleet with replicas down stops here, before anything is trained or registered:
+                # a release would otherwise leave them on the old champion (unless the operator
+                # said how many may serve while the others are down).
+                # (The embedded server is not surveyed: the repair below restarts it.)
+                up = (
+                    replicas.quorum(settings, f"the release of {spec.name}")
+                    if settings.triton_replicas
+                    else []
+                )
                 # Read once, under the lease: nothing else moves the aliases until it is let go.
                 state = read_registry_state_task(settings, spec.name)
                 refuse_while_awaiting(state)
@@ -160,7 +170,7 @@ def release_flow(
                     f"{fixed} leftover(s) repaired, {len(found) - fixed} not (see the log)"
                     if found
                     else "clean"
-                )
+                ) + (f"; {len(up)} replicas up" if len(up) > 1 else "")
             with subflows_without_heartbeats():
                 result = _release(settings, spec, state, obs, force)
     markdown = (
@@ -273,6 +283,9 @@ def _release(
         # above put production back, so this is an expected failure, said in one paragraph
         # with what is served now; the traceback stays in the flow run's logs.
         moved = uncleared or " The aliases did not move."
+        on = f" on {withdrawn.state.where()}" if len(withdrawn.state.replicas) > 1 else ""
+        if withdrawn.unreachable:
+            on += f" ({', '.join(withdrawn.unreachable)} did not answer)"
         if withdrawn.files_kept:
             moved += (
                 f" Its files stay in the repository ({withdrawn.files_kept}): `conveyor doctor "
@@ -281,7 +294,7 @@ def _release(
         raise ReleaseWithdrawnError(
             f"the release of {spec.name} v{ref.version} failed ({type(exc).__name__}: "
             f"{str(exc)[:300]}) and was withdrawn: Triton serves {spec.name} "
-            f"{withdrawn.state.versions or 'nothing yet'}.{moved} Fix the cause "
+            f"{withdrawn.state.versions or 'nothing yet'}{on}.{moved} Fix the cause "
             f"and run again; `conveyor doctor {spec.name}` checks the state."
         ) from exc
     with stage("model card") as step:

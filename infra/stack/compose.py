@@ -51,7 +51,12 @@ STATE_FILE = "stack.json"
 
 
 # Worker images in compose run from /opt/conveyor with their state in /var/lib/conveyor.
-LOCAL_PATHS = {"CONVEYOR_PROJECT_DIR": "project", "CONVEYOR_HOME": "home"}
+LOCAL_PATHS = {
+    "CONVEYOR_PROJECT_DIR": "project",
+    "CONVEYOR_HOME": "home",
+    # The certificate the stack makes for its edge (compose: the operator's, in infra/edge/).
+    "CONVEYOR_EDGE_CA_FILE": "edge_ca",
+}
 
 
 LOCAL_VALUES = {
@@ -143,7 +148,8 @@ def container_ports() -> dict[str, list[int]]:
         if name in ports:
             ports[name].add(int(port))
     for name, service in spec["services"].items():
-        for published in service.get("ports", []):
+        # Published ports (container side) and the ones only other services reach (`expose`).
+        for published in [*service.get("ports", []), *service.get("expose", [])]:
             if name in ports:
                 ports[name].add(int(str(published).split(":")[-1]))
     return {name: sorted(found) for name, found in ports.items() if found}

@@ -25,6 +25,12 @@ def handover(stack: Stack) -> list[str]:
             f"{user['MLFLOW_READER_USER']}, MLFLOW_READER_PASSWORD); pick 'Model training' at "
             "its top left (it opens in GenAI mode; conveyor's links ask for training)",
         ),
+        (
+            "Edge (models)",
+            f"https://{stack.address('edge', 8443)}",
+            f"Authorization: Bearer <EDGE_DEMO_KEY>; CA {stack.root / 'edge' / 'edge.crt'}; "
+            f"gRPC on {stack.address('edge', 8444)}",
+        ),
         ("Prometheus", stack.url("prometheus", 9090), "no login (loopback only)"),
         (
             "Pushgateway",

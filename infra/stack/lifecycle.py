@@ -11,7 +11,13 @@ from infra.stack.compose import ENV_FILE, StackError
 from infra.stack.data_services import _as_postgres, postgres_data
 from infra.stack.handover import handover
 from infra.stack.processes import _signal, alive, marked_processes, stop_pid, system_binary
-from infra.stack.services import _triton_environment, is_up, services, triton_settings
+from infra.stack.services import (
+    _triton_environment,
+    is_up,
+    replicas,
+    services,
+    triton_settings,
+)
 from infra.stack.state import Stack, env_file_text, write_private
 
 
@@ -37,11 +43,11 @@ def down(stack: Stack) -> list[str]:
     lines = []
     for name, _ in reversed(services()):
         pid = stack.pids.pop(name, None)
-        if name == "triton":
+        if name in replicas():
             from tasks.serving import triton_server
 
             with _triton_environment(stack):
-                stopped = triton_server.stop(triton_settings(stack))
+                stopped = triton_server.stop(triton_settings(stack, name))
         elif name == "postgres" and alive(pid):
             data = postgres_data(stack)
             command = [

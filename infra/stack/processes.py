@@ -9,6 +9,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -57,12 +58,15 @@ def wait_until(stack: Stack, name: str, ready: Callable[[], bool], timeout_s: fl
         time.sleep(0.3)
 
 
-def http_ok(url: str, auth: tuple[str, str] | None = None) -> Callable[[], bool]:
+def http_ok(
+    url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> Callable[[], bool]:
     import httpx
 
     def check() -> bool:
         try:
-            return httpx.get(url, timeout=2, auth=auth).status_code == 200
+            answer = httpx.get(url, timeout=2, auth=auth, verify=context or True)
+            return answer.status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -81,7 +85,12 @@ def port_open(port: int) -> Callable[[], bool]:
 def system_binary(name: str, package: str) -> str:
     # Debian keeps PostgreSQL's server programs off PATH, under its major version.
     versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
-    found = shutil.which(name) or next((str(p) for p in versions), None)
+    # nginx is in /usr/sbin, off a non-root user's PATH.
+    found = (
+        shutil.which(name)
+        or shutil.which(name, path="/usr/sbin:/sbin")
+        or next((str(p) for p in versions), None)
+    )
     if found is None:
         raise StackError(
             f"{name} is not installed: `make system-deps` installs it as root "

@@ -5,7 +5,9 @@ Pushgateway and Prometheus."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from infra.stack.compose import (
     INFRA,
     ROOT,
     StackError,
+    compose,
     interpolate,
     prefect_server_environment_template,
     workers,
@@ -128,16 +131,27 @@ def start_worker(stack: Stack, pool: str, limit: int) -> str:
     return f"pool {pool}, up to {limit} flow runs"
 
 
-def triton_settings(stack: Stack) -> Any:
+def replicas() -> dict[str, tuple[int, int, int]]:
+    """compose's Triton replicas: name → (http, gRPC, metrics) container ports."""
+    found = {}
+    for name, service in compose()["services"].items():
+        if name.startswith("triton-"):
+            http, grpc, metrics = sorted(int(p) for p in service["expose"])
+            found[name] = (http, grpc, metrics)
+    return found
+
+
+def triton_settings(stack: Stack, name: str) -> Any:
     from tasks.core.settings import Settings
 
     worker = stack.worker_environment()
+    http, grpc, metrics = replicas()[name]
     return Settings(
-        home=stack.root / "triton",
+        home=stack.root / name,
         model_repository=worker["CONVEYOR_MODEL_REPOSITORY"],
-        triton_http_port=stack.port("triton", 8000),
-        triton_grpc_port=stack.port("triton", 8001),
-        triton_metrics_port=stack.port("triton", 8002),
+        triton_http_port=stack.port(name, http),
+        triton_grpc_port=stack.port(name, grpc),
+        triton_metrics_port=stack.port(name, metrics),
         triton_startup_timeout_s=120,
     )
 
@@ -158,18 +172,73 @@ def _triton_environment(stack: Stack) -> Any:
         os.environ.update(saved)
 
 
-def start_triton(stack: Stack) -> str:
+def start_triton(stack: Stack, name: str) -> str:
+    """One replica, on the S3 repository, serving what its config.pbtxt files pin (what
+    compose's `--load-model=*` does): a restarted replica answers with champion + previous."""
     from tasks.serving import triton_server
 
     with _triton_environment(stack):
-        settings = triton_settings(stack)
+        settings = triton_settings(stack, name)
         state = triton_server.ensure_running(settings)
         triton_server.restore_repository(settings, state)
-    stack.pids["triton"] = state.pid
+    stack.pids[name] = state.pid
     stack.save()
     return (
         f"http://{state.endpoint.http}, grpc {state.endpoint.grpc} (repository {state.repository})"
     )
+
+
+def edge_keys(stack: Stack) -> dict[str, str]:
+    return {
+        "conveyor": stack.variables["EDGE_CONVEYOR_KEY"],
+        "demo": stack.variables["EDGE_DEMO_KEY"],
+    }
+
+
+# Per client; conveyor's own swap probe sends about 200 requests/s for a few seconds.
+EDGE_RATE_PER_S = 1000
+EDGE_BURST = 500
+
+
+def start_edge(stack: Stack) -> str:
+    """nginx in front of the replicas: TLS with a certificate made for 127.0.0.1, client keys,
+    rate limits (infra/nginx/edge.conf)."""
+    from infra import edge
+
+    directory = stack.root / "edge"
+    directory.mkdir(exist_ok=True)
+    tls = edge.self_signed(directory)
+    upstreams = [
+        edge.Upstream(stack.address(name, http), stack.address(name, grpc))
+        for name, (http, grpc, _) in replicas().items()
+    ]
+    http_port, grpc_port = stack.port("edge", 8443), stack.port("edge", 8444)
+    config = edge.render(
+        directory, upstreams, http_port, grpc_port, tls, EDGE_RATE_PER_S, EDGE_BURST
+    )
+    edge.write(directory, config, edge_keys(stack))
+    command = [
+        edge.nginx_binary(), "-e", "stderr", "-c", str(directory / "nginx.conf"),
+        "-p", str(directory),
+    ]  # fmt: skip
+    spawn(stack, "edge", command, stack.process_environment(), directory)
+    context = ssl.create_default_context(cafile=str(tls.certificate))
+    url = f"https://{HOST}:{http_port}/v2/health/ready"
+    wait_until(stack, "edge", http_ok(url, context=context), 30)
+    return f"https://{HOST}:{http_port}, grpcs {HOST}:{grpc_port} (CA {tls.certificate})"
+
+
+def start_edge_metrics(stack: Stack) -> str:
+    """compose's edge-metrics sidecar: requests per client from the edge's access log."""
+    port = stack.port("edge-metrics", 9103)
+    log = stack.root / "edge" / "access.log"
+    command = [
+        sys.executable, "-m", "infra.edge_metrics",
+        "--log", str(log), "--host", HOST, "--port", str(port),
+    ]  # fmt: skip
+    spawn(stack, "edge-metrics", command, stack.process_environment(), ROOT)
+    wait_until(stack, "edge-metrics", http_ok(f"http://{HOST}:{port}/metrics"), 30)
+    return f"http://{HOST}:{port}/metrics (requests per client at the edge)"
 
 
 def start_pushgateway(stack: Stack) -> str:
@@ -251,11 +320,11 @@ def start_prometheus(stack: Stack) -> str:
 
 
 def is_up(stack: Stack, name: str) -> bool:
-    if name == "triton":
+    if name in replicas():
         from tasks.serving import triton_server
 
         with _triton_environment(stack):
-            return triton_server.status(triton_settings(stack)) is not None
+            return triton_server.status(triton_settings(stack, name)) is not None
     return alive(stack.pids.get(name))
 
 
@@ -267,7 +336,9 @@ def services() -> list[tuple[str, Callable[[Stack], str]]]:
         ("mlflow", start_mlflow),
         ("mlflow-metrics", start_mlflow_metrics),
         ("prefect-server", start_prefect),
-        ("triton", start_triton),
+        *((name, functools.partial(start_triton, name=name)) for name in replicas()),
+        ("edge", start_edge),
+        ("edge-metrics", start_edge_metrics),
         ("pushgateway", start_pushgateway),
         ("prometheus", start_prometheus),
     ]

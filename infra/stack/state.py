@@ -43,6 +43,9 @@ def generated_secrets() -> dict[str, str]:
         "MINIO_WORKER_USER": "conveyor-worker",
         "MINIO_WORKER_PASSWORD": token(16),
         "TRITON_ADMIN_KEY": secrets.token_urlsafe(32),
+        # The edge's client keys: conveyor's, and one caller's ("demo") for the operator to try.
+        "EDGE_CONVEYOR_KEY": secrets.token_urlsafe(32),
+        "EDGE_DEMO_KEY": secrets.token_urlsafe(32),
         "PREFECT_AUTH_STRING": f"conveyor:{token(16)}",
         "MLFLOW_ADMIN_USER": "admin",
         "MLFLOW_ADMIN_PASSWORD": token(16),
@@ -206,7 +209,11 @@ class Stack:
             key = f"{match.group(1)}:{match.group(2)}"
             return f"{HOST}:{self.ports[key]}" if key in self.ports else match.group(0)
 
-        paths = {"project": str(ROOT), "home": str(self.root / "conveyor")}
+        paths = {
+            "project": str(ROOT),
+            "home": str(self.root / "conveyor"),
+            "edge_ca": str(self.root / "edge" / "edge.crt"),
+        }
         values = {}
         for key, raw in template.items():
             value = ADDRESS.sub(move, raw)

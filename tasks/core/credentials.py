@@ -34,6 +34,10 @@ GRPC_METADATA_PREFIX = "triton-grpc-protocol-"
 # open to callers; statistics too (it is read-only and what dashboards poll).
 TRITON_RESTRICTED = ("model-repository", "model-config", "shared-memory", "trace", "logging")
 TRITON_KEY_ENV = "CONVEYOR_TRITON_ADMIN_KEY"
+# conveyor's own client key at the edge (its smoke of a live version, the swap probe, the
+# benchmarks): a client like any other, named in the edge's access log and metric.
+EDGE_KEY_ENV = "CONVEYOR_EDGE_KEY"
+EDGE_KEY_BLOCK_ENV = "CONVEYOR_EDGE_KEY_BLOCK"
 TRITON_KEY_BLOCK_ENV = "CONVEYOR_TRITON_ADMIN_KEY_BLOCK"
 PUSHGATEWAY_USER_ENV = "CONVEYOR_PUSHGATEWAY_USERNAME"
 PUSHGATEWAY_PASSWORD_ENV = "CONVEYOR_PUSHGATEWAY_PASSWORD"
@@ -124,6 +128,17 @@ def triton_http_headers(key_file: str | None) -> dict[str, str]:
 def triton_grpc_headers(key_file: str | None) -> dict[str, str]:
     key = triton_key(key_file)
     return {GRPC_METADATA_PREFIX + TRITON_KEY_HEADER: key} if key else {}
+
+
+def edge_headers() -> dict[str, str]:
+    """What conveyor sends the edge with each inference request: its client key."""
+    key = secret(EDGE_KEY_ENV, EDGE_KEY_BLOCK_ENV)
+    if not key:
+        raise CredentialError(
+            f"an edge is configured (CONVEYOR_EDGE_HTTP_URL) but conveyor has no client key for "
+            f"it: set {EDGE_KEY_ENV}, or name a Secret block holding it in {EDGE_KEY_BLOCK_ENV}"
+        )
+    return {"authorization": f"Bearer {key}"}  # lower case: gRPC metadata
 
 
 def triton_restriction_flags(key: str) -> list[str]:

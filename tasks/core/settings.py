@@ -7,14 +7,22 @@ starts.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tasks.core.spec import DEFAULT_SPEC, SPEC_DIR
+
+
+class TritonAddress(BaseModel):
+    """One Triton replica: its HTTP and gRPC host:port (a pod behind a headless service)."""
+
+    http: str
+    grpc: str
 
 
 class Settings(BaseSettings):
@@ -43,6 +51,27 @@ class Settings(BaseSettings):
         description="An external Triton (host:port); unset: the embedded server.",
     )
     triton_grpc_url: str | None = Field(default=None, description="gRPC host:port of that Triton.")
+    triton_replicas: Annotated[list[TritonAddress], NoDecode] = Field(
+        default_factory=list,
+        description="The Triton replicas every release serves on, as `http/grpc,http/grpc` "
+        "(host:port each) or a JSON list of {http, grpc}; unset: the one Triton above.",
+    )
+    triton_min_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="How many replicas must be up for a release or rollback to start; default: "
+        "all of them. The ones down are brought to the champion by `conveyor doctor --repair`.",
+    )
+    edge_http_url: str | None = Field(
+        default=None,
+        description="The edge (balancer) in front of the replicas, host:port: the swap probe and "
+        "benchmarks go through it, as callers do; unset: straight to the first replica.",
+    )
+    edge_grpc_url: str | None = Field(default=None, description="gRPC host:port of the edge.")
+    edge_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate the edge's TLS is checked against; unset: the edge is plain.",
+    )
     triton_backend: Literal["python", "onnxruntime"] = Field(
         default="python",
         description="config.pbtxt rendering: python (embedded build) or onnxruntime (production).",
@@ -78,6 +107,22 @@ class Settings(BaseSettings):
     )
     triton_startup_timeout_s: float = Field(default=60.0, gt=0)
     triton_load_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("triton_replicas", mode="before")
+    @classmethod
+    def _replica_list(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        pairs = [item.strip() for item in text.split(",") if item.strip()]
+        if any(p.count("/") != 1 for p in pairs):
+            raise ValueError(
+                f"CONVEYOR_TRITON_REPLICAS={value!r}: write each replica as http/grpc "
+                "(e.g. 10.0.0.5:8000/10.0.0.5:8001), separated by commas"
+            )
+        return [dict(zip(("http", "grpc"), p.split("/"), strict=True)) for p in pairs]
 
     @field_validator("home", mode="after")
     @classmethod
@@ -125,4 +170,5 @@ class Settings(BaseSettings):
 
     @property
     def embedded_triton(self) -> bool:
-        return self.triton_http_url is None
+        """conveyor starts and supervises the one Triton: no external server, no replicas."""
+        return self.triton_http_url is None and not self.triton_replicas

@@ -20,7 +20,7 @@ from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, SpecError, load_spec
 from tasks.ops.doctor import checks
 from tasks.registry import alias_history, approval, mlflow_store, model_registry, tracking
-from tasks.serving import triton_client, triton_server
+from tasks.serving import replicas, triton_client, triton_server
 
 
 class FleetError(ConveyorError):
@@ -98,8 +98,10 @@ def _millis(value: int | None) -> datetime | None:
 def _served(settings: Settings, model: str) -> list[int] | None:
     if settings.embedded_triton and triton_server.status(settings) is None:
         return None
+    # The first replica that answers: `conveyor doctor` compares them all.
+    up = replicas.survey(settings).up
     try:
-        return triton_client.loaded_versions(triton_server.endpoint(settings), model)
+        return triton_client.loaded_versions(up[0].endpoint, model) if up else None
     except ConveyorError:
         return None
 

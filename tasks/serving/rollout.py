@@ -10,22 +10,25 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from tasks.core.errors import ServiceUnavailableError
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, ServingSpec
 from tasks.core.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
 from tasks.modeling.onnx import OnnxArtifact, sha256
 from tasks.registry import model_registry, tracking
 from tasks.registry.registry_state import RegistryState
-from tasks.serving import triton_server
+from tasks.serving import replicas
 from tasks.serving.model_config import Backend, candidate_name, config_text
 from tasks.serving.triton_client import (
     TritonError,
+    TritonUnreachableError,
+    control_client,
     load_candidate,
     load_versions,
     loaded_versions,
     unload_model,
 )
-from tasks.serving.triton_server import Endpoint
+from tasks.serving.triton_ports import Endpoint
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "triton" / "python_model" / "model.py"
 
@@ -83,9 +86,13 @@ def publish_version(
 
 
 class ServingState(BaseModel):
-    endpoint: Endpoint
+    endpoint: Endpoint  # the first replica acted on: the one the smoke test measures
     model: str
     versions: list[int]
+    replicas: list[str] = []  # every replica that serves `versions` now
+
+    def where(self) -> str:
+        return ", ".join(self.replicas) or self.endpoint.http
 
 
 def publish(
@@ -116,12 +123,21 @@ def serve_candidate(
     ref: model_registry.ModelRef,
     serving: ServingSpec | None = None,
 ) -> ServingState:
-    """Serve the candidate's verified files under its candidate name, reachable for the smoke test
-    but never by production callers, who keep getting the champion until the swap."""
+    """Serve the candidate's verified files under its candidate name on every replica that is up,
+    reachable for the smoke test but never by production callers, who keep getting the champion
+    until the swap. Loaded on each, not one: a replica that cannot load it (another build, no
+    memory) fails the release here, before anything production reaches has changed."""
     files = read_verified(open_store(settings.repository), f"{spec.name}/{ref.version}")
-    endpoint = triton_server.endpoint(settings)
-    name = load_candidate(settings, endpoint, spec, ref.version, files, serving)
-    return ServingState(endpoint=endpoint, model=name, versions=[ref.version])
+    targets = replicas.quorum(settings, f"serving {spec.name} v{ref.version} as the candidate")
+    name = ""
+    for replica in targets:
+        name = load_candidate(settings, replica.endpoint, spec, ref.version, files, serving)
+    return ServingState(
+        endpoint=targets[0].endpoint,
+        model=name,
+        versions=[ref.version],
+        replicas=[r.name for r in targets],
+    )
 
 
 def live_versions(settings: Settings, spec: ModelSpec) -> list[int]:
@@ -155,70 +171,145 @@ def live_set(settings: Settings, spec: ModelSpec, state: RegistryState) -> LiveS
 
 
 def go_live(
-    settings: Settings, spec: ModelSpec, versions: list[int], serving: ServingSpec | None = None
+    settings: Settings,
+    spec: ModelSpec,
+    versions: list[int],
+    serving: ServingSpec | None = None,
+    targets: list[replicas.Replica] | None = None,
 ) -> ServingState:
-    """Make exactly `versions` loaded under the model's own name; the newest answers unversioned
-    requests, with the serving configuration it was released with. Every file is verified first,
-    and config.pbtxt is rewritten afterwards, so the repository on disk matches what is served
-    (a production Triton started on it loads the same set)."""
+    """Make exactly `versions` loaded under the model's own name on every replica (`targets`:
+    default, every one that is up when enough are); the newest answers unversioned requests,
+    with the serving configuration it was released with. Every file is verified first, and
+    config.pbtxt is rewritten afterwards, so the repository on disk matches what is served (a
+    replica restarted on it loads the same set).
+
+    All or nothing: a replica that fails puts the ones already changed back on what the
+    repository's config.pbtxt says (the set served before), then the error is raised."""
     store = open_store(settings.repository)
     for version in versions:
         verify_dir(store, f"{spec.name}/{version}")
-    endpoint = triton_server.endpoint(settings)
+    if targets is None:
+        targets = replicas.quorum(settings, f"serving {spec.name} {versions}")
+    names = [r.name for r in targets]
     if not versions:
-        unload_model(endpoint, spec.name)
-        return ServingState(endpoint=endpoint, model=spec.name, versions=[])
-    config = load_versions(
-        endpoint,
-        spec,
-        settings.triton_backend,
-        versions,
-        settings.triton_load_timeout_s,
-        serving or serving_for(settings, spec, max(versions)),
-    )
+        for replica in targets:
+            unload_model(replica.endpoint, spec.name)
+        return ServingState(
+            endpoint=targets[0].endpoint, model=spec.name, versions=[], replicas=names
+        )
+    serving = serving or serving_for(settings, spec, max(versions))
+    done: list[replicas.Replica] = []
+    for replica in targets:
+        try:
+            config = load_versions(
+                replica.endpoint,
+                spec,
+                settings.triton_backend,
+                versions,
+                settings.triton_load_timeout_s,
+                serving,
+            )
+        except Exception as exc:
+            put_back = _put_back(settings, spec, [*done, replica])
+            # A replica that died is a component failing under the step, not a verdict.
+            kind = (
+                TritonUnreachableError if isinstance(exc, ServiceUnavailableError) else TritonError
+            )
+            raise kind(
+                f"{replica.name} failed while {spec.name} {versions} went live ({exc}); {put_back}"
+            ) from exc
+        done.append(replica)
     store.write_file(f"{spec.name}/config.pbtxt", config_text(config).encode())
-    return ServingState(endpoint=endpoint, model=spec.name, versions=sorted(versions))
+    return ServingState(
+        endpoint=targets[0].endpoint, model=spec.name, versions=sorted(versions), replicas=names
+    )
 
 
-def restore_serving(settings: Settings, spec: ModelSpec) -> ServingState:
-    return go_live(settings, spec, live_versions(settings, spec))
+def _put_back(settings: Settings, spec: ModelSpec, changed: list[replicas.Replica]) -> str:
+    """Replicas a failed go-live changed, back on the repository's config.pbtxt (written by the
+    last go-live that finished everywhere); say what became of each."""
+    served = open_store(settings.repository).exists(f"{spec.name}/config.pbtxt")
+    said = []
+    for replica in changed:
+        try:
+            if served:
+                control_client(replica.endpoint).load(
+                    spec.name, None, timeout_s=settings.triton_load_timeout_s
+                )
+            else:
+                unload_model(replica.endpoint, spec.name)
+            said.append(f"{replica.name} put back")
+        except Exception as exc:  # the failing replica itself, most often: said, not raised
+            said.append(f"{replica.name} not put back ({type(exc).__name__})")
+    return "; ".join(said) + " on what was served before"
+
+
+def restore_serving(
+    settings: Settings, spec: ModelSpec, targets: list[replicas.Replica] | None = None
+) -> ServingState:
+    """Serve what the registry says is live on `targets` (default: every replica that answers:
+    putting production back never waits for a quorum)."""
+    return go_live(
+        settings,
+        spec,
+        live_versions(settings, spec),
+        targets=targets or replicas.answering(settings),
+    )
 
 
 class Withdrawal(BaseModel):
     state: ServingState
     files_kept: str | None = None  # why the version's files are still in the repository
+    unreachable: list[str] = []  # replicas that did not answer: `conveyor doctor --repair`
 
 
 def withdraw(
     settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, before: LiveSet | None = None
 ) -> Withdrawal:
-    """Undo a candidate: its candidate model unloaded, Triton back to what the registry says is
-    live (it may have been swapped in before a later step failed), the version's files gone.
+    """Undo a candidate on every replica that answers: its candidate model unloaded, Triton back
+    to what the registry says is live (it may have been swapped in before a later step failed),
+    the version's files gone.
 
-    With the registry unreachable (`before` given): Triton goes back to what was live when the
-    release started, and the files stay, since the promotion may have moved an alias onto them
-    before the registry went; with the repository unreachable, they stay too.
+    With the registry unreachable (`before` given): the replicas go back to what was live when
+    the release started, and the files stay, since the promotion may have moved an alias onto
+    them before the registry went; with the repository unreachable, or a replica that did not
+    answer (it may still serve the version), they stay too.
     `conveyor doctor --repair` settles either once the server is back."""
-    endpoint = triton_server.endpoint(settings)
-    unload_model(endpoint, candidate_name(spec.name, ref.version))
+    fleet = replicas.survey(settings)
+    if not fleet.up:
+        raise TritonUnreachableError(
+            f"no Triton replica answers ({fleet.names(fleet.down)}), so {spec.name} "
+            f"v{ref.version} could not be withdrawn from them; start them and run `conveyor "
+            f"doctor {spec.name} --repair`"
+        )
+    swapped = False
+    for replica in fleet.up:
+        unload_model(replica.endpoint, candidate_name(spec.name, ref.version))
+        swapped |= ref.version in loaded_versions(replica.endpoint, spec.name)
     kept = None
-    if ref.version in loaded_versions(endpoint, spec.name):
+    if swapped:
         try:
-            restore_serving(settings, spec)
+            go_live(settings, spec, live_versions(settings, spec), targets=fleet.up)
         except MlflowException:
             if before is None:
                 raise
-            go_live(settings, spec, before.versions, before.serving)
+            go_live(settings, spec, before.versions, before.serving, targets=fleet.up)
             kept = "the registry did not answer"
+    if kept is None and fleet.down:
+        kept = f"{fleet.names(fleet.down)} did not answer and may still serve it"
     if kept is None:
         try:
             open_store(settings.repository).remove_dir(f"{spec.name}/{ref.version}")
         except Exception as exc:  # S3 or the disk failed: often what failed the release
             kept = f"the repository did not answer ({type(exc).__name__})"
+    first = fleet.up[0].endpoint
     state = ServingState(
-        endpoint=endpoint, model=spec.name, versions=loaded_versions(endpoint, spec.name)
+        endpoint=first,
+        model=spec.name,
+        versions=loaded_versions(first, spec.name),
+        replicas=[r.name for r in fleet.up],
     )
-    return Withdrawal(state=state, files_kept=kept)
+    return Withdrawal(state=state, files_kept=kept, unreachable=[r.name for r in fleet.down])
 
 
 def serve_only(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
@@ -254,7 +345,7 @@ def serve_candidate_task(
 ) -> ServingState:
     state = serve_candidate(settings, spec, ref, serving)
     get_run_logger().info(
-        "Triton %s serves the candidate as %s v%d", state.endpoint.http, state.model, ref.version
+        "%s serve(s) the candidate as %s v%d", state.where(), state.model, ref.version
     )
     return state
 
@@ -279,7 +370,7 @@ def withdraw_task(
 @task(name="serve-only")
 def serve_only_task(settings: Settings, spec: ModelSpec, version: int) -> ServingState:
     state = serve_only(settings, spec, version)
-    get_run_logger().info("Triton %s serves %s v%d only", state.endpoint.http, spec.name, version)
+    get_run_logger().info("%s serve(s) %s v%d only", state.where(), spec.name, version)
     return state
 
 
@@ -287,8 +378,8 @@ def serve_only_task(settings: Settings, spec: ModelSpec, version: int) -> Servin
 def restore_serving_task(settings: Settings, spec: ModelSpec) -> ServingState:
     state = restore_serving(settings, spec)
     get_run_logger().warning(
-        "Triton %s serves %s versions %s again, as the registry's aliases say",
-        state.endpoint.http,
+        "%s serve(s) %s versions %s again, as the registry's aliases say",
+        state.where(),
         spec.name,
         state.versions,
     )

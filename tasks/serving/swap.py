@@ -15,7 +15,7 @@ from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets.data import DatasetRef, load_dataset, to_features
 from tasks.registry import model_registry, tracking
-from tasks.serving import model_config, rollout, triton_client, triton_server
+from tasks.serving import model_config, replicas, rollout, triton_client
 from tasks.serving.traffic import LoadResult, Traffic
 
 WARM_REQUESTS = 50  # connection set-up and first requests, left out of the steady window
@@ -65,9 +65,12 @@ def swap_in(
     rollback), wait until it answers unversioned requests, then drop the candidate model.
 
     Triton keeps serving the loaded versions while the new one loads (control calls go over gRPC,
-    see `triton_client.control_client`) and drains a version it unloads."""
-    endpoint = triton_server.endpoint(settings)
-    before = triton_client.loaded_versions(endpoint, spec.name)
+    see `triton_client.control_client`) and drains a version it unloads. With several replicas
+    every one changes before this returns (`rollout.go_live`: all or nothing), and the probe
+    sends what callers send, where they send it: through the balancer when there is one."""
+    targets = replicas.quorum(settings, f"the swap of {spec.name} v{ref.version}")
+    endpoint = replicas.probe_endpoint(settings, targets)
+    before = triton_client.loaded_versions(targets[0].endpoint, spec.name)
     champion = model_registry.alias_version(settings, spec.name, model_registry.CHAMPION)
     if champion == ref.version:
         # A resumed release whose promotion had moved `champion` before its process died: the
@@ -78,9 +81,9 @@ def swap_in(
     started_at = datetime.now(UTC)
     if not before:
         began = time.monotonic()
-        state = rollout.go_live(settings, spec, target)
+        state = rollout.go_live(settings, spec, target, targets=targets)
         elapsed = time.monotonic() - began
-        triton_client.unload_model(endpoint, model_config.candidate_name(spec.name, ref.version))
+        _drop_candidate(targets, spec, ref)
         return SwapReport(
             model=spec.name,
             version=ref.version,
@@ -99,7 +102,7 @@ def swap_in(
         traffic.wait_for(WARM_REQUESTS + STEADY_REQUESTS)
         started_at = datetime.now(UTC)
         began = time.monotonic()
-        state = rollout.go_live(settings, spec, target)
+        state = rollout.go_live(settings, spec, target, targets=targets)
         loaded = time.monotonic()
         answered = traffic.wait_for_version(ref.version, since=began)
         # A little traffic after the switch, so requests the old version drained are counted.
@@ -116,13 +119,22 @@ def swap_in(
         during=traffic.window(began, max(loaded, answered) + SETTLE_S),
         errors=[s.error for s in samples if s.version is None],
     )
-    triton_client.unload_model(endpoint, model_config.candidate_name(spec.name, ref.version))
+    _drop_candidate(targets, spec, ref)
     if report.errors:
         raise SwapError(
             f"{len(report.errors)} of {len(samples)} probe requests failed while {spec.name} "
             f"v{ref.version} was swapped in, first: {report.errors[0]}"
         )
     return report
+
+
+def _drop_candidate(
+    targets: list[replicas.Replica], spec: ModelSpec, ref: model_registry.ModelRef
+) -> None:
+    for replica in targets:
+        triton_client.unload_model(
+            replica.endpoint, model_config.candidate_name(spec.name, ref.version)
+        )
 
 
 @task(name="swap-in")

@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import gevent.ssl
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient._plugin import InferenceServerClientPlugin
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as mc_index
 from tritonclient.utils import InferenceServerException
@@ -34,20 +36,43 @@ class TritonUnreachableError(TritonError, ServiceUnavailableError):
     """Triton died or closed the connection mid-call."""
 
 
+class _EdgeKey(InferenceServerClientPlugin):
+    """Adds conveyor's client key to every request a client sends the edge."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+    def __call__(self, request: object) -> None:
+        request.headers.update(self.headers)  # type: ignore[attr-defined]
+
+
 def http_client(
     endpoint: Endpoint, concurrency: int = 1, timeout_s: float = 60.0
 ) -> httpclient.InferenceServerClient:
     """`timeout_s` bounds connecting and each request (tritonclient's default is 60 s)."""
-    return httpclient.InferenceServerClient(
+    tls = endpoint.tls_ca_file
+    client = httpclient.InferenceServerClient(
         endpoint.http,
         concurrency=concurrency,
         connection_timeout=timeout_s,
         network_timeout=timeout_s,
+        ssl=tls is not None,
+        # Checked against the edge's CA file, host name included (tritonclient's own default
+        # context would check nothing).
+        ssl_options={"ca_certs": tls} if tls else None,
+        ssl_context_factory=gevent.ssl.create_default_context if tls else None,
     )
+    if endpoint.via_edge:
+        client.register_plugin(_EdgeKey(credentials.edge_headers()))
+    return client
 
 
 def grpc_client(endpoint: Endpoint) -> grpcclient.InferenceServerClient:
-    return triton_ports.grpc_client(endpoint.grpc)
+    tls = endpoint.tls_ca_file
+    client = triton_ports.grpc_client(endpoint.grpc, root_certificates=tls)
+    if endpoint.via_edge:
+        client.register_plugin(_EdgeKey(credentials.edge_headers()))
+    return client
 
 
 # gRPC codes for a server that died or closed the connection mid-call (tritonclient passes the
@@ -83,12 +108,13 @@ class ControlClient:
     def load(
         self,
         name: str,
-        config: str,
+        config: str | None,
         files: dict[str, bytes] | None = None,
         timeout_s: float | None = None,
     ) -> None:
-        """Load `name`; Triton answers once the load has finished or failed. A python-backend
-        stub that never starts holds the call open indefinitely: `timeout_s` bounds it."""
+        """Load `name` (`config` None: as the repository's config.pbtxt says); Triton answers
+        once the load has finished or failed. A python-backend stub that never starts holds the
+        call open indefinitely: `timeout_s` bounds it."""
         try:
             self._client.load_model(
                 name, headers=self._headers, config=config, files=files, client_timeout=timeout_s

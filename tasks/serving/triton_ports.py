@@ -31,6 +31,10 @@ class Endpoint(BaseModel):
     http: str
     grpc: str
     key_file: str | None = None
+    # The edge in front of the replicas: TLS checked against this CA file (None: plain), and
+    # conveyor's client key sent with every request (`credentials.edge_headers`).
+    via_edge: bool = False
+    tls_ca_file: str | None = None
 
 
 class TritonServerError(ConveyorError):
@@ -101,7 +105,7 @@ def kept_ports(settings: Settings) -> dict[str, int]:
     return ports
 
 
-def grpc_client(url: str) -> grpcclient.InferenceServerClient:
+def grpc_client(url: str, root_certificates: str | None = None) -> grpcclient.InferenceServerClient:
     """A gRPC client with a subchannel of its own. gRPC shares subchannels per address across a
     process, with their reconnect back-off: a client made for a Triton restarted on its kept
     ports would inherit the dead server's "connection refused" for up to the back-off (seconds)
@@ -111,6 +115,8 @@ def grpc_client(url: str) -> grpcclient.InferenceServerClient:
     keepalive = grpcclient.KeepAliveOptions()
     return grpcclient.InferenceServerClient(
         url,
+        ssl=root_certificates is not None,
+        root_certificates=root_certificates,
         channel_args=[
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),

@@ -331,7 +331,13 @@ def ensure_running(settings: Settings) -> ServerState:
 
 
 def endpoint(settings: Settings) -> Endpoint:
-    """Where this run's Triton is: the configured external server, or the embedded one."""
+    """Where this run's Triton is: the configured external server, or the embedded one. A fleet
+    of replicas has no one address: `tasks.serving.replicas` names each."""
+    if settings.triton_replicas:
+        raise TritonServerError(
+            "CONVEYOR_TRITON_REPLICAS names a fleet, and this step addresses one Triton; it acts "
+            "on each replica through `tasks.serving.replicas` (a bug if you see this)"
+        )
     if settings.triton_http_url is not None:
         if settings.triton_grpc_url is None:
             raise TritonServerError(

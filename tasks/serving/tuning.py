@@ -15,7 +15,7 @@ from tasks.core.spec import ModelSpec, ServingSpec
 from tasks.core.storage import open_store, read_verified
 from tasks.datasets.data import DatasetRef, load_dataset, to_features
 from tasks.registry import model_registry, tracking
-from tasks.serving import triton_client, triton_server
+from tasks.serving import replicas, triton_client
 from tasks.serving.traffic import LoadResult, measure
 
 
@@ -54,13 +54,16 @@ def tune(
     settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, holdout: DatasetRef
 ) -> TuningResult:
     """Serve the candidate under each configuration in turn and measure it at the smoke test's
-    concurrency. The candidate is never reachable by production callers while this runs."""
+    concurrency. The candidate is never reachable by production callers while this runs.
+
+    On the first replica only: the replicas run the same files on the same kind of host, so a
+    sweep per replica would measure the same thing again (and load the host it shares)."""
     sweep = spec.serving.tuning
     if not sweep.enabled:
         return TuningResult(trials=[], chosen=spec.serving, within_budget=True)
     files = read_verified(open_store(settings.repository), f"{spec.name}/{ref.version}")
     rows = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
-    endpoint = triton_server.endpoint(settings)
+    endpoint = replicas.quorum(settings, f"tuning {spec.name} v{ref.version}")[0].endpoint
     trials = []
     for delay, count in itertools.product(sweep.max_queue_delays_us, sweep.instance_counts):
         serving = _configured(spec.serving, delay, count)

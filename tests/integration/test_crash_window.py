@@ -22,7 +22,7 @@ from prefect.settings import PREFECT_API_URL
 from tasks.core import owned_processes
 from tasks.core.settings import Settings
 from tasks.registry import model_registry
-from tasks.serving import smoke, triton_client, triton_server
+from tasks.serving import answers, triton_client, triton_server
 from tests.conftest import write_spec
 from tests.faults import (
     SMALL_RELEASE,
@@ -144,7 +144,7 @@ def test_finite_inputs_outside_the_ranges_are_answered_with_numbers(
 ) -> None:
     state = serving(site)
     assert state is not None
-    rows = smoke.extreme_rows(site.spec)
+    rows = answers.extreme_rows(site.spec)
     if protocol == "HTTP":
         _, proba = triton_client.infer_http(triton_client.http_client(state.endpoint), NAME, rows)
     else:

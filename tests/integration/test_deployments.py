@@ -22,13 +22,17 @@ from pathlib import Path
 
 import boto3
 import httpx
+import numpy as np
 import pytest
 import yaml
 
-from tasks.core import events
+from tasks.core import credentials, events
 from tasks.core.settings import Settings
+from tasks.core.spec import load_spec
+from tasks.datasets.data import to_features
+from tasks.datasets.synthetic import generate_transactions
 from tasks.registry import mlflow_store, model_registry, tracking
-from tasks.serving import triton_client, triton_server
+from tasks.serving import replicas, triton_client
 from tests.conftest import ROOT, ZOMBIE_AFTER_S, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
@@ -172,11 +176,15 @@ def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_
     # Triton serves the champion from the S3 repository conveyor published it to.
     served = _s3_keys("models", f"triton/{NAME}/")
     assert {f"triton/{NAME}/1/model.onnx", f"triton/{NAME}/config.pbtxt"} <= set(served), served
-    endpoint = triton_server.endpoint(stack.settings)
-    assert triton_client.loaded_versions(endpoint, NAME) == [1]
-    [state] = [m for m in triton_client.control_client(endpoint).index() if m.name == NAME]
-    assert state.state == "READY"
-    # The operator's view of it, with the stack's env file sourced.
+    # Both replicas serve it, each loaded from the repository.
+    fleet = replicas.configured(stack.settings)
+    assert len(fleet) == 2
+    for replica in fleet:
+        assert triton_client.loaded_versions(replica.endpoint, NAME) == [1], replica.name
+        control = triton_client.control_client(replica.endpoint)
+        [state] = [m for m in control.index() if m.name == NAME]
+        assert state.state == "READY"
+    # The operator's view of it, with the stack's env file sourced: every replica.
     status = subprocess.run(
         [str(BIN / "conveyor"), "triton", "status"],
         env=stack.env(),
@@ -185,7 +193,18 @@ def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_
         timeout=60,
     )
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "(external: TRITON_URL)" in status.stdout and f"{NAME}:1" in status.stdout
+    lines = [line for line in status.stdout.splitlines() if line.startswith("up: replica")]
+    assert len(lines) == 2 and all(f"{NAME}:1" in line for line in lines), status.stdout
+    # A caller of the stack: through the edge, over TLS, with the key the stack made for a demo
+    # client; the champion's own answers.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(credentials.EDGE_KEY_ENV, stack.production.secrets["EDGE_DEMO_KEY"])
+        edge = replicas.probe_endpoint(stack.settings, fleet)
+        assert edge.via_edge and edge.tls_ca_file
+        rows = to_features(generate_transactions(50, seed=2, fraud_rate=0.05), load_spec(released))
+        labels, _ = triton_client.infer_http(triton_client.http_client(edge), NAME, rows)
+        direct = triton_client.http_client(fleet[0].endpoint)
+        np.testing.assert_array_equal(labels, triton_client.infer_http(direct, NAME, rows)[0])
 
 
 def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: Stack) -> None:
@@ -571,7 +590,8 @@ def test_a_worker_killed_mid_retrain_crashes_its_run_and_the_next_retrain_runs(
     assert done["state"]["type"] == "COMPLETED", stack.logs(worker_killed.queued)[-3000:]
     champion = model_registry.alias_version(stack.settings, name, model_registry.CHAMPION)
     assert champion is not None
-    assert triton_client.loaded_versions(triton_server.endpoint(stack.settings), name) == [champion]
+    for replica in replicas.configured(stack.settings):
+        assert triton_client.loaded_versions(replica.endpoint, name) == [champion], replica.name
     doctor = subprocess.run(
         [str(BIN / "conveyor"), "doctor", name],
         cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=120,

@@ -29,7 +29,7 @@ from infra.stack import StackError, system_binary
 from tasks.core import credentials, pushgateway
 from tasks.core.settings import Settings
 from tasks.modeling.evaluation import GateError
-from tasks.serving import triton_server
+from tasks.serving import replicas
 from tasks.serving.traffic import measure
 from tasks.serving.triton_server import Endpoint
 from tests.conftest import ROOT, write_spec
@@ -104,7 +104,9 @@ def observed(
         # its alert stays silent.
         outcome_check_flow(str(write_spec(base, name=NAME)))
         # Clients' traffic, so Triton's rate and latency series have samples to work on.
-        more_traffic(triton_server.endpoint(settings), second.model)
+        # Through the edge, as callers send it: both replicas get their share.
+        fleet = replicas.configured(settings)
+        more_traffic(replicas.probe_endpoint(settings, fleet), second.model)
         yield Observed(
             settings,
             stack["CONVEYOR_PUSHGATEWAY_URL"],

@@ -11,6 +11,7 @@ Pushgateway holds (the model card is an MLflow artifact: in S3)."""
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from infra.stack import SECRETS_FILE, system_binary
 from tasks.core.settings import Settings
 from tasks.ops.model_card import CARD_ARTIFACT
 from tasks.registry import model_registry
-from tasks.serving import triton_client, triton_server
+from tasks.serving import replicas, triton_client
 from tests.conftest import ROOT, write_spec
 from tests.servers import BIN, ProductionStack, clean_env
 
@@ -37,6 +38,7 @@ CREDENTIAL_FILES = {
     "redis/redis.conf",
     "mlflow/basic_auth.ini",  # its database URL
     "prometheus/secrets/pushgateway-password",
+    "edge/clients.map",  # the edge's key → client name map, mode 0600
 }
 # PostgreSQL's own files are searched through dumps (its pages may be compressed).
 DUMPED = "postgres"
@@ -86,7 +88,8 @@ def released(production: ProductionStack, tmp_path_factory: pytest.TempPathFacto
             patch.setenv(key, value)
         settings = Settings()
         assert model_registry.alias_version(settings, NAME, model_registry.CHAMPION) == 1
-        assert triton_client.loaded_versions(triton_server.endpoint(settings), NAME) == [1]
+        for replica in replicas.configured(settings):
+            assert triton_client.loaded_versions(replica.endpoint, NAME) == [1], replica.name
     time.sleep(2)  # Prefect writes logs and events in batches
     return Leak(production, markers(production), base, console, env)
 
@@ -119,10 +122,15 @@ def test_every_credential_was_needed(released: Leak) -> None:
     )
     assert mlflow.status_code == 401
     assert httpx.get(f"{env['CONVEYOR_PUSHGATEWAY_URL']}/metrics", timeout=10).status_code == 401
-    # Triton's control API without the key: refused; inference metadata stays open.
-    control = httpx.post(f"http://{env['TRITON_URL']}/v2/repository/index", timeout=10)
-    assert control.status_code in (401, 403), control.text
-    assert httpx.get(f"http://{env['TRITON_URL']}/v2/models/{NAME}", timeout=10).is_success
+    # Each replica's control API without the key: refused; inference metadata stays open.
+    for replica in Settings(triton_replicas=env["CONVEYOR_TRITON_REPLICAS"]).triton_replicas:
+        control = httpx.post(f"http://{replica.http}/v2/repository/index", timeout=10)
+        assert control.status_code in (401, 403), control.text
+        assert httpx.get(f"http://{replica.http}/v2/models/{NAME}", timeout=10).is_success
+    # The edge without a client key: 401, over TLS.
+    ca = ssl.create_default_context(cafile=env["CONVEYOR_EDGE_CA_FILE"])
+    edge = httpx.get(f"https://{env['CONVEYOR_EDGE_HTTP_URL']}/v2/models/{NAME}", verify=ca)
+    assert edge.status_code == 401, edge.text
 
 
 def test_no_marker_in_console_or_any_file_written(released: Leak) -> None:

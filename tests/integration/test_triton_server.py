@@ -24,7 +24,7 @@ from tasks.datasets.data import to_features, to_target
 from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import convert, input_bounds, predict
 from tasks.modeling.training import build_pipeline
-from tasks.serving import model_config, rollout, smoke, triton_client, triton_ports, triton_server
+from tasks.serving import answers, model_config, rollout, triton_client, triton_ports, triton_server
 
 
 @pytest.fixture(scope="module")
@@ -241,11 +241,11 @@ def test_a_model_answering_nan_is_refused_and_fails_the_smoke_check(server: Sett
     store = LocalStore(Path(server.repository))
     endpoint = triton_server.endpoint(server)
     http, grpc = triton_client.http_client(endpoint), triton_client.grpc_client(endpoint)
-    predictors: dict[str, smoke.Predict] = {
+    predictors: dict[str, answers.Predict] = {
         "HTTP": lambda x: triton_client.outputs_http(http, spec.name, x),
         "gRPC": lambda x: triton_client.outputs_grpc(grpc, spec.name, x),
     }
-    rows = smoke.extreme_rows(spec)
+    rows = answers.extreme_rows(spec)
     try:
         raw = convert(fitted, spec.n_features)
         assert np.isnan(predict(raw, rows)[1]).any()  # the fault is real offline
@@ -253,12 +253,12 @@ def test_a_model_answering_nan_is_refused_and_fails_the_smoke_check(server: Sett
         triton_client.load_versions(endpoint, spec, "python", [1], timeout_s=60)
         with pytest.raises(InferenceServerException, match="non-finite probability"):
             triton_client.infer_http(http, spec.name, rows)
-        problems = smoke.extreme_problems(predictors, spec, spec.serving.max_batch_size)
+        problems = answers.extreme_problems(predictors, spec, spec.serving.max_batch_size)
         assert [p.split(":")[0] for p in problems] == ["HTTP", "gRPC"], problems
         clipped = convert(fitted, spec.n_features, input_bounds(spec))
         rollout.publish_version(store, server.repository, spec, 2, clipped, "python")
         triton_client.load_versions(endpoint, spec, "python", [2], timeout_s=60)
-        assert smoke.extreme_problems(predictors, spec, spec.serving.max_batch_size) == []
+        assert answers.extreme_problems(predictors, spec, spec.serving.max_batch_size) == []
         _, proba = triton_client.infer_grpc(grpc, spec.name, rows)
         assert np.isfinite(proba).all()
     finally:

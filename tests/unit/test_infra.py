@@ -8,10 +8,12 @@ import re
 from pathlib import Path
 
 import bcrypt
+import pytest
 import yaml
 
 from infra.render_secrets import SCRAPE_USER, read_env, render
 from tasks.core import credentials
+from tasks.core.settings import Settings
 from tests.conftest import ROOT
 
 INFRA = ROOT / "infra"
@@ -28,7 +30,10 @@ def test_compose_has_every_service_of_the_stack() -> None:
         "mlflow",
         "mlflow-metrics",
         "mlflow-users",
-        "triton",
+        "triton-1",
+        "triton-2",
+        "edge",
+        "edge-metrics",
         "prefect-server",
         "worker-cpu",
         "worker-gpu",
@@ -52,15 +57,38 @@ def test_every_variable_the_compose_file_reads_is_in_the_example_env() -> None:
     assert "infra/.env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
-def test_triton_serves_the_s3_repository_in_explicit_mode_on_a_gpu() -> None:
-    triton = SERVICES["triton"]
+REPLICAS = ("triton-1", "triton-2")
+
+
+@pytest.mark.parametrize("name", REPLICAS)
+def test_triton_serves_the_s3_repository_in_explicit_mode_on_a_gpu(name: str) -> None:
+    triton = SERVICES[name]
     assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:")
     command = triton["command"]
     assert "--model-control-mode=explicit" in command
+    # A restarted replica serves what the repository's config.pbtxt files pin at once.
+    assert "--load-model=*" in command
     assert any(arg.startswith("--model-repository=s3://http://minio:9000/") for arg in command)
     assert "--metrics-config=summary_latencies=true" in command
     [device] = triton["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    # Only the edge is published: callers never reach a replica directly.
+    assert "ports" not in triton
+
+
+def test_workers_reach_every_replica_and_callers_the_edge() -> None:
+    env = SERVICES["worker-cpu"]["environment"]
+    replicas = Settings(triton_replicas=env["CONVEYOR_TRITON_REPLICAS"]).triton_replicas
+    assert [(r.http, r.grpc) for r in replicas] == [
+        ("triton-1:8000", "triton-1:8001"),
+        ("triton-2:8010", "triton-2:8011"),
+    ]
+    for replica, ports in zip(REPLICAS, ((8000, 8001, 8002), (8010, 8011, 8012)), strict=True):
+        assert sorted(int(p) for p in SERVICES[replica]["expose"]) == list(ports)
+    assert env["CONVEYOR_EDGE_HTTP_URL"] == "edge:8443"
+    assert env["CONVEYOR_EDGE_GRPC_URL"] == "edge:8444"
+    assert _env_secret(env[credentials.EDGE_KEY_ENV])
+    assert sorted(SERVICES["edge"]["ports"]) == ["8443:8443", "8444:8444"]
 
 
 def test_workers_get_the_production_endpoints_and_the_gpu_pool_the_nvidia_runtime() -> None:
@@ -69,7 +97,6 @@ def test_workers_get_the_production_endpoints_and_the_gpu_pool_the_nvidia_runtim
         env = worker["environment"]
         assert f"--pool {pool}" in worker["command"]
         assert env["CONVEYOR_TRITON_BACKEND"] == "onnxruntime"
-        assert env["TRITON_URL"] == "triton:8000"
         assert env["CONVEYOR_MODEL_REPOSITORY"].startswith("s3://")
         assert env["CONVEYOR_PUSHGATEWAY_URL"] == "http://pushgateway:9091"
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
@@ -87,7 +114,8 @@ def test_mlflow_uses_postgres_and_minio() -> None:
 
 
 # Written from infra/.env by infra/render_secrets.py (git-ignored, so absent in a clone).
-RENDERED = {"./pushgateway/web.yml", "./prometheus/secrets"}
+# Rendered from infra/.env (render_secrets.py, `python -m infra.edge render`), git-ignored.
+RENDERED = {"./pushgateway/web.yml", "./prometheus/secrets", "./edge"}
 
 
 def test_every_file_the_stack_mounts_or_builds_exists() -> None:
@@ -149,7 +177,8 @@ def test_three_dashboards_with_unique_ids_and_an_expression_in_every_panel() -> 
 def test_prometheus_scrapes_the_pushgateway_triton_and_mlflow() -> None:
     config = yaml.safe_load((INFRA / "prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"pushgateway", "triton", "mlflow"}
+    assert set(jobs) == {"pushgateway", "triton", "mlflow", "edge"}
+    assert jobs["triton"]["static_configs"][0]["targets"] == ["triton-1:8002", "triton-2:8012"]
     assert jobs["pushgateway"]["honor_labels"] is True
     mounted = " ".join(SERVICES["prometheus"]["volumes"])
     assert "./prometheus/rules:/etc/prometheus/rules" in mounted
@@ -161,8 +190,9 @@ def _env_secret(value: str) -> bool:
     return bool(re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]*)?\}", value))
 
 
-def test_triton_is_pinned_locked_and_unprivileged() -> None:
-    triton = SERVICES["triton"]
+@pytest.mark.parametrize("name", REPLICAS)
+def test_triton_is_pinned_locked_and_unprivileged(name: str) -> None:
+    triton = SERVICES[name]
     year, month = triton["image"].split(":")[1].split("-")[0].split(".")
     assert (int(year), int(month)) >= (26, 3), "26.03 fixes CVE-2026-24207"
     assert triton["user"] not in {"0", "root"} and not triton["user"].startswith("0:")

@@ -101,7 +101,9 @@ def test_credentials_are_made_once_per_stack_directory(tmp_path: Path) -> None:
 def test_default_ports_are_composes_plus_the_offset(tmp_path: Path) -> None:
     fixed = stack.Stack.open(tmp_path / "s")
     assert fixed.ports["prefect-server:4200"] == 4200 + stack.PORT_OFFSET
-    assert fixed.ports["triton:8001"] == 8001 + stack.PORT_OFFSET
+    assert fixed.ports["triton-1:8001"] == 8001 + stack.PORT_OFFSET
+    assert fixed.ports["triton-2:8011"] == 8011 + stack.PORT_OFFSET
+    assert fixed.ports["edge:8443"] == 8443 + stack.PORT_OFFSET
 
 
 def test_prometheus_scrapes_the_stacks_targets(local: stack.Stack, tmp_path: Path) -> None:
@@ -113,7 +115,11 @@ def test_prometheus_scrapes_the_stacks_targets(local: stack.Stack, tmp_path: Pat
         for job in config["scrape_configs"]
         for group in job["static_configs"]
     }
-    assert targets["triton"] == [f"127.0.0.1:{local.ports['triton:8002']}"]
+    assert targets["triton"] == [
+        f"127.0.0.1:{local.ports['triton-1:8002']}",
+        f"127.0.0.1:{local.ports['triton-2:8012']}",
+    ]
+    assert targets["edge"] == [f"127.0.0.1:{local.ports['edge-metrics:9103']}"]
     assert targets["pushgateway"] == [f"127.0.0.1:{local.ports['pushgateway:9091']}"]
     for job in config["scrape_configs"]:
         if "basic_auth" in job:

@@ -23,10 +23,11 @@ from tasks.core.settings import Settings
 from tasks.core.storage import StorageError, Store, open_store, repository_versions, verify_dir
 from tasks.registry import approval, known_specs, mlflow_store, model_registry, tracking
 from tasks.registry.registry_state import RegistryState, read_registry_state
-from tasks.serving import model_config, triton_client, triton_server
+from tasks.serving import model_config, replicas, triton_client, triton_server
 
 Kind = Literal[
     "triton-down",
+    "replica-down",
     "stray-stubs",
     "alias-unservable",
     "not-served",
@@ -89,10 +90,30 @@ def fleet(settings: Settings) -> list[str]:
     return sorted(names)
 
 
-def server_problems(settings: Settings) -> list[Problem]:
-    """The embedded Triton: dead while its state says it runs, or stubs of a dead server."""
-    if not settings.embedded_triton:
+def serving_replicas(settings: Settings) -> list[replicas.Replica]:
+    """The replicas that answer; none when the embedded server is down (it is not started here:
+    the doctor examines before it repairs)."""
+    if settings.embedded_triton and triton_server.status(settings) is None:
         return []
+    return replicas.survey(settings).up
+
+
+def server_problems(settings: Settings) -> list[Problem]:
+    """The embedded Triton: dead while its state says it runs, or stubs of a dead server. A
+    replica of the fleet: not answering (conveyor does not run them, their platform restarts
+    them; the repair that follows serves the champion on it)."""
+    if not settings.embedded_triton:
+        return [
+            Problem(
+                model=None,
+                kind="replica-down",
+                detail=f"{replica.name} does not answer",
+                repair="none here: restart it, then `conveyor doctor --repair` serves champion "
+                "and previous on it",
+                key=replica.name,
+            )
+            for replica in replicas.survey(settings).down
+        ]
     state = triton_server.read_state(settings)
     if state is None or triton_server.status(settings) is not None:
         return []
@@ -145,9 +166,8 @@ def model_problems(
         for alias in (model_registry.CHAMPION, model_registry.PREVIOUS, model_registry.CHALLENGER)
     }
     live = {v for a, v in aliases.items() if a != model_registry.CHALLENGER and v is not None}
-    running = triton_server.status(settings) is not None or not settings.embedded_triton
-    endpoint = triton_server.endpoint(settings) if running else None
-    served = triton_client.loaded_versions(endpoint, model) if endpoint else []
+    up = serving_replicas(settings)
+    servable = set()
     for alias in (model_registry.CHAMPION, model_registry.PREVIOUS):
         version = aliases[alias]
         if version is None:
@@ -164,30 +184,46 @@ def model_problems(
                 )
             )
             continue
-        if version not in served:
-            where = f"Triton serves {served or 'nothing'}" if running else "Triton is down"
+        servable.add((alias, version))
+    served_by = {r.name: triton_client.loaded_versions(r.endpoint, model) for r in up}
+    if not up:
+        problems += [
+            Problem(
+                model=model,
+                kind="not-served",
+                detail=f"{alias} → v{version}, but Triton is down",
+                repair="load champion and previous (their files verified first)",
+            )
+            for alias, version in sorted(servable)
+        ]
+    for replica, served in served_by.items():
+        for alias, version in sorted(servable):
+            if version not in served:
+                problems.append(
+                    Problem(
+                        model=model,
+                        kind="not-served",
+                        detail=f"{alias} → v{version}, but {replica} serves {served or 'nothing'}",
+                        repair="load champion and previous (their files verified first)",
+                        key=replica,
+                    )
+                )
+    busy = not holding_lease and lease.is_held(settings, model)
+    for replica, served in served_by.items():
+        stray = sorted(set(served) - live)
+        if stray and not busy:
+            # Callers reach the newest loaded version: one no alias names (a release killed
+            # mid-swap) answers production traffic without having been promoted.
             problems.append(
                 Problem(
                     model=model,
-                    kind="not-served",
-                    detail=f"{alias} → v{version}, but {where}",
-                    repair="load champion and previous (their files verified first)",
+                    kind="unaliased-served",
+                    detail=f"{replica} serves v{', v'.join(map(str, stray))}, which neither "
+                    "champion nor previous names",
+                    repair="serve champion and previous only",
+                    key=replica,
                 )
             )
-    busy = not holding_lease and lease.is_held(settings, model)
-    stray = sorted(set(served) - live)
-    if stray and not busy:
-        # Callers reach the newest loaded version: one no alias names (a release killed
-        # mid-swap) answers production traffic without having been promoted.
-        problems.append(
-            Problem(
-                model=model,
-                kind="unaliased-served",
-                detail=f"Triton serves v{', v'.join(map(str, stray))}, which neither champion "
-                "nor previous names",
-                repair="serve champion and previous only",
-            )
-        )
     if busy:
         holder = lease.read_holder(settings, model)
         problems.append(
@@ -229,10 +265,10 @@ def model_problems(
                 repair="remove the alias; the version keeps its record, tagged failed",
             )
         )
-    if endpoint is not None:
-        # Candidates are loaded from files sent in the request, so Triton's repository index
-        # does not list them: ask for each version's candidate name.
-        control = triton_client.control_client(endpoint)
+    # Candidates are loaded from files sent in the request, so Triton's repository index does
+    # not list them: ask each replica for each version's candidate name.
+    for replica in up:
+        control = triton_client.control_client(replica.endpoint)
         for version in registered_versions(settings, model):
             name = model_config.candidate_name(model, version)
             if version == suspended:
@@ -242,7 +278,7 @@ def model_problems(
                     Problem(
                         model=model,
                         kind="orphan-candidate",
-                        detail=f"{name} is loaded with no release running",
+                        detail=f"{name} is loaded on {replica.name} with no release running",
                         repair="unload it",
                         key=name,
                     )

@@ -16,6 +16,7 @@ from tasks.ops.doctor.checks import (
     examine,
     model_problems,
     server_problems,
+    serving_replicas,
 )
 from tasks.registry import approval, known_specs, model_registry, tracking
 from tasks.registry.registry_state import RegistryState
@@ -45,7 +46,12 @@ def _repair_model(
     unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
     if unserved:
         try:
-            rollout.restore_serving(settings, spec or known_specs.spec_of(settings, model))
+            # Every replica that answers, however many: a restarted one is brought to the champion.
+            rollout.restore_serving(
+                settings,
+                spec or known_specs.spec_of(settings, model),
+                targets=serving_replicas(settings) or None,
+            )
         except SpecError as exc:
             for problem in unserved:
                 problem.repair = f"none: {exc}"
@@ -64,7 +70,8 @@ def _repair_model(
                     approval.record_expired(settings, ref)
                 model_registry.retire_candidate(settings, ref, "its release is no longer running")
         elif problem.kind == "orphan-candidate" and problem.key:
-            triton_client.unload_model(triton_server.endpoint(settings), problem.key)
+            for replica in serving_replicas(settings):
+                triton_client.unload_model(replica.endpoint, problem.key)
         elif problem.kind == "orphan-version" and serving_stuck:
             problem.repair = "none yet: kept while Triton may still serve it (see above)"
             continue
@@ -77,7 +84,13 @@ def _repair_model(
         problem.repaired = True
 
 
+# What conveyor can mend on a server: the embedded one it runs. A replica of a fleet is
+# restarted by its platform; the model repairs then serve the champion on it.
+SERVER_REPAIRS = {"triton-down", "stray-stubs"}
+
+
 def _repair_server(settings: Settings, problems: list[Problem]) -> None:
+    problems = [p for p in problems if p.kind in SERVER_REPAIRS]
     if problems:
         # A clean restart: the dead group (stubs included) is ended, the repository reloaded.
         triton_server.ensure_running(settings)

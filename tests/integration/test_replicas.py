@@ -1,0 +1,305 @@
+"""A serving fleet: two real Triton servers on one repository, named by CONVEYOR_TRITON_REPLICAS,
+driven by `conveyor` subprocesses against a real Prefect API and the SQLite registry.
+
+Each replica is started as the platform would (conveyor does not supervise a fleet): its own
+state directory, the shared repository, the operator's control key. The tests run in file order
+and each starts from the state the previous one left (both replicas serving the champion).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from infra import edge
+from tasks.core import credentials
+from tasks.core.settings import Settings, TritonAddress
+from tasks.core.storage import open_store
+from tasks.datasets.data import to_features
+from tasks.datasets.synthetic import generate_transactions
+from tasks.modeling.onnx import predict
+from tasks.ops.doctor import checks
+from tasks.registry import model_registry
+from tasks.serving import model_config, replicas, triton_client, triton_ports, triton_server
+from tests.conftest import write_spec
+from tests.faults import SMALL_RELEASE, Site, assert_one_paragraph, next_version, ok
+from tests.servers import clean_env
+
+NAME = "fraud-detector"
+
+
+@dataclass
+class Fleet:
+    site: Site
+    members: list[Settings]  # each replica's own state directory, on the shared repository
+    edge: triton_server.Endpoint  # nginx in front of both, as callers reach them
+    killed: list[int] = field(default_factory=list)
+
+    def endpoint(self, i: int) -> triton_server.Endpoint:
+        state = triton_server.status(self.members[i])
+        assert state is not None, f"replica {i + 1} is down"
+        return state.endpoint
+
+    def served(self, i: int) -> list[int]:
+        return triton_client.loaded_versions(self.endpoint(i), NAME)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL the replica's whole process group (server and stubs), as an OOM kill would."""
+        state = triton_server.read_state(self.members[i])
+        assert state is not None
+        os.killpg(state.pid, signal.SIGKILL)
+        self.killed.append(state.pid)
+
+    def restart(self, i: int) -> None:
+        """What the platform does: the replica starts again, empty (explicit model control)."""
+        triton_server.start(self.members[i])
+
+
+def live(site: Site) -> list[int]:
+    aliases = (model_registry.CHAMPION, model_registry.PREVIOUS)
+    versions = {model_registry.alias_version(site.settings, NAME, a) for a in aliases}
+    return sorted(v for v in versions if v is not None)
+
+
+def assert_fleet_invariant(fleet: Fleet) -> None:
+    """Every replica serves exactly champion + previous, no candidate, the champion answering
+    like its ONNX file; `conveyor doctor` is clean."""
+    site = fleet.site
+    champion = site.champion()
+    assert champion is not None
+    assert model_registry.alias_version(site.settings, NAME, model_registry.CHALLENGER) is None
+    store = open_store(site.settings.repository)
+    rows = to_features(generate_transactions(200, seed=11, fraud_rate=0.05), site.spec)
+    offline_labels, offline_proba = predict(store.read_file(f"{NAME}/{champion}/model.onnx"), rows)
+    for i in range(len(fleet.members)):
+        assert fleet.served(i) == live(site), f"replica {i + 1}"
+        control = triton_client.control_client(fleet.endpoint(i))
+        for version in checks.registered_versions(site.settings, NAME):
+            assert not control.is_ready(model_config.candidate_name(NAME, version))
+        client = triton_client.http_client(fleet.endpoint(i))
+        labels, proba = triton_client.infer_http(client, NAME, rows)
+        np.testing.assert_array_equal(labels, offline_labels)
+        np.testing.assert_allclose(proba, offline_proba, atol=1e-5)
+    for pid in fleet.killed:
+        assert triton_server.stray_stubs(pid) == [], f"stubs of killed replica {pid} still run"
+    report = checks.examine(site.settings, [NAME])
+    assert report.clean and not report.problems, checks.report_lines(report)
+    ok(site.run("doctor", NAME))
+
+
+class Callers:
+    """Production callers: unversioned requests through the edge (TLS, a client key) and
+    straight to every replica, until stopped."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.endpoints = [fleet.edge, *(fleet.endpoint(i) for i in range(len(fleet.members)))]
+        self.rows = to_features(generate_transactions(8, seed=3, fraud_rate=0.05), fleet.site.spec)
+        self.answered = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._call, args=(e,), daemon=True) for e in self.endpoints
+        ]
+
+    def _call(self, endpoint: triton_server.Endpoint) -> None:
+        client = triton_client.http_client(endpoint)
+        while not self._stop.is_set():
+            try:
+                triton_client.infer_http(client, NAME, self.rows)
+                self.answered += 1
+            except Exception as exc:  # counted: the test asserts there are none
+                self.errors.append(f"{endpoint.http}: {exc}")
+            time.sleep(0.01)
+
+    def __enter__(self) -> Callers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def fleet(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    base = tmp_path_factory.mktemp("replicas")
+    repository = str(base / "repository")
+    key = "fleet-" + secrets.token_hex(16)
+    members = [Settings(home=base / f"replica{i}", model_repository=repository) for i in (1, 2)]
+    with pytest.MonkeyPatch.context() as patch:
+        # The operator's control key: every replica is started with it, conveyor calls with it.
+        patch.setenv(credentials.TRITON_KEY_ENV, key)
+        try:
+            states = [triton_server.start(member) for member in members]
+            addresses = ",".join(f"{s.endpoint.http}/{s.endpoint.grpc}" for s in states)
+            settings = Settings(
+                home=base / "state",
+                model_repository=repository,
+                triton_replicas=[
+                    TritonAddress(http=s.endpoint.http, grpc=s.endpoint.grpc) for s in states
+                ],
+            )
+            env = clean_env(
+                CONVEYOR_HOME=str(settings.home),
+                CONVEYOR_MODEL_REPOSITORY=repository,
+                CONVEYOR_TRITON_REPLICAS=addresses,
+                CONVEYOR_TRITON_ADMIN_KEY=key,
+                PREFECT_API_URL=str(PREFECT_API_URL.value()),
+                CONVEYOR_LEASE_TIMEOUT_S="240",
+            )
+            keys = {name: secrets.token_urlsafe(32) for name in ("conveyor", "caller")}
+            upstreams = [edge.Upstream(s.endpoint.http, s.endpoint.grpc) for s in states]
+            tls = edge.self_signed(base)
+            # A rate no test reaches: the limit itself is test_edge's.
+            with edge.serve(base / "edge", upstreams, keys, tls, 5000, 5000) as (http, grpc):
+                at = f"{triton_ports.HOST}:"
+                env |= {
+                    "CONVEYOR_EDGE_HTTP_URL": f"{at}{http}",
+                    "CONVEYOR_EDGE_GRPC_URL": f"{at}{grpc}",
+                    "CONVEYOR_EDGE_CA_FILE": str(tls.certificate),
+                    credentials.EDGE_KEY_ENV: keys["conveyor"],
+                }
+                # This process calls as a client of its own.
+                patch.setenv(credentials.EDGE_KEY_ENV, keys["caller"])
+                through = triton_ports.Endpoint(
+                    http=f"{at}{http}",
+                    grpc=f"{at}{grpc}",
+                    via_edge=True,
+                    tls_ca_file=str(tls.certificate),
+                )
+                site = Site(base, settings, write_spec(base, **SMALL_RELEASE), env)
+                fleet = Fleet(site, members, through)
+                ok(site.release())
+                assert site.champion() == 1
+                yield fleet
+        finally:
+            for member in members:
+                triton_server.stop(member)
+
+
+def test_release_serves_the_new_champion_on_every_replica(fleet: Fleet) -> None:
+    """Both replicas serve the candidate for the smoke test, then both change before the
+    champion moves; callers of either replica never fail."""
+    site = fleet.site
+    before = site.champion()
+    assert before is not None
+    with Callers(fleet) as callers:
+        done = ok(site.release())
+    assert callers.errors == [], callers.errors[:5]
+    assert callers.answered > 50
+    # The swap's probe went through the edge, as a client of its own.
+    access = (site.base / "edge" / "access.log").read_text()
+    assert "client=conveyor status=200" in access and "client=caller status=200" in access
+    assert "2 replicas up" in " ".join(done.split())
+    assert site.champion() == before + 1
+    assert live(site) == [before, before + 1]
+    assert_fleet_invariant(fleet)
+
+
+def test_rollback_acts_on_every_replica(fleet: Fleet) -> None:
+    site = fleet.site
+    champion, previous = site.champion(), live(site)[0]
+    ok(site.run("rollback", NAME, "--reason", "fleet test"))
+    assert site.champion() == previous
+    assert [fleet.served(i) for i in (0, 1)] == [[previous], [previous]]
+    # Forward again, so the next test starts from champion + previous served everywhere.
+    ok(site.release())
+    assert site.champion() == max(champion or 0, previous) + 1
+    assert_fleet_invariant(fleet)
+
+
+def test_replica_killed_mid_swap_withdraws_and_doctor_repairs_it(fleet: Fleet) -> None:
+    """Replica 1 already serves the new version when replica 2 dies: the release is withdrawn
+    (replica 1 put back), and once replica 2 is restarted `doctor --repair` serves the old
+    champion on it."""
+    site = fleet.site
+    before, was_live = site.champion(), live(site)
+    new = next_version(site)
+    release = site.start("run", "--spec", str(site.spec_path), "--force", log="killed.log")
+    deadline = time.monotonic() + 300
+    with Callers(fleet) as callers:
+        # Replica 1 goes first (`rollout.go_live`): the new version on it means the swap is
+        # underway and replica 2 is next.
+        while new not in fleet.served(0):
+            assert release.poll() is None, site.output("killed.log")[-3000:]
+            assert time.monotonic() < deadline, "the swap never reached replica 1"
+            time.sleep(0.02)
+        fleet.kill(1)
+        assert release.wait(300) == 2, site.output("killed.log")[-3000:]
+    # Callers of the edge never noticed: nginx retried what the dead replica dropped.
+    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
+    assert through_edge == [], through_edge[:5]
+    output = " ".join(site.output("killed.log").split())
+    assert_one_paragraph(output)
+    assert "was withdrawn" in output and "replica 2" in output, output[-2000:]
+    assert site.champion() == before
+    assert fleet.served(0) == was_live
+    # Replica 2 may have served the new version when it died: the files stay until it answers.
+    assert open_store(site.settings.repository).exists(f"{NAME}/{new}")
+
+    fleet.restart(1)
+    assert fleet.served(1) == []
+    found = site.run("doctor", NAME)
+    assert found.returncode != 0
+    assert "replica 2" in found.stdout and "not served" in found.stdout.replace("-", " "), (
+        found.stdout
+    )
+    ok(site.run("doctor", NAME, "--repair"))
+    assert not open_store(site.settings.repository).exists(f"{NAME}/{new}")
+    assert_fleet_invariant(fleet)
+
+
+def test_release_with_a_replica_down_stops_unless_a_minimum_allows(fleet: Fleet) -> None:
+    site = fleet.site
+    before, was_live, new = site.champion(), live(site), next_version(site)
+    triton_server.stop(fleet.members[1])
+    refused = site.release()
+    output = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2, output[-3000:]
+    assert_one_paragraph(output)
+    assert "needs 2 of 2 Triton replicas up" in output and "replica 2" in output, output
+    assert "CONVEYOR_TRITON_MIN_REPLICAS" in output
+    # Nothing trained, registered or changed.
+    assert site.champion() == before and next_version(site) == new
+    assert fleet.served(0) == was_live
+
+    # The operator allows one replica to serve alone: the release goes on without replica 2.
+    site.env["CONVEYOR_TRITON_MIN_REPLICAS"] = "1"
+    try:
+        ok(site.release())
+    finally:
+        del site.env["CONVEYOR_TRITON_MIN_REPLICAS"]
+    assert site.champion() == new
+    assert fleet.served(0) == live(site)
+    fleet.restart(1)
+    ok(site.run("doctor", NAME, "--repair"))
+    assert_fleet_invariant(fleet)
+
+
+def test_doctor_repairs_a_replica_serving_something_else(fleet: Fleet) -> None:
+    """A replica that drifted (an operator's manual load, a restart on an old repository):
+    doctor names it, --repair brings it back to champion + previous."""
+    site = fleet.site
+    previous = live(site)[0]
+    triton_client.load_versions(
+        fleet.endpoint(1), site.spec, site.settings.triton_backend, [previous], timeout_s=60
+    )
+    assert fleet.served(1) == [previous]
+    report = checks.examine(site.settings, [NAME])
+    assert not report.clean
+    assert {p.key for p in report.problems if p.kind == "not-served"} == {
+        replicas.configured(site.settings)[1].name
+    }
+    ok(site.run("doctor", NAME, "--repair"))
+    assert_fleet_invariant(fleet)
