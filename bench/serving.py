@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -88,17 +89,30 @@ class Row(BaseModel):
     command: str
 
 
-def wrk(url: str, body: str, concurrency: int, seconds: int, target: str, tmp: Path) -> Row:
+def wrk(
+    url: str,
+    body: str,
+    concurrency: int,
+    seconds: int,
+    target: str,
+    tmp: Path,
+    headers: dict[str, str] | None = None,
+    ca_file: str | None = None,
+) -> Row:
+    """`headers`: sent with every request (a client key; kept in the script file, never in the
+    recorded command). `ca_file`: the https URL's certificate, checked by the first request."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
     # A wrong body would benchmark error responses: one request must succeed first.
-    check = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=10)
+    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    check = httpx.post(url, content=body, headers=headers, timeout=10, verify=verify)
     if check.status_code != 200:
         raise RuntimeError(f"{target}: {url} answered {check.status_code}: {check.text[:300]}")
-    script = tmp / f"{target.replace(' ', '_')}.lua"
+    script = tmp / f"{re.sub(r'[^A-Za-z0-9]+', '_', target)}.lua"
     # A level-2 long bracket: JSON bodies contain `]]`, which would end a plain [[...]] string.
     script.write_text(
         'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [==[{body}]==]\n"
+        + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+        + f"wrk.body = [==[{body}]==]\n"
     )
     threads = min(concurrency, 2)
     command = [

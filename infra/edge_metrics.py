@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from infra.mlflow_metrics import serve_registry
 
 LINE = re.compile(r" client=(?P<client>\S*) status=(?P<code>\d{3}) ")
 ANONYMOUS = "anonymous"  # no key, or one the edge does not know
@@ -73,17 +74,9 @@ class AccessLog(Collector):
 
 
 def serve(path: Path, host: str, port: int) -> None:
-    from prometheus_client import start_http_server
-
     registry = CollectorRegistry()
     registry.register(AccessLog(path))
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.shutdown()
-    thread.join(5)
+    serve_registry(registry, host, port)
 
 
 def main() -> None:

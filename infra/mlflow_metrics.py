@@ -24,12 +24,19 @@ from pathlib import Path
 def serve(directory: Path, host: str, port: int) -> None:
     # prometheus_client reads the variable when its multiprocess module is used.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    serve_registry(registry, host, port)
+
+
+def serve_registry(registry: object, host: str, port: int) -> None:
+    """Serve `registry` on host:port until SIGTERM or SIGINT (the sidecars' main loop)."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=host, registry=registry)  # type: ignore[arg-type]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
