@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from tasks.core.settings import Settings
 from tasks.core.storage import open_store
 from tasks.registry import alias_history, model_registry
-from tasks.serving import model_config, triton_client, triton_server
+from tasks.serving import model_config, replicas, triton_client
 from tests.conftest import write_spec
 from tests.servers import BIN, ProductionStack, clean_env, stop_process
 
@@ -119,7 +119,23 @@ def version_tags(gate: Gate, version: int) -> dict[str, str]:
 
 
 def served(gate: Gate) -> list[int]:
-    return triton_client.loaded_versions(triton_server.endpoint(gate.settings), NAME)
+    """What the stack's replicas serve: the same on every one (a release changes all or none)."""
+    each = [
+        triton_client.loaded_versions(r.endpoint, NAME) for r in replicas.configured(gate.settings)
+    ]
+    assert len(each) == 2 and each[0] == each[1], each
+    return each[0]
+
+
+def candidate_ready(gate: Gate, version: int) -> bool:
+    """Whether the candidate is loaded, on every replica alike."""
+    name = model_config.candidate_name(NAME, version)
+    each = {
+        triton_client.control_client(r.endpoint).is_ready(name)
+        for r in replicas.configured(gate.settings)
+    }
+    assert len(each) == 1, f"{name} is loaded on some replicas only"
+    return each.pop()
 
 
 def test_approved_release_is_promoted_and_the_decision_recorded(gate: Gate) -> None:
@@ -275,8 +291,7 @@ def test_a_deployment_run_suspends_freeing_its_worker_and_completes_once_approve
     assert (tags["conveyor.approval"], tags["conveyor.approval.flow_run"]) == ("pending", run_id)
     # Callers still get the champion; the candidate waits under its own name.
     assert champion in served(gate) and new not in served(gate)
-    endpoint = triton_server.endpoint(gate.settings)
-    assert triton_client.control_client(endpoint).is_ready(model_config.candidate_name(NAME, new))
+    assert candidate_ready(gate, new)
     # Nobody treats the waiting challenger as a leftover of a dead release (asked as an
     # operator would: this process's Prefect settings predate the stack's env).
     checked = gate.conveyor("doctor", NAME)
@@ -301,8 +316,6 @@ def test_a_deployment_run_suspends_freeing_its_worker_and_completes_once_approve
     tags = version_tags(gate, new)
     assert (tags["conveyor.approval"], tags["conveyor.approval.approver"]) == ("approved", "carol")
     assert new in served(gate)
-    assert not triton_client.control_client(endpoint).is_ready(
-        model_config.candidate_name(NAME, new)
-    )
+    assert not candidate_ready(gate, new)
     checked = gate.conveyor("doctor", NAME)
     assert checked.returncode == 0, checked.stdout + checked.stderr
