@@ -67,6 +67,7 @@ bench: bootstrap
 	$(BIN)/python -m bench.stack && \
 	$(BIN)/python -m bench.fleet && \
 	$(BIN)/python -m bench.edge && \
+	$(BIN)/python -m bench.canary && \
 	$(BIN)/python -m bench.kinds --seconds 5 && \
 	$(BIN)/python -m bench.explain && \
 	$(BIN)/python -m bench.outcomes && \

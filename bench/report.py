@@ -340,6 +340,40 @@ def edge_section(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def canary_section(rows: list[dict[str, Any]]) -> list[str]:
+    def cell(value: float | None, spec: str = "") -> str:
+        return "" if value is None else format(value, spec)
+
+    return [
+        "## Changing version behind the edge: a swap, a withdrawn canary, a promoted one",
+        "",
+        "`python -m bench.canary`: two Triton replicas behind the edge (TLS, client keys), wrk",
+        "callers through it (batch-1, 8 connections) for the whole of each change; conveyor's own",
+        "`swap.swap_in`, `canary.bake` (share 10 %, 20 s, judged every second) and",
+        "`rollout.withdraw` on an MLflow registry of their own. The bad canary is `bench.faults`:",
+        "the served model behind a model.py whose execution fails for ~40 % of rows (wrk sends one",
+        "row, which it fails, so every request it gets fails; batch-mates of a failing row too).",
+        "",
+        "| change | seconds | callers' requests | callers failed | callers p99 ms | probe failed "
+        "| swap p99 ratio | reached the candidate | failed there |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['scenario']} | {r['seconds']:.1f} | {r['callers']['requests']} | "
+            f"{r['callers']['errors']} | {r['callers']['p99_ms']:.2f} | "
+            f"{cell(r['probe_failed'])} | {cell(r['swap_p99_ratio'], '.2f')} | "
+            f"{cell(r['reached_candidate'])} | {cell(r['candidate_failed'])} |"
+            for r in rows
+        ],
+        "",
+        "Targets: no caller fails during a swap or a withdrawn canary. Reached the candidate is",
+        "Triton's count on both replicas (callers' and the probe's requests): the bad version's",
+        "whole exposure before it was withdrawn. Every failure there was answered by the champion",
+        "inside the edge. Verdicts as the release logs them:",
+        "",
+        *[f"- {r['scenario']}: {r['verdict']}" for r in rows],
+    ]
+
+
 def fleet_section(rows: list[dict[str, Any]]) -> list[str]:
     def mb(value: float | None) -> str:
         return "" if value is None else f"{value:.0f}"
@@ -492,6 +526,7 @@ def main() -> None:
         ("stack.json", stack_section),
         ("fleet.json", fleet_section),
         ("edge.json", edge_section),
+        ("canary.json", canary_section),
         ("kinds.json", kinds_section),
         ("explain.json", explain_section),
         ("outcomes.json", outcomes_section),

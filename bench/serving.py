@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -101,6 +102,45 @@ def wrk(
 ) -> Row:
     """`headers`: sent with every request (a client key; kept in the script file, never in the
     recorded command). `ca_file`: the https URL's certificate, checked by the first request."""
+    command = _wrk_command(url, body, concurrency, f"{seconds}s", target, tmp, headers, ca_file)
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return _wrk_row(out, command, target, concurrency, url)
+
+
+@contextmanager
+def wrk_during(
+    url: str,
+    body: str,
+    concurrency: int,
+    target: str,
+    tmp: Path,
+    headers: dict[str, str] | None = None,
+    ca_file: str | None = None,
+) -> Iterator[list[Row]]:
+    """wrk for as long as the block runs (stopped with SIGINT, on which it reports); the row is
+    in the yielded list once the block is over."""
+    command = _wrk_command(url, body, concurrency, "3600s", target, tmp, headers, ca_file)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    found: list[Row] = []
+    try:
+        time.sleep(0.5)  # connected and sending before the block starts what it measures
+        yield found
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+    found.append(_wrk_row(out, command, target, concurrency, url))
+
+
+def _wrk_command(
+    url: str,
+    body: str,
+    concurrency: int,
+    duration: str,
+    target: str,
+    tmp: Path,
+    headers: dict[str, str] | None,
+    ca_file: str | None,
+) -> list[str]:
     headers = {"Content-Type": "application/json", **(headers or {})}
     # A wrong body would benchmark error responses: one request must succeed first.
     verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
@@ -115,11 +155,13 @@ def wrk(
         + f"wrk.body = [==[{body}]==]\n"
     )
     threads = min(concurrency, 2)
-    command = [
-        "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script),
+    return [
+        "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}", "--latency", "-s", str(script),
         url,
     ]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _wrk_row(out: str, command: list[str], target: str, concurrency: int, url: str) -> Row:
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     elapsed = re.search(r"requests in ([\d.]+)(ms|s|m)", out)
     assert elapsed is not None

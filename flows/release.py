@@ -48,6 +48,7 @@ from tasks.registry.model_registry import (
 from tasks.registry.registry_state import RegistryState, read_registry_state_task
 from tasks.registry.retention import RetentionReport, retire_old_versions_task
 from tasks.serving import replicas
+from tasks.serving.canary import CanaryReport, canary_task
 from tasks.serving.rollout import live_set, withdraw_task
 from tasks.serving.smoke import SmokeReport, record_smoke
 from tasks.serving.swap import SwapReport, record_swap, swap_task
@@ -68,6 +69,7 @@ class ReleaseResult(BaseModel):
     export: ExportResult
     smoke: SmokeReport
     approval: ApprovalDecision | None
+    canary: CanaryReport | None = None
     swap: SwapReport
     promotion: PromotionResult
     model_card: str
@@ -102,6 +104,7 @@ class ReleaseResult(BaseModel):
                 f"{s.p50_ms:.2f} ms / p99 {s.p99_ms:.2f} ms, max_queue_delay "
                 f"{self.export.tuning.chosen.max_queue_delay_microseconds} µs, "
                 f"{self.export.tuning.chosen.instance_count} instance(s) |",
+                *([f"| canary | {self.canary.summary()} |"] if self.canary else []),
                 f"| swap | {self.swap.summary()} |",
                 f"| repository | {self.retention.summary()} |",
             ]
@@ -249,6 +252,15 @@ def _release(
                     settings, ref, request_approval(settings, spec, ref)
                 )
                 step.figure = f"{approval.approver}: {approval.reason}"[:70]
+        canary = None
+        if spec.promotion.rollout == "canary" and before.versions:
+            # A first release has no champion to judge against, and no callers to protect.
+            with stage("canary") as step:
+                canary = canary_task(settings, spec, ref, train.holdout)
+                step.figure = (
+                    f"{canary.candidate.requests} requests, {canary.candidate.error_rate:.1%} "
+                    f"failed, {canary.baked_s:.0f} s"
+                )
         # Triton first: the version answers callers before the registry calls it champion.
         with stage("swap") as step:
             swap = swap_task(settings, spec, ref, train.holdout)
@@ -310,8 +322,9 @@ def _release(
         card = model_card_task(settings, spec, evidence)
         retention = retire_old_versions_task(settings, spec)
         step.figure = retention.summary()[:70]
+    skipped = {"approval": approval is None, "canary": canary is None}
     for gate in pushgateway.GATES:
-        if gate != "approval" or approval is not None:
+        if not skipped.get(gate, False):
             obs.gate(gate, True)
     return ReleaseResult(
         model=spec.name,
@@ -324,6 +337,7 @@ def _release(
         export=export,
         smoke=smoke,
         approval=approval,
+        canary=canary,
         swap=swap,
         promotion=promotion,
         model_card=card,

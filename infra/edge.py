@@ -4,7 +4,8 @@ directory and started there, by `make stack` and by the tests that need one.
 Client keys come from `CONVEYOR_EDGE_CLIENT_KEYS` (`name=key,name=key`, or a JSON object of
 name → key) or the Prefect Secret block that `CONVEYOR_EDGE_CLIENT_KEYS_BLOCK` names. They are
 written to `clients.map` beside the rendered config, readable by its owner only; revoking a key
-is rendering without it and `reload` (nginx finishes the requests in flight).
+is rendering without it and `reload` (nginx finishes the requests in flight; idle keep-alive
+connections are closed, so a client sending on one at that instant sees an error).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import re
 import signal
 import ssl
@@ -27,7 +29,7 @@ from pathlib import Path
 from infra.stack.processes import system_binary
 from tasks.core import credentials
 from tasks.core.errors import ConveyorError
-from tasks.serving.model_config import CANDIDATE_SUFFIX
+from tasks.serving.model_config import CANARY_SUFFIX, CANDIDATE_SUFFIX
 from tasks.serving.triton_ports import HOST, free_port
 
 TEMPLATE = Path(__file__).parent / "nginx" / "edge.conf"
@@ -41,6 +43,7 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{24,256}$")
 WORKERS = 2
 # A replica that refused a connection rests this long before nginx tries it again.
 FAIL_TIMEOUT_S = 2
+ROUTES = "routes"  # beside nginx.conf: the canary routes nginx includes (edge_routes.py)
 
 
 class EdgeError(ConveyorError):
@@ -109,7 +112,12 @@ def render(
     tls: Tls | None,
     rate_per_s: int,
     burst: int,
+    local: bool = True,
 ) -> str:
+    """The edge's nginx.conf. `local`: nginx runs on this host as this user, whose workers must
+    see the canary routes conveyor writes under `directory` (as root, nginx would run them as
+    `nobody`, which cannot enter a private directory); compose's container keeps its own."""
+
     def servers(kind: str) -> str:
         return "\n".join(
             f"        server {getattr(u, kind)} weight={u.weight} max_fails=1 "
@@ -126,7 +134,9 @@ def render(
         if tls
         else ""
     )
+    owner = pwd.getpwuid(os.geteuid()).pw_name
     values = {
+        "USER": f"user {owner};\n" if local and os.geteuid() == 0 else "",
         "WORKERS": str(WORKERS),
         "DIR": str(directory),
         "RATE": str(rate_per_s),
@@ -139,6 +149,10 @@ def render(
         "HTTP_SERVERS": servers("http"),
         "GRPC_SERVERS": servers("grpc"),
         "CANDIDATE": CANDIDATE_SUFFIX,
+        "CANARY": CANARY_SUFFIX,
+        "CANARY_RE": re.escape(CANARY_SUFFIX),
+        # Buckets 1-99 a percent each, the rest 100: a route of share s is its first 100 s.
+        "BUCKETS": "\n".join(f"        1% {b};" for b in range(1, 100)) + "\n        * 100;",
     }
     text = TEMPLATE.read_text()
     for name, value in values.items():
@@ -153,6 +167,8 @@ def write(directory: Path, config: str, keys: Mapping[str, str]) -> Path:
     """The config and its private key map, checked by `nginx -t` before anything uses them."""
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (directory / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    # Canary routes: conveyor writes them here (CONVEYOR_EDGE_ROUTES_DIR) during a release.
+    (directory / ROUTES).mkdir(exist_ok=True)
     write_keys(directory, keys)
     path = directory / "nginx.conf"
     path.write_text(config)
@@ -221,7 +237,8 @@ def start(directory: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def reload(directory: Path) -> None:
-    """New config (keys, weights) without dropping a request: nginx's old workers finish theirs."""
+    """New config (keys, weights): nginx's old workers finish the requests they hold, and close
+    their idle keep-alive connections (a client that sends on one as it closes sees an error)."""
     pid = int((directory / "nginx.pid").read_text())
     os.kill(pid, signal.SIGHUP)
 
@@ -287,11 +304,18 @@ def main(argv: list[str] | None = None) -> None:
         # The paths nginx reads are the container's; the files are written here.
         tls = Tls(args.dir / args.tls_cert.name, args.dir / args.tls_key.name)
         config = render(
-            args.dir, upstreams, args.http_port, args.grpc_port, tls, args.rate, args.burst
+            args.dir,
+            upstreams,
+            args.http_port,
+            args.grpc_port,
+            tls,
+            args.rate,
+            args.burst,
+            local=False,
         )
     except (EdgeError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ROUTES).mkdir(parents=True, exist_ok=True)
     (args.out / "nginx.conf").write_text(config)
     write_keys(args.out, keys)
     print(f"wrote {args.out / 'nginx.conf'} and {args.out / 'clients.map'} (mode 0600)")

@@ -56,6 +56,8 @@ LOCAL_PATHS = {
     "CONVEYOR_HOME": "home",
     # The certificate the stack makes for its edge (compose: the operator's, in infra/edge/).
     "CONVEYOR_EDGE_CA_FILE": "edge_ca",
+    # compose shares them through a volume; here they are the host edge's own directory.
+    "CONVEYOR_EDGE_ROUTES_DIR": "edge_routes",
 }
 
 

@@ -213,6 +213,7 @@ class Stack:
             "project": str(ROOT),
             "home": str(self.root / "conveyor"),
             "edge_ca": str(self.root / "edge" / "edge.crt"),
+            "edge_routes": str(self.root / "edge" / "routes"),
         }
         values = {}
         for key, raw in template.items():

@@ -60,6 +60,7 @@ GATES = (
     "repository_integrity",
     "smoke_test",
     "approval",
+    "canary",
     "swap",
 )
 

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=None,
         description="CA certificate the edge's TLS is checked against; unset: the edge is plain.",
     )
+    edge_routes_dir: Path | None = Field(
+        default=None,
+        description="The edge's canary routes directory (`routes` beside its nginx.conf), where "
+        "a canary release writes the share of traffic its candidate gets; unset: no canary.",
+    )
     triton_backend: Literal["python", "onnxruntime"] = Field(
         default="python",
         description="config.pbtxt rendering: python (embedded build) or onnxruntime (production).",

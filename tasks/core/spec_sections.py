@@ -164,11 +164,51 @@ class ValidationSpec(BaseModel):
     seed: int = 0
 
 
+class CanarySpec(BaseModel):
+    """A canary release: after the smoke test, the edge sends `share` of the model's unversioned
+    HTTP requests to the candidate for `bake_s`, and the candidate is judged against the
+    champion on that same traffic. Outside a limit it is withdrawn at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share: float = Field(default=0.1, gt=0, le=0.5, description="Share of requests, 0-0.5.")
+    bake_s: float = Field(default=120.0, gt=0, le=3600)
+    min_requests: int = Field(
+        default=100,
+        ge=10,
+        description="Requests the candidate must answer for a verdict; fewer by the end of the "
+        "bake time is no verdict, and the canary is withdrawn.",
+    )
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Failed share of the candidate's requests (Triton's statistics), above the "
+        "champion's own.",
+    )
+    max_p99_ratio: float = Field(
+        default=1.5, gt=1, description="Candidate p99 / champion p99, on the probe's requests."
+    )
+    max_prediction_shift: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Kolmogorov-Smirnov distance between the candidate's and the champion's "
+        "answers (score, probability of the last class, or prediction) on the probe's requests.",
+    )
+    probe_clients: int = Field(default=2, ge=1, le=32)
+
+
 class PromotionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     requires_approval: bool = False
     approval_timeout_s: int = Field(default=86_400, gt=0)
+    rollout: Literal["direct", "canary"] = Field(
+        default="direct",
+        description="direct: the swap moves every request at once; canary: a share first.",
+    )
+    canary: CanarySpec = Field(default_factory=CanarySpec)
 
 
 class RetentionSpec(BaseModel):

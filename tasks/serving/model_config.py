@@ -27,6 +27,16 @@ def candidate_name(model: str, version: int) -> str:
     return f"{model}{CANDIDATE_SUFFIX}{version}"
 
 
+# During a canary the candidate is served a second time under this stable name, which the edge
+# can route to without knowing the version (`edge_routes`); a dot, which model names never have,
+# keeps it apart from every model's own name.
+CANARY_SUFFIX = ".canary"
+
+
+def canary_name(model: str) -> str:
+    return f"{model}{CANARY_SUFFIX}"
+
+
 def candidate_version(model: str, name: str) -> int | None:
     """The version a Triton model name is the candidate of, for `model`; None if it is not one."""
     prefix = f"{model}{CANDIDATE_SUFFIX}"

@@ -17,8 +17,8 @@ from tasks.core.storage import MANIFEST, Store, file_hashes, open_store, read_ve
 from tasks.modeling.onnx import OnnxArtifact, sha256
 from tasks.registry import model_registry, tracking
 from tasks.registry.registry_state import RegistryState
-from tasks.serving import replicas
-from tasks.serving.model_config import Backend, candidate_name, config_text
+from tasks.serving import edge_routes, replicas
+from tasks.serving.model_config import Backend, canary_name, candidate_name, config_text
 from tasks.serving.triton_client import (
     TritonError,
     TritonUnreachableError,
@@ -282,9 +282,13 @@ def withdraw(
             f"v{ref.version} could not be withdrawn from them; start them and run `conveyor "
             f"doctor {spec.name} --repair`"
         )
+    # A canary's route first: every caller's request to the champion again (the edge would
+    # fall back to it anyway once the canary is gone, one failed hop later).
+    edge_routes.close_route(settings, spec.name)
     swapped = False
     for replica in fleet.up:
         unload_model(replica.endpoint, candidate_name(spec.name, ref.version))
+        unload_model(replica.endpoint, canary_name(spec.name))
         swapped |= ref.version in loaded_versions(replica.endpoint, spec.name)
     kept = None
     if swapped:

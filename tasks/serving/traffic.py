@@ -91,6 +91,16 @@ def measure(
     )
 
 
+def answer_score(
+    result: httpclient.InferResult | grpcclient.InferResult, names: list[str]
+) -> float:
+    """One row's answer as one number: the last value of its first output that is not the class
+    index (a binary classifier's positive probability, a multi-class one's last class, a
+    regressor's prediction)."""
+    chosen = next((n for n in names if n != triton_client.LABEL), names[0])
+    return float(np.asarray(result.as_numpy(chosen)).ravel()[-1])
+
+
 class Sample(BaseModel):
     """One request of a background load: when it was sent, how long it took, who answered."""
 
@@ -99,14 +109,25 @@ class Sample(BaseModel):
     latency_ms: float
     version: int | None  # None: the request failed
     error: str = ""
+    # The answer as one number (`answer_score`), to compare versions' predictions on one traffic.
+    score: float | None = None
 
 
 class Traffic:
     """Clients that keep sending unversioned batch-1 requests, like production callers, until
-    stopped. Half speak HTTP and half gRPC; every answer records the version that served it."""
+    stopped. Half speak HTTP and half gRPC (all HTTP with `http_only`: the edge splits canary
+    traffic by URL, which gRPC does not have); every answer records the version that served it."""
 
-    def __init__(self, endpoint: Endpoint, model: str, rows: np.ndarray, clients: int) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        model: str,
+        rows: np.ndarray,
+        clients: int,
+        http_only: bool = False,
+    ) -> None:
         self.endpoint, self.model, self.rows, self.clients = endpoint, model, rows, clients
+        self.http_only = http_only
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._samples: list[Sample] = []
@@ -132,8 +153,10 @@ class Traffic:
             row = self.rows[(index + n * self.clients) % len(self.rows)].reshape(1, -1)
             n += 1
             sent, at = time.monotonic(), time.time()
+            score: float | None = None
             try:
-                version: int | None = self._infer(http, grpc, index, row)
+                version: int | None
+                version, score = self._infer(http, grpc, index, row)
                 error = ""
             except Exception as exc:  # every failure a production caller would see is counted
                 message = exc.message() if isinstance(exc, InferenceServerException) else None
@@ -144,6 +167,7 @@ class Traffic:
                 latency_ms=(time.monotonic() - sent) * 1000.0,
                 version=version,
                 error=error,
+                score=score,
             )
             with self._lock:
                 self._samples.append(sample)
@@ -154,16 +178,19 @@ class Traffic:
         grpc: grpcclient.InferenceServerClient,
         index: int,
         row: np.ndarray,
-    ) -> int:
-        """The version that answered: half the clients ask over gRPC, half over HTTP."""
-        if index % 2:
+    ) -> tuple[int, float]:
+        """The version that answered and its answer: half the clients ask over gRPC, half over
+        HTTP (unless `http_only`)."""
+        if index % 2 and not self.http_only:
             answer = triton_client.infer_grpc_result(
                 grpc, self.model, row, timeout_s=REQUEST_TIMEOUT_S
             )
-            return int(answer.get_response().model_version)
-        return int(
-            triton_client.infer_http_result(http, self.model, row).get_response()["model_version"]
-        )
+            response = answer.get_response()
+            names = [o.name for o in response.outputs]
+            return int(response.model_version), answer_score(answer, names)
+        result = triton_client.infer_http_result(http, self.model, row)
+        names = [o["name"] for o in result.get_response()["outputs"]]
+        return int(result.get_response()["model_version"]), answer_score(result, names)
 
     def samples(self) -> list[Sample]:
         with self._lock:

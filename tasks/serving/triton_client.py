@@ -160,6 +160,22 @@ class ControlClient:
         found |= {(m.name, m.version) for m in self.index() if m.state == "READY"}
         return sorted(found)
 
+    def request_counts(self, name: str) -> tuple[int, int]:
+        """(succeeded, failed) inference requests `name` has answered since it was loaded, all
+        versions together: Triton's own count, whoever sent them. (0, 0) when it is not loaded."""
+        try:
+            stats = self._client.get_inference_statistics(name, headers=self._headers, as_json=True)
+        except InferenceServerException as exc:
+            if "unknown model" in (exc.message() or "") or "not found" in (exc.message() or ""):
+                return 0, 0
+            raise self._refused(exc, f"read the statistics of {name}") from exc
+        succeeded = failed = 0
+        for model in stats.get("model_stats", []):
+            inference = model.get("inference_stats", {})
+            succeeded += int(inference.get("success", {}).get("count", 0))
+            failed += int(inference.get("fail", {}).get("count", 0))
+        return succeeded, failed
+
     def is_ready(self, name: str, version: str = "") -> bool:
         # Health is open to callers: no key needed, none sent.
         return bool(self._client.is_model_ready(name, version))
@@ -221,13 +237,14 @@ def load_candidate(
     version: int,
     files: dict[str, bytes],
     serving: ServingSpec | None = None,
+    name: str | None = None,
 ) -> str:
-    """Serve verified `files` as `<model>-candidate-v<version>` version `version`; return that
-    name.
+    """Serve verified `files` as `name` (default `<model>-candidate-v<version>`) version
+    `version`; return that name.
 
     The files travel in the load request, so the candidate needs no second copy in the repository
     and leaves nothing behind there when it is unloaded."""
-    name = candidate_name(spec.name, version)
+    name = name or candidate_name(spec.name, version)
     config = render_config(spec, settings.triton_backend, [version], serving, name=name)
     timeout_s, client = settings.triton_load_timeout_s, control_client(endpoint)
     request_files = {f"file:{version}/{n}": data for n, data in files.items()}

@@ -14,22 +14,33 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from bench.faults import failing_version
 from infra import edge
 from tasks.core import credentials
 from tasks.core.settings import Settings, TritonAddress
+from tasks.core.spec import load_spec
 from tasks.core.storage import open_store
-from tasks.datasets.data import to_features
+from tasks.datasets.data import save_dataset, to_features
 from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import predict
 from tasks.ops.doctor import checks
-from tasks.registry import model_registry
-from tasks.serving import model_config, replicas, triton_client, triton_ports, triton_server
+from tasks.registry import mlflow_store, model_registry
+from tasks.serving import (
+    canary,
+    edge_routes,
+    model_config,
+    replicas,
+    rollout,
+    triton_client,
+    triton_ports,
+    triton_server,
+)
 from tests.conftest import write_spec
 from tests.faults import SMALL_RELEASE, Site, assert_one_paragraph, next_version, ok
 from tests.servers import clean_env
@@ -168,6 +179,7 @@ def fleet(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     "CONVEYOR_EDGE_HTTP_URL": f"{at}{http}",
                     "CONVEYOR_EDGE_GRPC_URL": f"{at}{grpc}",
                     "CONVEYOR_EDGE_CA_FILE": str(tls.certificate),
+                    "CONVEYOR_EDGE_ROUTES_DIR": str(base / "edge" / edge.ROUTES),
                     credentials.EDGE_KEY_ENV: keys["conveyor"],
                 }
                 # This process calls as a client of its own.
@@ -301,5 +313,151 @@ def test_doctor_repairs_a_replica_serving_something_else(fleet: Fleet) -> None:
     assert {p.key for p in report.problems if p.kind == "not-served"} == {
         replicas.configured(site.settings)[1].name
     }
+    ok(site.run("doctor", NAME, "--repair"))
+    assert_fleet_invariant(fleet)
+
+
+# A canary's limits for a small test: a few seconds of bake, a verdict from a few dozen requests.
+CANARY = {
+    "rollout": "canary",
+    "canary": {
+        "share": 0.3,
+        "bake_s": 8,
+        "min_requests": 20,
+        "max_error_rate": 0.02,
+        # Two small models on 2 busy cores: latency is noise here; errors are the point.
+        "max_p99_ratio": 5.0,
+        "max_prediction_shift": 0.5,
+        "probe_clients": 2,
+    },
+}
+
+
+def edge_settings(fleet: Fleet) -> Settings:
+    """This process's settings as a release worker's: the replicas and the edge."""
+    env = fleet.site.env
+    return Settings(
+        home=fleet.site.settings.home,
+        model_repository=fleet.site.settings.model_repository,
+        triton_replicas=fleet.site.settings.triton_replicas,
+        edge_http_url=env["CONVEYOR_EDGE_HTTP_URL"],
+        edge_grpc_url=env["CONVEYOR_EDGE_GRPC_URL"],
+        edge_ca_file=env["CONVEYOR_EDGE_CA_FILE"],
+        edge_routes_dir=env["CONVEYOR_EDGE_ROUTES_DIR"],
+    )
+
+
+def test_failing_canary_is_withdrawn_within_its_bake_and_no_caller_fails(fleet: Fleet) -> None:
+    """A candidate that fails ~40 % of its requests (`bench.faults`) gets 30 % of the edge's
+    traffic: the errors in Triton's statistics withdraw it long before the bake time ends,
+    callers through the edge never see a failure (the edge answers a failed canary request with
+    the champion), and afterwards the champion answers everything."""
+    site = fleet.site
+    settings = edge_settings(fleet)
+    spec = load_spec(write_spec(site.base, **SMALL_RELEASE, promotion=CANARY))
+    champion = site.champion()
+    assert champion is not None
+    store = open_store(settings.repository)
+    # A registry version of its own (no run: it was never trained), as a release registers one.
+    made = mlflow_store.client(settings).create_model_version(NAME, source=str(site.base))
+    bad = int(made.version)
+    store.publish_dir(
+        f"{NAME}/{bad}", failing_version(store.read_file(f"{NAME}/{champion}/model.onnx"))
+    )
+    ref = model_registry.ModelRef(name=NAME, version=bad, run_id="none", model_uri="none")
+    rollout.serve_candidate(settings, spec, ref)
+    frame = generate_transactions(300, seed=5, fraud_rate=0.05)
+    holdout = save_dataset(frame, site.base, "canary-holdout", spec.target.name)
+    with Callers(fleet) as callers:
+        report = canary.bake(settings, spec, ref, holdout)
+    assert callers.errors == [], callers.errors[:5]
+    assert report.probe_failures == 0
+    assert report.problems and "failed" in report.problems[0], report.summary()
+    assert report.baked_s < spec.promotion.canary.bake_s, report.summary()
+    # What reached the bad version, from Triton's statistics: a share, and it failed some.
+    assert 0 < report.candidate.requests < report.champion.requests, report.summary()
+    assert report.candidate.failed > 0
+    # The route is closed before bake returns; the release's withdrawal does the rest.
+    assert edge_routes.open_routes(settings) == []
+    rollout.withdraw(settings, spec, ref)
+    rows = to_features(frame, spec)[:50]
+    answered = triton_client.http_client(fleet.edge)
+    for row in rows:
+        result = triton_client.infer_http_result(answered, NAME, row.reshape(1, -1))
+        assert int(result.get_response()["model_version"]) == champion
+    assert_fleet_invariant(fleet)
+
+
+def test_good_canary_is_promoted_and_a_stale_route_is_cleared(fleet: Fleet) -> None:
+    """A release with `rollout: canary`: the candidate bakes behind the edge, is judged within
+    its limits, goes to both replicas and is promoted; callers never fail. A route a dead
+    release left behind is a doctor problem, repaired, and cleared by the next release too."""
+    site = replace(
+        fleet.site, spec_path=write_spec(fleet.site.base, **SMALL_RELEASE, promotion=CANARY)
+    )
+    settings = edge_settings(fleet)
+    new = next_version(site)
+    with Callers(fleet) as callers:
+        done = ok(site.release())
+    assert callers.errors == [], callers.errors[:5]
+    text = " ".join(done.split())
+    assert "canary" in text, text[-3000:]
+    assert site.champion() == new
+    assert edge_routes.open_routes(settings) == []
+    run = model_registry.version_ref(site.settings, NAME, new).run_id
+    metrics = mlflow_store.client(site.settings).get_run(run).data.metrics
+    assert metrics["canary_requests"] > 0 and metrics["canary_error_rate"] == 0
+    assert_fleet_invariant(fleet)
+
+    # A route left by a release that died mid-bake: callers still get the champion (the
+    # canary it sends to is gone), doctor names it and --repair removes it.
+    edge_routes.open_route(settings, NAME, 0.5)
+    with Callers(fleet) as callers:
+        time.sleep(1)
+        found = site.run("doctor", NAME)
+    assert callers.errors == [], callers.errors[:5]
+    assert found.returncode != 0 and "stale-route" in found.stdout, found.stdout
+    ok(site.run("doctor", NAME, "--repair"))
+    assert edge_routes.open_routes(settings) == []
+    assert_fleet_invariant(fleet)
+
+
+def test_replica_killed_during_the_canary_bake_withdraws_and_doctor_repairs_it(
+    fleet: Fleet,
+) -> None:
+    """Replica 2 dies while the canary bakes: the release stops (Triton's statistics cannot be
+    read from it), closes the route and withdraws the candidate from replica 1; callers of the
+    edge never fail; once replica 2 is back, `doctor --repair` serves the champion on it."""
+    site = replace(
+        fleet.site,
+        spec_path=write_spec(
+            fleet.site.base,
+            **SMALL_RELEASE,
+            promotion=CANARY | {"canary": CANARY["canary"] | {"bake_s": 60}},
+        ),
+    )
+    settings = edge_settings(fleet)
+    before, was_live, new = site.champion(), live(site), next_version(site)
+    release = site.start("run", "--spec", str(site.spec_path), "--force", log="bake-kill.log")
+    deadline = time.monotonic() + 300
+    with Callers(fleet) as callers:
+        while NAME not in edge_routes.open_routes(settings):
+            assert release.poll() is None, site.output("bake-kill.log")[-3000:]
+            assert time.monotonic() < deadline, "the canary never opened its route"
+            time.sleep(0.05)
+        time.sleep(2)  # the candidate answers a share of the callers
+        fleet.kill(1)
+        assert release.wait(300) == 2, site.output("bake-kill.log")[-3000:]
+    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
+    assert through_edge == [], through_edge[:5]
+    output = " ".join(site.output("bake-kill.log").split())
+    assert_one_paragraph(output)
+    assert "was withdrawn" in output and "replica 2" in output, output[-2000:]
+    assert edge_routes.open_routes(settings) == []
+    assert site.champion() == before and fleet.served(0) == was_live
+    assert not triton_client.control_client(fleet.endpoint(0)).is_ready(
+        model_config.candidate_name(NAME, new)
+    )
+    fleet.restart(1)
     ok(site.run("doctor", NAME, "--repair"))
     assert_fleet_invariant(fleet)

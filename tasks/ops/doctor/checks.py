@@ -23,7 +23,7 @@ from tasks.core.settings import Settings
 from tasks.core.storage import StorageError, Store, open_store, repository_versions, verify_dir
 from tasks.registry import approval, known_specs, mlflow_store, model_registry, tracking
 from tasks.registry.registry_state import RegistryState, read_registry_state
-from tasks.serving import model_config, replicas, triton_client, triton_server
+from tasks.serving import edge_routes, model_config, replicas, triton_client, triton_server
 
 Kind = Literal[
     "triton-down",
@@ -37,6 +37,7 @@ Kind = Literal[
     "orphan-version",
     "staged-upload",
     "stale-run",
+    "stale-route",
     "release-running",
 ]
 
@@ -48,6 +49,7 @@ LEFTOVERS = {
     "orphan-version",
     "staged-upload",
     "stale-run",
+    "stale-route",
 }
 
 
@@ -269,6 +271,18 @@ def model_problems(
     # not list them: ask each replica for each version's candidate name.
     for replica in up:
         control = triton_client.control_client(replica.endpoint)
+        canary = model_config.canary_name(model)
+        if control.is_ready(canary):
+            leftovers.append(
+                Problem(
+                    model=model,
+                    kind="orphan-candidate",
+                    detail=f"{canary} (a canary) is loaded on {replica.name} with no release "
+                    "running",
+                    repair="unload it",
+                    key=canary,
+                )
+            )
         for version in registered_versions(settings, model):
             name = model_config.candidate_name(model, version)
             if version == suspended:
@@ -306,6 +320,19 @@ def model_problems(
                 detail=f"MLflow run {run_id} ({run_name}) is RUNNING with no release running",
                 repair="mark it KILLED",
                 key=run_id,
+            )
+        )
+    if model in edge_routes.open_routes(settings):
+        # The edge answers a request whose candidate is gone with the champion, one failed hop
+        # later: harmless to callers, but a canary only a live release may hold.
+        leftovers.append(
+            Problem(
+                model=model,
+                kind="stale-route",
+                detail=f"the edge sends a share of {model}'s requests to a candidate (a canary "
+                f"route in {settings.edge_routes_dir}) with no release running",
+                repair="remove the route and reload the edge",
+                key=model,
             )
         )
     for staged in _staged(store, model):

@@ -20,7 +20,7 @@ from tasks.ops.doctor.checks import (
 )
 from tasks.registry import approval, known_specs, model_registry, tracking
 from tasks.registry.registry_state import RegistryState
-from tasks.serving import rollout, triton_client, triton_server
+from tasks.serving import edge_routes, rollout, triton_client, triton_server
 
 
 def _repair_model(
@@ -79,6 +79,8 @@ def _repair_model(
             store.remove_dir(problem.key)
         elif problem.kind == "stale-run" and problem.key and problem.key not in kept:
             tracking.close_run(settings, problem.key, "KILLED")
+        elif problem.kind == "stale-route":
+            edge_routes.close_route(settings, model)
         else:
             continue
         problem.repaired = True
