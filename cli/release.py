@@ -190,7 +190,12 @@ def _print_release(result: ReleaseResult | UnchangedModel, settings: Settings) -
         ),
         (
             "Triton HTTP / gRPC",
-            f"http://{result.export.serving.endpoint.http} / {result.export.serving.endpoint.grpc}",
+            f"http://{result.export.serving.endpoint.http} / {result.export.serving.endpoint.grpc}"
+            + (
+                f" ({result.export.serving.where()})"
+                if len(result.export.serving.replicas) > 1
+                else ""
+            ),
         ),
         ("served versions", ", ".join(map(str, result.swap.after))),
         ("latency p50 / p99", f"{smoke.p50_ms:.2f} / {smoke.p99_ms:.2f} ms (batch 1, HTTP)"),
@@ -205,6 +210,7 @@ def _print_release(result: ReleaseResult | UnchangedModel, settings: Settings) -
             f"{chosen.max_queue_delay_microseconds} µs"
             + (f" (tuned over {len(tuning.trials)} trials)" if tuning.trials else " (from spec)"),
         ),
+        *([("canary", result.canary.summary())] if result.canary else []),
         ("swap", result.swap.summary()),
         ("repository", result.retention.summary()),
         ("model card", result.model_card),
@@ -213,9 +219,13 @@ def _print_release(result: ReleaseResult | UnchangedModel, settings: Settings) -
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    served = (
+        "Triton keeps serving the champion; stop it with `conveyor triton down`."
+        if settings.embedded_triton
+        else "Every replica serves the champion and previous; `conveyor triton status` lists them."
+    )
     console.print(
-        "Triton keeps serving the champion; stop it with `conveyor triton down`. "
-        f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}`."
+        f"{served} MLflow UI: `.venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}`."
     )
 
 

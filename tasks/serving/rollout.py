@@ -17,8 +17,8 @@ from tasks.core.storage import MANIFEST, Store, file_hashes, open_store, read_ve
 from tasks.modeling.onnx import OnnxArtifact, sha256
 from tasks.registry import model_registry, tracking
 from tasks.registry.registry_state import RegistryState
-from tasks.serving import edge_routes, replicas
-from tasks.serving.model_config import Backend, canary_name, candidate_name, config_text
+from tasks.serving import edge_routes, model_config, replicas
+from tasks.serving.model_config import Backend, candidate_name, config_text
 from tasks.serving.triton_client import (
     TritonError,
     TritonUnreachableError,
@@ -227,20 +227,27 @@ def go_live(
 
 def _put_back(settings: Settings, spec: ModelSpec, changed: list[replicas.Replica]) -> str:
     """Replicas a failed go-live changed, back on the repository's config.pbtxt (written by the
-    last go-live that finished everywhere); say what became of each."""
-    served = open_store(settings.repository).exists(f"{spec.name}/config.pbtxt")
+    last go-live that finished everywhere); say what became of each.
+
+    The config travels in the load request: without it Triton finds a replica whose last load
+    carried its own config (every go-live's) unchanged, and leaves the set it was failed on."""
+    store = open_store(settings.repository)
+    key = f"{spec.name}/config.pbtxt"
+    before = model_config.parse_config(store.read_file(key).decode()) if store.exists(key) else None
     said = []
     for replica in changed:
         try:
-            if served:
-                control_client(replica.endpoint).load(
-                    spec.name, None, timeout_s=settings.triton_load_timeout_s
-                )
-            else:
+            if before is None:
                 unload_model(replica.endpoint, spec.name)
+            else:
+                config, timeout_s = model_config.config_json(before), settings.triton_load_timeout_s
+                control_client(replica.endpoint).load(spec.name, config, timeout_s=timeout_s)
+                wanted = sorted(before.version_policy.specific.versions)
+                if (served := loaded_versions(replica.endpoint, spec.name)) != wanted:
+                    raise TritonError(f"it serves {served}, not {wanted}")
             said.append(f"{replica.name} put back")
         except Exception as exc:  # the failing replica itself, most often: said, not raised
-            said.append(f"{replica.name} not put back ({type(exc).__name__})")
+            said.append(f"{replica.name} not put back ({type(exc).__name__}: {str(exc)[:120]})")
     return "; ".join(said) + " on what was served before"
 
 
@@ -288,7 +295,7 @@ def withdraw(
     swapped = False
     for replica in fleet.up:
         unload_model(replica.endpoint, candidate_name(spec.name, ref.version))
-        unload_model(replica.endpoint, canary_name(spec.name))
+        unload_model(replica.endpoint, model_config.canary_name(spec.name))
         swapped |= ref.version in loaded_versions(replica.endpoint, spec.name)
     kept = None
     if swapped:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +56,9 @@ class Fleet:
     site: Site
     members: list[Settings]  # each replica's own state directory, on the shared repository
     edge: triton_server.Endpoint  # nginx in front of both, as callers reach them
+    edge_dir: Path
     killed: list[int] = field(default_factory=list)
+    restarted: list[subprocess.Popen[bytes]] = field(default_factory=list)  # edges started here
 
     def endpoint(self, i: int) -> triton_server.Endpoint:
         state = triton_server.status(self.members[i])
@@ -73,6 +78,20 @@ class Fleet:
     def restart(self, i: int) -> None:
         """What the platform does: the replica starts again, empty (explicit model control)."""
         triton_server.start(self.members[i])
+
+    def restart_edge(self) -> None:
+        """Stop the edge's nginx (fast shutdown: its connections drop) and start it again on
+        the same config and routes, as a platform restarts a balancer pod."""
+        pid_file = self.edge_dir / "nginx.pid"
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while pid_file.exists():  # nginx removes it as it exits
+            assert time.monotonic() < deadline, "the edge did not stop"
+            time.sleep(0.02)
+        self.restarted.append(edge.start(self.edge_dir, self.edge_dir / "nginx.log"))
+        assert self.edge.tls_ca_file is not None
+        context = ssl.create_default_context(cafile=self.edge.tls_ca_file)
+        edge.wait_ready(f"https://{self.edge.http}/v2/health/live", context=context)
 
 
 def live(site: Site) -> list[int]:
@@ -148,6 +167,7 @@ def fleet(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     repository = str(base / "repository")
     key = "fleet-" + secrets.token_hex(16)
     members = [Settings(home=base / f"replica{i}", model_repository=repository) for i in (1, 2)]
+    fleet: Fleet | None = None
     with pytest.MonkeyPatch.context() as patch:
         # The operator's control key: every replica is started with it, conveyor calls with it.
         patch.setenv(credentials.TRITON_KEY_ENV, key)
@@ -191,11 +211,14 @@ def fleet(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     tls_ca_file=str(tls.certificate),
                 )
                 site = Site(base, settings, write_spec(base, **SMALL_RELEASE), env)
-                fleet = Fleet(site, members, through)
+                fleet = Fleet(site, members, through, base / "edge")
                 ok(site.release())
                 assert site.champion() == 1
                 yield fleet
         finally:
+            for process in fleet.restarted if fleet else []:
+                process.terminate()
+                process.wait(15)
             for member in members:
                 triton_server.stop(member)
 
@@ -347,6 +370,27 @@ def edge_settings(fleet: Fleet) -> Settings:
     )
 
 
+def canary_release(
+    fleet: Fleet, log: str, **limits: object
+) -> tuple[Site, subprocess.Popen[bytes]]:
+    """A canary release (CANARY's limits, with `limits` changed) started in the background."""
+    promotion = CANARY | {"canary": CANARY["canary"] | limits}  # type: ignore[operator]
+    site = replace(
+        fleet.site,
+        spec_path=write_spec(fleet.site.base, **SMALL_RELEASE, promotion=promotion),
+    )
+    return site, site.start("run", "--spec", str(site.spec_path), "--force", log=log)
+
+
+def wait_for_route(fleet: Fleet, site: Site, release: subprocess.Popen[bytes], log: str) -> None:
+    """Until the release's canary has its route at the edge: it is baking."""
+    deadline = time.monotonic() + 300
+    while NAME not in edge_routes.open_routes(edge_settings(fleet)):
+        assert release.poll() is None, site.output(log)[-3000:]
+        assert time.monotonic() < deadline, "the canary never opened its route"
+        time.sleep(0.05)
+
+
 def test_failing_canary_is_withdrawn_within_its_bake_and_no_caller_fails(fleet: Fleet) -> None:
     """A candidate that fails ~40 % of its requests (`bench.faults`) gets 30 % of the edge's
     traffic: the errors in Triton's statistics withdraw it long before the bake time ends,
@@ -388,19 +432,27 @@ def test_failing_canary_is_withdrawn_within_its_bake_and_no_caller_fails(fleet: 
     assert_fleet_invariant(fleet)
 
 
-def test_good_canary_is_promoted_and_a_stale_route_is_cleared(fleet: Fleet) -> None:
-    """A release with `rollout: canary`: the candidate bakes behind the edge, is judged within
-    its limits, goes to both replicas and is promoted; callers never fail. A route a dead
-    release left behind is a doctor problem, repaired, and cleared by the next release too."""
-    site = replace(
-        fleet.site, spec_path=write_spec(fleet.site.base, **SMALL_RELEASE, promotion=CANARY)
-    )
+def test_good_canary_is_promoted_through_a_balancer_restart_and_a_stale_route_is_cleared(
+    fleet: Fleet,
+) -> None:
+    """A release with `rollout: canary`: the candidate bakes behind the edge, which is restarted
+    mid-bake (the route is files: the new nginx reads it), is judged within its limits, goes to
+    both replicas and is promoted. Callers of the replicas never fail; callers of the edge only
+    fail to connect while it is down. A route a dead release left behind is a doctor problem,
+    repaired, and cleared by the next release too."""
     settings = edge_settings(fleet)
-    new = next_version(site)
+    new = next_version(fleet.site)
+    site, release = canary_release(fleet, "canary.log")
     with Callers(fleet) as callers:
-        done = ok(site.release())
-    assert callers.errors == [], callers.errors[:5]
-    text = " ".join(done.split())
+        wait_for_route(fleet, site, release, "canary.log")
+        time.sleep(1)
+        fleet.restart_edge()
+        assert release.wait(300) == 0, site.output("canary.log")[-3000:]
+    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
+    assert [e for e in callers.errors if e not in through_edge] == []
+    # Refused or reset while nginx was down, never an answer that failed.
+    assert all("onnect" in e for e in through_edge), through_edge[:5]
+    text = " ".join(site.output("canary.log").split())
     assert "canary" in text, text[-3000:]
     assert site.champion() == new
     assert edge_routes.open_routes(settings) == []
@@ -428,23 +480,11 @@ def test_replica_killed_during_the_canary_bake_withdraws_and_doctor_repairs_it(
     """Replica 2 dies while the canary bakes: the release stops (Triton's statistics cannot be
     read from it), closes the route and withdraws the candidate from replica 1; callers of the
     edge never fail; once replica 2 is back, `doctor --repair` serves the champion on it."""
-    site = replace(
-        fleet.site,
-        spec_path=write_spec(
-            fleet.site.base,
-            **SMALL_RELEASE,
-            promotion=CANARY | {"canary": CANARY["canary"] | {"bake_s": 60}},
-        ),
-    )
     settings = edge_settings(fleet)
-    before, was_live, new = site.champion(), live(site), next_version(site)
-    release = site.start("run", "--spec", str(site.spec_path), "--force", log="bake-kill.log")
-    deadline = time.monotonic() + 300
+    before, was_live, new = fleet.site.champion(), live(fleet.site), next_version(fleet.site)
+    site, release = canary_release(fleet, "bake-kill.log", bake_s=60)
     with Callers(fleet) as callers:
-        while NAME not in edge_routes.open_routes(settings):
-            assert release.poll() is None, site.output("bake-kill.log")[-3000:]
-            assert time.monotonic() < deadline, "the canary never opened its route"
-            time.sleep(0.05)
+        wait_for_route(fleet, site, release, "bake-kill.log")
         time.sleep(2)  # the candidate answers a share of the callers
         fleet.kill(1)
         assert release.wait(300) == 2, site.output("bake-kill.log")[-3000:]
@@ -458,6 +498,58 @@ def test_replica_killed_during_the_canary_bake_withdraws_and_doctor_repairs_it(
     assert not triton_client.control_client(fleet.endpoint(0)).is_ready(
         model_config.candidate_name(NAME, new)
     )
+    fleet.restart(1)
+    ok(site.run("doctor", NAME, "--repair"))
+    assert_fleet_invariant(fleet)
+
+
+def test_a_replica_dying_under_a_go_live_puts_the_changed_ones_back(fleet: Fleet) -> None:
+    """What a rollback (or swap) does when a later replica dies under it, made deterministic: the
+    second target's ports are closed. Replica 1 had already changed and the repository had not
+    (a rollback adds no files): it is put back on champion + previous by the config itself."""
+    site = fleet.site
+    was_live = live(site)
+    dead = replicas.Replica(
+        name="replica 3 (dead)",
+        endpoint=triton_ports.Endpoint(
+            http=f"{triton_ports.HOST}:1", grpc=f"{triton_ports.HOST}:1"
+        ),
+    )
+    first = replicas.configured(site.settings)[0]
+    with pytest.raises(triton_client.TritonUnreachableError, match="replica 3") as raised:
+        rollout.go_live(site.settings, site.spec, [was_live[0]], targets=[first, dead])
+    assert f"{first.name} put back" in str(raised.value), str(raised.value)
+    assert fleet.served(0) == was_live
+    assert_fleet_invariant(fleet)
+
+
+def test_replica_killed_during_rollback_ends_with_the_champion_served(fleet: Fleet) -> None:
+    """Replica 2 is killed as the rollback's go-live reaches it. Which side of its load the kill
+    lands on is the race a real crash is: the rollback either stops before any alias moves
+    (replica 1 put back) or finishes on both; either way, once replica 2 is back, `doctor
+    --repair` serves the champion on it and the fleet is whole."""
+    site = fleet.site
+    champion, was_live = site.champion(), live(site)
+    previous = was_live[0]
+    rollback = site.start("rollback", NAME, "--reason", "replica dies", log="rollback-kill.log")
+    deadline = time.monotonic() + 300
+    with Callers(fleet) as callers:
+        while fleet.served(0) != [previous]:
+            assert rollback.poll() is None, site.output("rollback-kill.log")[-3000:]
+            assert time.monotonic() < deadline, "the rollback never reached replica 1"
+            time.sleep(0.005)
+        fleet.kill(1)
+        code = rollback.wait(300)
+    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
+    assert through_edge == [], through_edge[:5]
+    output = " ".join(site.output("rollback-kill.log").split())
+    if code == 0:
+        assert site.champion() == previous and fleet.served(0) == [previous]
+    else:
+        assert_one_paragraph(output)
+        assert "replica 2" in output, output[-2000:]
+        assert site.champion() == champion and live(site) == was_live
+        assert fleet.served(0) == was_live
     fleet.restart(1)
     ok(site.run("doctor", NAME, "--repair"))
     assert_fleet_invariant(fleet)

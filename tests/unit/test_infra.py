@@ -89,6 +89,11 @@ def test_workers_reach_every_replica_and_callers_the_edge() -> None:
     assert env["CONVEYOR_EDGE_GRPC_URL"] == "edge:8444"
     assert _env_secret(env[credentials.EDGE_KEY_ENV])
     assert sorted(SERVICES["edge"]["ports"]) == ["8443:8443", "8444:8444"]
+    # Canary routes: one volume, written by the workers, read by the edge under its config.
+    routes = env["CONVEYOR_EDGE_ROUTES_DIR"]
+    for worker in ("worker-cpu", "worker-gpu"):
+        assert f"edge-routes:{routes}" in SERVICES[worker]["volumes"]
+    assert "edge-routes:/etc/conveyor-edge/routes:ro" in SERVICES["edge"]["volumes"]
 
 
 def test_workers_get_the_production_endpoints_and_the_gpu_pool_the_nvidia_runtime() -> None:

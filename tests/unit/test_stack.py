@@ -56,6 +56,8 @@ def test_every_compose_address_moves_to_the_stack_and_nothing_else_changes(
             assert value == raw, key  # e.g. the heartbeat frequency, the region
     assert values["CONVEYOR_PROJECT_DIR"] == str(stack.ROOT)
     assert values["CONVEYOR_HOME"] == str(local.root / "conveyor")
+    # The canary routes a worker writes are the ones the stack's edge reads.
+    assert values["CONVEYOR_EDGE_ROUTES_DIR"] == str(local.root / "edge" / "routes")
     assert values["CONVEYOR_MODEL_REPOSITORY"] == "s3://models/triton"
     assert values["PREFECT_API_AUTH_STRING"] == local.variables["PREFECT_AUTH_STRING"]
 
