@@ -39,6 +39,7 @@ from tasks.serving import canary, rollout, swap, triton_server
 from tasks.serving.triton_ports import HOST
 
 RATE = 100_000  # per client: out of reach (the limit is test_edge's)
+ACTOR = "bench.canary"
 
 
 class ChangeRow(BaseModel):
@@ -70,14 +71,8 @@ def _register(settings: Settings, spec: ModelSpec, versions: int) -> list[model_
                 name=spec.name, version=int(made.version), run_id="", model_uri="none"
             )
         )
-    client.set_registered_model_alias(spec.name, model_registry.CHAMPION, "1")
+    model_registry.promote(settings, refs[0], "the benchmark's first champion", ACTOR)
     return refs
-
-
-def _promote(settings: Settings, spec: ModelSpec, champion: int, previous: int) -> None:
-    client = mlflow_store.client(settings)
-    client.set_registered_model_alias(spec.name, model_registry.CHAMPION, str(champion))
-    client.set_registered_model_alias(spec.name, model_registry.PREVIOUS, str(previous))
 
 
 def main() -> None:
@@ -159,7 +154,7 @@ def _changes(
 
     with wrk_during(url, body, clients, "swap", tmp, auth, ca_file) as load:
         report = swap.swap_in(settings, spec, refs[1], holdout)
-    _promote(settings, spec, champion=2, previous=1)
+    model_registry.promote(settings, refs[1], "swapped in", ACTOR)
     rows.append(
         ChangeRow(
             scenario="swap v1 → v2 on both replicas",
@@ -197,8 +192,7 @@ def _canary(
         scenario = f"canary v{ref.version} ({what}): withdrawn"
     else:
         swap.swap_in(settings, spec, ref, holdout)
-        champion = model_registry.alias_version(settings, spec.name, model_registry.CHAMPION)
-        _promote(settings, spec, champion=ref.version, previous=champion or 1)
+        model_registry.promote(settings, ref, "canary passed", ACTOR)
         scenario = f"canary v{ref.version} ({what}): promoted"
     return ChangeRow(
         scenario=scenario,

@@ -21,11 +21,7 @@ def triton_up(spec: SpecOption = None) -> None:
         if settings.triton_replicas:
             # Every replica that answers, whatever their number: bringing production to the
             # champion never waits for a quorum (`conveyor doctor` names the ones down).
-            fleet = replicas.survey(settings)
-            if not fleet.up:
-                raise replicas.ReplicasDownError(
-                    f"no Triton replica answers ({fleet.names(fleet.down)}); start them first"
-                )
+            fleet = replicas.answering_fleet(settings)
             serving = rollout.restore_serving(settings, model_spec, targets=fleet.up)
             down = f"; down: {fleet.names(fleet.down)}" if fleet.down else ""
             console.print(

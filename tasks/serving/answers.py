@@ -5,7 +5,7 @@ runs them on the first replica and `verify_replica` on each further one."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -210,6 +210,19 @@ def predictors(
     }
 
 
+@contextlib.contextmanager
+def answering(
+    endpoint: Endpoint, model: str, version: int
+) -> Iterator[tuple[dict[str, Predict], dict[str, object]]]:
+    """`model` `version` reachable over HTTP and gRPC: its predictors on both and its metadata.
+    The HTTP client is closed in the thread that opened it (see `traffic.measure`)."""
+    with contextlib.closing(triton_client.http_client(endpoint)) as http:
+        grpc = triton_client.grpc_client(endpoint)
+        reachable(http, grpc, endpoint, model, version)
+        tag = str(version)
+        yield predictors(http, grpc, model, tag), http.get_model_metadata(model, tag)
+
+
 def verify_replica(
     endpoint: Endpoint,
     spec: ModelSpec,
@@ -222,11 +235,5 @@ def verify_replica(
     """A further replica of a smoke-tested one: the same answers as offline ONNX over HTTP and
     gRPC and the same metadata. Latency and load were measured on the first: the replicas run the
     same files (sha256-verified) with the same configuration on the same kind of host."""
-    with contextlib.closing(triton_client.http_client(endpoint)) as http:
-        grpc = triton_client.grpc_client(endpoint)
-        reachable(http, grpc, endpoint, model, version)
-        tag = str(version)
-        metadata = http.get_model_metadata(model, tag)
-        return parity(
-            predictors(http, grpc, model, tag), metadata, spec, features, offline, scale
-        ).failures
+    with answering(endpoint, model, version) as (predict, metadata):
+        return parity(predict, metadata, spec, features, offline, scale).failures

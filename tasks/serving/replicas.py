@@ -93,16 +93,21 @@ def quorum(settings: Settings, step: str) -> list[Replica]:
     return fleet.up
 
 
-def answering(settings: Settings) -> list[Replica]:
-    """The replicas a backward step acts on: every one that answers (the embedded server is
-    started if it is down); `ReplicasDownError` when none does."""
+def answering_fleet(settings: Settings) -> Fleet:
+    """The fleet as a backward step sees it: `ReplicasDownError` when no replica answers (the
+    embedded server is started if it is down)."""
     fleet = survey(settings)
     if not fleet.up:
         raise ReplicasDownError(
             f"no Triton replica answers ({fleet.names(fleet.down)}); start them, then run "
             "`conveyor doctor --repair` to serve the champion on them"
         )
-    return fleet.up
+    return fleet
+
+
+def answering(settings: Settings) -> list[Replica]:
+    """The replicas a backward step acts on: every one that answers."""
+    return answering_fleet(settings).up
 
 
 def probe_endpoint(settings: Settings, targets: list[Replica]) -> Endpoint:

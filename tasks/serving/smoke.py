@@ -3,8 +3,6 @@ rejects malformed requests and is fast enough."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -17,7 +15,7 @@ from tasks.datasets.data import DatasetRef, load_dataset, to_features, to_target
 from tasks.modeling import onnx
 from tasks.modeling.kinds import kind_of
 from tasks.registry import model_registry, tracking
-from tasks.serving import answers, model_config, replicas, triton_client
+from tasks.serving import answers, model_config, replicas
 from tasks.serving.answers import SmokeTestError
 from tasks.serving.traffic import LoadResult, measure
 from tasks.serving.triton_ports import Endpoint
@@ -69,15 +67,9 @@ def run_smoke(
     `offline`: the ONNX file's outputs for `features`; `scale`: what the tolerance is relative
     to (1 for probabilities, the target's spread for a regression)."""
     tag = str(version)
-    # Closed here, in the thread that opened it (see `traffic.measure`).
-    with contextlib.closing(triton_client.http_client(endpoint)) as http:
-        grpc = triton_client.grpc_client(endpoint)
-        answers.reachable(http, grpc, endpoint, model, version)
+    with answers.answering(endpoint, model, version) as (predictors, metadata):
         batch = spec.serving.max_batch_size
-        predictors = answers.predictors(http, grpc, model, tag)
-        parity = answers.parity(
-            predictors, http.get_model_metadata(model, tag), spec, features, offline, scale
-        )
+        parity = answers.parity(predictors, metadata, spec, features, offline, scale)
         failures = list(parity.failures)
         diffs, mismatches = parity.diffs, parity.label_mismatches
 

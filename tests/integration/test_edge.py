@@ -189,13 +189,20 @@ def test_control_calls_and_candidates_are_refused_at_the_edge(site: EdgeSite) ->
     assert state is not None
     files = read_verified(LocalStore(Path(site.members[0].repository)), f"{site.spec.name}/1")
     name = triton_client.load_candidate(site.members[0], state.endpoint, site.spec, 1, files)
+    # Nor is a canary by its own name: callers reach it only through a route, by share.
+    canary = model_config.canary_name(site.spec.name)
+    triton_client.load_candidate(site.members[0], state.endpoint, site.spec, 1, files, name=canary)
     try:
         direct = triton_client.http_client(state.endpoint)
-        assert direct.is_model_ready(name, "1")
-        status, body = site.post(f"/v2/models/{name}/infer", site.keys["alpha"], site.infer_body())
-        assert status == 404 and "unknown model" in body, body
+        for loaded in (name, canary):
+            assert direct.is_model_ready(loaded, "1")
+            status, body = site.post(
+                f"/v2/models/{loaded}/infer", site.keys["alpha"], site.infer_body()
+            )
+            assert status == 404 and "unknown model" in body, (loaded, body)
     finally:
         triton_client.unload_model(state.endpoint, name)
+        triton_client.unload_model(state.endpoint, canary)
     assert model_config.candidate_version(site.spec.name, name) == 1
 
 

@@ -150,6 +150,10 @@ class Callers:
                 self.errors.append(f"{endpoint.http}: {exc}")
             time.sleep(0.01)
 
+    def through(self, endpoint: triton_server.Endpoint) -> list[str]:
+        """The errors of the callers of `endpoint`."""
+        return [e for e in self.errors if e.startswith(f"{endpoint.http}: ")]
+
     def __enter__(self) -> Callers:
         for thread in self._threads:
             thread.start()
@@ -273,8 +277,7 @@ def test_replica_killed_mid_swap_withdraws_and_doctor_repairs_it(fleet: Fleet) -
         fleet.kill(1)
         assert release.wait(300) == 2, site.output("killed.log")[-3000:]
     # Callers of the edge never noticed: nginx retried what the dead replica dropped.
-    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
-    assert through_edge == [], through_edge[:5]
+    assert callers.through(fleet.edge) == [], callers.through(fleet.edge)[:5]
     output = " ".join(site.output("killed.log").split())
     assert_one_paragraph(output)
     assert "was withdrawn" in output and "replica 2" in output, output[-2000:]
@@ -448,7 +451,7 @@ def test_good_canary_is_promoted_through_a_balancer_restart_and_a_stale_route_is
         time.sleep(1)
         fleet.restart_edge()
         assert release.wait(300) == 0, site.output("canary.log")[-3000:]
-    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
+    through_edge = callers.through(fleet.edge)
     assert [e for e in callers.errors if e not in through_edge] == []
     # Refused or reset while nginx was down, never an answer that failed.
     assert all("onnect" in e for e in through_edge), through_edge[:5]
@@ -488,8 +491,7 @@ def test_replica_killed_during_the_canary_bake_withdraws_and_doctor_repairs_it(
         time.sleep(2)  # the candidate answers a share of the callers
         fleet.kill(1)
         assert release.wait(300) == 2, site.output("bake-kill.log")[-3000:]
-    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
-    assert through_edge == [], through_edge[:5]
+    assert callers.through(fleet.edge) == [], callers.through(fleet.edge)[:5]
     output = " ".join(site.output("bake-kill.log").split())
     assert_one_paragraph(output)
     assert "was withdrawn" in output and "replica 2" in output, output[-2000:]
@@ -540,8 +542,7 @@ def test_replica_killed_during_rollback_ends_with_the_champion_served(fleet: Fle
             time.sleep(0.005)
         fleet.kill(1)
         code = rollback.wait(300)
-    through_edge = [e for e in callers.errors if e.startswith(fleet.edge.http)]
-    assert through_edge == [], through_edge[:5]
+    assert callers.through(fleet.edge) == [], callers.through(fleet.edge)[:5]
     output = " ".join(site.output("rollback-kill.log").split())
     if code == 0:
         assert site.champion() == previous and fleet.served(0) == [previous]

@@ -323,15 +323,15 @@ def model_problems(
             )
         )
     if model in edge_routes.open_routes(settings):
-        # The edge answers a request whose candidate is gone with the champion, one failed hop
-        # later: harmless to callers, but a canary only a live release may hold.
+        # The edge answers a request whose canary is gone with the champion, one failed hop
+        # later: harmless to callers, but a route only a live release may hold.
         leftovers.append(
             Problem(
                 model=model,
                 kind="stale-route",
-                detail=f"the edge sends a share of {model}'s requests to a candidate (a canary "
-                f"route in {settings.edge_routes_dir}) with no release running",
-                repair="remove the route and reload the edge",
+                detail=f"the edge sends a share of {model}'s requests to its canary (a route "
+                f"in {settings.edge_routes_dir}) with no release running",
+                repair="remove the route (the edge sees it gone within a second)",
                 key=model,
             )
         )
