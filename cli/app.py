@@ -20,7 +20,9 @@ from tasks.core.settings import Settings
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="The `conveyor` command: parses options into the same typed configs the flows take.",
+    help="conveyor carries a tabular model from data to a live Triton server and keeps it "
+    "healthy there: release (train, gate, register, serve, promote), check drift and outcomes, "
+    "operate the fleet.",
 )
 
 
@@ -65,16 +67,32 @@ def main(
 ) -> None:
     """Prefect's log lines go to <CONVEYOR_HOME>/logs/conveyor.log (and to the Prefect API, as
     always); the console shows conveyor's own output, unless -v."""
-    # The ephemeral API's telemetry cannot reach anything here and logs an ERROR each start.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # MLflow installs its own console handler at import (INFO lines on every new SQLite store);
-    # without it its records reach the root logger, so the log file (and -v), like Prefect's.
-    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
-    # With a tracking server MLflow writes "View run … at: <url>" to stdout for every run.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name, value in PROCESS_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     VERBOSE["on"] = verbose
     route_logs(Settings().home / "logs" / LOG_FILE, verbose)
     _end_what_killed_commands_left()
+
+
+# What every conveyor process sets before MLflow or Prefect is imported, unless the operator set
+# it (`make stack` and compose give their services the same: `infra/stack/state.py`).
+PROCESS_DEFAULTS = {
+    # The ephemeral API's telemetry cannot reach anything here and logs an ERROR each start.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Prefect's ephemeral API must answer within this many seconds (Prefect's default: 20,
+    # counted in its own sleeps): a busy 2-core machine needs longer, and a command that gives
+    # up fails before doing anything (`tasks.core.credentials.explain` says so in a paragraph).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # MLflow installs its own console handler at import (INFO lines on every new SQLite store);
+    # without it its records reach the root logger, so the log file (and -v), like Prefect's.
+    "MLFLOW_CONFIGURE_LOGGING": "false",
+    # With a tracking server MLflow writes "View run … at: <url>" to stdout for every run.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # MLflow 3.17's telemetry thread deletes _MLFLOW_TELEMETRY_SESSION_ID from os.environ when
+    # its upload fails (no network), while other threads read the environment: a KeyError in
+    # the middle of a release.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 
 
 def _end_what_killed_commands_left() -> None:
@@ -93,14 +111,24 @@ def _end_what_killed_commands_left() -> None:
 
 
 def route_logs(path: Path, verbose: bool) -> None:
-    import prefect  # noqa: F401 - importing Prefect installs its logging configuration
-
+    """The log file on the root logger (and on the loggers Prefect gives a console). Prefect is
+    not imported here: a command that reads (status, doctor, history) never pays for it, and
+    Prefect's own set-up leaves a root logger that already has a handler alone. A command that
+    runs a flow calls `_prefect_logs()` once Prefect is imported."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handler = logging.FileHandler(path)
+    handler = logging.FileHandler(path, delay=True)  # no file until something is logged
     handler.set_name("conveyor-file")
     handler.setFormatter(
         logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
     )
+    ROUTED["handler"], ROUTED["verbose"] = handler, verbose
+    _attach(handler, verbose)
+
+
+ROUTED: dict[str, Any] = {}
+
+
+def _attach(handler: logging.Handler, verbose: bool) -> None:
     for name in CONSOLE_LOGGERS:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
@@ -108,6 +136,14 @@ def route_logs(path: Path, verbose: bool) -> None:
             if old.get_name() == "conveyor-file" or (console and not verbose):
                 logger.removeHandler(old)
         logger.addHandler(handler)
+
+
+def _prefect_logs() -> None:
+    """After Prefect is imported: its console handlers off (unless -v), the log file kept."""
+    import prefect  # noqa: F401 - importing Prefect installs its logging configuration
+
+    if ROUTED:
+        _attach(ROUTED["handler"], ROUTED["verbose"])
 
 
 def log_path() -> Path | None:
@@ -155,6 +191,7 @@ def _tagged() -> contextlib.AbstractContextManager[None]:
 
     from tasks.ops.crashed_runs import process_tags
 
+    _prefect_logs()
     return tags(*process_tags())
 
 

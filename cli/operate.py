@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from cli.app import _expected_errors, _fail, _flag, _stages, _tagged, app, console
+from cli.app import _expected_errors, _fail, _flag, _prefect_logs, _stages, _tagged, app, console
 from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.ops.fleet import ModelStatus
 
 
 @app.command()
@@ -30,6 +33,7 @@ def approve(
     except ValueError:
         _fail(ConveyorError(f"{flow_run_id!r} is not a flow run id (a UUID)"))
         return
+    _prefect_logs()
     with _expected_errors():
         asyncio.run(answer(run_id, not reject, approver, reason))
     console.print(f"{'rejected' if reject else 'approved'}: flow run {run_id} resumes")
@@ -69,16 +73,42 @@ def status(
     settings = Settings()
     with _expected_errors():
         statuses = fleet.fleet_status(settings)
+        across = fleet.fleet_problems(settings)
     if as_json:
         for model_status in statuses:
             typer.echo(model_status.model_dump_json())
         return
-    table = Table(title=f"conveyor fleet ({len(statuses)} models, {settings.spec_dir}/)")
-    for column in fleet.COLUMNS:
-        table.add_column(column, overflow="fold")
+    console.print(fleet_table(statuses, f"{len(statuses)} models, {settings.spec_dir}/"))
+    print_details(statuses)
+    for line in across:
+        console.print(f"fleet problem: {line}", highlight=False, soft_wrap=True)
+    if across:
+        console.print("`conveyor doctor --repair` fixes what is safe", highlight=False)
+
+
+def fleet_table(statuses: list[ModelStatus], where: str) -> Table:
+    """The short table (cells of a few characters: no word is broken at 80 columns); the long
+    fields follow it, per model (`print_details`)."""
+    from tasks.ops import fleet
+
+    table = Table(title=f"conveyor fleet ({where})", box=None, pad_edge=False)
+    for column in fleet.SHORT_COLUMNS:
+        # A model's name and task are never cut; a header never breaks inside a word.
+        whole = column in {"model", "task"}
+        table.add_column(column, no_wrap=whole, min_width=max(map(len, column.split())))
     for model_status in statuses:
-        table.add_row(*fleet.row(model_status))
-    console.print(table)
+        table.add_row(*fleet.short_cells(model_status))
+    return table
+
+
+def print_details(statuses: list[ModelStatus]) -> None:
+    from tasks.ops import fleet
+
+    for model_status in statuses:
+        first, *rest = fleet.details(model_status)
+        console.print(f"{model_status.model}: {first}", highlight=False, soft_wrap=True)
+        for line in rest:
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -124,6 +154,8 @@ def doctor(
     from tasks.ops.doctor import checks, repairs
 
     settings = Settings()
+    if repair:
+        _prefect_logs()  # repairs hold the model's lease, which may be a Prefect server's
     with _expected_errors():
         models = [model] if model else checks.fleet(settings)
         report = repairs.check_and_repair(settings, models, repair)

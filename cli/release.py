@@ -77,11 +77,12 @@ def run(
         return
     path = _spec_path(spec, settings)
     with _expected_errors():
+        model_spec = load_spec(path)  # a bad spec is refused before the heavy imports below
         from tasks.core.attempts import LAST
         from tasks.ops.crashed_runs import dead_runs, mark_crashed
         from tasks.ops.resume import check_resumable, last_release
 
-        model_spec = _releasable(path)
+        _releasable(model_spec)
         console.print(
             f"releasing {model_spec.name} from {path}; Prefect's log: {log_path()}",
             highlight=False,
@@ -98,12 +99,10 @@ def run(
     _print_release(result, settings)
 
 
-def _releasable(path: str) -> ModelSpec:
+def _releasable(model_spec: ModelSpec) -> None:
     from tasks.registry.approval import ensure_approvable
 
-    model_spec = load_spec(path)
     ensure_approvable(model_spec)  # fail fast, before Prefect starts its API
-    return model_spec
 
 
 def _release(
@@ -121,8 +120,8 @@ def _run_all(settings: Settings, no_wait: bool, force: bool) -> None:
 
     with _expected_errors():
         fleet = load_fleet(settings)
-        for path, _ in fleet:
-            _releasable(str(path))
+        for _, model_spec in fleet:
+            _releasable(model_spec)
     console.print(
         f"releasing {len(fleet)} models from {settings.spec_dir}/; Prefect's log: {log_path()}",
         highlight=False,
@@ -178,11 +177,7 @@ def _print_release(result: ReleaseResult | UnchangedModel, settings: Settings) -
         ("MLflow run", result.run_id),
         ("validation", result.validation.verdict),
         (f"holdout ({metrics.task})", metrics.headline()),
-        (
-            "ONNX parity",
-            f"max |Δ| {onnx.parity.max_abs_diff:.1e} on {onnx.parity.rows} rows, "
-            f"{onnx.parity.label_flips} label flips",
-        ),
+        ("ONNX parity", onnx.parity.summary()),
         (
             "served vs offline",
             f"max |Δ| {max(smoke.http_max_abs_diff, smoke.grpc_max_abs_diff):.1e} "
@@ -247,10 +242,11 @@ def init(
 ) -> None:
     """Write deployments/models/NAME.yaml from the data: the task, types, ranges, nulls,
     categories, target, quality floors, a model family for its size. Never overwrites a spec."""
-    from tasks.datasets.schema_gen import init_spec
-
     settings = Settings()
     with _expected_errors():
+        _check_init_arguments(source, name)  # before the data stack is imported (~3 s)
+        from tasks.datasets.schema_gen import init_spec
+
         result = init_spec(source, target, name, settings.spec_dir, task)
     console.print(
         f"wrote {result.path}: model {result.name}, {result.features} features, "
@@ -266,6 +262,21 @@ def init(
     )
 
 
+def _check_init_arguments(source: str, name: str | None) -> None:
+    from pathlib import Path
+
+    from tasks.core.names import name_problem
+
+    problem = name_problem(name) if name is not None else None
+    if problem:
+        raise ConveyorError(f"--name {problem}")
+    if "://" not in source and not Path(source).exists():
+        raise ConveyorError(
+            f"--from {source} does not exist: pass a CSV or Parquet file, a folder of them, or "
+            "an s3://bucket/prefix"
+        )
+
+
 @app.command()
 def train(spec: SpecOption = None) -> None:
     """Train a candidate and log it to MLflow (no registration)."""
@@ -278,7 +289,8 @@ def train(spec: SpecOption = None) -> None:
         runner = task_runner(
             settings.task_runner, model_spec.search.parallel, settings.dask_address
         )
-        result = training_flow.with_options(task_runner=runner)(model_spec, settings)
+        with _tagged():
+            result = training_flow.with_options(task_runner=runner)(model_spec, settings)
     m = result.metrics
     console.print(
         f"MLflow run {result.run_id}: {m.headline()} on {m.rows} holdout rows "
@@ -315,7 +327,8 @@ def smoke(
             positives=0,
         )
         # A live version answers under the model's own name (the candidate name is a release's).
-        report = smoke_test_flow(model_spec, settings, ref, holdout, served_as=model_spec.name)
+        with _tagged():
+            report = smoke_test_flow(model_spec, settings, ref, holdout, served_as=model_spec.name)
     console.print(
         f"{report.model} v{report.version}: passed; {report.rows} rows match offline ONNX, "
         f"p50 {report.p50_ms:.2f} ms, p99 {report.p99_ms:.2f} ms"

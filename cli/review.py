@@ -45,6 +45,8 @@ def explain(
 ) -> None:
     """Reason codes: for each row, the score and the features that pushed it most toward the
     adverse outcome, with their contributions, from exactly the registered version's model."""
+    with _expected_errors():
+        _check_explain_arguments(model, rows, version)  # before Prefect starts its API
     from flows.explain import explain_flow
 
     with _expected_errors(), _tagged(), _stages(f"explain {model}"):
@@ -57,6 +59,19 @@ def explain(
         f"{result.max_reconstruction_error:.1e}) in {result.output}",
         soft_wrap=True,
     )
+
+
+def _check_explain_arguments(model: str, rows: Path, version: int | None) -> None:
+    """What `reason_codes.explain` would refuse first, said in a second, not after ~20 s."""
+    if not rows.is_file():
+        raise ConveyorError(f"rows file not found: {rows}. Pass a CSV or Parquet file of rows")
+    if version is None:
+        from tasks.registry import model_registry
+
+        if model_registry.alias_version(Settings(), model, model_registry.CHAMPION) is None:
+            raise ConveyorError(
+                f"{model} has no champion to explain; release it first or pass --version"
+            )
 
 
 @app.command()

@@ -2,40 +2,61 @@
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import Annotated
 
-from cli.app import SpecOption, _expected_errors, _spec_path, console, triton_app
+import typer
+from rich.markup import escape
+
+from cli.app import _expected_errors, console, triton_app
+from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
 from tasks.core.spec import load_spec
 
 
 @triton_app.command("up")
-def triton_up(spec: SpecOption = None) -> None:
-    """Start the embedded Triton (or, with CONVEYOR_TRITON_REPLICAS, reach every replica) and load
-    the spec's champion (and previous) version on it."""
+def triton_up(
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", help="Only this model's spec (default: every released model)."),
+    ] = None,
+) -> None:
+    """Start the embedded Triton (or, with CONVEYOR_TRITON_REPLICAS, reach every replica) and
+    serve every released model's champion and previous on it, as `conveyor doctor --repair`
+    does after a restart."""
+    from tasks.ops.fleet import released_specs
     from tasks.serving import replicas, rollout, triton_server
 
     settings = Settings()
     with _expected_errors():
-        model_spec = load_spec(_spec_path(spec, settings))
+        models = [load_spec(spec)] if spec else released_specs(settings)
         if settings.triton_replicas:
             # Every replica that answers, whatever their number: bringing production to the
             # champion never waits for a quorum (`conveyor doctor` names the ones down).
             fleet = replicas.answering_fleet(settings)
-            serving = rollout.restore_serving(settings, model_spec, targets=fleet.up)
+            targets, where = fleet.up, fleet.names(fleet.up)
             down = f"; down: {fleet.names(fleet.down)}" if fleet.down else ""
-            console.print(
-                f"{model_spec.name} versions loaded on {serving.where()}: "
-                f"{serving.versions or 'none (no champion yet)'}{down}"
-            )
-            return
-        state = triton_server.ensure_running(settings)
-        serving = rollout.restore_serving(settings, model_spec)
-    console.print(
-        f"Triton pid {state.pid}: http://{state.endpoint.http}, grpc {state.endpoint.grpc}, "
-        f"metrics {state.metrics_url}; {model_spec.name} versions loaded: "
-        f"{serving.versions or 'none (no champion yet)'}; log {state.log_path}"
-    )
+        else:
+            state = triton_server.ensure_running(settings)
+            targets, down = None, ""
+            where = f"Triton pid {state.pid} (http://{state.endpoint.http})"
+    console.print(f"{where}{down}", highlight=False)
+    if not spec and not models:
+        console.print("no released model yet: `conveyor run` releases one", highlight=False)
+    failed = 0
+    for model_spec in models:
+        try:
+            serving = rollout.restore_serving(settings, model_spec, targets=targets)
+        except ConveyorError as exc:  # one model's files or registry entry; the others still
+            failed += 1
+            console.print(f"{model_spec.name}: not served: {escape(str(exc))}", soft_wrap=True)
+            continue
+        console.print(
+            f"{model_spec.name}: versions {serving.versions or 'none (no champion yet)'}",
+            highlight=False,
+        )
+    if failed:
+        raise typer.Exit(2)
 
 
 @triton_app.command("down")

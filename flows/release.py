@@ -98,8 +98,7 @@ class ReleaseResult(BaseModel):
                 f"| validation | {self.validation.verdict} |",
                 f"| model card | {card} |",
                 f"| MLflow run | {run} |",
-                f"| ONNX | sha256 `{o.sha256[:16]}…`; parity with sklearn max Δ "
-                f"{o.parity.max_abs_diff:.1e}, {o.parity.label_flips} label flips |",
+                f"| ONNX | sha256 `{o.sha256[:16]}…`; parity {o.parity.summary()} |",
                 f"| served by | Triton http://{self.export.serving.endpoint.http}, p50 "
                 f"{s.p50_ms:.2f} ms / p99 {s.p99_ms:.2f} ms, max_queue_delay "
                 f"{self.export.tuning.chosen.max_queue_delay_microseconds} µs, "

@@ -29,7 +29,7 @@ from pathlib import Path
 from infra.stack.processes import system_binary
 from tasks.core import credentials
 from tasks.core.errors import ConveyorError
-from tasks.serving.model_config import CANARY_SUFFIX, CANDIDATE_SUFFIX
+from tasks.core.names import CANARY_SUFFIX, CANDIDATE_SUFFIX
 from tasks.serving.triton_ports import HOST, free_port
 
 TEMPLATE = Path(__file__).parent / "nginx" / "edge.conf"
@@ -148,7 +148,7 @@ def render(
         "TLS": tls_lines,
         "HTTP_SERVERS": servers("http"),
         "GRPC_SERVERS": servers("grpc"),
-        "CANDIDATE": CANDIDATE_SUFFIX,
+        "CANDIDATE_RE": re.escape(CANDIDATE_SUFFIX),
         "CANARY": CANARY_SUFFIX,
         "CANARY_RE": re.escape(CANARY_SUFFIX),
         # Buckets 1-99 a percent each, the rest 100: a route of share s is its first 100 s.

@@ -15,6 +15,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from cli.main import app
+from tasks.core import names
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, load_spec
 from tasks.core.storage import open_store, repository_versions, verify_dir
@@ -23,7 +24,7 @@ from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import predict
 from tasks.ops.doctor import checks
 from tasks.registry import model_registry
-from tasks.serving import model_config, triton_client, triton_server
+from tasks.serving import triton_client, triton_server
 from tests.conftest import ROOT
 from tests.servers import BIN
 
@@ -130,7 +131,7 @@ def candidate_ready(site: Site, version: int) -> bool:
     """The release's candidate is served (its smoke test is next). Candidates are loaded from
     the request's files, so Triton's index does not list them: ask the model."""
     state = serving(site)
-    name = model_config.candidate_name(site.name, version)
+    name = names.candidate_name(site.name, version)
     return state is not None and triton_client.control_client(state.endpoint).is_ready(name)
 
 
@@ -150,7 +151,7 @@ def assert_invariant(site: Site) -> None:
     assert triton_client.loaded_versions(state.endpoint, name) == live
     control = triton_client.control_client(state.endpoint)
     for version in checks.registered_versions(settings, name):
-        assert not control.is_ready(model_config.candidate_name(name, version)), version
+        assert not control.is_ready(names.candidate_name(name, version)), version
     # The champion answers unversioned requests like its own ONNX file.
     rows = to_features(generate_transactions(200, seed=11, fraud_rate=0.05), site.spec)
     offline_labels, offline_proba = predict(store.read_file(f"{name}/{champion}/model.onnx"), rows)

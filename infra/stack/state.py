@@ -235,6 +235,9 @@ class Stack:
         env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
         env[MARKER] = str(self.root)
         env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        # MLflow 3.17's telemetry thread deletes _MLFLOW_TELEMETRY_SESSION_ID from the
+        # environment when its upload fails, while other threads read it: 1 release in 3 failed.
+        env["MLFLOW_DISABLE_TELEMETRY"] = "true"
         env.update(extra)
         return env
 

@@ -222,14 +222,35 @@ def prefect_refused(url: str) -> CredentialError:
 UNREACHABLE = ("Max retries exceeded", "Failed to establish a new connection")
 
 
+# Prefect 3.8's words when its temporary API does not answer in time (prefect.server.api.server).
+EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def ephemeral_api_late() -> ConveyorError:
+    """A busy machine is not a failure of the model: say so, and what to change."""
+    import os
+
+    waited = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+    return ConveyorError(
+        f"Prefect's temporary API (used when PREFECT_API_URL is unset) did not answer within "
+        f"{waited} s: the machine is too busy to start it in time. The command stopped before "
+        "its flow began, so nothing was changed. Run it again, give the API longer with "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=<seconds>, or point PREFECT_API_URL "
+        "at a running Prefect server (`make ui` starts one)."
+    )
+
+
 def explain(exc: BaseException) -> ConveyorError | None:
-    """The paragraph for a service's refusal of conveyor's credentials, or for a tracking server
-    that does not answer; None for other errors."""
+    """The paragraph for a service's refusal of conveyor's credentials, for a tracking server
+    that does not answer, or for Prefect's temporary API starting too late; None for other
+    errors."""
     import httpx
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, CredentialError):
         return exc
+    if isinstance(exc, RuntimeError) and str(exc).startswith(EPHEMERAL_TIMEOUT):
+        return ephemeral_api_late()
     if isinstance(exc, MlflowException) and any(s in str(exc) for s in UNREACHABLE):
         import mlflow
 

@@ -31,10 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
-from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
-from prefect.runtime import flow_run
-from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel
 
 from tasks.core import progress
@@ -150,6 +146,8 @@ def _ensure_limit(model: str) -> None:
 
 
 def _tag_flow_run(model: str) -> None:
+    from prefect.runtime import flow_run
+
     if not flow_run.id:
         return
     from prefect.client.orchestration import get_client
@@ -160,14 +158,19 @@ def _tag_flow_run(model: str) -> None:
 
 
 def _log(message: str, *args: object) -> None:
-    with contextlib.suppress(MissingContextError):
-        get_run_logger().info(message, *args)
+    from tasks.core.logs import run_logger
+
+    run_logger("conveyor.lease").info(message, *args)
 
 
 @contextlib.contextmanager
 def model_lease(settings: Settings, model: str, flow: str, wait: bool = True) -> Iterator[None]:
     """Hold `model`'s lease for the block. Waits up to `settings.lease_timeout_s` (or not at all
     with `wait=False`), then raises ModelBusyError naming the holder."""
+    # Prefect is imported by the flows that take a lease, not by the commands that only look
+    # at one (`is_held`, `read_holder`: status, doctor).
+    from prefect.runtime import flow_run
+
     path = lock_path(settings, model)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     began = time.monotonic()
@@ -225,6 +228,8 @@ def _server_lease(
     """The Prefect global concurrency limit's slot, renewed while the block runs; yields the
     lease id (None without a server). Prefect's own leases API (the one `concurrency()` wraps)
     is used directly, so that the lease id can be written down for the stale-holder release."""
+    from prefect.settings import PREFECT_API_URL
+
     if not PREFECT_API_URL.value():
         yield None
         return

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import logging
 
-from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
-
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 def run_logger(name: str) -> Logger:
+    # Imported here: a read-only command (status, doctor) logs through this without paying
+    # for Prefect's import (~1 s).
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
     try:
         return get_run_logger()
     except MissingContextError:

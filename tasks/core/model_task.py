@@ -87,6 +87,8 @@ FAMILIES: dict[Task, set[str]] = {
 
 # The served outputs: a classifier answers its class index and one probability per class; a
 # regressor its prediction. Names are the Triton tensor names of both renderings.
+# The served tensors (DESIGN.md: the Triton I/O contract).
+INPUT = "features"
 LABEL = "label"
 PROBABILITIES = "probabilities"
 PREDICTION = "prediction"

@@ -10,7 +10,14 @@ from enum import StrEnum
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.core.errors import ConveyorError
 from tasks.core.model_task import (
@@ -22,6 +29,7 @@ from tasks.core.model_task import (
     Task,
     score_metrics,
 )
+from tasks.core.names import name_problem
 from tasks.core.spec_review import ExplanationsSpec, FairnessSpec, OutcomesSpec, SegmentsSpec
 from tasks.core.spec_sections import (
     DataSpec,
@@ -40,8 +48,6 @@ from tasks.core.spec_sections import (
 
 SPEC_DIR = Path("deployments/models")
 DEFAULT_SPEC = SPEC_DIR / "fraud-detector.yaml"
-# A model name is its registry entry, its Triton model and its spec file's stem.
-MODEL_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 class SpecError(ConveyorError):
@@ -104,7 +110,16 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=MODEL_NAME)
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, name: str) -> str:
+        problem = name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
     description: str = ""
     # The model card speaks of what one row is in the business's words (a customer, a loan
     # application, a transaction), not of "rows" or of another model's nouns.
@@ -316,16 +331,41 @@ class ModelSpec(BaseModel):
         return 1 if adverse is None else self.class_names.index(str(adverse))
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the last
+    value silently, so a reviewer reading the first one would be misled about what runs."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"`{key}` is written twice in one mapping (lines {seen[key].line + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep the one you mean"
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in item["loc"])
+        # pydantic prefixes what a validator raises with its error type: the sentence is ours.
+        message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "missing":
             lines.append(f"  - `{where}` is missing")
         elif item["type"] == "extra_forbidden":
             lines.append(f"  - `{where}` is not a known field (misspelt?)")
-        else:
-            lines.append(f"  - `{where}`: {item['msg']}")
+        elif where:
+            lines.append(f"  - `{where}`: {message}")
+        else:  # a check across fields, raised by the spec itself
+            lines.append(f"  - {message}")
     return "\n".join(lines)
 
 
@@ -340,7 +380,9 @@ def load_spec(path: Path | str) -> ModelSpec:
             f"CONVEYOR_SPEC).{hint}"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise SpecError(f"model spec {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"model spec {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

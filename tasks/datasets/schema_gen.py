@@ -19,7 +19,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from tasks.core.model_task import Task
-from tasks.core.spec import MODEL_NAME, FeatureSpec, FeatureType, load_spec
+from tasks.core.names import MAX_NAME_LENGTH, name_problem
+from tasks.core.spec import FeatureSpec, FeatureType, load_spec
 from tasks.datasets.data import read_source
 from tasks.datasets.target_inference import RANGE_MARGIN, InitError, infer_target, widen
 from tasks.datasets.task_templates import TEMPLATES, choose_family, fixed_params, search_space
@@ -59,7 +60,7 @@ class Skipped(BaseModel):
 
 def default_name(source: str) -> str:
     stem = Path(source.rstrip("/")).stem.lower()
-    name = re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_")
+    name = re.sub(r"[^a-z0-9_-]+", "-", stem)[:MAX_NAME_LENGTH].strip("-_")
     return name or "model"
 
 
@@ -259,13 +260,10 @@ def init_spec(
     source: str, target: str, name: str | None, spec_dir: Path, task: Task | None = None
 ) -> InitResult:
     name = name or default_name(source)
-    if not re.fullmatch(MODEL_NAME, name):
+    problem = name_problem(name)
+    if problem:
         # Checked before it becomes a path: `--name ../../x` must not reach the file system.
-        raise InitError(
-            f"--name {name!r} is not a model name: use lowercase letters, digits, '-' and '_', "
-            "starting with a letter or digit (it names the registry entry, the Triton model "
-            "and the spec file)"
-        )
+        raise InitError(f"--name {problem}")
     path = spec_dir / f"{name}.yaml"
     if path.exists():
         raise InitError(

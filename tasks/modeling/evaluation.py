@@ -15,6 +15,7 @@ from tasks.core.spec import EvaluationSpec, ModelSpec, Thresholds
 from tasks.modeling.fairness import FairnessReport
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.scores import Metrics
+from tasks.registry import model_registry
 
 
 class GateError(ConveyorError):
@@ -107,6 +108,7 @@ class ValidationReport(BaseModel):
     threshold_failures: list[str]
     comparison: Comparison | None
     fairness: FairnessReport | None = None
+    champion: int | None = None  # the version the challenger was judged beside, if any
 
     @property
     def performance_passed(self) -> bool:
@@ -243,6 +245,6 @@ def require_valid(report: ValidationReport) -> None:
         details += [f"fairness: {failure}" for failure in report.fairness.failures]
     error = GateError if not report.performance_passed else FairnessError
     raise error(
-        f"challenger rejected: {'; '.join(details)}. Nothing was registered and the champion "
-        "is unchanged."
+        f"challenger rejected: {'; '.join(details)}. Nothing was registered and "
+        f"{model_registry.what_stays(report.champion)}."
     )

@@ -295,9 +295,8 @@ def evaluate(
                 )
                 if not disparity.champion_passed:
                     failures.append(
-                        f"{figure} across {column} is worse than the champion's by "
-                        f"{disparity.versus_champion.text() if disparity.versus_champion else ''}"
-                        f", beyond the margin {f.champion_margin}"
+                        f"{figure} across {column} is {_worse_by(disparity)}, beyond the margin "
+                        f"{f.champion_margin}"
                     )
             disparities.append(disparity)
     failures = _floor_failures(spec, segments) + failures
@@ -334,6 +333,20 @@ def _between(
         return f"over {len(groups)} segments"
     low, high = int(np.argmin(per)), int(np.argmax(per))
     return f"{what} {names[low]} {per[low]:.3f} vs {names[high]} {per[high]:.3f}"
+
+
+def _worse_by(disparity: Disparity) -> str:
+    """How much worse than the champion's, as a positive amount in the direction that is worse:
+    a "min" figure (a ratio that must stay high) dropped, a "max" one (a gap) rose."""
+    change = disparity.versus_champion
+    if change is None:
+        return "worse than the champion's"
+    if disparity.kind == "min":
+        return (
+            f"lower than the champion's by {-change.value:.4f} "
+            f"[{-change.high:.4f}, {-change.low:.4f}]"
+        )
+    return f"higher than the champion's by {change.text()}"
 
 
 def _versus_champion(

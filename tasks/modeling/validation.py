@@ -27,6 +27,7 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
         thresholds=spec.thresholds,
         threshold_failures=threshold_failures(train.metrics, spec.thresholds),
         comparison=None,
+        champion=champion,
     )
     if champion is None and not spec.segments.columns:
         return metrics_only  # the training step's holdout metrics decide: nothing to re-score

@@ -19,7 +19,14 @@ from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, SpecError, load_spec
 from tasks.ops.doctor import checks
-from tasks.registry import alias_history, approval, mlflow_store, model_registry, tracking
+from tasks.registry import (
+    alias_history,
+    approval,
+    known_specs,
+    mlflow_store,
+    model_registry,
+    tracking,
+)
 from tasks.serving import replicas, triton_client, triton_server
 
 
@@ -55,6 +62,14 @@ def load_fleet(settings: Settings) -> list[tuple[Path, ModelSpec]]:
             "model name is its registry entry and its Triton name; rename one"
         )
     return loaded
+
+
+def released_specs(settings: Settings) -> list[ModelSpec]:
+    """Every registered model with a champion, described by its spec (the fleet's, else the one
+    recorded with its release): what a restarted Triton must serve again."""
+    registered = mlflow_store.client(settings).search_registered_models()
+    released = sorted(m.name for m in registered if model_registry.CHAMPION in (m.aliases or {}))
+    return [known_specs.spec_of(settings, name) for name in released]
 
 
 class AliasState(BaseModel):
@@ -109,7 +124,15 @@ def _served(settings: Settings, model: str) -> list[int] | None:
 def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> ModelStatus:
     status = _registry_status(settings, model, spec)
     status.task = spec.task.value if spec is not None else ""
+    # Read whatever the registry holds: a first release killed before it registered anything
+    # leaves a RUNNING run and files, and no registered model.
+    status.problems = [p.line() for p in checks.model_problems(settings, model)]
     return status
+
+
+def fleet_problems(settings: Settings) -> list[str]:
+    """What is wrong with no one model: the embedded Triton down, a replica down, stray stubs."""
+    return [p.line() for p in checks.server_problems(settings)]
 
 
 def _registry_status(settings: Settings, model: str, spec: ModelSpec | None) -> ModelStatus:
@@ -156,7 +179,6 @@ def _registry_status(settings: Settings, model: str, spec: ModelSpec | None) -> 
         if drift_runs:
             status.drift_share = drift_runs[0].data.metrics.get(tracking.DRIFT_SHARE_METRIC)
             status.drift_at = _millis(drift_runs[0].info.start_time)
-    status.problems = [p.line() for p in checks.model_problems(settings, model)]
     return status
 
 
@@ -216,33 +238,42 @@ def row(status: ModelStatus) -> tuple[str, ...]:
     )
 
 
-def _short_when(at: datetime | None) -> str:
-    return f" ({at:%m-%d %H:%M})" if at else ""
+# The short table: every cell a few characters, so it fits a laptop's pane and an 80-column
+# terminal; the long fields follow per model (`details`).
+SHORT_COLUMNS = ("model", "task", "champion", "previous", "served", "drift", "problems")
+
+
+def short_cells(status: ModelStatus) -> tuple[str, ...]:
+    champion, previous = status.champion, status.previous
+    return (
+        status.model,
+        status.task or "-",
+        f"v{champion.version}" if champion else "-",
+        f"v{previous.version}" if previous else "-",
+        "down" if status.served is None else ", ".join(map(str, status.served)) or "-",
+        "-" if status.drift_share is None else f"{status.drift_share:.2f}",
+        str(len(status.problems)) if status.problems else "none",  # each one below
+    )
+
+
+def details(status: ModelStatus) -> list[str]:
+    """A model's long fields, as list items (markdown, and plain text alike)."""
+    _, _, champion_cell, previous_cell, _, release, drift, problems = row(status)
+    return [
+        f"last release {release}",
+        f"champion {champion_cell}; previous {previous_cell}",
+        f"drift checked: {drift}",
+        *([f"problems: {problems}"] if status.problems else []),
+    ]
 
 
 def markdown(statuses: list[ModelStatus]) -> str:
-    """The status as a Prefect artifact: a table of short cells that fits a laptop's pane (the
-    CLI's `row` is as wide as its terminal), then each model's long fields as a list."""
-    columns = ("model", "task", "champion", "previous", "Triton READY", "drift share", "problems")
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    details = []
+    """The status as a Prefect artifact: the short table, then each model's long fields."""
+    lines = ["| " + " | ".join(SHORT_COLUMNS) + " |", "|" + "---|" * len(SHORT_COLUMNS)]
+    listed = []
     for status in statuses:
-        champion, previous = status.champion, status.previous
-        cells = (
-            f"**{status.model}**",
-            status.task or "-",
-            f"v{champion.version}{_short_when(champion.since)}" if champion else "-",
-            f"v{previous.version}" if previous else "-",
-            "down" if status.served is None else ", ".join(map(str, status.served)) or "-",
-            "-" if status.drift_share is None else f"{status.drift_share:.2f}",
-            f"{len(status.problems)} (below)" if status.problems else "none",
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-        _, _, champion_cell, previous_cell, _, release, drift, problems = row(status)
-        details += [
-            f"- **{status.model}**: last release {release}",
-            f"  - champion {champion_cell}; previous {previous_cell}",
-            f"  - drift checked: {drift}",
-            *([f"  - problems: {problems}"] if status.problems else []),
-        ]
-    return "\n".join([*lines, "", *details])
+        model, *cells = short_cells(status)
+        lines.append("| " + " | ".join([f"**{model}**", *cells]) + " |")
+        first, *rest = details(status)
+        listed += [f"- **{model}**: {first}", *(f"  - {line}" for line in rest)]
+    return "\n".join([*lines, "", *listed])

@@ -173,9 +173,8 @@ def render(settings: Settings, spec: ModelSpec, evidence: ReleaseEvidence) -> st
             "",
             *review_sections(spec, evidence),
             "## Serving",
-            f"- ONNX sha256 `{onnx.sha256}`; parity with sklearn on {onnx.parity.rows} rows: "
-            f"max |Δ| {onnx.parity.max_abs_diff:.1e} (tolerance {onnx.parity.tolerance:.0e} x "
-            f"{onnx.parity.scale:.4g}), {onnx.parity.label_flips} label flips",
+            f"- ONNX sha256 `{onnx.sha256}`; parity with the trained model: "
+            f"{onnx.parity.summary()}",
             f"- Smoke test: {smoke.rows} {spec.subjects} answered as offline over HTTP and gRPC, "
             f"single-client p50 {smoke.p50_ms:.2f} ms, p99 {smoke.p99_ms:.2f} ms; under load "
             f"({smoke.load.concurrency} clients) {smoke.load.throughput_rps:.0f} req/s, "

@@ -271,9 +271,10 @@ def record_decision_task(
         "%s v%d %s by %s: %s", ref.name, ref.version, verdict, decision.approver, decision.reason
     )
     if not decision.approved:
+        champion = model_registry.alias_version(settings, ref.name, model_registry.CHAMPION)
         raise ApprovalError(
             f"{ref.name} version {ref.version} was not approved ({decision.approver}: "
-            f"{decision.reason}); it is withdrawn and the champion is unchanged"
+            f"{decision.reason}); it is withdrawn and {model_registry.what_stays(champion)}"
         )
     return decision
 

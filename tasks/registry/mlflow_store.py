@@ -3,11 +3,14 @@ owner-only and migrated once, a tracking server's credentials checked before any
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -51,6 +54,11 @@ def _create_sqlite_registry(settings: Settings) -> None:
     already exists"): the first to take the lock creates the schema, the others find it."""
     if settings.tracking_uri in _OPENED:
         return
+    if _has_schema(settings.mlflow_db):
+        # Opened before: MLflow's stores check the schema themselves; a second client and two
+        # searches here would cost every read-only command ~0.4 s.
+        _OPENED.add(settings.tracking_uri)
+        return
     lock = settings.home / "mlflow.db.lock"
     with os.fdopen(os.open(lock, os.O_CREAT | os.O_WRONLY, 0o600), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
@@ -64,6 +72,20 @@ def _create_sqlite_registry(settings: Settings) -> None:
         store.search_experiments(max_results=1)
         store.search_registered_models(max_results=1)
     _OPENED.add(settings.tracking_uri)
+
+
+def _has_schema(db: Path) -> bool:
+    """Whether MLflow's schema is in the file (its migrations record their version there)."""
+    if not db.is_file() or db.stat().st_size == 0:
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            ).fetchone()
+    except sqlite3.Error:
+        return False  # locked or not a database: the locked path below says what is wrong
+    return found is not None
 
 
 # SQLite registries this process has opened (MLflow keeps their stores, schema checked).

@@ -96,6 +96,13 @@ def register(
 NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
+def what_stays(champion: int | None) -> str:
+    """What a refused release leaves in production, for the sentence that refuses it."""
+    if champion is None:
+        return "there is still no champion (nothing of this model is served)"
+    return f"the champion (v{champion}) is unchanged"
+
+
 def alias_version(settings: Settings, name: str, alias: str) -> int | None:
     mlflow_client = client(settings)
     try:

@@ -9,24 +9,27 @@ import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import mlflow
 import mlflow.artifacts
 import mlflow.data
-import mlflow.sklearn
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from pydantic import BaseModel
-from sklearn.pipeline import Pipeline
 
 from tasks.core.orchestration import root_flow_run
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.registry.mlflow_store import RegistryError, client
+
+if TYPE_CHECKING:
+    # Imported where a model is logged or loaded: commands that only read the registry
+    # (status, history, doctor) never pay for scikit-learn's import.
+    from sklearn.pipeline import Pipeline
 
 # Lineage: what a candidate was made from, tagged on its run (and copied to its version).
 TAG_DATA = "conveyor.data_sha256"  # the training split
@@ -217,7 +220,9 @@ def log_candidate(
         requirements = MODEL_REQUIREMENTS + tuple(
             name for name in ("xgboost", "lightgbm") if name == estimator_module
         )
-        info = mlflow.sklearn.log_model(
+        from mlflow import sklearn as mlflow_sklearn
+
+        info = mlflow_sklearn.log_model(
             model,
             name="model",
             signature=infer_signature(example, getattr(model, predict_fn)(example)),
@@ -290,7 +295,9 @@ def log_drift_run(
 
 def load_model(settings: Settings, model_uri: str) -> Pipeline:
     client(settings)
-    model: Pipeline = mlflow.sklearn.load_model(model_uri)
+    from mlflow import sklearn as mlflow_sklearn
+
+    model: Pipeline = mlflow_sklearn.load_model(model_uri)
     return model
 
 

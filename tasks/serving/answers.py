@@ -15,10 +15,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from tasks.core.errors import ConveyorError
-from tasks.core.model_task import LABEL
+from tasks.core.model_task import INPUT, LABEL
 from tasks.core.spec import ModelSpec
 from tasks.modeling import onnx
-from tasks.modeling.onnx import INPUT
 from tasks.serving import model_config, triton_client
 from tasks.serving.triton_ports import Endpoint
 

@@ -26,6 +26,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from tasks.core.errors import ConveyorError
+from tasks.core.names import canary_name
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.core.spec_sections import CanarySpec
@@ -33,7 +34,6 @@ from tasks.core.storage import open_store, read_verified
 from tasks.datasets.data import DatasetRef, load_dataset, to_features
 from tasks.registry import model_registry, tracking
 from tasks.serving import edge_routes, replicas, triton_client
-from tasks.serving.model_config import canary_name
 from tasks.serving.rollout import serving_for
 from tasks.serving.traffic import Sample, Traffic
 

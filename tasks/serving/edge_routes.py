@@ -1,5 +1,5 @@
 """The edge's canary routes: which share of a model's unversioned HTTP requests the balancer sends
-to its canary (`model_config.canary_name`) during a canary release. The split is nginx's, never
+to its canary (`names.canary_name`) during a canary release. The split is nginx's, never
 conveyor in the request path: each request draws a bucket 1-100 from its request id, and goes to
 the canary when `routes/<model>/<bucket>` exists (`infra/nginx/edge.conf`). conveyor writes
 100 * share empty files there and removes them; nginx sees a change within a second, without a

@@ -9,39 +9,10 @@ from typing import Literal
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tasks.core.model_task import LABEL, PREDICTION, PROBABILITIES, outputs
+from tasks.core.model_task import INPUT, LABEL, PREDICTION, PROBABILITIES, outputs
 from tasks.core.spec import ModelSpec, ServingSpec
-from tasks.modeling.onnx import INPUT
 
 Backend = Literal["python", "onnxruntime"]
-
-
-# A candidate is served under its own name until promotion: unversioned requests go to the highest
-# READY version of a model, so loading it beside the champion would hand it production traffic.
-# The name carries the version, so two releases of one model (should the lease ever fail) never
-# test, replace or unload each other's candidate.
-CANDIDATE_SUFFIX = "-candidate-v"
-
-
-def candidate_name(model: str, version: int) -> str:
-    return f"{model}{CANDIDATE_SUFFIX}{version}"
-
-
-# During a canary the candidate is served a second time under this stable name, which the edge
-# can route to without knowing the version (`edge_routes`); a dot, which model names never have,
-# keeps it apart from every model's own name.
-CANARY_SUFFIX = ".canary"
-
-
-def canary_name(model: str) -> str:
-    return f"{model}{CANARY_SUFFIX}"
-
-
-def candidate_version(model: str, name: str) -> int | None:
-    """The version a Triton model name is the candidate of, for `model`; None if it is not one."""
-    prefix = f"{model}{CANDIDATE_SUFFIX}"
-    tail = name.removeprefix(prefix)
-    return int(tail) if name.startswith(prefix) and tail.isdigit() else None
 
 
 def render_config(

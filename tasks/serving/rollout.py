@@ -10,7 +10,9 @@ from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from tasks.core import names
 from tasks.core.errors import ServiceUnavailableError
+from tasks.core.names import candidate_name
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, ServingSpec
 from tasks.core.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
@@ -18,7 +20,7 @@ from tasks.modeling.onnx import OnnxArtifact, sha256
 from tasks.registry import model_registry, tracking
 from tasks.registry.registry_state import RegistryState
 from tasks.serving import edge_routes, model_config, replicas
-from tasks.serving.model_config import Backend, candidate_name, config_text
+from tasks.serving.model_config import Backend, config_text
 from tasks.serving.triton_client import (
     TritonError,
     TritonUnreachableError,
@@ -295,7 +297,7 @@ def withdraw(
     swapped = False
     for replica in fleet.up:
         unload_model(replica.endpoint, candidate_name(spec.name, ref.version))
-        unload_model(replica.endpoint, model_config.canary_name(spec.name))
+        unload_model(replica.endpoint, names.canary_name(spec.name))
         swapped |= ref.version in loaded_versions(replica.endpoint, spec.name)
     kept = None
     if swapped:

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
+from tasks.core import names
 from tasks.core.pushgateway import Observation
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
@@ -15,7 +16,7 @@ from tasks.datasets.data import DatasetRef, load_dataset, to_features, to_target
 from tasks.modeling import onnx
 from tasks.modeling.kinds import kind_of
 from tasks.registry import model_registry, tracking
-from tasks.serving import answers, model_config, replicas
+from tasks.serving import answers, replicas
 from tasks.serving.answers import SmokeTestError
 from tasks.serving.traffic import LoadResult, measure
 from tasks.serving.triton_ports import Endpoint
@@ -149,7 +150,7 @@ def smoke_test(
     features = to_features(frame, spec)[: spec.smoke.rows]
     offline = onnx.predict_outputs(onnx_bytes, features)
     scale = kind_of(spec).parity_scale(to_target(frame, spec))
-    name = served_as or model_config.candidate_name(spec.name, ref.version)
+    name = served_as or names.candidate_name(spec.name, ref.version)
     first, *others = replicas.quorum(settings, f"the smoke test of {name}")
     report = run_smoke(first.endpoint, spec, name, ref.version, features, offline, scale)
     for replica in others:

@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from tasks.core import names
 from tasks.core.errors import ConveyorError
 from tasks.core.pushgateway import Observation
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets.data import DatasetRef, load_dataset, to_features
 from tasks.registry import model_registry, tracking
-from tasks.serving import model_config, replicas, rollout, triton_client
+from tasks.serving import replicas, rollout, triton_client
 from tasks.serving.traffic import LoadResult, Traffic
 
 WARM_REQUESTS = 50  # connection set-up and first requests, left out of the steady window
@@ -132,9 +133,7 @@ def _drop_candidate(
     targets: list[replicas.Replica], spec: ModelSpec, ref: model_registry.ModelRef
 ) -> None:
     for replica in targets:
-        triton_client.unload_model(
-            replica.endpoint, model_config.candidate_name(spec.name, ref.version)
-        )
+        triton_client.unload_model(replica.endpoint, names.candidate_name(spec.name, ref.version))
 
 
 @task(name="swap-in")

@@ -19,12 +19,12 @@ from tritonclient.utils import InferenceServerException
 
 from tasks.core import credentials
 from tasks.core.errors import ConveyorError, ServiceUnavailableError
-from tasks.core.model_task import LABEL, PROBABILITIES
+from tasks.core.model_task import INPUT, LABEL, PROBABILITIES
+from tasks.core.names import candidate_name
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, ServingSpec
-from tasks.modeling.onnx import INPUT
 from tasks.serving import triton_ports
-from tasks.serving.model_config import Backend, candidate_name, config_json, render_config
+from tasks.serving.model_config import Backend, config_json, render_config
 from tasks.serving.triton_ports import Endpoint
 
 

@@ -19,10 +19,11 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
+from tasks.core import names
 from tasks.core.settings import Settings
 from tasks.core.storage import open_store
 from tasks.registry import alias_history, model_registry
-from tasks.serving import model_config, replicas, triton_client
+from tasks.serving import replicas, triton_client
 from tests.conftest import write_spec
 from tests.servers import BIN, ProductionStack, clean_env, stop_process
 
@@ -129,7 +130,7 @@ def served(gate: Gate) -> list[int]:
 
 def candidate_ready(gate: Gate, version: int) -> bool:
     """Whether the candidate is loaded, on every replica alike."""
-    name = model_config.candidate_name(NAME, version)
+    name = names.candidate_name(NAME, version)
     each = {
         triton_client.control_client(r.endpoint).is_ready(name)
         for r in replicas.configured(gate.settings)

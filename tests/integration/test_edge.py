@@ -22,7 +22,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from infra import edge
-from tasks.core import credentials
+from tasks.core import credentials, names
 from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.core.storage import LocalStore, read_verified
@@ -30,7 +30,7 @@ from tasks.datasets.data import to_features, to_target
 from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import INPUT, convert, predict
 from tasks.modeling.training import build_pipeline
-from tasks.serving import model_config, rollout, triton_client, triton_server
+from tasks.serving import rollout, triton_client, triton_server
 from tasks.serving.triton_ports import HOST, Endpoint
 
 RATE = 20  # requests/s per client: low, so a flood is easy to make and quick to see
@@ -190,7 +190,7 @@ def test_control_calls_and_candidates_are_refused_at_the_edge(site: EdgeSite) ->
     files = read_verified(LocalStore(Path(site.members[0].repository)), f"{site.spec.name}/1")
     name = triton_client.load_candidate(site.members[0], state.endpoint, site.spec, 1, files)
     # Nor is a canary by its own name: callers reach it only through a route, by share.
-    canary = model_config.canary_name(site.spec.name)
+    canary = names.canary_name(site.spec.name)
     triton_client.load_candidate(site.members[0], state.endpoint, site.spec, 1, files, name=canary)
     try:
         direct = triton_client.http_client(state.endpoint)
@@ -203,7 +203,7 @@ def test_control_calls_and_candidates_are_refused_at_the_edge(site: EdgeSite) ->
     finally:
         triton_client.unload_model(state.endpoint, name)
         triton_client.unload_model(state.endpoint, canary)
-    assert model_config.candidate_version(site.spec.name, name) == 1
+    assert names.candidate_version(site.spec.name, name) == 1
 
 
 def test_a_flooding_client_gets_429_while_another_keeps_its_answers(site: EdgeSite) -> None:

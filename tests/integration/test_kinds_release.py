@@ -201,3 +201,19 @@ def test_bad_input_for_a_task_is_one_paragraph_and_registers_nothing(
     assert model_registry.alias_version(kinds.settings, "progression", "champion") == before
     endpoint = triton_server.endpoint(kinds.settings)
     assert triton_client.loaded_versions(endpoint, "progression") == [1, 2]
+
+
+def test_triton_up_after_down_serves_every_released_model(kinds: Kinds) -> None:
+    """`conveyor triton up` (what the smoke test's hint says after `triton down`) brings back
+    every model's champion and previous, not only the default spec's (#42). Last in the module:
+    it restarts the server the others read."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["triton", "down"], env=kinds.env).output.strip() == "stopped"
+    up = runner.invoke(app, ["triton", "up"], env=kinds.env)
+    assert up.exit_code == 0, up.output
+    endpoint = triton_server.endpoint(kinds.settings)
+    for name in TABLES:
+        assert f"{name}: versions [1, 2]" in up.output
+        assert triton_client.loaded_versions(endpoint, name) == [1, 2]
+    doctor = runner.invoke(app, ["doctor"], env=kinds.env)
+    assert doctor.exit_code == 0, doctor.output

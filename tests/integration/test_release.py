@@ -19,12 +19,14 @@ from mlflow import MlflowClient
 
 from flows.release import ReleaseResult, release_flow
 from flows.rollback import rollback_flow
+from tasks.core import names
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, load_spec
-from tasks.core.storage import open_store, repository_versions
+from tasks.core.storage import open_store, read_verified, repository_versions
 from tasks.datasets.data import load_dataset, to_features
 from tasks.modeling.onnx import predict, sha256
 from tasks.modeling.unchanged import UnchangedModel
+from tasks.ops.doctor.repairs import check_and_repair
 from tasks.registry import model_registry, tracking
 from tasks.serving import model_config, rollout, triton_client, triton_server
 from tasks.serving.smoke import SmokeTestError
@@ -40,6 +42,7 @@ class Releases:
     second: ReleaseResult
     failure: Exception
     unchanged: object  # the second release's data and spec again, unforced
+    lookalike: str  # another model, named as the second release's candidate once was
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +57,26 @@ def releases(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         slow_path = write_spec(base, **{"smoke.p99_budget_ms": 0.001})
         try:
             first = release_flow(str(tuned_path))
+            # Another model on the same Triton whose name is the second release's candidate
+            # under the old `-candidate-v<N>` naming (#42): that release replaced it, then
+            # unloaded it, and doctor called it an orphan candidate.
+            lookalike = f"{first.model}-candidate-v2"
+            files = read_verified(open_store(settings.repository), f"{first.model}/1")
+            triton_client.load_candidate(
+                settings,
+                triton_server.endpoint(settings),
+                load_spec(spec_path),
+                1,
+                files,
+                name=lookalike,
+            )
             second = release_flow(str(spec_path))
             with pytest.raises(SmokeTestError) as failed:
                 release_flow(str(slow_path))
             unchanged = release_flow(str(spec_path))
-            yield Releases(settings, load_spec(spec_path), first, second, failed.value, unchanged)
+            yield Releases(
+                settings, load_spec(spec_path), first, second, failed.value, unchanged, lookalike
+            )
         finally:
             triton_server.stop(settings)
 
@@ -113,12 +131,22 @@ def test_second_release_moves_champion_and_previous(releases: Releases) -> None:
     assert (swap.before, swap.after, swap.errors) == ([1], [1, 2], [])
     assert swap.steady is not None and swap.during is not None
     assert swap.during.requests > 0 and swap.p99_ratio is not None
-    assert releases.second.smoke.served_as == "fraud-detector-candidate-v2"
+    assert releases.second.smoke.served_as == "fraud-detector.candidate-v2"
     assert aliases(releases.settings, releases.spec.name) == {
         "champion": 2,
         "previous": 1,
         "challenger": None,
     }
+
+
+def test_a_model_named_like_a_candidate_is_untouched_by_releases(releases: Releases) -> None:
+    """Every release since the look-alike was loaded served, smoke-tested and unloaded its own
+    candidate: the look-alike still serves its one version, and doctor finds nothing."""
+    endpoint = triton_server.endpoint(releases.settings)
+    assert triton_client.loaded_versions(endpoint, releases.lookalike) == [1]
+    assert releases.second.smoke.served_as != releases.lookalike
+    report = check_and_repair(releases.settings, [releases.spec.name], False)
+    assert report.clean, report.problems
 
 
 def test_triton_serves_champion_with_offline_predictions(releases: Releases) -> None:
@@ -195,9 +223,7 @@ def test_failed_smoke_test_leaves_champion_and_serving_untouched(releases: Relea
     assert failed.tags[model_registry.TAG_RELEASE].startswith("failed: SmokeTestError")
     endpoint = triton_server.endpoint(settings)
     assert triton_client.loaded_versions(endpoint, name) == [1, 2]
-    assert not triton_client.grpc_client(endpoint).is_model_ready(
-        model_config.candidate_name(name, 3)
-    )
+    assert not triton_client.grpc_client(endpoint).is_model_ready(names.candidate_name(name, 3))
     assert not (Path(settings.repository) / name / "3").exists()
     live = model_config.parse_config(
         (Path(settings.repository) / name / "config.pbtxt").read_text()

@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL
 
 from bench.faults import failing_version
 from infra import edge
-from tasks.core import credentials
+from tasks.core import credentials, names
 from tasks.core.settings import Settings, TritonAddress
 from tasks.core.spec import load_spec
 from tasks.core.storage import open_store
@@ -37,7 +37,6 @@ from tasks.registry import mlflow_store, model_registry
 from tasks.serving import (
     canary,
     edge_routes,
-    model_config,
     replicas,
     rollout,
     triton_client,
@@ -114,7 +113,7 @@ def assert_fleet_invariant(fleet: Fleet) -> None:
         assert fleet.served(i) == live(site), f"replica {i + 1}"
         control = triton_client.control_client(fleet.endpoint(i))
         for version in checks.registered_versions(site.settings, NAME):
-            assert not control.is_ready(model_config.candidate_name(NAME, version))
+            assert not control.is_ready(names.candidate_name(NAME, version))
         client = triton_client.http_client(fleet.endpoint(i))
         labels, proba = triton_client.infer_http(client, NAME, rows)
         np.testing.assert_array_equal(labels, offline_labels)
@@ -498,7 +497,7 @@ def test_replica_killed_during_the_canary_bake_withdraws_and_doctor_repairs_it(
     assert edge_routes.open_routes(settings) == []
     assert site.champion() == before and fleet.served(0) == was_live
     assert not triton_client.control_client(fleet.endpoint(0)).is_ready(
-        model_config.candidate_name(NAME, new)
+        names.candidate_name(NAME, new)
     )
     fleet.restart(1)
     ok(site.run("doctor", NAME, "--repair"))

@@ -16,13 +16,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
-from tasks.core import pushgateway
+from tasks.core import names, pushgateway
 from tasks.core.attempts import RESUMABLE
 from tasks.core.settings import Settings
 from tasks.core.spec import load_spec
 from tasks.ops.resume import releases
 from tasks.registry import mlflow_store, model_registry
-from tasks.serving import model_config, triton_client, triton_server
+from tasks.serving import triton_client, triton_server
 from tests.conftest import write_spec
 from tests.servers import BIN, clean_env, in_smoke_test, stop_process
 
@@ -127,9 +127,7 @@ def test_nothing_was_trained_or_registered_twice(resumed: Resumed) -> None:
     assert model_registry.alias_version(settings, name, model_registry.CHALLENGER) is None
     endpoint = triton_server.endpoint(settings)
     assert triton_client.loaded_versions(endpoint, name) == [1]
-    assert not triton_client.grpc_client(endpoint).is_model_ready(
-        model_config.candidate_name(name, 1)
-    )
+    assert not triton_client.grpc_client(endpoint).is_model_ready(names.candidate_name(name, 1))
     assert candidates[0].info.status == "FINISHED"
     assert Path(settings.repository, name, "1", "model.onnx").exists()
 

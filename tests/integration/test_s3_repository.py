@@ -98,7 +98,7 @@ def test_published_version_is_verified_and_served(repo: Repo) -> None:
     assert not repo.store.list_files(".staging")
     ref = ModelRef(name=repo.spec.name, version=1, run_id="r1", model_uri="m")
     candidate = rollout.serve_candidate(repo.settings, repo.spec, ref)
-    assert (candidate.model, candidate.versions) == (f"{repo.spec.name}-candidate-v1", [1])
+    assert (candidate.model, candidate.versions) == (f"{repo.spec.name}.candidate-v1", [1])
     labels, proba = served(repo, 1, candidate.model)
     offline_labels, offline_proba = predict(repo.models[0], repo.features[:128])
     np.testing.assert_array_equal(labels, offline_labels)

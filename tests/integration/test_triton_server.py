@@ -123,7 +123,7 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     try:
         up = runner.invoke(app, ["triton", "up"], env=env)
         assert up.exit_code == 0, up.output
-        assert "no champion yet" in " ".join(up.output.split())
+        assert "no released model yet" in " ".join(up.output.split())
         status = runner.invoke(app, ["triton", "status"], env=env)
         assert status.exit_code == 0
         assert "up: pid" in status.output

@@ -64,7 +64,7 @@ def test_rendered_config_passes_nginx_and_keeps_keys_out_of_it(tmp_path: Path) -
     assert "listen 127.0.0.1:18443 ssl;" in text and "listen 127.0.0.1:18444 ssl http2;" in text
     assert "server 127.0.0.1:8010 weight=1" in text and "server 127.0.0.1:8011 weight=1" in text
     assert "rate=50r/s" in text and "burst=20" in text
-    assert "-candidate-v[0-9]+" in text
+    assert r"\.candidate\-v[0-9]+" in text
 
 
 def test_plain_edge_and_a_replica_weighted_out(tmp_path: Path) -> None:

@@ -181,6 +181,23 @@ def test_no_champion_means_thresholds_decide() -> None:
     )
 
 
+def test_a_refusal_says_what_production_keeps(scores) -> None:
+    """A first release refused at a gate said "the champion is unchanged" with no champion."""
+    target, good, worse = scores
+    first = ValidationReport(
+        metrics=SAMPLE, thresholds=Thresholds(), threshold_failures=["x"], comparison=None
+    )
+    with pytest.raises(GateError) as refused:
+        require_valid(first)
+    assert "there is still no champion (nothing of this model is served)" in str(refused.value)
+    assert "champion is unchanged" not in str(refused.value)
+    later = first.model_copy(
+        update={"comparison": compare(judged(), target, worse, good, 7), "champion": 7}
+    )
+    with pytest.raises(GateError, match=r"the champion \(v7\) is unchanged\.$"):
+        require_valid(later)
+
+
 def test_single_class_target_is_refused() -> None:
     spec = load_spec(DEFAULT_SPEC)
     with pytest.raises(DataError, match=r"has no row of class\(es\) \['1'\]"):

@@ -190,7 +190,13 @@ def test_a_small_segment_is_reported_not_judged_and_a_worse_disparity_than_the_c
     ratio = next(d for d in report.disparities if d.figure == "selection_rate_ratio")
     assert ratio.versus_champion is not None and ratio.versus_champion.high < -0.02
     assert not ratio.champion_passed
-    assert any("worse than the champion's" in f for f in report.failures)
+    # Said as a positive drop, not "worse than the champion's by -0.3573" (#42).
+    drop = -ratio.versus_champion.value
+    [said] = [f for f in report.failures if "selection_rate_ratio" in f and "champion" in f]
+    assert (
+        f"selection_rate_ratio across age_band is lower than the champion's by {drop:.4f} [" in said
+    )
+    assert drop > 0 and "by -" not in said
     assert "tiny" not in ratio.between  # only judged segments take part
     assert "| age_band = tiny | 60 |" in report.markdown()
 

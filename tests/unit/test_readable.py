@@ -142,10 +142,35 @@ def test_the_fleet_status_table_has_short_cells_and_the_long_fields_below() -> N
     table = [line for line in text.splitlines() if line.startswith("|")]
     cells = [c.strip() for line in table for c in line.strip("|").split("|")]
     assert max(map(len, cells)) <= 20, cells  # 7 columns of ≤ 20 characters fit 1400 px
-    assert "| **credit-default** | binary | v12 (12-06 04:14) | v11 | 11, 12 | 0.12 |" in text
-    assert "1 (below)" in text
+    assert "| **credit-default** | binary | v12 | v11 | 11, 12 | 0.12 |" in text
+    assert "champion v12 2026-12-06 04:14 by a.reviewer" in text  # when, in the details
+    assert "| 0.12 | 1 |" in text
     details = text.split("\n\n", 1)[1]
     assert long_why.strip() in details and "neither champion nor previous | repair" in details
+
+
+def test_the_status_command_fits_80_columns_without_breaking_a_word() -> None:
+    """`conveyor status` at 80 columns broke "champion" into "champio/n" (#42)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from cli.operate import fleet_table
+
+    kinds = (("loss-given-default", "regression"), ("merchant-category", "multiclass"))
+    statuses = [
+        fleet.ModelStatus(
+            model=name, task=task, champion=fleet.AliasState(version=3), served=[3], problems=["x"]
+        )
+        for name, task in kinds
+    ]
+    out = StringIO()
+    Console(file=out, width=80).print(fleet_table(statuses, "2 models, deployments/models/"))
+    text = out.getvalue()
+    assert max(map(len, text.splitlines())) <= 80
+    for word in ("loss-given-default", "merchant-category", "regression", "multiclass", "problems"):
+        assert word in text
+    assert "…" not in text
 
 
 def test_the_alias_history_table_is_newest_first_with_pipes_escaped() -> None:

@@ -3,6 +3,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasks.core.names import (
+    MAX_NAME_LENGTH,
+    canary_name,
+    candidate_name,
+    candidate_version,
+    name_problem,
+)
 from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, SpecError, load_spec
 
@@ -92,3 +99,55 @@ def test_result_storage_is_a_directory_or_a_prefect_block(
     assert Settings().results == "s3-bucket/conveyor-results"
     monkeypatch.setenv("CONVEYOR_RESULT_STORAGE", str(tmp_path / "shared" / "results"))
     assert Settings().results == tmp_path / "shared" / "results"
+
+
+def _written(tmp_path: Path, raw: dict, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a reviewer reading the first would be misled."""
+    line = "  tolerance: 1.0e-5          # max |served - offline| probability"
+    text = DEFAULT_SPEC.read_text().replace(line, f"{line}\n  tolerance: 0.5", 1)
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    first = text.splitlines().index(line) + 1
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert f"`tolerance` is written twice in one mapping (lines {first} and {first + 1})" in str(
+        err.value
+    )
+
+
+def test_a_check_across_fields_reads_as_a_sentence(tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["features"].append(dict(raw["features"][0]))
+    with pytest.raises(SpecError) as err:
+        load_spec(_written(tmp_path, raw))
+    message = str(err.value)
+    assert "  - features listed twice: ['amount']" in message
+    assert "(top level)" not in message and "Value error" not in message
+
+
+@pytest.mark.parametrize("model", ["fraud-detector", "wine-named", "a", "x" * MAX_NAME_LENGTH])
+def test_served_names_of_candidates_and_canaries_are_never_model_names(model: str) -> None:
+    assert name_problem(model) is None
+    for served in (candidate_name(model, 2), candidate_name(model, 10**9), canary_name(model)):
+        assert name_problem(served) is not None, served
+    # A model named as another model's candidate once was is a model, and no candidate of it.
+    lookalike = f"{model}-candidate-v2"[:MAX_NAME_LENGTH]
+    assert candidate_version(model, lookalike) is None
+    assert candidate_name(model, 2) != lookalike
+
+
+def test_a_model_name_longer_than_every_store_takes_is_refused(tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw["name"] = "n" * (MAX_NAME_LENGTH + 1)
+    with pytest.raises(SpecError) as err:
+        load_spec(_written(tmp_path, raw))
+    assert f"is {MAX_NAME_LENGTH + 1} characters; a model name has at most 63" in str(err.value)
+    raw["name"] = "wine.canary"
+    with pytest.raises(SpecError, match="no dot"):
+        load_spec(_written(tmp_path, raw))

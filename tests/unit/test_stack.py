@@ -165,3 +165,18 @@ def test_a_second_stack_on_the_host_gets_ports_of_its_own(tmp_path: Path) -> Non
     assert str(tmp_path / "second" / stack.ENV_FILE) in second.notice
     # Kept: reopening the stack (status, down) finds the same ports.
     assert stack.Stack.open(tmp_path / "second").ports == second.ports
+
+
+def test_mlflow_telemetry_is_off_in_every_process_conveyor_or_the_stack_starts(
+    local: stack.Stack,
+) -> None:
+    """MLflow 3.17's telemetry thread deletes a variable from os.environ while other threads
+    read it: 1 stack release in 3 failed with a raw KeyError (#42)."""
+    from cli.app import PROCESS_DEFAULTS
+
+    assert PROCESS_DEFAULTS["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert local.process_environment()["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert local.worker_environment()["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    compose = stack.compose()
+    assert compose["x-conveyor-env"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert compose["services"]["mlflow"]["environment"]["MLFLOW_DISABLE_TELEMETRY"] == "true"

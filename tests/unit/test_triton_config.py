@@ -5,10 +5,9 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tasks.core.errors import ServiceUnavailableError
+from tasks.core.names import candidate_name, candidate_version
 from tasks.core.spec import DEFAULT_SPEC, load_spec
 from tasks.serving.model_config import (
-    candidate_name,
-    candidate_version,
     config_json,
     config_text,
     parse_config,
@@ -79,10 +78,10 @@ def test_tuned_serving_and_candidate_name_override_the_spec() -> None:
     spec = load_spec(DEFAULT_SPEC)
     tuned = spec.serving.model_copy(update={"max_queue_delay_microseconds": 0, "instance_count": 2})
     config = render_config(spec, "python", [4], tuned, name=candidate_name(spec.name, 4))
-    assert config.name == "fraud-detector-candidate-v4"
+    assert config.name == "fraud-detector.candidate-v4"
     assert candidate_version(spec.name, config.name) == 4
     assert candidate_version(spec.name, spec.name) is None
-    assert candidate_version(spec.name, "fraud-detector-candidate-vx") is None
+    assert candidate_version(spec.name, "fraud-detector.candidate-vx") is None
     assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert config.instance_group[0].count == 2
 

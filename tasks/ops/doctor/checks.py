@@ -17,13 +17,13 @@ from typing import Literal
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from tasks.core import lease
+from tasks.core import lease, names
 from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
 from tasks.core.storage import StorageError, Store, open_store, repository_versions, verify_dir
 from tasks.registry import approval, known_specs, mlflow_store, model_registry, tracking
 from tasks.registry.registry_state import RegistryState, read_registry_state
-from tasks.serving import edge_routes, model_config, replicas, triton_client, triton_server
+from tasks.serving import edge_routes, replicas, triton_client, triton_server
 
 Kind = Literal[
     "triton-down",
@@ -271,7 +271,7 @@ def model_problems(
     # not list them: ask each replica for each version's candidate name.
     for replica in up:
         control = triton_client.control_client(replica.endpoint)
-        canary = model_config.canary_name(model)
+        canary = names.canary_name(model)
         if control.is_ready(canary):
             leftovers.append(
                 Problem(
@@ -284,7 +284,7 @@ def model_problems(
                 )
             )
         for version in registered_versions(settings, model):
-            name = model_config.candidate_name(model, version)
+            name = names.candidate_name(model, version)
             if version == suspended:
                 continue  # the candidate of a release waiting for its approval
             if control.is_ready(name):
