@@ -21,10 +21,10 @@ run: bootstrap
 
 # Debian packages the server tests and `make stack` start: Prometheus and its Pushgateway,
 # PostgreSQL and Redis (CI runs as root), the OpenMP runtime LightGBM's wheel links against
-# (libgomp1, on most images already), the browser the UI test drives (chromium), and nginx and
-# openssl for the edge in front of the Triton replicas (its TLS certificate, `make stack`).
+# (libgomp1, on most images already), the browser the UI test drives (chromium), and nginx for
+# the edge in front of the Triton replicas (its certificates are made in Python).
 # Elsewhere: install them yourself; what needs them says so. PostgreSQL's programs live off PATH, under /usr/lib/postgresql/<major>/bin.
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server libgomp1 chromium nginx openssl
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway postgresql redis-server libgomp1 chromium nginx
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
@@ -35,7 +35,6 @@ system-deps:
 	ldconfig -p | grep -q 'libgomp\.so\.1' || missing="$$missing libgomp1"; \
 	command -v chromium >/dev/null || missing="$$missing chromium fonts-liberation"; \
 	command -v nginx >/dev/null || missing="$$missing nginx"; \
-	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing$$missing"; \
@@ -62,6 +61,8 @@ bench: bootstrap
 	$(BIN)/python -m bench.pipeline --keep-state "$$state/fraud" && \
 	$(BIN)/python -m bench.serving --state "$$state/fraud" --seconds 5 && \
 	$(BIN)/python -m bench.drift --state "$$state/fraud" --unsampled && \
+	$(BIN)/python -m bench.commands && \
+	$(BIN)/python -m bench.busy && \
 	$(BIN)/python -m bench.swap && \
 	$(BIN)/python -m bench.control_key && \
 	$(BIN)/python -m bench.stack && \

@@ -111,7 +111,7 @@ def main() -> None:
                     ],
                     edge_http_url=f"{HOST}:{http}",
                     edge_grpc_url=f"{HOST}:{grpc}",
-                    edge_ca_file=tls.certificate,
+                    edge_ca_file=tls.trusted,
                     edge_routes_dir=tmp / "edge" / edge.ROUTES,
                 )
                 callers = (
@@ -120,7 +120,7 @@ def main() -> None:
                     args.clients,
                 )
                 auth = {"Authorization": f"Bearer {keys['bench']}"}
-                rows = _changes(settings, spec, tmp, callers, auth, str(tls.certificate))
+                rows = _changes(settings, spec, tmp, callers, auth, str(tls.trusted))
         finally:
             for member in members:
                 triton_server.stop(member)

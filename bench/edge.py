@@ -83,7 +83,7 @@ def main() -> None:
                         rows,
                         wrk(
                             f"https://{HOST}:{secure[0]}{path}", body, c, args.seconds,
-                            "edge, 2 replicas, TLS", tmp, auth, str(tls.certificate),
+                            "edge, 2 replicas, TLS", tmp, auth, str(tls.trusted),
                         ),
                     )  # fmt: skip
         finally:

@@ -13,11 +13,41 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
 
-app = typer.Typer(
+
+class _HelpWithoutValue:
+    """typer 0.29 shows `--help <bool>` in every help screen, as if --help took a value."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_HelpWithoutValue, TyperCommand):
+    pass
+
+
+class _Group(_HelpWithoutValue, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """Commands and groups whose help shows `--help` alone."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        return super().command(*args, cls=_Command, **kwargs)
+
+
+app = _Typer(
     no_args_is_help=True,
     add_completion=False,
     help="conveyor carries a tabular model from data to a live Triton server and keeps it "
@@ -26,7 +56,7 @@ app = typer.Typer(
 )
 
 
-triton_app = typer.Typer(no_args_is_help=True, help="The embedded Triton server.")
+triton_app = _Typer(no_args_is_help=True, help="The embedded Triton server.")
 
 
 app.add_typer(triton_app, name="triton")
@@ -123,6 +153,11 @@ def route_logs(path: Path, verbose: bool) -> None:
     )
     ROUTED["handler"], ROUTED["verbose"] = handler, verbose
     _attach(handler, verbose)
+    # Libraries' warnings (MLflow's UserWarnings on a resume, among others) are log lines for
+    # the file, not paragraphs on the console; -v shows them as it shows Prefect's.
+    logging.captureWarnings(True)
+    if verbose:
+        logging.getLogger("py.warnings").addHandler(logging.StreamHandler())
 
 
 ROUTED: dict[str, Any] = {}

@@ -52,11 +52,12 @@ def rollback(
     ] = "manual rollback",
 ) -> None:
     """Serve the previous version again and move `champion` back to it."""
-    from flows.rollback import rollback_flow
     from tasks.registry.known_specs import spec_of
 
     with _expected_errors():
         spec_of(Settings(), model)  # a model conveyor does not know fails before Prefect starts
+        from flows.rollback import rollback_flow
+
         with _tagged(), _stages(f"rollback {model}"):
             result = rollback_flow(model=model, reason=reason)
     console.print(f"{model}: champion is v{result.champion} again, served alone on Triton")
@@ -151,14 +152,18 @@ def doctor(
     as_json: Annotated[bool, _flag("--json", help="The report as JSON.")] = False,
 ) -> None:
     """Check registry, repository and Triton against each other; exit 0 only when clean."""
-    from tasks.ops.doctor import checks, repairs
+    from tasks.ops.doctor import checks
 
     settings = Settings()
-    if repair:
-        _prefect_logs()  # repairs hold the model's lease, which may be a Prefect server's
     with _expected_errors():
         models = [model] if model else checks.fleet(settings)
-        report = repairs.check_and_repair(settings, models, repair)
+        if repair:
+            from tasks.ops.doctor import repairs  # Prefect's import: only a repair needs it
+
+            _prefect_logs()  # repairs hold the model's lease, which may be a Prefect server's
+            report = repairs.check_and_repair(settings, models, repair)
+        else:
+            report = checks.examine(settings, models)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:

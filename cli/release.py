@@ -183,15 +183,7 @@ def _print_release(result: ReleaseResult | UnchangedModel, settings: Settings) -
             f"max |Δ| {max(smoke.http_max_abs_diff, smoke.grpc_max_abs_diff):.1e} "
             f"on {smoke.rows} rows (HTTP + gRPC)",
         ),
-        (
-            "Triton HTTP / gRPC",
-            f"http://{result.export.serving.endpoint.http} / {result.export.serving.endpoint.grpc}"
-            + (
-                f" ({result.export.serving.where()})"
-                if len(result.export.serving.replicas) > 1
-                else ""
-            ),
-        ),
+        ("served by", result.served_by(settings)),
         ("served versions", ", ".join(map(str, result.swap.after))),
         ("latency p50 / p99", f"{smoke.p50_ms:.2f} / {smoke.p99_ms:.2f} ms (batch 1, HTTP)"),
         (
@@ -280,12 +272,12 @@ def _check_init_arguments(source: str, name: str | None) -> None:
 @app.command()
 def train(spec: SpecOption = None) -> None:
     """Train a candidate and log it to MLflow (no registration)."""
-    from flows.training import training_flow
-    from tasks.modeling.search import task_runner
-
     settings = Settings()
     with _expected_errors():
-        model_spec = load_spec(_spec_path(spec, settings))
+        model_spec = load_spec(_spec_path(spec, settings))  # refused before the flow's imports
+        from flows.training import training_flow
+        from tasks.modeling.search import task_runner
+
         runner = task_runner(
             settings.task_runner, model_spec.search.parallel, settings.dask_address
         )
@@ -306,18 +298,19 @@ def smoke(
     ] = None,
 ) -> None:
     """Smoke-test a served version (default: the champion) through Triton."""
-    from flows.smoke import smoke_test_flow
-    from tasks.datasets.data import DatasetRef
-    from tasks.registry import model_registry, tracking
-
     settings = Settings()
     with _expected_errors():
         model_spec = load_spec(_spec_path(spec, settings))
+        from tasks.registry import model_registry, tracking
+
         number = version or model_registry.alias_version(
             settings, model_spec.name, model_registry.CHAMPION
         )
         if number is None:
             raise ConveyorError(f"{model_spec.name} has no champion yet; run `conveyor run` first")
+        from flows.smoke import smoke_test_flow
+        from tasks.datasets.data import DatasetRef
+
         ref = model_registry.version_ref(settings, model_spec.name, number)
         holdout_uri = tracking.run_tag(settings, ref.run_id, tracking.TAG_HOLDOUT_URI)
         holdout = DatasetRef(
@@ -343,10 +336,10 @@ def drift(
     ] = False,
 ) -> None:
     """Drift check of the champion against the newest batch; emits the retrain event on drift."""
-    from flows.drift import drift_check_flow, fleet_drift_flow
-
     settings = Settings()
     if every:
+        from flows.drift import fleet_drift_flow
+
         with _expected_errors(), _tagged(), _stages("nightly drift check"):
             fleet_report = fleet_drift_flow()
         for checked in fleet_report.models:
@@ -354,6 +347,8 @@ def drift(
         return
     with _expected_errors():
         path, name = _champion_spec(spec, settings)
+        from flows.drift import drift_check_flow  # Evidently's import: ~6 s, after the checks
+
         with _tagged(), _stages(f"drift check {name}"):
             report = drift_check_flow(spec_path=path)
     verdict = "DRIFT (conveyor.drift.detected emitted)" if report.drifted else "no drift"

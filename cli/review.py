@@ -13,6 +13,7 @@ from cli.app import (
     _champion_spec,
     _expected_errors,
     _flag,
+    _spec_path,
     _stages,
     _tagged,
     app,
@@ -61,6 +62,21 @@ def explain(
     )
 
 
+def _check_outcomes_configured(path: str) -> None:
+    """Nothing to check and nothing to estimate is said before Prefect starts, as what it is."""
+    from tasks.core.model_task import Task
+    from tasks.core.spec import load_spec
+
+    spec = load_spec(path)
+    if not spec.outcomes.configured and spec.task is not Task.binary:
+        raise ConveyorError(
+            f"nothing configured: {spec.name}'s spec ({path}) has no `outcomes:` section, so "
+            "there are no labels to check its answers against (and a "
+            f"{spec.task.value} model gives no estimate before labels). Add `outcomes:` with "
+            "`source` (labelled batches) or `labels` + `key` (a table joined to the scored rows)."
+        )
+
+
 def _check_explain_arguments(model: str, rows: Path, version: int | None) -> None:
     """What `reason_codes.explain` would refuse first, said in a second, not after ~20 s."""
     if not rows.is_file():
@@ -78,10 +94,12 @@ def _check_explain_arguments(model: str, rows: Path, version: int | None) -> Non
 def outcomes(spec: SpecOption = None) -> None:
     """Outcome check of the champion on the newest labelled batch (and, for a binary model, its
     estimate before labels); emits the retrain event on degradation."""
-    from flows.outcomes import outcome_check_flow
-
     with _expected_errors():
-        path, name = _champion_spec(spec, Settings())
+        settings = Settings()
+        _check_outcomes_configured(_spec_path(spec, settings))
+        path, name = _champion_spec(spec, settings)
+        from flows.outcomes import outcome_check_flow  # Evidently's import: ~6 s
+
         with _tagged(), _stages(f"outcome check {name}"):
             report = outcome_check_flow(spec_path=path)
     event = " (conveyor.performance.degraded emitted)" if report.degraded else ""

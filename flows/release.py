@@ -39,13 +39,13 @@ from tasks.registry.approval import (
     refuse_while_awaiting,
     request_approval,
 )
-from tasks.registry.model_registry import (
-    PromotionResult,
-    default_actor,
+from tasks.registry.model_registry import PromotionResult, default_actor
+from tasks.registry.registry_state import RegistryState
+from tasks.registry.registry_tasks import (
     promote_task,
+    read_registry_state_task,
     retire_candidate_task,
 )
-from tasks.registry.registry_state import RegistryState, read_registry_state_task
 from tasks.registry.retention import RetentionReport, retire_old_versions_task
 from tasks.serving import replicas
 from tasks.serving.canary import CanaryReport, canary_task
@@ -77,9 +77,22 @@ class ReleaseResult(BaseModel):
     # The run's experiment, so the artifact's links need no MLflow read after the promotion.
     experiment_id: str | None = None
 
+    def served_by(self, settings: Settings) -> str:
+        """Where callers reach it: the edge, when there is one, in front of every replica that
+        serves it; else the one Triton, over HTTP and gRPC."""
+        serving = self.export.serving
+        edge, scheme = settings.edge_http_url, "https" if settings.edge_ca_file else "http"
+        if edge:
+            return f"the edge {edge if '//' in edge else f'{scheme}://{edge}'} → {serving.where()}"
+        if len(serving.replicas) > 1:
+            return serving.where()
+        return f"Triton http://{serving.endpoint.http}, gRPC {serving.endpoint.grpc}"
+
     def markdown(self, settings: Settings) -> str:
-        """The release at a glance, with links to MLflow where a reader goes next."""
-        m, s, o = self.metrics, self.smoke, self.export.onnx
+        """The release at a glance, with links to MLflow where a reader goes next. Prefect's UI
+        does not wrap a table's cells: the table holds short facts (it fits a laptop's window,
+        test_ui), the sentences behind them follow as a list."""
+        m, o, c = self.metrics, self.export.onnx, self.canary
         version = ui_links.link(
             f"v{self.version}", ui_links.model_version_url(settings, self.model, self.version)
         )
@@ -87,27 +100,60 @@ class ReleaseResult(BaseModel):
         run = ui_links.link(self.run_id[:12] + "…", url)
         previous = f"v{self.promotion.previous}" if self.promotion.previous else "none"
         card = ui_links.artifact_link(settings, "model card", self.model_card, self.experiment_id)
+        parity = "within its bound" if o.parity.passed else "over its bound"
+        serving = self.export.serving
+        where = f"{len(serving.replicas)} replicas" if len(serving.replicas) > 1 else "Triton"
+        edge = "the edge → " if settings.edge_http_url else ""
+        chosen = self.export.tuning.chosen
+        rows = [
+            ("model version", f"{version} ({m.task}), previous champion {previous}"),
+            ("holdout", m.headline()),
+            ("validation", self.validation.verdict),
+            ("model card", card),
+            ("MLflow run", run),
+            ("ONNX", f"sha256 `{o.sha256[:16]}…`, parity {parity}"),
+            ("served by", f"{edge}{where}; smoke p99 {self.smoke.p99_ms:.2f} ms"),
+            *(
+                [
+                    (
+                        "canary",
+                        f"{c.share:.0%} for {c.baked_s:.0f} s, {c.candidate.requests} requests",
+                    )
+                ]
+                if c
+                else []
+            ),
+            ("swap", f"{self.swap.before} → {self.swap.after}, {len(self.swap.errors)} errors"),
+            ("repository", f"keeps versions {self.retention.kept}"),
+        ]
+        details = [
+            ("ONNX parity", o.parity.summary()),
+            (
+                "Served by",
+                f"{self.served_by(settings)}; smoke test p50 {self.smoke.p50_ms:.2f} ms / p99 "
+                f"{self.smoke.p99_ms:.2f} ms; max_queue_delay "
+                f"{chosen.max_queue_delay_microseconds} µs, {chosen.instance_count} instance(s)",
+            ),
+            *([("Canary", c.summary())] if c else []),
+            ("Swap", self.swap.summary()),
+            ("Repository", self.retention.summary()),
+        ]
         return "\n".join(
             [
                 f"# {self.model} {version} is champion",
                 "",
                 "| what | outcome |",
                 "|---|---|",
-                f"| model version | {version} ({m.task}), previous champion {previous} |",
-                f"| holdout | {m.headline()} |",
-                f"| validation | {self.validation.verdict} |",
-                f"| model card | {card} |",
-                f"| MLflow run | {run} |",
-                f"| ONNX | sha256 `{o.sha256[:16]}…`; parity {o.parity.summary()} |",
-                f"| served by | Triton http://{self.export.serving.endpoint.http}, p50 "
-                f"{s.p50_ms:.2f} ms / p99 {s.p99_ms:.2f} ms, max_queue_delay "
-                f"{self.export.tuning.chosen.max_queue_delay_microseconds} µs, "
-                f"{self.export.tuning.chosen.instance_count} instance(s) |",
-                *([f"| canary | {self.canary.summary()} |"] if self.canary else []),
-                f"| swap | {self.swap.summary()} |",
-                f"| repository | {self.retention.summary()} |",
+                *(f"| {what} | {_cell(text)} |" for what, text in rows),
+                "",
+                *(f"- **{what}**: {text}" for what, text in details),
             ]
         )
+
+
+def _cell(text: str) -> str:
+    """A table cell's text: a `|` (as in "|error|") would end the cell."""
+    return text.replace("|", "\\|")
 
 
 @flow(name="release")
@@ -174,7 +220,14 @@ def release_flow(
                     else "clean"
                 ) + (f"; {len(up)} replicas up" if len(up) > 1 else "")
             with subflows_without_heartbeats():
-                result = _release(settings, spec, state, obs, force)
+                try:
+                    result = _release(settings, spec, state, obs, force)
+                except Exception as exc:
+                    if getattr(exc, "gate", None):
+                        # A gate's refusal is a verdict, not an interruption: a resume would
+                        # reach it again, so the attempt's step results go now.
+                        prune_results_task(settings)
+                    raise
     markdown = (
         f"# {spec.name}: unchanged\n\n{result.sentence()}"
         if isinstance(result, UnchangedModel)

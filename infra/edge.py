@@ -30,6 +30,7 @@ from infra.stack.processes import system_binary
 from tasks.core import credentials
 from tasks.core.errors import ConveyorError
 from tasks.core.names import CANARY_SUFFIX, CANDIDATE_SUFFIX
+from tasks.serving import edge_certificate
 from tasks.serving.triton_ports import HOST, free_port
 
 TEMPLATE = Path(__file__).parent / "nginx" / "edge.conf"
@@ -59,8 +60,14 @@ class Upstream:
 
 @dataclass(frozen=True)
 class Tls:
-    certificate: Path
+    certificate: Path  # what nginx serves
     key: Path
+    ca: Path | None = None  # what callers trust; None: the operator's CA, given them apart
+
+    @property
+    def trusted(self) -> Path:
+        """The file a caller here checks the edge against."""
+        return self.ca or self.certificate
 
 
 def parse_keys(text: str) -> dict[str, str]:
@@ -151,6 +158,7 @@ def render(
         "CANDIDATE_RE": re.escape(CANDIDATE_SUFFIX),
         "CANARY": CANARY_SUFFIX,
         "CANARY_RE": re.escape(CANARY_SUFFIX),
+        "CANARY_PAD": " " * len(CANARY_SUFFIX),
         # Buckets 1-99 a percent each, the rest 100: a route of share s is its first 100 s.
         "BUCKETS": "\n".join(f"        1% {b};" for b in range(1, 100)) + "\n        * 100;",
     }
@@ -195,25 +203,11 @@ def nginx_binary() -> str:
 
 
 def self_signed(directory: Path) -> Tls:
-    """A certificate for 127.0.0.1 and localhost, made once per directory (30 days): the client
-    is told to trust this file, nothing else."""
-    tls = Tls(certificate=directory / "edge.crt", key=directory / "edge.key")
-    if tls.certificate.is_file() and tls.key.is_file():
-        return tls
-    made = subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "30", "-subj", "/CN=conveyor edge",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(tls.key), "-out", str(tls.certificate),
-        ],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    if made.returncode != 0:
-        raise EdgeError(f"openssl could not make the edge's certificate: {made.stderr.strip()}")
-    tls.key.chmod(0o600)
-    return tls
+    """The edge's certificate for 127.0.0.1 and localhost, signed by a CA of its own that
+    callers trust (`tasks.serving.edge_certificate`): made once per directory, the certificate
+    renewed when it is due, so a stack that starts again never serves an expired one."""
+    made = edge_certificate.ensure(directory)
+    return Tls(certificate=made.certificate, key=made.key, ca=made.ca)
 
 
 def start(directory: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -275,7 +269,7 @@ def serve(
     process = start(directory, directory / "nginx.log")
     try:
         scheme = "https" if tls else "http"
-        context = ssl.create_default_context(cafile=str(tls.certificate)) if tls else None
+        context = ssl.create_default_context(cafile=str(tls.trusted)) if tls else None
         wait_ready(f"{scheme}://{HOST}:{http_port}/v2/health/live", context=context)
         yield http_port, grpc_port
     finally:

@@ -96,6 +96,19 @@ def settings(home: Path) -> Settings:
 _spec_numbers = itertools.count()
 
 
+# A canary's limits for a small test: a few seconds of bake, a verdict from a few dozen requests.
+SMALL_CANARY = {
+    "share": 0.3,
+    "bake_s": 8,
+    "min_requests": 20,
+    "max_error_rate": 0.02,
+    # Small models on 2 busy cores: latency is noise here; errors are the point.
+    "max_p99_ratio": 5.0,
+    "max_prediction_shift": 0.5,
+    "probe_clients": 2,
+}
+
+
 def write_spec(directory: Path, base: Path = DEFAULT_SPEC, **overrides: object) -> Path:
     """A shipped spec (the fraud one by default), made smaller so a release takes seconds;
     overrides are `section.key`."""

@@ -188,6 +188,16 @@ class ProductionStack:
         user, password = self.env["PREFECT_API_AUTH_STRING"].split(":", 1)
         return user, password
 
+    def flow_run_logs(self, run_id: str, tail: int = 6000) -> str:
+        """A flow run's log lines from the stack's Prefect API (the end of them): what a failed
+        run's assertion shows."""
+        import httpx
+
+        body = {"logs": {"flow_run_id": {"any_": [run_id]}}}
+        response = httpx.post(f"{self.api}/logs/filter", json=body, auth=self.auth, timeout=10)
+        response.raise_for_status()
+        return "\n".join(str(e["message"])[:2000] for e in response.json())[-tail:]
+
     @property
     def secrets(self) -> dict[str, str]:
         """The credentials the stack generated, under infra/.env's names."""

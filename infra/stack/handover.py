@@ -28,7 +28,7 @@ def handover(stack: Stack) -> list[str]:
         (
             "Edge (models)",
             f"https://{stack.address('edge', 8443)}",
-            f"Authorization: Bearer <EDGE_DEMO_KEY>; CA {stack.root / 'edge' / 'edge.crt'}; "
+            f"Authorization: Bearer <EDGE_DEMO_KEY>; CA {stack.root / 'edge' / 'edge-ca.crt'}; "
             f"gRPC on {stack.address('edge', 8444)}",
         ),
         ("Prometheus", stack.url("prometheus", 9090), "no login (loopback only)"),

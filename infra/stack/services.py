@@ -222,10 +222,10 @@ def start_edge(stack: Stack) -> str:
         "-p", str(directory),
     ]  # fmt: skip
     spawn(stack, "edge", command, stack.process_environment(), directory)
-    context = ssl.create_default_context(cafile=str(tls.certificate))
+    context = ssl.create_default_context(cafile=str(tls.trusted))
     url = f"https://{HOST}:{http_port}/v2/health/ready"
     wait_until(stack, "edge", http_ok(url, context=context), 30)
-    return f"https://{HOST}:{http_port}, grpcs {HOST}:{grpc_port} (CA {tls.certificate})"
+    return f"https://{HOST}:{http_port}, grpcs {HOST}:{grpc_port} (CA {tls.trusted})"
 
 
 def start_edge_metrics(stack: Stack) -> str:

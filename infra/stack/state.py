@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import secrets
 import shlex
@@ -84,10 +85,27 @@ def env_file_text(values: dict[str, str], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+def _free_ports(names: list[str], avoid: set[int]) -> dict[str, int]:
+    """A free port for each name, below the kernel's ephemeral range: a port that range gave
+    (bind to port 0) may be handed to another process's outgoing connection or bind between
+    the choice and the service's own bind, minutes later on a busy host (seen: Prefect's server
+    refused its port while other tests ran)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    chosen: dict[str, int] = {}
+    for name in names:
+        while True:
+            port = random.randint(PRIVATE_PORTS_FROM, low - 1)
+            if port not in avoid and port not in chosen.values() and not _taken(port):
+                chosen[name] = port
+                break
+    return chosen
+
+
+# Above compose's ports + PORT_OFFSET (a first stack's), below the ephemeral range.
+PRIVATE_PORTS_FROM = 20000
 
 
 def _taken(port: int) -> bool:
@@ -161,7 +179,7 @@ class Stack:
                     + (f" (by the stack in {', '.join(others)})" if others else "")
                     + f": this stack uses free ports of its own, written to {root / ENV_FILE}"
                 )
-            ports = {k: _free_port() for k in fixed} if free_ports else fixed
+            ports = _free_ports(list(fixed), set(fixed.values())) if free_ports else fixed
             pids = {}
         secrets_path = root / SECRETS_FILE
         if not secrets_path.is_file():
@@ -212,7 +230,7 @@ class Stack:
         paths = {
             "project": str(ROOT),
             "home": str(self.root / "conveyor"),
-            "edge_ca": str(self.root / "edge" / "edge.crt"),
+            "edge_ca": str(self.root / "edge" / "edge-ca.crt"),
             "edge_routes": str(self.root / "edge" / "routes"),
         }
         values = {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from prefect.events import emit_event
-
 DRIFT_DETECTED = "conveyor.drift.detected"
 PERFORMANCE_DEGRADED = "conveyor.performance.degraded"
 MODEL_PROMOTED = "conveyor.model.promoted"
@@ -17,6 +15,8 @@ def resource_id(model: str) -> str:
 
 
 def emit(event: str, model: str, payload: dict[str, str | int | float | None]) -> None:
+    from prefect.events import emit_event  # imported here: reading a model's state needs no Prefect
+
     emit_event(
         event=event,
         resource={"prefect.resource.id": resource_id(model), "prefect.resource.name": model},

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         "benchmarks go through it, as callers do; unset: straight to the first replica.",
     )
     edge_grpc_url: str | None = Field(default=None, description="gRPC host:port of the edge.")
+    edge_probe_rate_per_s: float = Field(
+        default=200.0,
+        gt=0,
+        description="Requests per second conveyor's own probes (swap, canary) send through the "
+        "edge, all clients together: under the edge's per-client rate (the stack's is 1,000/s), "
+        "so a probe is never refused as an abusive caller would be.",
+    )
     edge_ca_file: Path | None = Field(
         default=None,
         description="CA certificate the edge's TLS is checked against; unset: the edge is plain.",

@@ -24,6 +24,7 @@ from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets import synthetic
+from tasks.datasets.not_numbers import PLACEHOLDER_FIX, examples_of, not_numbers
 
 
 class DataError(ConveyorError):
@@ -191,7 +192,6 @@ PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 CSV_CONVERT = pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
 # Separators a CSV export may have used instead of commas, as they are said to the user.
 OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
-EXAMPLES = 5
 
 
 def read_bytes(data: bytes, name: str) -> pd.DataFrame:
@@ -239,22 +239,15 @@ def require_numbers(frame: pd.DataFrame, spec: ModelSpec, source: str) -> None:
         if feature.name not in frame.columns or pd.api.types.is_numeric_dtype(frame[feature.name]):
             continue
         values = frame[feature.name]
-        text = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()]
+        text = not_numbers(values)
         if text.empty:
             continue
-        counts = text.astype(str).value_counts()
-        examples = ", ".join(
-            f"{value!r} ({count} row{'s' if count > 1 else ''})"
-            for value, count in counts.head(EXAMPLES).items()
-        )
-        more = f" and {len(counts) - EXAMPLES} other value(s)" if len(counts) > EXAMPLES else ""
         # Line numbers as an editor shows them for a CSV (the header is line 1).
         first = f" (first at line {int(text.index[0]) + 2})" if source.endswith(".csv") else ""
         raise DataError(
             f"`{feature.name}` is {feature.type.value} in the spec, but {len(text)} of "
-            f"{len(frame)} rows hold text that is not a number: {examples}{more}{first}, in "
-            f"{source}. Fix them at the source; leave a missing value empty (and mark the "
-            "feature `nullable: true`) rather than writing a placeholder."
+            f"{len(frame)} rows hold text that is not a number: {examples_of(text)}{first}, in "
+            f"{source}. {PLACEHOLDER_FIX}"
         )
 
 

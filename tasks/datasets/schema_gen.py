@@ -22,11 +22,15 @@ from tasks.core.model_task import Task
 from tasks.core.names import MAX_NAME_LENGTH, name_problem
 from tasks.core.spec import FeatureSpec, FeatureType, load_spec
 from tasks.datasets.data import read_source
+from tasks.datasets.not_numbers import PLACEHOLDER_FIX, examples_of, not_numbers
 from tasks.datasets.target_inference import RANGE_MARGIN, InitError, infer_target, widen
 from tasks.datasets.task_templates import TEMPLATES, choose_family, fixed_params, search_space
 
 __all__ = ["InitError", "init_spec", "render"]
 
+# A column whose values are numbers but for at most this share is a numeric column with
+# placeholders ("n/a", "-") where values are missing, not text.
+PLACEHOLDER_SHARE = 0.1
 # A text column with more distinct values than this is an identifier or free text, not a
 # category (its one-hot encoding would be as wide as the data).
 MAX_CATEGORIES = 50
@@ -94,6 +98,14 @@ def infer_feature(column: pd.Series) -> InferredFeature | Skipped:
             nullable=nullable,
             null_share=share,
             note="; ".join(x for x in (seen, note) if x),
+        )
+    text = not_numbers(values)
+    if 0 < len(text) <= PLACEHOLDER_SHARE * len(values):
+        # Numbers with a few placeholders: the data gate would refuse the same column later.
+        return Skipped(
+            name=name,
+            why=f"numbers, but {len(text)} of {len(values)} rows hold text that is not a number: "
+            f"{examples_of(text)}. {PLACEHOLDER_FIX} Then run init again.",
         )
     text = values.astype(str)
     distinct = sorted(text.unique())

@@ -21,7 +21,7 @@ from tasks.core.spec import ModelSpec, SpecError, load_spec
 from tasks.ops.doctor import checks
 from tasks.registry import (
     alias_history,
-    approval,
+    approval_state,
     known_specs,
     mlflow_store,
     model_registry,
@@ -131,7 +131,8 @@ def model_status(settings: Settings, model: str, spec: ModelSpec | None) -> Mode
 
 
 def fleet_problems(settings: Settings) -> list[str]:
-    """What is wrong with no one model: the embedded Triton down, a replica down, stray stubs."""
+    """What is wrong with no one model: the embedded Triton down, a replica down, stray stubs,
+    the edge's certificate near its end."""
     return [p.line() for p in checks.server_problems(settings)]
 
 
@@ -162,9 +163,10 @@ def _registry_status(settings: Settings, model: str, spec: ModelSpec | None) -> 
     if challenger is not None:
         # A suspended release tagged it pending; a `conveyor run` paused in place has not
         # tagged it yet, which its spec's approval policy explains.
-        decided = model_registry.version_tag(settings, model, challenger, approval.TAG_APPROVAL)
+        tag = approval_state.TAG_APPROVAL
+        decided = model_registry.version_tag(settings, model, challenger, tag)
         asks = spec is not None and spec.promotion.requires_approval
-        if decided == approval.PENDING or (decided is None and asks):
+        if decided == approval_state.PENDING or (decided is None and asks):
             status.approval_pending = challenger
     experiment = client.get_experiment_by_name(model)
     if experiment is not None:

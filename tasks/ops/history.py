@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -93,6 +93,14 @@ def points(settings: Settings, spec: ModelSpec) -> list[Point]:
     return sorted(found, key=lambda p: p.at)
 
 
+def time_window(history: list[Point]) -> tuple[datetime, datetime]:
+    """The x axis: the points' span, padded by a twentieth of it and at least an hour. Left to
+    matplotlib, one release (a span of zero) drew an axis of four years."""
+    first, last = min(p.at for p in history), max(p.at for p in history)
+    pad = max((last - first) / 20, timedelta(hours=1))
+    return first - pad, last + pad
+
+
 def figure(spec: ModelSpec, history: list[Point]) -> Any:
     import matplotlib
 
@@ -146,6 +154,7 @@ def figure(spec: ModelSpec, history: list[Point]) -> Any:
     bottom.axhline(spec.drift.share, color="tab:red", linewidth=1)
     bottom.set_ylabel("drift share")
     bottom.set_ylim(-0.05, 1.05)
+    bottom.set_xlim(*time_window(history))
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig

@@ -40,7 +40,8 @@ from tasks.ops import history
 from tasks.ops.drift import load_current, sample_rows
 from tasks.registry import mlflow_store, model_registry, tracking
 
-Verdict = Literal["degraded", "healthy", "too small", "no labels"]
+# "not configured": the spec has no `outcomes:` source or labels (only an estimate, if binary).
+Verdict = Literal["degraded", "healthy", "too small", "not configured"]
 REPORT_FILE = "outcomes.json"
 
 
@@ -74,6 +75,16 @@ class OutcomeReport(BaseModel):
         return self.verdict == "degraded"
 
     def line(self) -> str:
+        if self.verdict == "not configured":
+            estimate = (
+                f"; estimated {self.estimated.metric} {self.estimated.value:.4f} before labels"
+                if self.estimated
+                else ""
+            )
+            return (
+                f"{self.model} v{self.champion}: no outcome check configured (the spec has no "
+                f"`outcomes:` source, or labels + key){estimate}"
+            )
         realised = (
             f"realised {self.realised.text()}" if self.realised else f"{self.rows} labelled rows"
         )
@@ -160,7 +171,7 @@ def check_outcomes(settings: Settings, spec: ModelSpec) -> OutcomeReport:
         estimate(spec, settings, ref.run_id, onnx_bytes) if spec.task is Task.binary else None
     )
     realised, segments, rows, where = None, [], 0, "no outcomes configured"
-    verdict: Verdict = "no labels"
+    verdict: Verdict = "not configured"
     if o.configured:
         frame, where = load_labelled(spec)
         frame = sample_rows(frame, o.max_rows, o.seed).reset_index(drop=True)

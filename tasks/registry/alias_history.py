@@ -1,6 +1,11 @@
 """Who moved which alias, when and why. MLflow keeps only the current aliases; conveyor records
 every move as a registered-model tag next to them (shared by every worker that shares the
-registry), and archives the oldest into a run's artifacts so the model's tags stay bounded."""
+registry), and archives the oldest into a run's artifacts so the model's tags stay bounded.
+
+The tags are a record for programs, under `mlflow.`: MLflow's UI lists a model's tags except
+those (its own), so the model's page is not a column of JSON repeating the history its
+description shows people, as a list (MLflow's UI draws markdown tables without borders or
+padding: a table of moves read as one run-together line per move)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,10 @@ from tasks.core.settings import Settings
 from tasks.registry.mlflow_store import RegistryError, client
 from tasks.registry.tracking import close_run, log_run_artifact, open_run, read_artifact
 
-HISTORY_PREFIX = "conveyor.history."
+HISTORY_PREFIX = "mlflow.conveyor.history."
+# Where moves were recorded before (shown by MLflow's UI): still read, and moved under
+# HISTORY_PREFIX at the next move.
+LEGACY_PREFIX = "conveyor.history."
 
 
 class AliasMove(BaseModel):
@@ -33,6 +41,7 @@ def record(settings: Settings, name: str, move: AliasMove) -> None:
     """Keep a move that has just been made (the alias is already where it says)."""
     key = f"{HISTORY_PREFIX}{move.at.strftime('%Y%m%dT%H%M%S.%fZ')}.{move.alias}"
     client(settings).set_registered_model_tag(name, key, move.model_dump_json())
+    _move_legacy_tags(settings, name)
     compact(settings, name)
     try:
         describe(settings, name)
@@ -42,28 +51,37 @@ def record(settings: Settings, name: str, move: AliasMove) -> None:
         run_logger(__name__).warning("%s: the alias history table was not rewritten: %s", name, exc)
 
 
-# The registered model's page in the MLflow UI shows its description as markdown and its tags as
-# raw JSON: the newest moves are written into the description as a table for people (the tags
-# stay the record programs read). A description is a view: two workers writing at once can
-# leave one move out of it until the next move rewrites it.
+# The registered model's page in the MLflow UI shows its description as markdown: the newest
+# moves are written there as a list for people (the tags stay the record programs read). A
+# description is a view: two workers writing at once can leave one move out of it until the
+# next move rewrites it.
 DESCRIBED_MOVES = 20
-DESCRIPTION_HEADING = "#### Alias history (newest first; written by conveyor)"
+DESCRIPTION_HEADING = "**Alias history**, newest first"
+# What a description written by an older conveyor starts its part with (replaced whole).
+LEGACY_HEADINGS = ("#### Alias history (newest first; written by conveyor)",)
 
 
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+def _words(text: str) -> str:
+    return " ".join(text.split())
 
 
-def history_table(moves: list[AliasMove]) -> list[str]:
+def history_lines(name: str, moves: list[AliasMove]) -> list[str]:
+    """The description's part: a heading, then one list item per move, newest first."""
+
     def version(v: int | None) -> str:
-        return "-" if v is None else f"v{v}"
+        return "none" if v is None else f"v{v}"
+
+    def what(m: AliasMove) -> str:
+        if m.to_version is None:
+            return f"`{m.alias}` removed (was {version(m.from_version)})"
+        return f"`{m.alias}` → v{m.to_version} (was {version(m.from_version)})"
 
     return [
-        "| when (UTC) | alias | from | to | by | why |",
-        "|---|---|---|---|---|---|",
+        f"{DESCRIPTION_HEADING} (written by conveyor at every move; `conveyor history {name}` "
+        "shows them all)",
+        "",
         *(
-            f"| {m.at:%Y-%m-%d %H:%M} | {m.alias} | {version(m.from_version)} | "
-            f"{version(m.to_version)} | {_cell(m.actor)} | {_cell(m.reason)} |"
+            f"- **{m.at:%Y-%m-%d %H:%M} UTC** · {what(m)} · {_words(m.actor)} · {_words(m.reason)}"
             for m in reversed(moves)
         ),
     ]
@@ -74,10 +92,11 @@ def describe(settings: Settings, name: str) -> None:
     of the newest moves below it is conveyor's."""
     mlflow_client = client(settings)
     model = mlflow_client.get_registered_model(name)
-    own = (model.description or "").split(DESCRIPTION_HEADING)[0].rstrip()
-    shown = recent(model.tags)[-DESCRIBED_MOVES:]
-    table = "\n".join([DESCRIPTION_HEADING, "", *history_table(shown)])
-    mlflow_client.update_registered_model(name, description=f"{own}\n\n{table}".lstrip())
+    own = model.description or ""
+    for heading in (DESCRIPTION_HEADING, *LEGACY_HEADINGS):
+        own = own.split(heading)[0]
+    shown = "\n".join(history_lines(name, recent(model.tags)[-DESCRIBED_MOVES:]))
+    mlflow_client.update_registered_model(name, description=f"{own.rstrip()}\n\n{shown}".lstrip())
 
 
 # The newest moves stay tags on the registered model (what `conveyor status` reads); older ones
@@ -94,7 +113,18 @@ def _history_tags(settings: Settings, name: str) -> dict[str, str]:
         tags = client(settings).get_registered_model(name).tags
     except MlflowException as exc:
         raise RegistryError(f"no registered model {name} in {settings.tracking_uri}") from exc
-    return {k: v for k, v in tags.items() if k.startswith(HISTORY_PREFIX)}
+    return {k: v for k, v in tags.items() if k.startswith((HISTORY_PREFIX, LEGACY_PREFIX))}
+
+
+def _move_legacy_tags(settings: Settings, name: str) -> None:
+    """Moves recorded under LEGACY_PREFIX, under HISTORY_PREFIX: written before deleted (an
+    interruption between leaves a move twice, which `moves` reads once)."""
+    mlflow_client = client(settings)
+    for key, value in _history_tags(settings, name).items():
+        if key.startswith(LEGACY_PREFIX):
+            new = HISTORY_PREFIX + key.removeprefix(LEGACY_PREFIX)
+            mlflow_client.set_registered_model_tag(name, new, value)
+            mlflow_client.delete_registered_model_tag(name, key)
 
 
 def compact(settings: Settings, name: str) -> int:
@@ -104,11 +134,11 @@ def compact(settings: Settings, name: str) -> int:
     tags = _history_tags(settings, name)
     if len(tags) <= HISTORY_TAGS_KEPT + HISTORY_BATCH:
         return 0
-    oldest = sorted(tags)[: len(tags) - HISTORY_TAGS_KEPT]
+    oldest = sorted(tags, key=_when)[: len(tags) - HISTORY_TAGS_KEPT]
     lines = "".join(tags[k] + "\n" for k in oldest).encode()
     run = open_run(settings, name, HISTORY_RUN, {"conveyor.history_archive": "true"})
     try:
-        first, last = (k.removeprefix(HISTORY_PREFIX) for k in (oldest[0], oldest[-1]))
+        first, last = (_when(k) for k in (oldest[0], oldest[-1]))
         log_run_artifact(settings, run.run_id, f"{HISTORY_ARTIFACTS}/{first}--{last}.jsonl", lines)
     except BaseException:
         close_run(settings, run.run_id, "FAILED")
@@ -143,9 +173,15 @@ def _moves(records: list[str]) -> list[AliasMove]:
     return sorted(unique.values(), key=lambda m: m.at)
 
 
+def _when(key: str) -> str:
+    """A history tag's time and alias (`20261207T101608.175947Z.champion`), whatever prefix."""
+    return key.removeprefix(HISTORY_PREFIX).removeprefix(LEGACY_PREFIX)
+
+
 def recent(model_tags: dict[str, str]) -> list[AliasMove]:
     """The moves kept as tags, from a registered model's tags already read (oldest first)."""
-    return _moves([v for k, v in model_tags.items() if k.startswith(HISTORY_PREFIX)])
+    prefixes = (HISTORY_PREFIX, LEGACY_PREFIX)
+    return _moves([v for k, v in model_tags.items() if k.startswith(prefixes)])
 
 
 def moves(settings: Settings, name: str, archived: bool = True) -> list[AliasMove]:

@@ -8,11 +8,8 @@ import os
 from datetime import UTC, datetime
 
 from mlflow.exceptions import MlflowException
-from prefect import get_run_logger, task
-from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from tasks.core import events
 from tasks.core.settings import Settings
 from tasks.registry import alias_history
 from tasks.registry.mlflow_store import RegistryError, client, refusals_explained
@@ -119,6 +116,14 @@ def alias_version(settings: Settings, name: str, alias: str) -> int | None:
         raise
 
 
+def _flow_run_id() -> str | None:
+    """The Prefect flow run moving the alias; None outside one (Prefect is imported only here:
+    `conveyor status` reads this module for every model)."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
 def default_actor() -> str:
     return os.environ.get("CONVEYOR_ACTOR") or getpass.getuser()
 
@@ -144,7 +149,7 @@ def move_alias(
         at=datetime.now(UTC),
         actor=actor,
         reason=reason[:1000],
-        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        flow_run_id=_flow_run_id(),
     )
     alias_history.record(settings, name, move)
     return move
@@ -202,33 +207,3 @@ def register_challenger(
     ref = register(settings, name, candidate, tags)
     move_alias(settings, name, CHALLENGER, ref.version, "registered for release", default_actor())
     return ref
-
-
-@task(name="register-challenger")
-def register_challenger_task(
-    settings: Settings, name: str, candidate: CandidateRun, tags: dict[str, str]
-) -> ModelRef:
-    ref = register_challenger(settings, name, candidate, tags)
-    get_run_logger().info("registered %s version %d as %s", name, ref.version, CHALLENGER)
-    return ref
-
-
-@task(name="promote")
-def promote_task(settings: Settings, ref: ModelRef, reason: str, actor: str) -> PromotionResult:
-    result = promote(settings, ref, reason, actor)
-    get_run_logger().info(
-        "%s: champion → version %d (previous: %s)", ref.name, result.champion, result.previous
-    )
-    events.emit(
-        events.MODEL_PROMOTED,
-        ref.name,
-        {"version": result.champion, "previous": result.previous, "reason": "release"},
-    )
-    return result
-
-
-@task(name="retire-candidate")
-def retire_candidate_task(settings: Settings, ref: ModelRef, reason: str) -> None:
-    retire_candidate(settings, ref, reason)
-    get_run_logger().warning("%s version %d retired: %s", ref.name, ref.version, reason)
-    events.emit(events.RELEASE_FAILED, ref.name, {"version": ref.version, "reason": reason[:500]})

@@ -10,7 +10,6 @@ reads it again."""
 from __future__ import annotations
 
 from mlflow.exceptions import MlflowException
-from prefect import task
 from pydantic import BaseModel
 
 from tasks.core.settings import Settings
@@ -65,8 +64,3 @@ def read_registry_state(settings: Settings, model: str) -> RegistryState:
             if alias in aliases
         },
     )
-
-
-@task(name="read-registry-state")
-def read_registry_state_task(settings: Settings, model: str) -> RegistryState:
-    return read_registry_state(settings, model)

@@ -43,6 +43,9 @@ TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
 TAG_TASK = "conveyor.task"  # binary, multiclass or regression: what the version answers
 TAG_THRESHOLD_SOURCE = "conveyor.operating_threshold_source"  # what it was chosen on
+# Where the splits lie on the host that trained the version: the run's record (the drift and
+# outcome checks read them there), not the version's, whose page a reviewer reads (#42).
+RUN_ONLY_TAGS = frozenset({TAG_HOLDOUT_URI, TAG_TRAIN_URI})
 ONNX_ARTIFACT = "onnx/model.onnx"
 # The spec a candidate was released with: what repair and rollback read when no fleet file
 # names the model (`tasks.registry.known_specs`).

@@ -206,7 +206,10 @@ def bake(
                 settings, replica.endpoint, spec, ref.version, files, serving, name=name
             )
         start = {n: _counts(targets, n) for n in (name, spec.name)}
-        with Traffic(endpoint, spec.name, rows, limits.probe_clients, http_only=True) as traffic:
+        rate = replicas.probe_rate(settings, endpoint)
+        with Traffic(
+            endpoint, spec.name, rows, limits.probe_clients, http_only=True, rate_per_s=rate
+        ) as traffic:
             began = time.monotonic()
             edge_routes.open_route(settings, spec.name, limits.share)
             # Routed: Triton counts a request at the canary, answered or failed (the probe sees

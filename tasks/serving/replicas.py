@@ -121,3 +121,9 @@ def probe_endpoint(settings: Settings, targets: list[Replica]) -> Endpoint:
         via_edge=True,
         tls_ca_file=str(settings.edge_ca_file) if settings.edge_ca_file else None,
     )
+
+
+def probe_rate(settings: Settings, endpoint: Endpoint) -> float | None:
+    """Requests/s a probe through `endpoint` keeps to: the edge limits each client's rate,
+    conveyor's key included; a replica straight is not limited (None: as fast as it answers)."""
+    return settings.edge_probe_rate_per_s if endpoint.via_edge else None

@@ -97,7 +97,8 @@ def swap_in(
             errors=[],
         )
     rows = to_features(load_dataset(holdout.uri), spec)[: spec.smoke.rows]
-    with Traffic(endpoint, spec.name, rows, spec.smoke.swap_probe_clients) as traffic:
+    clients, rate = spec.smoke.swap_probe_clients, replicas.probe_rate(settings, endpoint)
+    with Traffic(endpoint, spec.name, rows, clients, rate_per_s=rate) as traffic:
         traffic.wait_for(WARM_REQUESTS)
         steady_from = time.monotonic()
         traffic.wait_for(WARM_REQUESTS + STEADY_REQUESTS)

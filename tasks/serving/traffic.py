@@ -125,9 +125,12 @@ class Traffic:
         rows: np.ndarray,
         clients: int,
         http_only: bool = False,
+        rate_per_s: float | None = None,
     ) -> None:
         self.endpoint, self.model, self.rows, self.clients = endpoint, model, rows, clients
         self.http_only = http_only
+        # Each client's least time between two requests it sends: `rate_per_s` shared by all.
+        self._interval_s = clients / rate_per_s if rate_per_s else 0.0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._samples: list[Sample] = []
@@ -148,10 +151,16 @@ class Traffic:
         grpc: grpcclient.InferenceServerClient,
         index: int,
     ) -> None:
-        n = 0
+        n, due = 0, time.monotonic()
         while not self._stop.is_set():
             row = self.rows[(index + n * self.clients) % len(self.rows)].reshape(1, -1)
             n += 1
+            if self._interval_s:
+                # Paced, not closed-loop: through a rate-limited edge a probe that sends as fast
+                # as answers come is refused (429) as an abusive caller would be.
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    break
+                due = max(due, time.monotonic()) + self._interval_s  # late: no catch-up burst
             sent, at = time.monotonic(), time.time()
             score: float | None = None
             try:

@@ -53,8 +53,7 @@ class Gate:
         return write_spec(self.base, name=NAME, **overrides)
 
     def logs(self, run_id: str) -> str:
-        entries = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}}).json()
-        return "\n".join(str(e["message"])[:2000] for e in entries)[-6000:]
+        return self.production.flow_run_logs(run_id)
 
     def conveyor(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ from tasks.datasets.data import to_features, to_target
 from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import INPUT, convert, predict
 from tasks.modeling.training import build_pipeline
-from tasks.serving import rollout, triton_client, triton_server
+from tasks.ops.doctor.checks import examine
+from tasks.ops.doctor.repairs import check_and_repair
+from tasks.serving import edge_certificate, replicas, rollout, triton_client, triton_server
+from tasks.serving.traffic import Traffic
 from tasks.serving.triton_ports import HOST, Endpoint
 
 RATE = 20  # requests/s per client: low, so a flood is easy to make and quick to see
@@ -54,11 +58,11 @@ class EdgeSite:
             http=f"{HOST}:{self.http_port}",
             grpc=f"{HOST}:{self.grpc_port}",
             via_edge=True,
-            tls_ca_file=str(self.tls.certificate) if tls else None,
+            tls_ca_file=str(self.tls.trusted) if tls else None,
         )
 
     def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.tls.certificate))
+        return ssl.create_default_context(cafile=str(self.tls.trusted))
 
     def post(self, path: str, key: str | None, body: bytes = b"{}") -> tuple[int, str]:
         """One HTTPS request to the edge; (status, body)."""
@@ -110,7 +114,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeSite]:
             for state in states:
                 triton_client.load_versions(state.endpoint, spec, "python", [1], timeout_s=60)
             upstreams = [edge.Upstream(s.endpoint.http, s.endpoint.grpc) for s in states]
-            tls = edge.self_signed(base)
+            tls = edge.self_signed(base / "edge")
             with edge.serve(base / "edge", upstreams, keys, tls, RATE, BURST) as (http, grpc):
                 yield EdgeSite(base / "edge", members, keys, tls, http, grpc, spec, onnx, features)
         finally:
@@ -148,7 +152,7 @@ def test_no_key_is_401_and_a_valid_key_answers_over_tls(site: EdgeSite) -> None:
                 site.rows[:2],
             )
     # gRPC without a key: UNAUTHENTICATED, from the edge.
-    bare = Endpoint(http="unused", grpc=site.endpoint().grpc, tls_ca_file=str(site.tls.certificate))
+    bare = Endpoint(http="unused", grpc=site.endpoint().grpc, tls_ca_file=str(site.tls.trusted))
     with pytest.raises(InferenceServerException) as refused:
         triton_client.infer_grpc(triton_client.grpc_client(bare), site.spec.name, site.rows[:2])
     assert "UNAUTHENTICATED" in str(refused.value.status()), refused.value
@@ -239,6 +243,25 @@ def test_a_flooding_client_gets_429_while_another_keeps_its_answers(site: EdgeSi
         assert key not in log  # names, never keys
 
 
+def test_conveyors_probe_keeps_under_the_edge_rate(site: EdgeSite) -> None:
+    """conveyor's swap and canary probes go through the edge with a client key of their own: a
+    closed-loop probe floods its rate and fails the release with 429s (seen on the stack, #42);
+    paced at the rate settings give it, every request is answered."""
+    settings = site.members[0].model_copy(update={"edge_probe_rate_per_s": RATE / 2})
+    rate = replicas.probe_rate(settings, site.endpoint())
+    assert rate == RATE / 2
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(credentials.EDGE_KEY_ENV, site.keys["conveyor"])
+        with Traffic(site.endpoint(), site.spec.name, site.rows, 4, rate_per_s=rate) as paced:
+            paced.wait_for(3 * RATE, timeout_s=30)
+    samples = paced.samples()
+    assert [s.error for s in samples if s.error] == []
+    assert {s.version for s in samples} == {1}
+    spread = samples[-1].sent - samples[0].sent
+    # Paced: about `rate` requests a second, not what the replicas could answer.
+    assert len(samples) <= rate * spread + 4 * 2, (len(samples), spread)
+
+
 def test_a_revoked_key_is_refused_after_a_reload(site: EdgeSite) -> None:
     path = f"/v2/models/{site.spec.name}/infer"
     time.sleep(1)  # the previous test's flood left alpha's bucket empty
@@ -292,3 +315,77 @@ def test_a_replica_killed_behind_the_edge_costs_no_request(site: EdgeSite) -> No
             thread.join(30)
     assert errors == [], errors[:5]
     assert answered[0] > 20
+
+
+def test_a_canary_answer_names_the_model_the_caller_asked_for(site: EdgeSite) -> None:
+    """Routed to `<model>.canary`, callers read `"model_name": "<model>.canary"`, a name they
+    cannot use (#42): the edge names the model asked for, in JSON and binary-tensor answers."""
+    model = site.spec.name
+    canary = names.canary_name(model)
+    loaded = []
+    for member in site.members:
+        state = triton_server.status(member)
+        assert state is not None
+        files = read_verified(LocalStore(Path(member.repository)), f"{model}/1")
+        # Version 7: an answer that says 7 came from the canary, not the champion (v1).
+        triton_client.load_candidate(member, state.endpoint, site.spec, 7, files, name=canary)
+        loaded.append(state.endpoint)
+    route = site.directory / "routes" / model
+    route.mkdir(parents=True, exist_ok=True)
+    for bucket in range(1, 101):  # every request to the canary
+        (route / str(bucket)).touch()
+    try:
+        time.sleep(1.5)  # nginx checks route files through a 1 s cache
+        status, body = site.post(f"/v2/models/{model}/infer", site.keys["alpha"], site.infer_body())
+        assert status == 200, body
+        answer = json.loads(body)
+        assert (answer["model_name"], answer["model_version"]) == (model, "7"), answer
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(credentials.EDGE_KEY_ENV, site.keys["alpha"])
+            result = triton_client.infer_http_result(
+                triton_client.http_client(site.endpoint()), model, site.rows[:64]
+            )
+        assert result.get_response()["model_name"] == model
+        assert result.get_response()["model_version"] == "7"
+        _, offline_proba = predict(site.onnx, site.rows[:64])
+        np.testing.assert_allclose(result.as_numpy("probabilities"), offline_proba, atol=1e-5)
+    finally:
+        for bucket in route.iterdir():
+            bucket.unlink()
+        route.rmdir()
+        for endpoint in loaded:
+            triton_client.unload_model(endpoint, canary)
+
+
+def test_doctor_renews_the_edge_certificate_before_it_ends(site: EdgeSite, tmp_path: Path) -> None:
+    """Last here: it reloads the edge. A certificate near its end (issued 25 days ago, 5 left)
+    is a doctor problem; `--repair` issues a new one from the edge's CA and reloads nginx, and
+    callers that trust the same CA file go on being answered (#42: it lived 30 days, unrenewed)."""
+    directory = site.directory
+    settings = Settings(
+        home=tmp_path / "home",
+        edge_http_url=f"{HOST}:{site.http_port}",
+        edge_ca_file=site.tls.trusted,
+    )
+    assert [p for p in examine(settings, []).problems if p.kind == "edge-certificate"] == []
+    trusted = site.tls.trusted.read_bytes()
+    old = datetime.now(UTC) - timedelta(days=25)
+    edge_certificate.ensure(directory, now=old, renew=True)
+    edge.reload(directory)
+    deadline = time.monotonic() + 15
+    while edge_certificate.served_certificate(HOST, site.http_port) > datetime.now(UTC) + timedelta(
+        days=6
+    ):
+        assert time.monotonic() < deadline, "the edge never served the older certificate"
+        time.sleep(0.2)
+    [problem] = [p for p in examine(settings, []).problems if p.kind == "edge-certificate"]
+    assert "(in 4 days)" in problem.detail and "issue a new one" in problem.repair
+    report = check_and_repair(settings, [], True)
+    assert report.clean, report.problems
+    ends = edge_certificate.served_certificate(HOST, site.http_port)
+    assert ends > datetime.now(UTC) + timedelta(days=edge_certificate.CERT_DAYS - 1)
+    assert site.tls.trusted.read_bytes() == trusted  # callers trust what they trusted before
+    status, body = site.post(
+        f"/v2/models/{site.spec.name}/infer", site.keys["beta"], site.infer_body()
+    )
+    assert status == 200, body

@@ -177,6 +177,13 @@ def test_versions_carry_lineage_tags(releases: Releases) -> None:
     assert version.tags[tracking.TAG_CODE]
     assert version.tags[tracking.TAG_FLOW_RUN]
     assert version.tags[model_registry.TAG_RELEASE] == "promoted"
+    # Host paths stay the run's record; a version's page shows no machine path (#42).
+    assert not any(str(releases.settings.home) in v for v in version.tags.values())
+    run = client.get_run(version.run_id).data.tags
+    assert {k: run[k] for k in tracking.RUN_ONLY_TAGS} == {
+        tracking.TAG_HOLDOUT_URI: releases.second.holdout.uri,
+        tracking.TAG_TRAIN_URI: releases.second.train.uri,
+    }
     # Same data and spec twice: the same fingerprint.
     first = client.get_model_version(releases.spec.name, "1")
     assert first.tags[tracking.TAG_DATA] == version.tags[tracking.TAG_DATA]
@@ -223,6 +230,9 @@ def test_failed_smoke_test_leaves_champion_and_serving_untouched(releases: Relea
     assert failed.tags[model_registry.TAG_RELEASE].startswith("failed: SmokeTestError")
     endpoint = triton_server.endpoint(settings)
     assert triton_client.loaded_versions(endpoint, name) == [1, 2]
+    # Refused at a gate, its step results went with it (a resume would meet the same verdict);
+    # the completed and unchanged releases pruned theirs (#42).
+    assert not [p for p in settings.results.glob("*") if p.is_dir()]
     assert not triton_client.grpc_client(endpoint).is_model_ready(names.candidate_name(name, 3))
     assert not (Path(settings.repository) / name / "3").exists()
     live = model_config.parse_config(

@@ -43,7 +43,7 @@ from tasks.serving import (
     triton_ports,
     triton_server,
 )
-from tests.conftest import write_spec
+from tests.conftest import SMALL_CANARY, write_spec
 from tests.faults import SMALL_RELEASE, Site, assert_one_paragraph, next_version, ok
 from tests.servers import clean_env
 
@@ -201,7 +201,7 @@ def fleet(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 env |= {
                     "CONVEYOR_EDGE_HTTP_URL": f"{at}{http}",
                     "CONVEYOR_EDGE_GRPC_URL": f"{at}{grpc}",
-                    "CONVEYOR_EDGE_CA_FILE": str(tls.certificate),
+                    "CONVEYOR_EDGE_CA_FILE": str(tls.trusted),
                     "CONVEYOR_EDGE_ROUTES_DIR": str(base / "edge" / edge.ROUTES),
                     credentials.EDGE_KEY_ENV: keys["conveyor"],
                 }
@@ -211,7 +211,7 @@ def fleet(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     http=f"{at}{http}",
                     grpc=f"{at}{grpc}",
                     via_edge=True,
-                    tls_ca_file=str(tls.certificate),
+                    tls_ca_file=str(tls.trusted),
                 )
                 site = Site(base, settings, write_spec(base, **SMALL_RELEASE), env)
                 fleet = Fleet(site, members, through, base / "edge")
@@ -342,20 +342,7 @@ def test_doctor_repairs_a_replica_serving_something_else(fleet: Fleet) -> None:
     assert_fleet_invariant(fleet)
 
 
-# A canary's limits for a small test: a few seconds of bake, a verdict from a few dozen requests.
-CANARY = {
-    "rollout": "canary",
-    "canary": {
-        "share": 0.3,
-        "bake_s": 8,
-        "min_requests": 20,
-        "max_error_rate": 0.02,
-        # Two small models on 2 busy cores: latency is noise here; errors are the point.
-        "max_p99_ratio": 5.0,
-        "max_prediction_shift": 0.5,
-        "probe_clients": 2,
-    },
-}
+CANARY = {"rollout": "canary", "canary": SMALL_CANARY}
 
 
 def edge_settings(fleet: Fleet) -> Settings:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from infra.deploy_forms import one_line
 from tasks.core.settings import Settings
 from tasks.core.spec import load_spec
 from tasks.registry import mlflow_store, model_registry, tracking, ui_links
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SMALL_CANARY
 from tests.servers import ProductionStack
 
 SHOTS = ROOT / "test-artifacts" / "ui"
@@ -232,6 +233,32 @@ def test_the_release_artifact_fits_and_links_to_mlflow(ui: Ui, run_id: str) -> N
     assert any("/artifacts/model_card.md" in h for h in links), links
 
 
+def test_a_canary_release_artifact_fits_too(
+    ui: Ui, run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A canary release's artifact has rows a direct one lacks; it overflowed at a laptop's
+    width (#42). Released through the deployment, as the form does, on the edge's routes."""
+    # The shipped spec as the form released it, only its rollout changed: a smaller one would
+    # train a challenger the gate refuses against that champion.
+    raw = yaml.safe_load((ROOT / "deployments/models" / f"{MODEL}.yaml").read_text())
+    raw["promotion"] |= {"rollout": "canary", "canary": SMALL_CANARY}
+    spec = tmp_path_factory.mktemp("ui-canary") / f"{MODEL}.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    [deployment] = ui.post("/deployments/filter", {"deployments": {"name": {"any_": ["release"]}}})
+    response = httpx.post(
+        f"{ui.production.api}/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": {"spec_path": str(spec), "force": True}},
+        auth=ui.production.auth,
+        timeout=10,
+    )
+    response.raise_for_status()
+    run = str(response.json()["id"])
+    assert ui.wait(run) == "COMPLETED", ui.production.flow_run_logs(run)
+    text = ui.open_artifact(ui.artifact(f"release-{MODEL}", run), "07b-canary-release-artifact")
+    assert "canary" in text and "reached it" in text
+    assert wider_than_the_pane(ui.prefect) == []
+
+
 def test_the_churn_model_card_speaks_of_customers_without_machine_paths(
     ui: Ui, run_id: str
 ) -> None:
@@ -288,17 +315,26 @@ def mlflow_page(ui: Ui) -> Iterator[Page]:
     context.close()
 
 
-def test_the_mlflow_model_page_shows_the_alias_history_as_a_table(
+def test_the_mlflow_model_page_shows_the_alias_history_as_a_list_and_no_json(
     ui: Ui, run_id: str, mlflow_page: Page
 ) -> None:
+    """MLflow draws markdown tables without borders or padding and lists a model's tags as raw
+    JSON (#42): the history is a list, and its record is in tags MLflow's UI does not list."""
     mlflow = ui.production.env["CONVEYOR_MLFLOW_UI_URL"]
     mlflow_page.goto(f"{mlflow}/#/models/{MODEL}")
     mlflow_page.get_by_text("Alias history").first.wait_for()
     shot(mlflow_page, "10-mlflow-model")
-    table = mlflow_page.locator("table", has_text="alias").first
-    assert table.locator("th").all_inner_texts()[:4] == ["when (UTC)", "alias", "from", "to"]
-    assert "champion" in table.inner_text()
-    assert "{" not in mlflow_page.get_by_text("Alias history").first.locator("..").inner_text()
+    items = mlflow_page.locator("li", has_text=" UTC").all_inner_texts()
+    assert any("champion → v1 (was none)" in item for item in items), items
+    text = mlflow_page.locator("body").inner_text()
+    assert '"alias":' not in text and "conveyor.history" not in text
+    assert MACHINE_PATH.search(text) is None, MACHINE_PATH.search(text)
+    # A version's page: its lineage, and no path of the machine that trained it.
+    mlflow_page.goto(ui_links.model_version_url(ui.settings, MODEL, 1) or "")
+    mlflow_page.get_by_text(tracking.TAG_SOURCE).first.wait_for()
+    shot(mlflow_page, "10b-mlflow-model-version")
+    text = mlflow_page.locator("body").inner_text()
+    assert MACHINE_PATH.search(text) is None, MACHINE_PATH.search(text)
 
 
 def test_mlflow_opens_conveyors_experiment_on_its_runs(

@@ -20,7 +20,11 @@ def test_old_moves_are_archived_and_still_read_in_order(
         client.create_model_version("m", source="file:///m")
     for n in range(20):
         model_registry.move_alias(settings, "m", "champion", 1 + n % 2, f"move {n}", "tester")
-    tags = [k for k in client.get_registered_model("m").tags if k.startswith("conveyor.history.")]
+    tags = [
+        k
+        for k in client.get_registered_model("m").tags
+        if k.startswith(alias_history.HISTORY_PREFIX)
+    ]
     assert 5 <= len(tags) <= 5 + 3  # bounded
     moves = alias_history.moves(settings, "m")
     assert [m.reason for m in moves] == [f"move {n}" for n in range(20)]  # complete, in order

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from tasks.core.settings import Settings
-from tasks.ops.doctor import checks, repairs
+from tasks.ops.doctor import problems, repairs
 from tasks.registry import tracking
 
 MODEL = "fraud-detector"
 
 
-def _stale(settings: Settings) -> list[checks.Problem]:
+def _stale(settings: Settings) -> list[problems.Problem]:
     return [
-        checks.Problem(model=MODEL, kind="stale-run", detail=name, repair="mark it KILLED", key=i)
+        problems.Problem(model=MODEL, kind="stale-run", detail=name, repair="mark it KILLED", key=i)
         for i, name in tracking.running_runs(settings, MODEL)
     ]
 

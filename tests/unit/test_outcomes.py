@@ -167,6 +167,23 @@ def test_the_history_page_draws_every_point() -> None:
     assert "[0.5500, 0.6100]" in page and ">v2<" in page
 
 
+def test_one_release_is_drawn_on_an_axis_of_hours_not_years() -> None:
+    """matplotlib spread a lone point (a span of zero) over four years of axis (#42)."""
+    import matplotlib.dates as mdates
+
+    spec = load_spec(CHURN)
+    at = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    chart = history.figure(spec, [history.Point(kind="release", at=at, value=0.61, label="v1")])
+    low, high = (mdates.num2date(x) for x in chart.axes[1].get_xlim())
+    assert low <= at <= high
+    assert high - low <= timedelta(hours=3)
+    span = [at, at + timedelta(days=40)]
+    assert history.time_window([history.Point(kind="drift", at=t, value=0.1) for t in span]) == (
+        at - timedelta(days=2),
+        at + timedelta(days=42),
+    )
+
+
 def test_the_gauges_the_alert_and_the_dashboard_read() -> None:
     from prometheus_client import generate_latest
 

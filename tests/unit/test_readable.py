@@ -173,7 +173,8 @@ def test_the_status_command_fits_80_columns_without_breaking_a_word() -> None:
     assert "…" not in text
 
 
-def test_the_alias_history_table_is_newest_first_with_pipes_escaped() -> None:
+def test_the_alias_history_is_a_list_newest_first_in_plain_words() -> None:
+    """MLflow's UI draws markdown tables without borders or padding (#42): a list reads."""
     at = datetime(2026, 12, 6, 4, 14, tzinfo=UTC)
     moves = [
         alias_history.AliasMove(
@@ -182,11 +183,18 @@ def test_the_alias_history_table_is_newest_first_with_pipes_escaped() -> None:
         alias_history.AliasMove(
             alias="champion", from_version=1, to_version=2, at=at, actor="ci", reason="a | b\nc"
         ),
+        alias_history.AliasMove(
+            alias="challenger", from_version=3, to_version=None, at=at, actor="doctor", reason="x"
+        ),
     ]
-    table = alias_history.history_table(moves)
-    assert table[0] == "| when (UTC) | alias | from | to | by | why |"
-    assert table[2] == "| 2026-12-06 04:14 | champion | v1 | v2 | ci | a \\| b c |"
-    assert table[3] == "| 2026-12-06 04:14 | champion | - | v1 | ci | first |"
+    lines = alias_history.history_lines("churn", moves)
+    assert lines[0].startswith(alias_history.DESCRIPTION_HEADING)
+    assert "`conveyor history churn`" in lines[0]
+    assert lines[2:] == [
+        "- **2026-12-06 04:14 UTC** · `challenger` removed (was v3) · doctor · x",
+        "- **2026-12-06 04:14 UTC** · `champion` → v2 (was v1) · ci · a | b c",
+        "- **2026-12-06 04:14 UTC** · `champion` → v1 (was none) · ci · first",
+    ]
 
 
 def test_the_alias_history_is_the_registered_models_description(settings: Settings) -> None:
@@ -205,11 +213,37 @@ def test_the_alias_history_is_the_registered_models_description(settings: Settin
             reason=f"release {version}",
         )
         alias_history.record(settings, "readable", move)
-    description = client.get_registered_model("readable").description
-    own, table = description.split(alias_history.DESCRIPTION_HEADING)
-    assert own.strip() == "Written by a person."  # kept, and the table written once
-    rows = [line for line in table.splitlines() if line.startswith("| 20")]
-    assert [r.split("|")[4].strip() for r in rows] == ["v2", "v1"]
+    model = client.get_registered_model("readable")
+    own, listed = model.description.split(alias_history.DESCRIPTION_HEADING)
+    assert own.strip() == "Written by a person."  # kept, and the list written once
+    items = [line for line in listed.splitlines() if line.startswith("- ")]
+    assert [i.split("→ ")[1].split()[0] for i in items] == ["v2", "v1"]
+    # The record is MLflow-hidden tags: the model's page lists no JSON (#42).
+    visible = [k for k in model.tags if not k.startswith("mlflow.")]
+    assert visible == [], visible
+
+
+def test_a_history_an_older_conveyor_wrote_is_moved_out_of_sight(settings: Settings) -> None:
+    """Moves recorded as visible `conveyor.history.*` tags, under an older description table:
+    the next move keeps them all, hides their tags and rewrites the description once."""
+    from tasks.registry import mlflow_store
+
+    client = mlflow_store.client(settings)
+    old = alias_history.LEGACY_HEADINGS[0]
+    client.create_registered_model("older", description=f"Mine.\n\n{old}\n\n| a | table |")
+    at = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    first = alias_history.AliasMove(
+        alias="champion", from_version=None, to_version=1, at=at, actor="ci", reason="one"
+    )
+    key = f"{alias_history.LEGACY_PREFIX}{at:%Y%m%dT%H%M%S.%fZ}.champion"
+    client.set_registered_model_tag("older", key, first.model_dump_json())
+    second = first.model_copy(update={"from_version": 1, "to_version": 2, "at": datetime.now(UTC)})
+    alias_history.record(settings, "older", second)
+    model = client.get_registered_model("older")
+    assert [k for k in model.tags if not k.startswith("mlflow.")] == []
+    assert alias_history.moves(settings, "older") == [first, second]
+    assert old not in model.description and "| a | table |" not in model.description
+    assert model.description.startswith("Mine.\n\n" + alias_history.DESCRIPTION_HEADING)
 
 
 def test_links_open_mlflow_in_its_machine_learning_mode(settings: Settings) -> None:
@@ -301,4 +335,42 @@ def test_a_link_needs_no_mlflow_read_when_the_experiment_is_known(settings: Sett
     )
     assert ui_links.artifact_url(settings, "runs:/0123abcd/model_card.md") == ui_links.run_url(
         settings, "0123abcd"
+    )
+
+
+def test_the_readme_names_candidates_and_refused_nan_as_they_are() -> None:
+    """README said NaN got a 400 in one place and a 500 in another, and named candidates
+    `<name>-candidate` (#42)."""
+    from tasks.core.names import candidate_name
+
+    text = Path("README.md").read_text()
+    assert not re.search(r"(?<!orphan)-candidate", text)  # `orphan-candidate` is a doctor kind
+    assert candidate_name("fraud-detector", 2) in text
+    flat = " ".join(text.split())
+    assert "NaN in any other feature is refused (HTTP 500 `INTERNAL`" in flat
+    assert "with a 400" not in flat
+
+
+def test_served_by_names_the_edge_and_every_replica(tmp_path: Path) -> None:
+    """A release through the edge was said to be "served by" its first replica alone (#42):
+    callers reach the edge, which balances over every replica."""
+    from flows.export import ExportResult
+    from flows.release import ReleaseResult
+    from tasks.serving.rollout import ServingState
+    from tasks.serving.triton_ports import Endpoint
+
+    first, second = Endpoint(http="127.0.0.1:8000", grpc="127.0.0.1:8001"), "replica 2 (h:8010)"
+    serving = ServingState(
+        endpoint=first, model="m", versions=[3], replicas=["replica 1 (h:8000)", second]
+    )
+    result = ReleaseResult.model_construct(export=ExportResult.model_construct(serving=serving))
+    edge = Settings(home=tmp_path, edge_http_url="h:8443", edge_ca_file=tmp_path / "ca.crt")
+    assert result.served_by(edge) == (
+        "the edge https://h:8443 → replica 1 (h:8000), replica 2 (h:8010)"
+    )
+    assert result.served_by(Settings(home=tmp_path)) == "replica 1 (h:8000), replica 2 (h:8010)"
+    alone = serving.model_copy(update={"replicas": ["triton 127.0.0.1:8000"]})
+    result = ReleaseResult.model_construct(export=ExportResult.model_construct(serving=alone))
+    assert result.served_by(Settings(home=tmp_path)) == (
+        "Triton http://127.0.0.1:8000, gRPC 127.0.0.1:8001"
     )

@@ -148,3 +148,21 @@ def test_a_named_task_wins_and_a_contradicting_one_is_refused(tmp_path: Path) ->
     _frame().assign(label=np.where(np.arange(600) % 2, "a", "b")).to_parquet(text)
     with pytest.raises(InitError, match="a regression needs numbers"):
         init_spec(str(text), "label", "t", tmp_path / "specs", Task.regression)
+
+
+def test_a_numeric_column_with_placeholders_is_named_as_such_not_as_free_text(
+    tmp_path: Path,
+) -> None:
+    """`n/a` where a value is missing made init call a numeric column "an identifier or free
+    text" (#42); it now says what the data gate would say, and how to fix it."""
+    frame = _frame()
+    income = frame["income"].round(2).astype(object)
+    income[income.isna()] = "n/a"
+    source = tmp_path / "placeholders.csv"
+    frame.assign(income=income).to_csv(source, index=False)
+    result = init_spec(str(source), "label", None, tmp_path / "specs")
+    [skipped] = [s for s in result.skipped if s.name == "income"]
+    assert skipped.why.startswith("numbers, but ")
+    assert "'n/a' (" in skipped.why and "leave a missing value empty" in skipped.why
+    assert "free text" not in skipped.why
+    assert "region" not in {s.name for s in result.skipped}  # real text stays a category

@@ -12,75 +12,18 @@ the doctor holds it, so nothing it removes can belong to a live release.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from mlflow.exceptions import MlflowException
-from pydantic import BaseModel
 
 from tasks.core import lease, names
-from tasks.core.errors import ConveyorError
 from tasks.core.settings import Settings
 from tasks.core.storage import StorageError, Store, open_store, repository_versions, verify_dir
-from tasks.registry import approval, known_specs, mlflow_store, model_registry, tracking
+from tasks.ops.doctor.edge import edge_problems
+from tasks.ops.doctor.problems import DoctorReport, Problem
+from tasks.registry import approval_state, known_specs, mlflow_store, model_registry, tracking
 from tasks.registry.registry_state import RegistryState, read_registry_state
 from tasks.serving import edge_routes, replicas, triton_client, triton_server
 
-Kind = Literal[
-    "triton-down",
-    "replica-down",
-    "stray-stubs",
-    "alias-unservable",
-    "not-served",
-    "unaliased-served",
-    "dangling-challenger",
-    "orphan-candidate",
-    "orphan-version",
-    "staged-upload",
-    "stale-run",
-    "stale-route",
-    "release-running",
-]
-
-
-# Leftovers of an in-flight release are only problems once nobody holds the model's lease.
-LEFTOVERS = {
-    "dangling-challenger",
-    "orphan-candidate",
-    "orphan-version",
-    "staged-upload",
-    "stale-run",
-    "stale-route",
-}
-
-
 STAGING_PREFIXES = (".staging", ".removing-")
-
-
-class Problem(BaseModel):
-    model: str | None
-    kind: Kind
-    detail: str
-    repair: str  # what --repair does about it
-    key: str | None = None  # the repository key or Triton model name it concerns
-    repaired: bool = False
-
-    def line(self) -> str:
-        done = " [repaired]" if self.repaired else ""
-        return f"{self.model or '(server)'}: {self.kind}: {self.detail}{done}"
-
-
-class DoctorReport(BaseModel):
-    models: list[str]
-    problems: list[Problem]
-
-    @property
-    def clean(self) -> bool:
-        # A live release is not a broken invariant; its leftovers are not judged while it runs.
-        return all(p.repaired or p.kind == "release-running" for p in self.problems)
-
-
-class DoctorError(ConveyorError):
-    """`conveyor doctor` found problems it did not (or could not) repair."""
 
 
 def fleet(settings: Settings) -> list[str]:
@@ -103,7 +46,11 @@ def serving_replicas(settings: Settings) -> list[replicas.Replica]:
 def server_problems(settings: Settings) -> list[Problem]:
     """The embedded Triton: dead while its state says it runs, or stubs of a dead server. A
     replica of the fleet: not answering (conveyor does not run them, their platform restarts
-    them; the repair that follows serves the champion on it)."""
+    them; the repair that follows serves the champion on it). The edge's certificate."""
+    return triton_problems(settings) + edge_problems(settings)
+
+
+def triton_problems(settings: Settings) -> list[Problem]:
     if not settings.embedded_triton:
         return [
             Problem(
@@ -238,9 +185,9 @@ def model_problems(
         )
     leftovers: list[Problem] = []
     challenger = aliases[model_registry.CHALLENGER]
-    waiting = approval.awaiting_in(state)
+    waiting = approval_state.awaiting_in(state)
     suspended = None
-    if waiting is not None and approval.can_still_resume(waiting):
+    if waiting is not None and approval_state.can_still_resume(waiting):
         # Suspended for its reviewer: its challenger, candidate and files are a live
         # release's, though no process holds the lease while it waits.
         suspended = waiting.version

@@ -3,24 +3,20 @@ repairs of what `tasks.ops.doctor.checks` finds, each under the model's lease.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 
 from tasks.core import lease
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, SpecError
 from tasks.core.storage import open_store
-from tasks.ops.doctor.checks import (
-    DoctorError,
-    DoctorReport,
-    Problem,
-    examine,
-    model_problems,
-    server_problems,
-    serving_replicas,
-)
-from tasks.registry import approval, known_specs, model_registry, tracking
+from tasks.ops.doctor.checks import examine, model_problems, serving_replicas, triton_problems
+from tasks.ops.doctor.edge import edge_address
+from tasks.ops.doctor.problems import DoctorError, DoctorReport, Problem
+from tasks.registry import approval, approval_state, known_specs, model_registry, tracking
 from tasks.registry.registry_state import RegistryState
-from tasks.serving import edge_routes, rollout, triton_client, triton_server
+from tasks.serving import edge_certificate, edge_routes, rollout, triton_client, triton_server
 
 
 def _repair_model(
@@ -66,7 +62,7 @@ def _repair_model(
             version = model_registry.alias_version(settings, model, model_registry.CHALLENGER)
             if version is not None:
                 ref = model_registry.version_ref(settings, model, version)
-                if approval.awaiting(settings, model) is not None:
+                if approval_state.awaiting(settings, model) is not None:
                     approval.record_expired(settings, ref)
                 model_registry.retire_candidate(settings, ref, "its release is no longer running")
         elif problem.kind == "orphan-candidate" and problem.key:
@@ -92,6 +88,12 @@ SERVER_REPAIRS = {"triton-down", "stray-stubs"}
 
 
 def _repair_server(settings: Settings, problems: list[Problem]) -> None:
+    for problem in problems:
+        address = edge_address(settings)
+        if problem.kind == "edge-certificate" and problem.key and address:
+            # The edge conveyor made (its CA's key is in `key`): a new certificate, a reload.
+            edge_certificate.renew(Path(problem.key), address)
+            problem.repaired = True
     problems = [p for p in problems if p.kind in SERVER_REPAIRS]
     if problems:
         # A clean restart: the dead group (stubs included) is ended, the repository reloaded.
@@ -141,7 +143,9 @@ def repair_leftovers(
     and its candidate's MLflow run is reused rather than closed. `state`: the registry state
     the release read under the lease. `LeftoversError` when a version no alias names would
     still be served."""
-    problems = server_problems(settings)
+    # The servers this release needs; the edge's certificate is doctor's (one renewal at a
+    # time, not one per model releasing).
+    problems = triton_problems(settings)
     _repair_server(settings, problems)
     mine = model_problems(settings, spec.name, holding_lease=True, state=state)
     _repair_model(settings, spec.name, mine, keep_runs=resuming, spec=spec)
