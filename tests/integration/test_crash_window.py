@@ -92,7 +92,8 @@ def test_killed_mid_swap_the_next_leased_command_serves_champion_and_previous_on
     wait_until(lambda: f"{NAME}:{new}" in loaded(site), "the swap", process)
     kill(process)
     # The crash window: unversioned requests reach the unpromoted version until the next
-    # leased command (README, "What callers see after a crash").
+    # leased command (docs/production.md, "What callers see between a crash and the next
+    # command").
     assert f"{NAME}:{new}" in loaded(site)
     if follow_up == "resume last":
         # Not forced again: the resume finishes the release as it was started.
