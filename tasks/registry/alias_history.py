@@ -41,8 +41,8 @@ def record(settings: Settings, name: str, move: AliasMove) -> None:
     """Keep a move that has just been made (the alias is already where it says)."""
     key = f"{HISTORY_PREFIX}{move.at.strftime('%Y%m%dT%H%M%S.%fZ')}.{move.alias}"
     client(settings).set_registered_model_tag(name, key, move.model_dump_json())
-    _move_legacy_tags(settings, name)
-    compact(settings, name)
+    # One read of the history tags serves the migration and the compaction.
+    compact(settings, name, _move_legacy_tags(settings, name, _history_tags(settings, name)))
     try:
         describe(settings, name)
     except MlflowException as exc:
@@ -116,22 +116,28 @@ def _history_tags(settings: Settings, name: str) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k.startswith((HISTORY_PREFIX, LEGACY_PREFIX))}
 
 
-def _move_legacy_tags(settings: Settings, name: str) -> None:
+def _move_legacy_tags(settings: Settings, name: str, tags: dict[str, str]) -> dict[str, str]:
     """Moves recorded under LEGACY_PREFIX, under HISTORY_PREFIX: written before deleted (an
-    interruption between leaves a move twice, which `moves` reads once)."""
+    interruption between leaves a move twice, which `moves` reads once). Returns the history
+    tags as they now are."""
     mlflow_client = client(settings)
-    for key, value in _history_tags(settings, name).items():
+    moved = {}
+    for key, value in tags.items():
         if key.startswith(LEGACY_PREFIX):
             new = HISTORY_PREFIX + key.removeprefix(LEGACY_PREFIX)
             mlflow_client.set_registered_model_tag(name, new, value)
             mlflow_client.delete_registered_model_tag(name, key)
+            key = new
+        moved[key] = value
+    return moved
 
 
-def compact(settings: Settings, name: str) -> int:
+def compact(settings: Settings, name: str, tags: dict[str, str] | None = None) -> int:
     """Archive the oldest moves once more than HISTORY_TAGS_KEPT + HISTORY_BATCH are tags; the
     archive is written before any tag is deleted, so a failure in between only duplicates moves
-    (`moves` reads each once). Returns how many moves were archived."""
-    tags = _history_tags(settings, name)
+    (`moves` reads each once). `tags`: the history tags already read. Returns how many moves
+    were archived."""
+    tags = _history_tags(settings, name) if tags is None else tags
     if len(tags) <= HISTORY_TAGS_KEPT + HISTORY_BATCH:
         return 0
     oldest = sorted(tags, key=_when)[: len(tags) - HISTORY_TAGS_KEPT]
