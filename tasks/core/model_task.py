@@ -1,7 +1,7 @@
 """What kind of model a spec describes, as plain data every floor may read: the task, the metrics
-each task is judged by (and which way is better), the estimator families that can learn it and the
-outputs it serves. The arithmetic behind these names is `tasks.modeling.kinds`, the one place the
-line dispatches on the task."""
+each task is judged by (and which way is better) and the outputs it serves. The estimator
+families that can learn each task are `tasks.core.families`; the arithmetic behind these names
+is `tasks.modeling.kinds`, the one place the line dispatches on the task."""
 
 from __future__ import annotations
 
@@ -61,28 +61,6 @@ DISPARITIES: dict[str, tuple[Literal["min", "max"], set[Task]]] = {
     "selection_rate_difference": ("max", {Task.binary}),
     "equalized_odds_difference": ("max", {Task.binary, Task.multiclass}),
     "error_gap": ("max", {Task.regression}),
-}
-
-Family = Literal[
-    "random_forest",
-    "hist_gradient_boosting",
-    "logistic_regression",
-    "ridge",
-    "xgboost",
-    "lightgbm",
-]
-CLASSIFIERS: set[str] = {
-    "random_forest",
-    "hist_gradient_boosting",
-    "logistic_regression",
-    "xgboost",
-    "lightgbm",
-}
-REGRESSORS: set[str] = {"random_forest", "hist_gradient_boosting", "ridge", "xgboost", "lightgbm"}
-FAMILIES: dict[Task, set[str]] = {
-    Task.binary: CLASSIFIERS,
-    Task.multiclass: CLASSIFIERS,
-    Task.regression: REGRESSORS,
 }
 
 # The served outputs: a classifier answers its class index and one probability per class; a

@@ -20,10 +20,10 @@ from pydantic import (
 )
 
 from tasks.core.errors import ConveyorError
+from tasks.core.families import FAMILIES, families_for
 from tasks.core.model_task import (
     DEFAULT_METRIC,
     DISPARITIES,
-    FAMILIES,
     METRICS,
     THRESHOLD_METRICS,
     Task,
@@ -178,10 +178,10 @@ class ModelSpec(BaseModel):
                 f"task multiclass needs target.classes of 3 or more values, got {classes}"
                 + (": two classes are `task: binary`" if classes and len(classes) == 2 else "")
             )
-        if self.estimator.family not in FAMILIES[task]:
+        if task not in FAMILIES[self.estimator.family].tasks:
             raise ValueError(
                 f"estimator family {self.estimator.family} cannot learn a {task.value} task; "
-                f"use one of {sorted(FAMILIES[task])}"
+                f"use one of {families_for(task)}"
             )
         known = METRICS[task]
         for where, metric in (

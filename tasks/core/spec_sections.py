@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.core.model_task import Family
+from tasks.core.families import FAMILIES
 
 
 class DataSpec(BaseModel):
@@ -26,9 +26,6 @@ class DataSpec(BaseModel):
     # defaults, a model unfair to that segment (`tasks.datasets.synthetic._age_bands`).
     bias: float = Field(default=0.0, ge=0, le=1)
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
-
-
-EstimatorFamily = Family
 
 
 class QualitySpec(BaseModel):
@@ -51,8 +48,15 @@ class QualitySpec(BaseModel):
 class EstimatorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    family: EstimatorFamily
+    family: str
     params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
+
+    @field_validator("family")
+    @classmethod
+    def _known(cls, family: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown estimator family {family!r}; use one of {list(FAMILIES)}")
+        return family
 
 
 class Dimension(BaseModel):

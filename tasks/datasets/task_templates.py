@@ -8,44 +8,23 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from tasks.core.model_task import Family, Task
+import yaml
+
+from tasks.core.families import FAMILIES
+from tasks.core.model_task import Task
 from tasks.datasets.target_inference import TargetInference
 
 # Families by the number of rows: a linear model where trees would overfit, trees beyond.
 SMALL_DATA_ROWS = 5_000
 LARGE_DATA_ROWS = 50_000
 
-TREE_SPACES = {
-    "random_forest": [
-        "n_estimators: {type: int, low: 50, high: 300}",
-        "max_depth: {type: int, low: 4, high: 16}",
-        "min_samples_leaf: {type: int, low: 1, high: 20}",
-    ],
-    "hist_gradient_boosting": [
-        "learning_rate: {type: float, low: 0.03, high: 0.3, log: true}",
-        "max_leaf_nodes: {type: int, low: 8, high: 64}",
-        "min_samples_leaf: {type: int, low: 10, high: 100}",
-    ],
-}
-SEARCH_SPACES: dict[str, list[str]] = TREE_SPACES | {
-    "logistic_regression": ["C: {type: float, low: 0.001, high: 100.0, log: true}"],
-    "ridge": ["alpha: {type: float, low: 0.01, high: 1000.0, log: true}"],
-}
-HGB_FIXED = ["max_iter: 200", "early_stopping: false"]
-# Fixed parameters per (task kind, family): a classifier's weights for rare classes.
-FIXED_PARAMS: dict[tuple[bool, str], list[str]] = {
-    (True, "logistic_regression"): ["class_weight: balanced"],
-    (True, "random_forest"): ["class_weight: balanced_subsample"],
-    (True, "hist_gradient_boosting"): HGB_FIXED,
-    (False, "ridge"): [],
-    (False, "random_forest"): [],
-    (False, "hist_gradient_boosting"): HGB_FIXED,
-}
 
-
-def choose_family(rows: int, has_nulls: bool, task: Task = Task.binary) -> tuple[Family, str]:
-    linear: Family = "ridge" if task is Task.regression else "logistic_regression"
+def choose_family(rows: int, has_nulls: bool, task: Task = Task.binary) -> tuple[str, str]:
+    """A family of the table for the data's size (`conveyor init` offers these three kinds; any
+    other family is one word in the written spec, its search space from the table)."""
+    linear = "ridge" if task is Task.regression else "logistic_regression"
     if rows < SMALL_DATA_ROWS:
         return linear, f"{rows:,} rows: a linear model, trees would overfit"
     if has_nulls or rows >= LARGE_DATA_ROWS:
@@ -152,9 +131,19 @@ TEMPLATES: dict[Task, Callable[[TargetInference, int], TaskText]] = {
 }
 
 
+def _yaml_lines(values: dict[str, Any]) -> list[str]:
+    """One `key: value` line each, values in YAML's flow style (`{type: int, low: 1, high: 9}`)."""
+
+    def flow(value: Any) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=200)
+        return text.strip().removesuffix("...").strip()
+
+    return [f"{key}: {flow(value)}" for key, value in values.items()]
+
+
 def fixed_params(task: Task, family: str) -> str:
-    return block(FIXED_PARAMS[(task is not Task.regression, family)])
+    return block(_yaml_lines(FAMILIES[family].fixed_params(task)))
 
 
 def search_space(family: str) -> str:
-    return block(SEARCH_SPACES[family])
+    return block(_yaml_lines(FAMILIES[family].search_space))

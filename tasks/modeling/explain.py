@@ -1,14 +1,14 @@
 """Why a model scores a row the way it does: additive contributions per feature (SHAP values),
 global importance, and reason codes.
 
-Contributions are exact for every family conveyor trains, and each has its own source:
-XGBoost and LightGBM compute them natively (`pred_contribs` / `pred_contrib`), scikit-learn's
-forests and histogram boosting go through shap's TreeExplainer (path-dependent, no background
-data needed), and the linear models' are coefficient x (value - background mean), what shap's
-LinearExplainer computes for independent features. They are taken on the Pipeline's encoded
+Contributions are exact for every family conveyor trains, and each family says how it takes
+them (`Family.contributions`, `tasks.core.families`): the boosting libraries natively, scikit-
+learn's trees through shap's TreeExplainer (path-dependent, no background data needed), the
+linear models as coefficient x (value - background mean), what shap's LinearExplainer computes
+for independent features. They are taken on the Pipeline's encoded
 columns and summed back to the spec's features (a category's one-hot columns are one feature),
 which keeps them additive: base value + the row's contributions is the model's raw output, in
-its own units (`LINKS`): log-odds for boosted and linear classifiers, a probability for random
+its own units (`Link`): log-odds for boosted and linear classifiers, a probability for random
 forests, the target's units for a regression.
 
 Reason codes explain a push toward the adverse outcome: a binary model's adverse class
@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 from sklearn.pipeline import Pipeline
 
+from tasks.core.families import FAMILIES
 from tasks.core.model_task import Task
 from tasks.core.spec import FeatureType, ModelSpec
 
@@ -34,7 +35,7 @@ Link = Literal["logit", "softmax", "probability", "identity"]
 def link_of(spec: ModelSpec) -> Link:
     if spec.task is Task.regression:
         return "identity"
-    if spec.estimator.family == "random_forest":
+    if FAMILIES[spec.estimator.family].link == "probability":
         return "probability"  # a forest averages its trees' class shares
     return "softmax" if spec.task is Task.multiclass else "logit"
 
@@ -92,53 +93,16 @@ def _by_feature(spec: ModelSpec, model: Pipeline, columns: np.ndarray) -> np.nda
     return out
 
 
-def _native(estimator: Any, encoded: np.ndarray, family: str, k: int) -> tuple[Any, Any]:
-    """XGBoost's and LightGBM's own exact tree SHAP: (n, k, m) values and (n, k) base."""
-    if family == "xgboost":
-        import xgboost
-
-        raw = estimator.get_booster().predict(xgboost.DMatrix(encoded), pred_contribs=True)
-    else:
-        raw = estimator.booster_.predict(encoded, pred_contrib=True)
-    raw = np.asarray(raw, dtype=np.float64).reshape(len(encoded), k, -1)
-    return raw[:, :, :-1], raw[:, :, -1]
-
-
-def _tree(estimator: Any, encoded: np.ndarray) -> tuple[Any, Any]:
-    import shap
-
-    explainer = shap.TreeExplainer(estimator)
-    values = np.asarray(explainer.shap_values(encoded, check_additivity=False), dtype=np.float64)
-    expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
-    # shap: (n, m) for one output, (n, m, k) for one per class; here always (n, k, m).
-    values = values[:, None, :] if values.ndim == 2 else values.transpose(0, 2, 1)
-    return values, np.broadcast_to(expected, (len(encoded), len(expected)))
-
-
-def _linear(estimator: Any, encoded: np.ndarray, background: np.ndarray) -> tuple[Any, Any]:
-    coef = np.atleast_2d(estimator.coef_).astype(np.float64)  # (k, m)
-    intercept = np.atleast_1d(estimator.intercept_).astype(np.float64)
-    mean = background.mean(axis=0)
-    values = (encoded - mean)[:, None, :] * coef[None, :, :]
-    base = intercept + coef @ mean
-    return values, np.broadcast_to(base, (len(encoded), len(base)))
-
-
 def contributions(
     spec: ModelSpec, model: Pipeline, features: np.ndarray, background: np.ndarray
 ) -> Contributions:
     """Every row's contributions per feature. `background`: rows (served features) whose mean
     is the linear models' reference point (the release's holdout); trees need none."""
-    family, estimator = spec.estimator.family, model[-1]
     encoded = np.asarray(model[:-1].transform(features), dtype=np.float64)
     k = spec.n_classes if spec.task is Task.multiclass else 1
-    if family in ("xgboost", "lightgbm"):
-        values, base = _native(estimator, encoded, family, k)
-    elif family in ("random_forest", "hist_gradient_boosting"):
-        values, base = _tree(estimator, encoded)
-    else:
-        reference = np.asarray(model[:-1].transform(background), dtype=np.float64)
-        values, base = _linear(estimator, encoded, reference)
+    reference = np.asarray(model[:-1].transform(background), dtype=np.float64)
+    explain = FAMILIES[spec.estimator.family].contributions
+    values, base = explain(model[-1], encoded, k, reference)
     return Contributions(
         link=link_of(spec), base=np.array(base), values=_by_feature(spec, model, values)
     )
@@ -185,16 +149,6 @@ class Importance(BaseModel):
         return lines
 
 
-METHOD = {
-    "xgboost": "XGBoost's native tree SHAP (pred_contribs)",
-    "lightgbm": "LightGBM's native tree SHAP (pred_contrib)",
-    "random_forest": "shap TreeExplainer (path-dependent)",
-    "hist_gradient_boosting": "shap TreeExplainer (path-dependent)",
-    "logistic_regression": "linear SHAP: coefficient x (value - holdout mean)",
-    "ridge": "linear SHAP: coefficient x (value - holdout mean)",
-}
-
-
 def global_importance(
     spec: ModelSpec, model: Pipeline, features: np.ndarray, seed: int = 0
 ) -> Importance:
@@ -206,7 +160,7 @@ def global_importance(
     mean_abs = np.abs(c.values).mean(axis=(0, 1))
     order = np.argsort(-mean_abs, kind="stable")
     return Importance(
-        method=METHOD[spec.estimator.family],
+        method=FAMILIES[spec.estimator.family].explanation,
         link=c.link,
         rows=len(features),
         features=[spec.feature_names[i] for i in order],

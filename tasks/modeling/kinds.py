@@ -1,12 +1,12 @@
 """The one place the line dispatches on the model's task. Each task (binary, multiclass,
-regression) is a `ModelKind`: which estimator a family builds for it, what the model's "scores"
-are (the positive class's probability, the class probabilities, or the predicted value), how they
-are judged, resampled, plotted and compared with what Triton serves. Every stage asks
-`kind_of(spec)` and calls the same methods; no stage copies the line per task."""
+regression) is a `ModelKind`: what the model's "scores" are (the positive class's probability,
+the class probabilities, or the predicted value), how they are judged, resampled, plotted and
+compared with what Triton serves. Every stage asks `kind_of(spec)` and calls the same methods;
+no stage copies the line per task. (Which estimator learns the task is the family's:
+`tasks.core.families`.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -14,118 +14,6 @@ import numpy as np
 from tasks.core.model_task import LABEL, PREDICTION, PROBABILITIES, Task, direction
 from tasks.core.spec import ModelSpec
 from tasks.modeling import scores as sc
-
-Params = dict[str, int | float | str | bool | None]
-Factory = Callable[[Params, int, int], Any]
-
-
-def _sklearn(kind: str, classifier: bool) -> Factory:
-    def make(params: Params, seed: int, n_jobs: int) -> Any:
-        from sklearn import ensemble, linear_model
-
-        if kind == "random_forest":
-            cls = ensemble.RandomForestClassifier if classifier else ensemble.RandomForestRegressor
-            return cls(random_state=seed, n_jobs=n_jobs, **params)
-        if kind == "hist_gradient_boosting":
-            cls = (
-                ensemble.HistGradientBoostingClassifier
-                if classifier
-                else ensemble.HistGradientBoostingRegressor
-            )
-            return cls(random_state=seed, **params)
-        if kind == "logistic_regression":
-            return linear_model.LogisticRegression(random_state=seed, max_iter=2000, **params)
-        return linear_model.Ridge(**params)
-
-    return make
-
-
-def _xgboost(classifier: bool) -> Factory:
-    def make(params: Params, seed: int, n_jobs: int) -> Any:
-        # Imported when used: the CLI and every binary sklearn release skip its start-up cost.
-        import xgboost
-
-        cls = xgboost.XGBClassifier if classifier else xgboost.XGBRegressor
-        return cls(random_state=seed, n_jobs=n_jobs, tree_method="hist", **params)
-
-    return make
-
-
-def _lightgbm(classifier: bool) -> Factory:
-    def make(params: Params, seed: int, n_jobs: int) -> Any:
-        import lightgbm
-
-        cls = lightgbm.LGBMClassifier if classifier else lightgbm.LGBMRegressor
-        # verbose=-1: LightGBM prints its own progress lines to stdout, past Prefect's logger.
-        return cls(random_state=seed, n_jobs=n_jobs, verbose=-1, **params)
-
-    return make
-
-
-def _families(classifier: bool) -> dict[str, Factory]:
-    sklearn_families = ["random_forest", "hist_gradient_boosting"] + (
-        ["logistic_regression"] if classifier else ["ridge"]
-    )
-    return {name: _sklearn(name, classifier) for name in sklearn_families} | {
-        "xgboost": _xgboost(classifier),
-        "lightgbm": _lightgbm(classifier),
-    }
-
-
-# The types skops must be told to trust when MLflow saves each family (pickle stays out).
-SKOPS_TRUSTED: dict[str, list[str]] = {
-    "random_forest": ["sklearn.tree._tree.Tree"],
-    "hist_gradient_boosting": ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
-    "logistic_regression": [],
-    "ridge": [],
-    "xgboost": [
-        "xgboost.core.Booster",
-        "xgboost.sklearn.XGBClassifier",
-        "xgboost.sklearn.XGBRegressor",
-    ],
-    "lightgbm": [
-        "collections.OrderedDict",
-        "lightgbm.basic.Booster",
-        "lightgbm.sklearn.LGBMClassifier",
-        "lightgbm.sklearn.LGBMRegressor",
-    ],
-}
-
-
-def _float32_below(value: float) -> float:
-    """The largest float32 not above `value`: for any float32 x, x <= value iff x <= this."""
-    snapped = np.float32(value)
-    if float(snapped) > value:
-        snapped = np.nextafter(snapped, np.float32(-np.inf))
-    return float(snapped)
-
-
-def snap_to_served_precision(estimator: Any) -> None:
-    """Make a fitted LightGBM model decide on float32 inputs exactly as its ONNX graph does.
-
-    LightGBM keeps split thresholds as float64; ONNX's TreeEnsemble holds them as float32, and
-    rounding a threshold up past a float32 feature value flips that row's branch (a 3-class model
-    answered one holdout row in 5,000 with probabilities 0.023 apart). Served features are FP32,
-    and no FP32 value lies between a threshold and the largest FP32 below it, so replacing each
-    threshold by that value leaves every answer to an FP32 input unchanged, here and in ONNX.
-    (XGBoost already splits in float32; scikit-learn's trees convert exactly.)"""
-    if type(estimator).__module__.split(".")[0] != "lightgbm":
-        return
-    import re
-
-    import lightgbm
-
-    text = estimator.booster_.model_to_string()
-
-    def snap(match: re.Match[str]) -> str:
-        values = (repr(_float32_below(float(v))) for v in match.group(1).split())
-        return "threshold=" + " ".join(values)
-
-    snapped = re.sub(r"^threshold=(.*)$", snap, text, flags=re.MULTILINE)
-    # The header's byte offsets of each tree no longer hold; without them LightGBM reads the
-    # trees one after another.
-    snapped = re.sub(r"^tree_sizes=.*\n", "", snapped, flags=re.MULTILINE)
-    estimator._Booster = lightgbm.Booster(model_str=snapped)
 
 
 class ModelKind(Protocol):
@@ -139,7 +27,6 @@ class ModelKind(Protocol):
     drift_column: str
     drift_categorical: bool
 
-    def estimator(self, family: str, params: Params, seed: int, n_jobs: int) -> Any: ...
     def scores(self, model: Any, features: np.ndarray) -> np.ndarray: ...
     def served_scores(self, outputs: dict[str, np.ndarray]) -> np.ndarray: ...
     def evaluate(
@@ -169,10 +56,6 @@ def _plots() -> Any:
 class _Classifier:
     thresholded: ClassVar[bool] = False
     outputs: ClassVar[list[str]] = [LABEL, PROBABILITIES]
-    _factories: ClassVar[dict[str, Factory]] = _families(classifier=True)
-
-    def estimator(self, family: str, params: Params, seed: int, n_jobs: int) -> Any:
-        return self._factories[family](params, seed, n_jobs)
 
     def strata(self, target: np.ndarray) -> list[np.ndarray]:
         # Resampled within each class: a resample of a rare class's rows keeps its base rate.
@@ -285,10 +168,6 @@ class Regression:
     drift_column = "prediction"
     drift_categorical = False
     outputs: ClassVar[list[str]] = [PREDICTION]
-    _factories: ClassVar[dict[str, Factory]] = _families(classifier=False)
-
-    def estimator(self, family: str, params: Params, seed: int, n_jobs: int) -> Any:
-        return self._factories[family](params, seed, n_jobs)
 
     def scores(self, model: Any, features: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict(features), dtype=np.float64).reshape(-1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 
 import numpy as np
@@ -17,6 +16,7 @@ from sklearn.pipeline import Pipeline
 
 from tasks.core.attempts import RESUMABLE
 from tasks.core.errors import ConveyorError
+from tasks.core.families import family_of
 from tasks.core.model_task import INPUT, LABEL, PREDICTION, PROBABILITIES
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
@@ -139,52 +139,6 @@ def _as_column(model: onnx.ModelProto, raw_name: str, name: str, dtype: int) -> 
     return model
 
 
-# onnxmltools' tree converters emit the `ai.onnx.ml` domain's TreeEnsemble of version 3 and refuse
-# a newer one; opset 17 is what skl2onnx's other operators need and onnxruntime serves.
-BOOSTER_OPSET = {"": 17, "ai.onnx.ml": 3}
-
-
-@functools.cache
-def _register_boosters() -> None:
-    """Teach skl2onnx the XGBoost and LightGBM estimators (onnxmltools' converters), once per
-    process, so a Pipeline holding one converts like any scikit-learn one."""
-    import lightgbm
-    import xgboost
-    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
-    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (
-        calculate_linear_classifier_output_shapes,
-        calculate_linear_regressor_output_shapes,
-    )
-
-    classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-    for cls, alias, converter in (
-        (xgboost.XGBClassifier, "XGBoostXGBClassifier", convert_xgboost),
-        (lightgbm.LGBMClassifier, "LightGbmLGBMClassifier", convert_lightgbm),
-    ):
-        update_registered_converter(
-            cls,
-            alias,
-            calculate_linear_classifier_output_shapes,
-            converter,
-            options=classifier_options,
-        )
-    update_registered_converter(
-        xgboost.XGBRegressor,
-        "XGBoostXGBRegressor",
-        calculate_linear_regressor_output_shapes,
-        convert_xgboost,
-    )
-    update_registered_converter(
-        lightgbm.LGBMRegressor,
-        "LightGbmLGBMRegressor",
-        calculate_linear_regressor_output_shapes,
-        convert_lightgbm,
-        options={"split": None},
-    )
-
-
 # A feature with no range in the spec is still bounded to finite FP32: infinity is no value.
 FP32_MAX = float(np.finfo(np.float32).max)
 
@@ -257,10 +211,8 @@ def convert(
     feature's (low, high) range (`input_bounds`), enforced inside the graph by clipping.
     """
     estimator = model.steps[-1][1]
-    opset = None
-    if type(estimator).__module__.split(".")[0] in ("xgboost", "lightgbm"):
-        _register_boosters()
-        opset = BOOSTER_OPSET
+    # The family teaches skl2onnx its estimator (once) and says which opsets its graph uses.
+    opset = family_of(estimator).onnx_converters()
     classifier = hasattr(estimator, "predict_proba")
     converted = to_onnx(
         model,
@@ -313,14 +265,16 @@ def check_parity(
     flips = ties = 0
     if LABEL in outputs:
         served, expected = outputs[PROBABILITIES], model.predict_proba(features)
-        flipped = outputs[LABEL].reshape(-1) != model.predict(features)
+        # reshape: a library may answer a multiclass label as a column, [N, 1].
+        flipped = outputs[LABEL].reshape(-1) != np.asarray(model.predict(features)).reshape(-1)
         top_two = np.sort(expected[flipped], axis=1)[:, -2:]
         flips = int(flipped.sum())
         # A row whose two likeliest classes are this close may flip by rounding alone.
         ties = int((top_two[:, 1] - top_two[:, 0] <= 2 * bound).sum())
         what = "probability"
     else:
-        served, expected = outputs[PREDICTION].reshape(-1), model.predict(features)
+        served = outputs[PREDICTION].reshape(-1)
+        expected = np.asarray(model.predict(features)).reshape(-1)
         what = "prediction"
     diff = np.abs(served - expected).reshape(len(features), -1).max(axis=1)
     report = ParityReport(

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.core.attempts import RESUMABLE
+from tasks.core.families.family import Params
 from tasks.core.logs import run_logger
 from tasks.core.model_task import direction
 from tasks.core.settings import Settings
@@ -25,7 +26,7 @@ from tasks.datasets.data import (
     to_features,
     to_target,
 )
-from tasks.modeling.kinds import Params, kind_of
+from tasks.modeling.kinds import kind_of
 from tasks.modeling.training import SearchSummary, TrialSummary, build_pipeline
 from tasks.registry import tracking
 

@@ -18,6 +18,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tasks.core.attempts import RESUMABLE
+from tasks.core.families import FAMILIES
+from tasks.core.families.family import Params
 from tasks.core.model_task import Task
 from tasks.core.orchestration import root_flow_run
 from tasks.core.settings import Settings
@@ -34,7 +36,7 @@ from tasks.datasets.data import (
 )
 from tasks.modeling import explain
 from tasks.modeling.evaluation import close_figures, operating_threshold
-from tasks.modeling.kinds import SKOPS_TRUSTED, Params, kind_of, snap_to_served_precision
+from tasks.modeling.kinds import kind_of
 from tasks.modeling.scores import Metrics
 from tasks.registry import tracking, ui_links
 
@@ -44,11 +46,8 @@ SKOPS_TRUSTED_IMPUTER = ["numpy.dtype"]
 
 def skops_trusted(spec: ModelSpec) -> list[str]:
     imputed = any(f.nullable and f.type is not FeatureType.category for f in spec.features)
-    return SKOPS_TRUSTED[spec.estimator.family] + (SKOPS_TRUSTED_IMPUTER if imputed else [])
-
-
-# Families whose fit depends on the features' scale (the others are trees).
-SCALED = {"logistic_regression", "ridge"}
+    trusted = list(FAMILIES[spec.estimator.family].trusted_types)
+    return trusted + (SKOPS_TRUSTED_IMPUTER if imputed else [])
 
 
 def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = -1) -> Pipeline:
@@ -63,8 +62,9 @@ def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = 
     categories = [
         [float(i) for i in range(len(spec.features[i].categories or []))] for i in categorical
     ]
+    family = FAMILIES[spec.estimator.family]
     # Trees do not care about scale; linear models do.
-    numeric_step = StandardScaler() if spec.estimator.family in SCALED else "passthrough"
+    numeric_step = StandardScaler() if family.scaled else "passthrough"
     transformers: list[tuple[str, object, list[int]]] = [("numeric", numeric_step, numeric)]
     if nullable:
         # Imputed rather than left to the estimator: linear models cannot take NaN, and one
@@ -82,10 +82,7 @@ def build_pipeline(spec: ModelSpec, params: Params | None = None, n_jobs: int = 
     return Pipeline(
         [
             ("features", ColumnTransformer(transformers)),
-            (
-                "estimator",
-                kind_of(spec).estimator(spec.estimator.family, params, spec.data.seed, n_jobs),
-            ),
+            ("estimator", family.build(spec.task, params, spec.data.seed, n_jobs)),
         ]
     )
 
@@ -103,7 +100,7 @@ def fit(
                 "remove the class from the spec"
             )
     model = build_pipeline(spec, params).fit(features, target)
-    snap_to_served_precision(model[-1])
+    FAMILIES[spec.estimator.family].served_precision(model[-1])
     # Trained on every core, but served a row at a time: with n_jobs=-1 each predict pays joblib's
     # dispatch (about 50 ms per batch-1 call on 2 cores), which anyone serving this MLflow model
     # directly (`mlflow models serve`, a pickle behind FastAPI) would inherit.

@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from pydantic import BaseModel
 
+from tasks.core.families import FAMILIES
 from tasks.core.orchestration import root_flow_run
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
@@ -54,12 +55,6 @@ SPEC_ARTIFACT = "spec.json"
 # MLflow's inference, which loads the model in a subprocess (about 8 s a release) and lists whatever
 # the training process had imported (pytest, dask, rich) as the model's requirements.
 MODEL_REQUIREMENTS = ("scikit-learn", "numpy", "scipy", "skops")
-# The distribution a model's library comes from where the names differ (xgboost's CPU build).
-DISTRIBUTIONS = {"xgboost": "xgboost-cpu"}
-
-
-def _dist(name: str) -> str:
-    return DISTRIBUTIONS.get(name, name)
 
 
 class DataRef(Protocol):
@@ -219,10 +214,7 @@ def log_candidate(
         # A classifier's pyfunc answers probabilities (what callers act on), a regressor's its
         # prediction.
         predict_fn = "predict_proba" if hasattr(model, "predict_proba") else "predict"
-        estimator_module = type(model.steps[-1][1]).__module__.split(".")[0]
-        requirements = MODEL_REQUIREMENTS + tuple(
-            name for name in ("xgboost", "lightgbm") if name == estimator_module
-        )
+        requirements = MODEL_REQUIREMENTS + FAMILIES[spec.estimator.family].requirements
         from mlflow import sklearn as mlflow_sklearn
 
         info = mlflow_sklearn.log_model(
@@ -231,7 +223,7 @@ def log_candidate(
             signature=infer_signature(example, getattr(model, predict_fn)(example)),
             input_example=example[:2],
             skops_trusted_types=trusted_types,
-            pip_requirements=[f"{_dist(name)}=={version(_dist(name))}" for name in requirements],
+            pip_requirements=[f"{name}=={version(name)}" for name in requirements],
             pyfunc_predict_fn=predict_fn,
         )
     return run.model_copy(update={"model_uri": info.model_uri})

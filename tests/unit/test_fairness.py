@@ -23,7 +23,8 @@ from tasks.modeling.evaluation import FairnessError, GateError, ValidationReport
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.reason_codes import reason_table
 from tasks.modeling.training import fit
-from tests.unit.test_model_kinds import MULTICLASS, REGRESSION, spec_with
+from tests.families import CASES, MULTICLASS, REGRESSION, case_id, with_family
+from tests.unit.test_model_kinds import spec_with
 
 CREDIT = Path("deployments/models/credit-default.yaml")
 
@@ -216,30 +217,9 @@ def test_segment_columns_are_in_the_data_contract() -> None:
     assert "age_band" not in spec.feature_names
 
 
-CASES = [
-    (CREDIT, "hist_gradient_boosting", {"max_iter": 20}),
-    (CREDIT, "random_forest", {"n_estimators": 10, "max_depth": 6}),
-    (CREDIT, "logistic_regression", {}),
-    (CREDIT, "xgboost", {"n_estimators": 20, "max_depth": 3}),
-    (CREDIT, "lightgbm", {"n_estimators": 20, "num_leaves": 8}),
-    (MULTICLASS, "hist_gradient_boosting", {"max_iter": 10}),
-    (MULTICLASS, "random_forest", {"n_estimators": 10, "max_depth": 6}),
-    (MULTICLASS, "logistic_regression", {}),
-    (MULTICLASS, "xgboost", {"n_estimators": 10, "max_depth": 3}),
-    (MULTICLASS, "lightgbm", {"n_estimators": 10, "num_leaves": 8}),
-    (REGRESSION, "hist_gradient_boosting", {"max_iter": 20}),
-    (REGRESSION, "random_forest", {"n_estimators": 10, "max_depth": 6}),
-    (REGRESSION, "ridge", {}),
-    (REGRESSION, "xgboost", {"n_estimators": 20, "max_depth": 3}),
-    (REGRESSION, "lightgbm", {"n_estimators": 20, "num_leaves": 8}),
-]
-
-
-@pytest.mark.parametrize(("path", "family", "params"), CASES, ids=lambda c: str(c))
-def test_contributions_reproduce_every_familys_scores(
-    path: Path, family: str, params: dict[str, object]
-) -> None:
-    spec = small(load_spec(path), family, params)
+@pytest.mark.parametrize(("path", "family"), CASES, ids=case_id)
+def test_contributions_reproduce_every_familys_scores(path: Path, family: str) -> None:
+    spec = with_family(load_spec(path), family)
     frame = generate(spec.data.source, 900, 5, spec.data.positive_rate, 0.0)
     features, target = to_features(frame, spec), to_target(frame, spec)
     model = fit(spec, features[:700], target[:700])

@@ -55,7 +55,8 @@ def imports(path: Path, known: dict[str, Path]) -> set[str]:
 
 def test_packages_import_only_downwards_and_without_cycles() -> None:
     known = modules()
-    graph = {name: imports(path, known) for name, path in known.items()}
+    # A package that imports its own submodules (a table of them) is not a cycle.
+    graph = {name: imports(path, known) - {name} for name, path in known.items()}
     upwards = [
         f"{a} imports {b}"
         for a, targets in graph.items()

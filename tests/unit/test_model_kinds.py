@@ -30,9 +30,7 @@ from tasks.modeling.kinds import kind_of
 from tasks.modeling.onnx import check_parity, convert, input_bounds, predict_outputs
 from tasks.modeling.training import build_pipeline, fit
 from tasks.serving.model_config import config_text, parse_config, render_config
-
-MULTICLASS = Path("deployments/models/merchant-category.yaml")
-REGRESSION = Path("deployments/models/loss-given-default.yaml")
+from tests.families import CASES, MULTICLASS, REGRESSION, case_id, quick_params, with_family
 
 
 def spec_with(base: Path, tmp_path: Path, **changes: object) -> Path:
@@ -184,27 +182,15 @@ def test_gates_are_floors_or_ceilings_by_metric() -> None:
 
 def small(base: Path, rows: int = 1500) -> tuple[ModelSpec, pd.DataFrame]:
     spec = load_spec(base)
-    return spec, generate(spec.data.source, rows, spec.data.seed, 0.0, 0.0)
+    return spec, generate(spec.data.source, rows, spec.data.seed, spec.data.positive_rate, 0.0)
 
 
-@pytest.mark.parametrize(
-    "family", ["random_forest", "hist_gradient_boosting", "xgboost", "lightgbm"]
-)
-@pytest.mark.parametrize("base", [MULTICLASS, REGRESSION])
+@pytest.mark.parametrize(("base", "family"), CASES, ids=case_id)
 def test_every_family_converts_with_parity_on_the_whole_holdout(base: Path, family: str) -> None:
+    """Every family of the table, for every task it learns: fitted as a release fits it, its
+    graph keeps the served contract and matches it on every holdout row."""
     spec, frame = small(base)
-    spec = spec.model_copy(
-        update={
-            "estimator": spec.estimator.model_copy(
-                update={
-                    "family": family,
-                    "params": {"n_estimators": 40}
-                    if family != "hist_gradient_boosting"
-                    else {"max_iter": 40},
-                }
-            )
-        }
-    )
+    spec = with_family(spec, family, quick_params(family, spec.task, rounds=40))
     train, holdout = split(frame, stratify_on(spec), 0.25, 0)
     model = fit(spec, to_features(train, spec), to_target(train, spec))
     features = to_features(holdout, spec)
@@ -221,27 +207,6 @@ def test_every_family_converts_with_parity_on_the_whole_holdout(base: Path, fami
         assert set(outputs) == {LABEL, PROBABILITIES}
         assert outputs[LABEL].shape == (len(holdout), 1)
         assert outputs[PROBABILITIES].shape == (len(holdout), spec.n_classes)
-
-
-def test_linear_regression_family_converts(tmp_path: Path) -> None:
-    spec = load_spec(
-        spec_with(
-            REGRESSION,
-            tmp_path,
-            **{"estimator.family": "ridge", "estimator.params": {}, "search.space": {}},
-        )
-    )
-    _, frame = small(REGRESSION)
-    model = fit(spec, to_features(frame, spec), to_target(frame, spec))
-    scale = kind_of(spec).parity_scale(to_target(frame, spec))
-    report = check_parity(
-        model,
-        convert(model, spec.n_features),
-        to_features(frame, spec),
-        spec.smoke.tolerance,
-        scale,
-    )
-    assert report.passed
 
 
 def test_a_lightgbm_model_answers_float32_rows_exactly_as_its_onnx_graph() -> None:

@@ -9,17 +9,14 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
+from tasks.core.families import families_for
+from tasks.core.model_task import Task
 from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.datasets.data import to_features, to_target
 from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import ParityError, check_parity, convert, predict, rounding_bound
 from tasks.modeling.training import build_pipeline
-
-FAMILIES = {
-    "random_forest": {"n_estimators": 20, "max_depth": 8},
-    "hist_gradient_boosting": {"max_iter": 30},
-    "logistic_regression": {"C": 1.0},
-}
+from tests.families import with_family
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +26,14 @@ def data() -> tuple[ModelSpec, np.ndarray, np.ndarray]:
     return spec, to_features(frame, spec), to_target(frame, spec)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_family_converts_with_parity(data, family: str) -> None:
+@pytest.mark.parametrize("family", families_for(Task.binary))
+def test_every_binary_family_converts_with_parity_on_every_row(data, family: str) -> None:
     spec, features, target = data
-    spec = spec.model_copy(
-        update={
-            "estimator": spec.estimator.model_copy(
-                update={"family": family, "params": FAMILIES[family]}
-            )
-        }
-    )
-    model = build_pipeline(spec).fit(features, target)
+    model = build_pipeline(with_family(spec, family)).fit(features, target)
     exported = convert(model, spec.n_features)
     report = check_parity(model, exported, features, tolerance=1e-5)
     assert report.label_flips == 0
-    assert report.max_abs_diff <= 1e-5
+    assert report.rows_over == 0 and report.passed
     assert report.rows == len(features)
 
 
@@ -114,8 +104,7 @@ def test_the_rounding_bound_grows_with_trees_and_is_nothing_without_them(data) -
 
 
 def _family(spec: ModelSpec, family: str) -> Pipeline:
-    estimator = spec.estimator.model_copy(update={"family": family, "params": FAMILIES[family]})
-    return build_pipeline(spec.model_copy(update={"estimator": estimator}))
+    return build_pipeline(with_family(spec, family))
 
 
 def _edited(onnx_bytes: bytes, edit: Callable[[dict], None]) -> bytes:
