@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.core.families import (
+    catboost_trees,
     hist_gradient_boosting,
     lightgbm_trees,
     logistic_regression,
@@ -27,6 +28,7 @@ FAMILIES: dict[str, Family] = {
         ridge.FAMILY,
         xgboost_trees.FAMILY,
         lightgbm_trees.FAMILY,
+        catboost_trees.FAMILY,
     )
 }
 
