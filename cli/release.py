@@ -263,10 +263,10 @@ def _check_init_arguments(source: str, name: str | None) -> None:
     if problem:
         raise ConveyorError(f"--name {problem}")
     if "://" not in source and not Path(source).exists():
-        raise ConveyorError(
-            f"--from {source} does not exist: pass a CSV or Parquet file, a folder of them, or "
-            "an s3://bucket/prefix"
-        )
+        # Only on the error: the table of sources imports pyarrow.
+        from tasks.datasets.sources import forms
+
+        raise ConveyorError(f"--from {source} does not exist: pass one of: {forms()}")
 
 
 @app.command()

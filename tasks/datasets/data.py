@@ -1,34 +1,28 @@
-"""Datasets: reading sources, Parquet load/save, split, fingerprint, encoding (the synthetic
-generators are `tasks.datasets.synthetic`)."""
+"""Datasets: the release's snapshot of its source, Parquet load/save, split, fingerprint,
+encoding (the sources themselves are `tasks.datasets.sources`, the synthetic generators
+`tasks.datasets.synthetic`)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 from sklearn.model_selection import train_test_split
 
 from tasks.core.attempts import RESUMABLE
-from tasks.core.errors import ConveyorError
 from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets import synthetic
 from tasks.datasets.not_numbers import PLACEHOLDER_FIX, examples_of, not_numbers
-
-
-class DataError(ConveyorError):
-    """The data does not match the spec."""
+from tasks.datasets.sources import pinned, read_source
+from tasks.datasets.sources.files import DataError
 
 
 class DatasetRef(BaseModel):
@@ -38,12 +32,16 @@ class DatasetRef(BaseModel):
     sha256: str
     rows: int
     positives: int
+    # The source as it was read, pinned where it has versions (a Delta table's): reading this
+    # again gives these rows. None for a split or a synthetic source.
+    read_from: str | None = None
 
 
 class SplitResult(BaseModel):
     train: DatasetRef
     holdout: DatasetRef
     source_sha256: str  # the snapshot both were cut from: what "the same data" means
+    read_from: str | None = None  # the snapshot's source, pinned (`DatasetRef.read_from`)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
@@ -182,54 +180,6 @@ def to_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     return codes
 
 
-SUFFIXES = (".parquet", ".csv")
-PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
-
-
-# Only an empty cell is a null. pyarrow's defaults also read "n/a", "NA", "null", "nan" and
-# others as nulls: a column of such strings would then be reported as nulls, not as the text it
-# is, and a category named "NA" would vanish.
-CSV_CONVERT = pa_csv.ConvertOptions(null_values=[""], strings_can_be_null=True)
-# Separators a CSV export may have used instead of commas, as they are said to the user.
-OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
-
-
-def read_bytes(data: bytes, name: str) -> pd.DataFrame:
-    """Columnar readers (pyarrow) for both formats: no row-by-row parsing of large files."""
-    if not data:
-        raise DataError(f"{name} is empty (0 bytes); point the spec's data.source at real data")
-    if name.endswith(".parquet"):
-        table = pq.read_table(pa.BufferReader(data))
-    else:
-        table = pa_csv.read_csv(pa.BufferReader(data), convert_options=CSV_CONVERT)
-        _require_commas(table.column_names, name)
-    _require_unique_header(table.column_names, name)
-    return table.to_pandas()
-
-
-def _require_commas(header: list[str], name: str) -> None:
-    if len(header) != 1:
-        return
-    for delimiter, said in OTHER_DELIMITERS.items():
-        if delimiter in header[0]:
-            raise DataError(
-                f"{name} looks separated by {said}, not commas: its header is one column "
-                f"{header[0][:80]!r}. conveyor reads comma-separated CSV; re-export it with "
-                "commas (or as Parquet)."
-            )
-
-
-def _require_unique_header(header: list[str], name: str) -> None:
-    seen: dict[str, int] = {}
-    for position, column in enumerate(header, start=1):
-        if column in seen:
-            raise DataError(
-                f"the header of {name} names `{column}` twice (columns {seen[column]} and "
-                f"{position}): rename one, or drop the copy, so that each column is one feature."
-            )
-        seen[column] = position
-
-
 def require_numbers(frame: pd.DataFrame, spec: ModelSpec, source: str) -> None:
     """Numeric and integer features must hold numbers: text in such a column (a "n/a" marker, a
     decimal comma, a word) is named as text, with examples, not left to read as nulls."""
@@ -251,91 +201,9 @@ def require_numbers(frame: pd.DataFrame, spec: ModelSpec, source: str) -> None:
         )
 
 
-def local_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise DataError(
-            f"data source {path} does not exist; fix data.source in the spec (a .parquet or .csv "
-            "file, a folder of them, s3://bucket/prefix, or synthetic)"
-        )
-    if path.is_file():
-        if path.suffix not in SUFFIXES:
-            raise DataError(f"{path} is neither .parquet nor .csv")
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-    if not files:
-        raise DataError(f"folder {path} holds no .parquet or .csv files")
-    return files
-
-
-def newest_partition(keys: list[str]) -> str | None:
-    """The newest `date=YYYY-MM-DD` partition among the keys, or None if they are not dated."""
-    dates = {m.group(1) for key in keys if (m := PARTITION.search(key))}
-    return f"date={max(dates)}" if dates else None
-
-
-def _in_newest(names: list[str]) -> tuple[list[str], str | None]:
-    newest = newest_partition(names)
-    return [n for n in names if newest is None or newest in n], newest
-
-
-def s3_objects(uri: str, newest_only: bool = False) -> list[tuple[str, bytes]]:
-    """Objects under s3://bucket/prefix (only its newest date partition if asked: the others are
-    not downloaded). Credentials and endpoint come from the standard AWS variables
-    (AWS_ENDPOINT_URL points boto3 at MinIO or another S3-compatible store)."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    client = boto3.client("s3")
-    try:
-        keys = [
-            item["Key"]
-            for page in client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=prefix
-            )
-            for item in page.get("Contents", [])
-            if item["Key"].endswith(SUFFIXES)
-        ]
-        if not keys:
-            raise DataError(f"no .parquet or .csv objects under {uri}")
-        if newest_only:
-            keys, _ = _in_newest(keys)
-        return [
-            (key, client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in sorted(keys)
-        ]
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
-            raise DataError(
-                f"S3 bucket {bucket!r} does not exist ({uri}); fix data.source"
-            ) from exc
-        if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}:
-            raise DataError(
-                f"S3 refused access to {uri} ({code}); check AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY and the bucket policy"
-            ) from exc
-        raise DataError(f"S3 error reading {uri}: {code or exc}") from exc
-    except BotoCoreError as exc:
-        raise DataError(f"cannot reach S3 for {uri}: {exc}; check AWS_ENDPOINT_URL") from exc
-
-
-def read_source(source: str, newest_only: bool = False) -> tuple[pd.DataFrame, str | None]:
-    """A local file or folder, or s3://bucket/prefix, read whole or only its newest
-    `date=YYYY-MM-DD` partition; returns the rows and the partition read (None: all of it)."""
-    if source.startswith("s3://"):
-        objects = s3_objects(source, newest_only)
-        newest = newest_partition([key for key, _ in objects]) if newest_only else None
-        parts = [read_bytes(data, key) for key, data in objects]
-    else:
-        files = {str(path): path for path in local_files(Path(source))}
-        names, newest = _in_newest(list(files)) if newest_only else (list(files), None)
-        parts = [read_bytes(files[name].read_bytes(), name) for name in names]
-    return (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]), newest
-
-
-def load_source(spec: ModelSpec) -> pd.DataFrame:
-    """The spec's data: synthetic, a local file or folder, or s3://bucket/prefix."""
-    source = spec.data.source
+def load_source(spec: ModelSpec, source: str | None = None) -> pd.DataFrame:
+    """The spec's data (or `source`, the same pinned): synthetic, or any registered source."""
+    source = source or spec.data.source
     if synthetic.is_synthetic(source):
         d = spec.data
         return synthetic.generate(source, d.rows, d.seed, d.positive_rate, d.drift, d.bias)
@@ -347,8 +215,11 @@ def load_source(spec: ModelSpec) -> pd.DataFrame:
 def snapshot(spec: ModelSpec, settings: Settings) -> DatasetRef:
     """Read the source once and keep a content-addressed copy: every later step, and lineage,
     refers to exactly these rows."""
-    frame = load_source(spec)
-    return save_dataset(frame, settings.data_dir / spec.name, "source", spec.target.name)
+    source = spec.data.source
+    read_from = None if synthetic.is_synthetic(source) else pinned(source)
+    frame = load_source(spec, read_from)
+    ref = save_dataset(frame, settings.data_dir / spec.name, "source", spec.target.name)
+    return ref.model_copy(update={"read_from": read_from})
 
 
 def split_dataset(spec: ModelSpec, settings: Settings, data: DatasetRef) -> SplitResult:
@@ -360,6 +231,7 @@ def split_dataset(spec: ModelSpec, settings: Settings, data: DatasetRef) -> Spli
         train=save_dataset(train, directory, "train", spec.target.name),
         holdout=save_dataset(holdout, directory, "holdout", spec.target.name),
         source_sha256=data.sha256,
+        read_from=data.read_from,
     )
 
 

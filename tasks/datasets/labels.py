@@ -4,22 +4,13 @@ target, and a sentence saying where they came from."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from tasks.core.spec import ModelSpec
 from tasks.datasets import synthetic
-from tasks.datasets.data import (
-    PARTITION,
-    DataError,
-    local_files,
-    read_bytes,
-    read_source,
-    require_numbers,
-    s3_objects,
-)
+from tasks.datasets.data import DataError, read_source, require_numbers
+from tasks.datasets.sources import source_of
 
 
 def degrade(frame: pd.DataFrame, target: str, share: float, seed: int) -> pd.DataFrame:
@@ -38,15 +29,11 @@ def degrade(frame: pd.DataFrame, target: str, share: float, seed: int) -> pd.Dat
 def _newest_labelled(spec: ModelSpec, source: str) -> tuple[pd.DataFrame, str]:
     """The newest `date=` partition of `source` whose target is filled (labels arrive late, so
     the newest partitions usually have none yet); its rows with a target."""
-    if source.startswith("s3://"):
-        parts = [(key, data) for key, data in s3_objects(source)]
-    else:
-        parts = [(str(path), path.read_bytes()) for path in local_files(Path(source))]
-    dates = sorted({m.group(1) for key, _ in parts if (m := PARTITION.search(key))}, reverse=True)
+    reader = source_of(source)
+    dates: list[str | None] = [*sorted(reader.partitions(source), reverse=True)]
     target = spec.target.name
     for date in dates or [None]:
-        chosen = [(k, d) for k, d in parts if date is None or f"date={date}" in k]
-        frame = pd.concat([read_bytes(d, k) for k, d in chosen], ignore_index=True)
+        frame = reader.read(source, date)
         if target not in frame.columns:
             raise DataError(
                 f"the labelled batch {source} ({f'date={date}' if date else 'all of it'}) has no "

@@ -22,8 +22,9 @@ from tasks.core.errors import ConveyorError
 from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.datasets.data import DataError, load_dataset, read_bytes, to_features
+from tasks.datasets.data import DataError, load_dataset, to_features
 from tasks.datasets.row_contract import require_rows
+from tasks.datasets.sources.files import read_bytes
 from tasks.modeling import explain
 from tasks.modeling.kinds import kind_of
 from tasks.registry import known_specs, model_registry, tracking

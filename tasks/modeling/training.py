@@ -213,6 +213,7 @@ def train_candidate(
         tracking.TAG_HOLDOUT: data.holdout.sha256,
         tracking.TAG_HOLDOUT_URI: data.holdout.uri,
         tracking.TAG_TRAIN_URI: data.train.uri,
+        **({tracking.TAG_READ_FROM: data.read_from} if data.read_from else {}),
         tracking.TAG_CODE: tracking.code_version(),
         tracking.TAG_FLOW_RUN: flow_run_id,
         tracking.TAG_SPEC: spec_fingerprint(spec),

@@ -40,13 +40,16 @@ TAG_CODE = "conveyor.code_version"
 TAG_FLOW_RUN = "conveyor.flow_run_id"
 TAG_HOLDOUT_URI = "conveyor.holdout_uri"
 TAG_TRAIN_URI = "conveyor.train_uri"  # the drift check's reference
+# The source as the snapshot read it, pinned where it has versions (a Delta table at its version):
+# reading it again reproduces the release's rows.
+TAG_READ_FROM = "conveyor.source_read"
 TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
 TAG_TASK = "conveyor.task"  # binary, multiclass or regression: what the version answers
 TAG_THRESHOLD_SOURCE = "conveyor.operating_threshold_source"  # what it was chosen on
 # Where the splits lie on the host that trained the version: the run's record (the drift and
 # outcome checks read them there), not the version's, whose page a reviewer reads (#42).
-RUN_ONLY_TAGS = frozenset({TAG_HOLDOUT_URI, TAG_TRAIN_URI})
+RUN_ONLY_TAGS = frozenset({TAG_HOLDOUT_URI, TAG_TRAIN_URI, TAG_READ_FROM})
 ONNX_ARTIFACT = "onnx/model.onnx"
 # The spec a candidate was released with: what repair and rollback read when no fleet file
 # names the model (`tasks.registry.known_specs`).

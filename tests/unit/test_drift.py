@@ -3,7 +3,7 @@ from pathlib import Path
 
 from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, load_spec
-from tasks.datasets.data import newest_partition
+from tasks.datasets.sources.files import newest_partition
 from tasks.datasets.synthetic import generate_transactions
 from tasks.ops.drift import load_current
 from tasks.ops.retrain import claim_retrain
