@@ -44,7 +44,17 @@ def _s3(base: Path, days: Days) -> str:
     return "s3://lake/tx"
 
 
-WRITERS: dict[str, Callable[[Path, Days], str]] = {"local": _local, "s3": _s3}
+def _delta(base: Path, days: Days) -> str:
+    from deltalake import write_deltalake
+
+    for day, frame in days.items():
+        write_deltalake(
+            base / "delta", frame.assign(date=day), partition_by=["date"], mode="append"
+        )
+    return str(base / "delta")
+
+
+WRITERS: dict[str, Callable[[Path, Days], str]] = {"local": _local, "s3": _s3, "delta": _delta}
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +92,32 @@ def test_every_source_reads_whole_newest_pinned_and_for_init(
     spec = load_spec(init_spec(uri, "is_fraud", f"from-{name}", tmp_path / "specs").path)
     assert spec.data.source == uri and spec.task.value == "binary"
     assert "amount" in spec.feature_names
+
+
+def test_a_delta_table_is_released_at_its_version_and_unchanged_until_it_moves(
+    prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deltalake import write_deltalake
+
+    from flows.release import release_flow
+    from tasks.core.settings import Settings
+    from tasks.modeling.unchanged import UnchangedModel
+    from tasks.registry import tracking
+    from tests.conftest import write_spec
+
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
+    table = tmp_path / "transactions"
+    frame = generate_transactions(3000, seed=8, fraud_rate=0.05)
+    write_deltalake(table, frame.iloc[:2000])
+    write_deltalake(table, frame.iloc[2000:], mode="append")  # version 1: all 3,000 rows
+    spec_path = write_spec(tmp_path, **{"data.source": f"delta://{table}"})
+    first = release_flow(str(spec_path))
+    run = tracking.run_tags(Settings(), first.run_id)
+    assert run[tracking.TAG_READ_FROM] == f"delta://{table}?version=1"
+    assert first.train.rows + first.holdout.rows == 3000
+    # The table has not moved: nothing to rebuild.
+    assert isinstance(release_flow(str(spec_path)), UnchangedModel)
+    # The pinned read is what the release saw, after the table moved on.
+    write_deltalake(table, frame.iloc[:100], mode="append")
+    assert len(read_source(run[tracking.TAG_READ_FROM])[0]) == 3000
+    assert len(read_source(f"delta://{table}")[0]) == 3100

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.datasets.sources import local, s3
+from tasks.datasets.sources import delta, local, s3
 from tasks.datasets.sources.source import MissingSourceError, Source
 
 # Asked in order: the first that claims a URI reads it; `local` claims whatever is left.
-SOURCES: dict[str, Source] = {source.name: source for source in (s3.SOURCE, local.SOURCE)}
+SOURCES: dict[str, Source] = {
+    source.name: source for source in (s3.SOURCE, delta.SOURCE, local.SOURCE)
+}
 
 
 def source_of(uri: str) -> Source:
