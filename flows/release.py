@@ -16,6 +16,7 @@ from flows.validation import validation_flow
 from tasks.core import lease, pushgateway
 from tasks.core.attempts import attempt_results, prune_results_task
 from tasks.core.errors import ConveyorError, ServiceUnavailableError
+from tasks.core.gates import MODEL_GATES, set_gates
 from tasks.core.orchestration import subflows_without_heartbeats
 from tasks.core.progress import stage
 from tasks.core.settings import Settings
@@ -375,6 +376,7 @@ def _release(
         retention = retire_old_versions_task(settings, spec)
         step.figure = retention.summary()[:70]
     skipped = {"approval": approval is None, "canary": canary is None}
+    skipped |= {name: name not in set_gates(spec.gates) for name in MODEL_GATES}  # not run
     for gate in pushgateway.GATES:
         if not skipped.get(gate, False):
             obs.gate(gate, True)

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.core import credentials
 from tasks.core.errors import ConveyorError
+from tasks.core.gates import MODEL_GATES
 from tasks.core.logs import Logger, run_logger
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
@@ -56,6 +57,7 @@ GATES = (
     "data_quality",
     "model_validation",
     "fairness",
+    *MODEL_GATES,
     "onnx_parity",
     "repository_integrity",
     "smoke_test",

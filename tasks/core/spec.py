@@ -21,6 +21,7 @@ from pydantic import (
 
 from tasks.core.errors import ConveyorError
 from tasks.core.families import FAMILIES, families_for
+from tasks.core.gates import GatesSpec, gates_problem
 from tasks.core.model_task import (
     DEFAULT_METRIC,
     DISPARITIES,
@@ -45,6 +46,7 @@ from tasks.core.spec_sections import (
     Thresholds,
     ValidationSpec,
 )
+from tasks.core.spec_yaml import DuplicateKeyError, UniqueKeyLoader
 
 SPEC_DIR = Path("deployments/models")
 DEFAULT_SPEC = SPEC_DIR / "fraud-detector.yaml"
@@ -148,6 +150,14 @@ class ModelSpec(BaseModel):
     fairness: FairnessSpec = Field(default_factory=FairnessSpec)
     explanations: ExplanationsSpec = Field(default_factory=ExplanationsSpec)
     outcomes: OutcomesSpec = Field(default_factory=OutcomesSpec)
+    # The model gates of the table (`tasks.core.gates`), each off unless its section is set.
+    gates: GatesSpec = Field(default_factory=GatesSpec)  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _gates_fit(self) -> ModelSpec:
+        if problem := gates_problem(self.task, self.gates):
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelSpec:
@@ -331,27 +341,6 @@ class ModelSpec(BaseModel):
         return 1 if adverse is None else self.class_names.index(str(adverse))
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    """A YAML mapping names one key twice."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the last
-    value silently, so a reviewer reading the first one would be misled about what runs."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[object, yaml.Mark] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise DuplicateKeyError(
-                    f"`{key}` is written twice in one mapping (lines {seen[key].line + 1} and "
-                    f"{key_node.start_mark.line + 1}); keep the one you mean"
-                )
-            seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
@@ -380,7 +369,7 @@ def load_spec(path: Path | str) -> ModelSpec:
             f"CONVEYOR_SPEC).{hint}"
         )
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader subclass
     except DuplicateKeyError as exc:
         raise SpecError(f"model spec {path}: {exc}") from None
     except yaml.YAMLError as exc:

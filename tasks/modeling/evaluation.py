@@ -3,6 +3,7 @@ challenger comparison by a paired, seeded bootstrap on any metric of the task.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from sklearn.metrics import precision_recall_curve
 
 from tasks.core.errors import ConveyorError
+from tasks.core.gates.gate import GateReport
 from tasks.core.model_task import Task, direction
 from tasks.core.spec import EvaluationSpec, ModelSpec, Thresholds
 from tasks.modeling.fairness import FairnessReport
@@ -28,6 +30,14 @@ class FairnessError(GateError):
     """A model passed its thresholds but failed a fairness gate (a segment or a disparity)."""
 
     gate = "fairness"
+
+
+class ModelGateError(GateError):
+    """A model passed the gates before it but failed one of the table's (`tasks.core.gates`)."""
+
+    def __init__(self, message: str, gate: str) -> None:
+        super().__init__(message)
+        self.gate = gate
 
 
 def operating_threshold(target: np.ndarray, scores: np.ndarray, spec: EvaluationSpec) -> float:
@@ -109,6 +119,7 @@ class ValidationReport(BaseModel):
     comparison: Comparison | None
     fairness: FairnessReport | None = None
     champion: int | None = None  # the version the challenger was judged beside, if any
+    gates: list[GateReport] = []  # the table's gates the spec sets, in the table's order
 
     @property
     def performance_passed(self) -> bool:
@@ -117,7 +128,8 @@ class ValidationReport(BaseModel):
 
     @property
     def passed(self) -> bool:
-        return self.performance_passed and (self.fairness is None or self.fairness.passed)
+        fair = self.fairness is None or self.fairness.passed
+        return self.performance_passed and fair and all(g.passed for g in self.gates)
 
     @property
     def verdict(self) -> str:
@@ -128,6 +140,7 @@ class ValidationReport(BaseModel):
             reasons.append(f"not {self.comparison.rule.replace('_', '-')} to the champion")
         if self.fairness is not None and not self.fairness.passed:
             reasons.append(f"{len(self.fairness.failures)} fairness gate(s) failed")
+        reasons += [f"the {g.gate} gate failed" for g in self.gates if not g.passed]
         return "rejected: " + "; ".join(reasons)
 
     def tags(self) -> dict[str, str]:
@@ -161,10 +174,28 @@ class ValidationReport(BaseModel):
         )
         if self.fairness is not None:
             lines += ["", self.fairness.markdown().replace("# ", "## ", 1)]
+        for gate in self.gates:
+            lines += ["", *gate.lines]
         return "\n".join(lines)
 
 
 CHUNK = 100  # resamples scored at once: bounds memory to CHUNK x rows weights
+
+
+def resample_weights(spec: ModelSpec, target: np.ndarray, resamples: int) -> Iterator[np.ndarray]:
+    """The release's bootstrap, as chunks of weights (at most CHUNK resamples x rows each): a
+    resample is a vector of counts (multinomial within each stratum). A classifier's are
+    stratified by class: with a rare class an unstratified resample can hold too few of it for
+    a metric. Seeded by `validation.seed`: every call yields the same resamples, so two models
+    scored on them are paired."""
+    rng = np.random.default_rng(spec.validation.seed)
+    strata = kind_of(spec).strata(target)
+    for start in range(0, resamples, CHUNK):
+        size = min(CHUNK, resamples - start)
+        weights = np.zeros((size, len(target)))
+        for rows in strata:
+            weights[:, rows] = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size)
+        yield weights
 
 
 def paired_bootstrap(
@@ -175,25 +206,14 @@ def paired_bootstrap(
     champion: np.ndarray,
 ) -> tuple[float, float, float]:
     """(difference, CI low, CI high) of metric(challenger) - metric(champion), with the spec's
-    validation resamples, confidence and seed.
-
-    Both models are scored on the same resampled rows (paired). A classifier's resamples are
-    stratified by class: with a rare class an unstratified resample can hold too few of it for
-    the metric. A resample is a vector of counts (multinomial within each stratum), i.e. sample
-    weights, which the task's kind scores in one vectorised pass."""
+    validation resamples, confidence and seed: both models scored on the same resampled rows
+    (`resample_weights`), in one vectorised pass per chunk by the task's kind."""
     kind, v = kind_of(spec), spec.validation
-    rng = np.random.default_rng(v.seed)
-    strata = kind.strata(target)
-    differences = []
-    for start in range(0, v.resamples, CHUNK):
-        size = min(CHUNK, v.resamples - start)
-        weights = np.zeros((size, len(target)))
-        for rows in strata:
-            weights[:, rows] = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size)
-        differences.append(
-            kind.weighted(spec, metric, target, challenger, weights)
-            - kind.weighted(spec, metric, target, champion, weights)
-        )
+    differences = [
+        kind.weighted(spec, metric, target, challenger, weights)
+        - kind.weighted(spec, metric, target, champion, weights)
+        for weights in resample_weights(spec, target, v.resamples)
+    ]
     tail = (1 - v.confidence) / 2 * 100
     low, high = np.percentile(np.concatenate(differences), [tail, 100 - tail])
     point = kind.point(spec, metric, target, challenger) - kind.point(
@@ -243,8 +263,14 @@ def require_valid(report: ValidationReport) -> None:
         details.append(report.comparison.summary())
     if report.fairness is not None:
         details += [f"fairness: {failure}" for failure in report.fairness.failures]
-    error = GateError if not report.performance_passed else FairnessError
-    raise error(
+    failed_gates = [gate for gate in report.gates if not gate.passed]
+    details += [failure for gate in failed_gates for failure in gate.failures]
+    message = (
         f"challenger rejected: {'; '.join(details)}. Nothing was registered and "
         f"{model_registry.what_stays(report.champion)}."
     )
+    if not report.performance_passed:
+        raise GateError(message)
+    if report.fairness is not None and not report.fairness.passed:
+        raise FairnessError(message)
+    raise ModelGateError(message, failed_gates[0].gate)

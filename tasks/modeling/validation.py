@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.core.errors import ConveyorError
+from tasks.core.gates import MODEL_GATES, set_gates
+from tasks.core.gates.gate import GateInputs
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets.data import load_dataset, to_features, to_target
 from tasks.modeling import disparity, fairness
-from tasks.modeling.evaluation import ValidationReport, compare, threshold_failures
+from tasks.modeling.evaluation import (
+    ValidationReport,
+    compare,
+    resample_weights,
+    threshold_failures,
+)
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.training import TrainResult
 from tasks.registry import model_registry, tracking
@@ -29,7 +38,8 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
         comparison=None,
         champion=champion,
     )
-    if champion is None and not spec.segments.columns:
+    gates = set_gates(spec.gates)
+    if champion is None and not spec.segments.columns and not gates:
         return metrics_only  # the training step's holdout metrics decide: nothing to re-score
     holdout = load_dataset(train.holdout.uri)
     features, target = to_features(holdout, spec), to_target(holdout, spec)
@@ -70,18 +80,31 @@ def validate(settings: Settings, spec: ModelSpec, train: TrainResult) -> Validat
             if champion_scores is None
             else disparity.predictions(spec, champion_scores, champion_threshold),
         )
-    return metrics_only.model_copy(update={"comparison": comparison, "fairness": report})
+    inputs = {
+        "task": spec.task,
+        "target": target,
+        "challenger": challenger_scores,
+        "champion": champion_scores,
+        "champion_version": champion,
+        "resample": functools.partial(resample_weights, spec, target),
+        "confidence": spec.validation.confidence,
+    }
+    judged = [
+        MODEL_GATES[name].evaluate(GateInputs(settings=section, **inputs))
+        for name, section in gates.items()
+    ]
+    return metrics_only.model_copy(
+        update={"comparison": comparison, "fairness": report, "gates": judged}
+    )
 
 
 @task(name="validate-candidate")
 def validate_task(settings: Settings, spec: ModelSpec, train: TrainResult) -> ValidationReport:
     report = validate(settings, spec, train)
-    tracking.log_to_run(
-        settings,
-        train.run_id,
-        metrics=report.fairness.mlflow_metrics() if report.fairness else None,
-        tags=report.tags(),
-    )
+    metrics = report.fairness.mlflow_metrics() if report.fairness else {}
+    for gate in report.gates:
+        metrics |= gate.metrics
+    tracking.log_to_run(settings, train.run_id, metrics=metrics or None, tags=report.tags())
     if report.fairness is not None:
         tracking.log_run_artifact(
             settings,
@@ -93,7 +116,8 @@ def validate_task(settings: Settings, spec: ModelSpec, train: TrainResult) -> Va
         key=f"validation-{spec.name}",
         markdown=report.markdown(),
         description=f"Model gate of {spec.name}: thresholds, champion comparison"
-        + (", performance by segment and fairness" if report.fairness else ""),
+        + (", performance by segment and fairness" if report.fairness else "")
+        + "".join(f", {gate.gate}" for gate in report.gates),
     )
     logger = get_run_logger()
     if report.comparison is not None:

@@ -171,6 +171,7 @@ def render(settings: Settings, spec: ModelSpec, evidence: ReleaseEvidence) -> st
             "",
             answer_sentence(spec, m),
             "",
+            *[line for gate in validation.gates for line in (*gate.lines, "")],
             *review_sections(spec, evidence),
             "## Serving",
             f"- ONNX sha256 `{onnx.sha256}`; parity with the trained model: "
