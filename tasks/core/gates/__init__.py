@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, create_model
 
+from tasks.core.gates import calibration
 from tasks.core.gates.gate import ModelGate
 from tasks.core.model_task import Task
 
-MODEL_GATES: dict[str, ModelGate] = {gate.name: gate for gate in ()}
+MODEL_GATES: dict[str, ModelGate] = {gate.name: gate for gate in (calibration.GATE,)}
 
 # The spec's `gates:` section: one optional section per gate, a gate off while its section is
 # absent; a name the table does not know is refused.
