@@ -39,6 +39,10 @@ class ModelGateError(GateError):
         super().__init__(message)
         self.gate = gate
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Pickled with its gate (a failed task's state carries the exception across processes).
+        return type(self), (str(self), self.gate)
+
 
 def operating_threshold(target: np.ndarray, scores: np.ndarray, spec: EvaluationSpec) -> float:
     """The score above which a transaction is flagged: best F1, or the lowest threshold that

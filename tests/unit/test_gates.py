@@ -6,6 +6,7 @@ one, and holds a challenger to the champion's calibration."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,8 @@ def test_calibration_refuses_an_overconfident_model_with_its_interval() -> None:
     with pytest.raises(ModelGateError, match="calibration: expected calibration error") as refused:
         require_valid(validation)
     assert refused.value.gate == "calibration"
+    # A failed task's state carries the exception across processes: it keeps its gate.
+    assert pickle.loads(pickle.dumps(refused.value)).gate == "calibration"
     assert "## Calibration" in validation.markdown()
 
 
