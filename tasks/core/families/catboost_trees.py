@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.families.family import ALL_TASKS, Family, Opsets, Params, split_contributions
+from tasks.core.families.family import (
+    ALL_TASKS,
+    Family,
+    Opsets,
+    Params,
+    register_converters,
+    split_contributions,
+)
 from tasks.core.model_task import Task
 
 
@@ -72,26 +79,15 @@ def _convert(scope: Any, operator: Any, container: Any) -> None:
 
 @functools.cache
 def converters() -> Opsets:
+    """CatBoost's own export as a skl2onnx converter, registered once per process."""
     import catboost
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (
-        calculate_linear_classifier_output_shapes,
-        calculate_linear_regressor_output_shapes,
-    )
 
-    update_registered_converter(
+    register_converters(
         catboost.CatBoostClassifier,
-        "CatBoostCatBoostClassifier",
-        calculate_linear_classifier_output_shapes,
-        _convert,
-        parser=_parse_classifier,
-        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
-    )
-    update_registered_converter(
         catboost.CatBoostRegressor,
-        "CatBoostCatBoostRegressor",
-        calculate_linear_regressor_output_shapes,
+        "CatBoost",
         _convert,
+        classifier_parser=_parse_classifier,
     )
     # CatBoost exports ai.onnx.ml's TreeEnsemble of version 2; the Pipeline's own operators
     # take skl2onnx's opset 17, as the other boosting families'.

@@ -38,6 +38,40 @@ def skl2onnx_native() -> Opsets:
     return None
 
 
+def register_converters(
+    classifier: type,
+    regressor: type,
+    prefix: str,
+    convert: Callable[..., None],
+    classifier_parser: Callable[..., Any] | None = None,
+    regressor_options: dict[str, Any] | None = None,
+) -> None:
+    """Teach skl2onnx a library's classifier and regressor, so a Pipeline holding one converts
+    like any scikit-learn one: its shape calculators, `convert`, and the classifier options the
+    served contract sets (ZipMap off)."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    update_registered_converter(
+        classifier,
+        f"{prefix}{classifier.__name__}",
+        calculate_linear_classifier_output_shapes,
+        convert,
+        parser=classifier_parser,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+    update_registered_converter(
+        regressor,
+        f"{prefix}{regressor.__name__}",
+        calculate_linear_regressor_output_shapes,
+        convert,
+        options=regressor_options,
+    )
+
+
 def unchanged(estimator: Any) -> None:
     """A fitted estimator whose float32 answers already equal its graph's."""
 

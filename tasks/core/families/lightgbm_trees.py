@@ -14,6 +14,7 @@ from tasks.core.families.family import (
     Family,
     Opsets,
     Params,
+    register_converters,
     split_contributions,
 )
 from tasks.core.model_task import Task
@@ -35,28 +36,16 @@ def contributions(estimator: Any, encoded: np.ndarray, k: int, background: np.nd
 
 @functools.cache
 def converters() -> Opsets:
-    """Teach skl2onnx LightGBM's estimators (onnxmltools' converter), once per process."""
+    """onnxmltools' LightGBM converter, registered once per process."""
     import lightgbm
     from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (
-        calculate_linear_classifier_output_shapes,
-        calculate_linear_regressor_output_shapes,
-    )
 
-    update_registered_converter(
+    register_converters(
         lightgbm.LGBMClassifier,
-        "LightGbmLGBMClassifier",
-        calculate_linear_classifier_output_shapes,
-        convert_lightgbm,
-        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
-    )
-    update_registered_converter(
         lightgbm.LGBMRegressor,
-        "LightGbmLGBMRegressor",
-        calculate_linear_regressor_output_shapes,
+        "LightGbm",
         convert_lightgbm,
-        options={"split": None},
+        regressor_options={"split": None},
     )
     return BOOSTER_OPSET
 

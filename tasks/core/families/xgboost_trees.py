@@ -13,6 +13,7 @@ from tasks.core.families.family import (
     Family,
     Opsets,
     Params,
+    register_converters,
     split_contributions,
 )
 from tasks.core.model_task import Task
@@ -36,29 +37,11 @@ def contributions(estimator: Any, encoded: np.ndarray, k: int, background: np.nd
 
 @functools.cache
 def converters() -> Opsets:
-    """Teach skl2onnx XGBoost's estimators (onnxmltools' converter), once per process, so a
-    Pipeline holding one converts like any scikit-learn one."""
+    """onnxmltools' XGBoost converter, registered once per process."""
     import xgboost
     from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-    from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import (
-        calculate_linear_classifier_output_shapes,
-        calculate_linear_regressor_output_shapes,
-    )
 
-    update_registered_converter(
-        xgboost.XGBClassifier,
-        "XGBoostXGBClassifier",
-        calculate_linear_classifier_output_shapes,
-        convert_xgboost,
-        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
-    )
-    update_registered_converter(
-        xgboost.XGBRegressor,
-        "XGBoostXGBRegressor",
-        calculate_linear_regressor_output_shapes,
-        convert_xgboost,
-    )
+    register_converters(xgboost.XGBClassifier, xgboost.XGBRegressor, "XGBoost", convert_xgboost)
     return BOOSTER_OPSET
 
 
