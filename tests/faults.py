@@ -22,7 +22,7 @@ from tasks.core.storage import open_store, repository_versions, verify_dir
 from tasks.datasets.data import to_features
 from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import predict
-from tasks.ops.doctor import checks
+from tasks.ops.doctor import checks, scene
 from tasks.registry import model_registry
 from tasks.serving import triton_client, triton_server
 from tests.conftest import ROOT
@@ -124,7 +124,7 @@ def loaded(site: Site) -> list[str]:
 
 
 def next_version(site: Site) -> int:
-    return max(checks.registered_versions(site.settings, site.name), default=0) + 1
+    return max(scene.registered_versions(site.settings, site.name), default=0) + 1
 
 
 def candidate_ready(site: Site, version: int) -> bool:
@@ -150,7 +150,7 @@ def assert_invariant(site: Site) -> None:
         verify_dir(store, f"{name}/{version}")
     assert triton_client.loaded_versions(state.endpoint, name) == live
     control = triton_client.control_client(state.endpoint)
-    for version in checks.registered_versions(settings, name):
+    for version in scene.registered_versions(settings, name):
         assert not control.is_ready(names.candidate_name(name, version)), version
     # The champion answers unversioned requests like its own ONNX file.
     rows = to_features(generate_transactions(200, seed=11, fraud_rate=0.05), site.spec)

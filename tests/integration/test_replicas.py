@@ -32,7 +32,7 @@ from tasks.core.storage import open_store
 from tasks.datasets.data import save_dataset, to_features
 from tasks.datasets.synthetic import generate_transactions
 from tasks.modeling.onnx import predict
-from tasks.ops.doctor import checks
+from tasks.ops.doctor import checks, scene
 from tasks.registry import mlflow_store, model_registry
 from tasks.serving import (
     canary,
@@ -112,7 +112,7 @@ def assert_fleet_invariant(fleet: Fleet) -> None:
     for i in range(len(fleet.members)):
         assert fleet.served(i) == live(site), f"replica {i + 1}"
         control = triton_client.control_client(fleet.endpoint(i))
-        for version in checks.registered_versions(site.settings, NAME):
+        for version in scene.registered_versions(site.settings, NAME):
             assert not control.is_ready(names.candidate_name(NAME, version))
         client = triton_client.http_client(fleet.endpoint(i))
         labels, proba = triton_client.infer_http(client, NAME, rows)

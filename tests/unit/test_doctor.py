@@ -33,3 +33,21 @@ def test_a_resume_keeps_the_candidate_run_and_closes_what_it_will_not_reuse(
     # A fresh release reuses nothing: every run of the dead one is closed.
     repairs._repair_model(settings, MODEL, _stale(settings))
     assert tracking.running_runs(settings, MODEL) == []
+
+
+def test_every_kind_belongs_to_one_check_and_a_fresh_state_is_clean(settings: Settings) -> None:
+    """The table of checks: each problem kind is reported by one check (its repair is that
+    check's), names are unique, and on a fresh state directory (no server, no registry) every
+    check examines without error and finds nothing."""
+    from tasks.ops.doctor import CHECKS, checks
+    from tasks.ops.doctor.scene import look
+
+    kinds = [kind for check in CHECKS for kind in check.kinds]
+    assert len(kinds) == len(set(kinds))
+    assert len({check.name for check in CHECKS}) == len(CHECKS)
+    scene = look(settings, MODEL)
+    for check in CHECKS:
+        found = check.detect(settings if check.scope == "server" else scene)
+        assert found == [], (check.name, found)
+    report = checks.examine(settings, [MODEL])
+    assert report.clean and checks.report_lines(report) == [f"clean: {MODEL}"]

@@ -5,8 +5,10 @@ conveyor made it (`tasks.serving.edge_certificate`)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from tasks.core.settings import Settings
+from tasks.ops.doctor.check import DoctorCheck, Mend
 from tasks.ops.doctor.problems import Problem
 from tasks.serving import edge_certificate
 
@@ -51,3 +53,22 @@ def edge_problems(settings: Settings) -> list[Problem]:
             key=str(directory) if ours else None,
         )
     ]
+
+
+def renew(mend: Mend, problems: list[Problem]) -> None:
+    """The edge conveyor made (its CA's key is in `key`): a new certificate, a reload."""
+    address = edge_address(mend.settings)
+    for problem in problems:
+        if problem.key and address:
+            edge_certificate.renew(Path(problem.key), address)
+            problem.repaired = True
+
+
+CHECK = DoctorCheck(
+    "edge-certificate",
+    ("edge-certificate",),
+    "server",
+    edge_problems,
+    renew,
+    before_release=False,
+)

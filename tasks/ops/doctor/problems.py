@@ -3,33 +3,14 @@ the report of one examination."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel
 
 from tasks.core.errors import ConveyorError
 
-Kind = Literal[
-    "triton-down",
-    "replica-down",
-    "stray-stubs",
-    "alias-unservable",
-    "not-served",
-    "unaliased-served",
-    "dangling-challenger",
-    "orphan-candidate",
-    "orphan-version",
-    "staged-upload",
-    "stale-run",
-    "stale-route",
-    "release-running",
-    "edge-certificate",
-]
-
 
 class Problem(BaseModel):
     model: str | None
-    kind: Kind
+    kind: str  # one of the kinds of `tasks.ops.doctor.CHECKS`
     detail: str
     repair: str  # what --repair does about it
     key: str | None = None  # the repository key or Triton model name it concerns

@@ -3,20 +3,25 @@ repairs of what `tasks.ops.doctor.checks` finds, each under the model's lease.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 
 from tasks.core import lease
 from tasks.core.settings import Settings
-from tasks.core.spec import ModelSpec, SpecError
-from tasks.core.storage import open_store
-from tasks.ops.doctor.checks import examine, model_problems, serving_replicas, triton_problems
-from tasks.ops.doctor.edge import edge_address
+from tasks.core.spec import ModelSpec
+from tasks.ops.doctor import CHECKS
+from tasks.ops.doctor.check import Mend
+from tasks.ops.doctor.checks import examine, model_problems, triton_problems
 from tasks.ops.doctor.problems import DoctorError, DoctorReport, Problem
-from tasks.registry import approval, approval_state, known_specs, model_registry, tracking
+from tasks.registry import tracking
 from tasks.registry.registry_state import RegistryState
-from tasks.serving import edge_certificate, edge_routes, rollout, triton_client, triton_server
+
+
+def _repair(mend: Mend, scope: str, problems: list[Problem]) -> None:
+    """Each check of `scope` repairs the problems it found, in the table's order."""
+    for check in CHECKS:
+        mine = [p for p in problems if p.kind in check.kinds]
+        if check.scope == scope and check.repair is not None and mine:
+            check.repair(mend, mine)
 
 
 def _repair_model(
@@ -33,73 +38,19 @@ def _repair_model(
     (`tasks.registry.known_specs`). `keep_runs`: leave the candidate's RUNNING MLflow run alone
     (a resumed release carries on in it); the rest of a killed release's runs are closed all the
     same."""
-    store = open_store(settings.repository)
     kept = (
         {i for i, name in tracking.running_runs(settings, model)
          if name.startswith(tracking.CANDIDATE_RUN)}
         if keep_runs else set()
     )  # fmt: skip
-    unserved = [p for p in problems if p.kind in {"not-served", "unaliased-served"}]
-    if unserved:
-        try:
-            # Every replica that answers, however many: a restarted one is brought to the champion.
-            rollout.restore_serving(
-                settings,
-                spec or known_specs.spec_of(settings, model),
-                targets=serving_replicas(settings) or None,
-            )
-        except SpecError as exc:
-            for problem in unserved:
-                problem.repair = f"none: {exc}"
-        else:
-            for problem in unserved:
-                problem.repaired = True
-    # A version Triton still serves keeps its files: deleting them would leave a loaded version
-    # whose files no longer verify (and a restart could not load it again).
-    serving_stuck = any(not p.repaired for p in unserved)
-    for problem in problems:
-        if problem.kind == "dangling-challenger":
-            version = model_registry.alias_version(settings, model, model_registry.CHALLENGER)
-            if version is not None:
-                ref = model_registry.version_ref(settings, model, version)
-                if approval_state.awaiting(settings, model) is not None:
-                    approval.record_expired(settings, ref)
-                model_registry.retire_candidate(settings, ref, "its release is no longer running")
-        elif problem.kind == "orphan-candidate" and problem.key:
-            for replica in serving_replicas(settings):
-                triton_client.unload_model(replica.endpoint, problem.key)
-        elif problem.kind == "orphan-version" and serving_stuck:
-            problem.repair = "none yet: kept while Triton may still serve it (see above)"
-            continue
-        elif problem.kind in {"orphan-version", "staged-upload"} and problem.key:
-            store.remove_dir(problem.key)
-        elif problem.kind == "stale-run" and problem.key and problem.key not in kept:
-            tracking.close_run(settings, problem.key, "KILLED")
-        elif problem.kind == "stale-route":
-            edge_routes.close_route(settings, model)
-        else:
-            continue
-        problem.repaired = True
-
-
-# What conveyor can mend on a server: the embedded one it runs. A replica of a fleet is
-# restarted by its platform; the model repairs then serve the champion on it.
-SERVER_REPAIRS = {"triton-down", "stray-stubs"}
+    _repair(Mend(settings, model, spec, kept), "model", problems)
 
 
 def _repair_server(settings: Settings, problems: list[Problem]) -> None:
-    for problem in problems:
-        address = edge_address(settings)
-        if problem.kind == "edge-certificate" and problem.key and address:
-            # The edge conveyor made (its CA's key is in `key`): a new certificate, a reload.
-            edge_certificate.renew(Path(problem.key), address)
-            problem.repaired = True
-    problems = [p for p in problems if p.kind in SERVER_REPAIRS]
-    if problems:
-        # A clean restart: the dead group (stubs included) is ended, the repository reloaded.
-        triton_server.ensure_running(settings)
-        for problem in problems:
-            problem.repaired = True
+    """What conveyor can mend on a server: the embedded one it runs, the edge's certificate it
+    made. A replica of a fleet is restarted by its platform; the model repairs then serve the
+    champion on it."""
+    _repair(Mend(settings, None), "server", problems)
 
 
 def check_and_repair(settings: Settings, models: list[str], fix: bool) -> DoctorReport:
