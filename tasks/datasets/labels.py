@@ -30,10 +30,11 @@ def _newest_labelled(spec: ModelSpec, source: str) -> tuple[pd.DataFrame, str]:
     """The newest `date=` partition of `source` whose target is filled (labels arrive late, so
     the newest partitions usually have none yet); its rows with a target."""
     reader = source_of(source)
-    dates: list[str | None] = [*sorted(reader.partitions(source), reverse=True)]
+    at = reader.pin(source)  # every partition from one version of the source
+    dates: list[str | None] = [*sorted(reader.partitions(at), reverse=True)]
     target = spec.target.name
     for date in dates or [None]:
-        frame = reader.read(source, date)
+        frame = reader.read(at, date)
         if target not in frame.columns:
             raise DataError(
                 f"the labelled batch {source} ({f'date={date}' if date else 'all of it'}) has no "

@@ -27,11 +27,13 @@ def forms() -> str:
 
 def read_source(uri: str, newest_only: bool = False) -> tuple[pd.DataFrame, str | None]:
     """The rows of `uri`, whole or only its newest `date=YYYY-MM-DD` partition; returns them and
-    the partition read (None: all of it)."""
+    the partition read (None: all of it). Pinned first, so a table written meanwhile cannot give
+    its partitions from one version and its rows from another."""
     source = source_of(uri)
     try:
-        date = max(source.partitions(uri), default=None) if newest_only else None
-        return source.read(uri, date), (f"date={date}" if date else None)
+        at = source.pin(uri)
+        date = max(source.partitions(at), default=None) if newest_only else None
+        return source.read(at, date), (f"date={date}" if date else None)
     except MissingSourceError as exc:
         raise MissingSourceError(f"{exc} (one of: {forms()})") from exc
 

@@ -5,6 +5,7 @@ the drift and outcome checks their newest batch."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,21 @@ def _location(uri: str) -> tuple[str, int | None]:
 
 
 def _table(uri: str) -> Any:
+    location, version = _location(uri)
+    # A version, once written, never changes: a pinned table's log is read once per process
+    # (a release pins, lists partitions, then reads).
+    return _pinned(location, version) if version is not None else _open(location, None)
+
+
+@functools.lru_cache(maxsize=8)
+def _pinned(location: str, version: int) -> Any:
+    return _open(location, version)
+
+
+def _open(location: str, version: int | None) -> Any:
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
-    location, version = _location(uri)
     options = {}
     # deltalake reads the standard AWS variables; a plain-HTTP endpoint (MinIO, a test server)
     # must be allowed explicitly.
