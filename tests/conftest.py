@@ -143,12 +143,29 @@ def small_spec(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """One Prefect API server for the session (ephemeral mode would start one per flow call)."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect API server for the session (ephemeral mode would start one per flow call):
+    `prefect server start`, as production runs it, not Prefect's test harness. The harness runs
+    the server in ephemeral mode, without the repossessor service, so a concurrency lease whose
+    holder died would never expire there. The model's lease promises that it does."""
+    import prefect.context
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=60):
+    from tests.servers import prefect_server
+
+    with (
+        prefect_server(
+            tmp_path_factory.mktemp("prefect-api"),
+            PREFECT_UI_ENABLED="false",
+            PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="5",
+        ) as api,
+        temporary_settings(updates={PREFECT_API_URL: api}),
+        # Contexts copied before this fixture (a thread pool's) see the server too.
+        prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()),
+    ):
         yield
+        APILogWorker.drain_all()  # before the server stops, so no log is sent to nowhere
 
 
 @pytest.fixture(scope="session")
