@@ -3,11 +3,11 @@
 
 import typer
 
-from cli import operate, release, review, triton
+from cli import operate, release, review, score, triton
 from cli.app import app
 
 # Importing a command module registers its commands on `app`.
-COMMANDS = (release, operate, review, triton)
+COMMANDS = (release, operate, review, score, triton)
 # How `conveyor --help` lists them: along the line first, then operating the fleet. Typer lists
 # commands in registration order, which is the modules' import order otherwise.
 ORDER = (
@@ -23,6 +23,7 @@ ORDER = (
     "history",
     "report",
     "explain",
+    "score",
 )
 
 

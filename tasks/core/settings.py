@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(
         default=None, description="An existing Dask scheduler; unset: a local cluster."
     )
+    dask_timeout_s: float = Field(
+        default=20.0, gt=0, description="How long to try reaching the Dask scheduler."
+    )
     pushgateway_url: str | None = Field(
         default=None,
         description="Prometheus Pushgateway (http://host:9091) for pipeline metrics; unset: none.",

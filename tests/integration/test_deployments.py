@@ -216,6 +216,7 @@ def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: 
         "retrain",
         "outcome-check",
         "explain",
+        "score",
         "release-gpu",
     }
     assert all("conveyor" in d["tags"] for d in deployments.values())  # type: ignore[operator]

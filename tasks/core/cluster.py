@@ -1,0 +1,130 @@
+"""Where work that outgrows one process runs: `local` (this process, piece after piece) or `dask`
+(a Dask cluster: the scheduler at `CONVEYOR_DASK_ADDRESS`, or, when it is unset, a
+`distributed.LocalCluster` of worker processes that conveyor starts and stops itself).
+
+Both run a plain function over a list of items and yield each result as it completes, so the
+caller's progress and error handling are the same either way and nothing but the results
+comes back to the caller's process. Dask retries an item whose worker died on another worker
+(`distributed.scheduler.allowed-failures`), so a killed worker costs that item's work, not the
+run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
+
+from tasks.core.errors import ConveyorError, ServiceUnavailableError
+from tasks.core.settings import Settings
+
+Compute = Literal["local", "dask"]
+COMPUTES: tuple[Compute, ...] = ("local", "dask")
+
+T = TypeVar("T")
+Runner = Callable[..., Iterator[Any]]
+
+
+class ClusterError(ServiceUnavailableError):
+    """The Dask cluster cannot be reached, or it lost the work."""
+
+
+def _local(function: Callable[..., T], items: list[Any], *shared: Any) -> Iterator[T]:
+    for item in items:
+        yield function(item, *shared)
+
+
+@contextmanager
+def runner(settings: Settings, compute: Compute, workers: int = 2) -> Iterator[Runner]:
+    """`run(function, items, *shared)`: `function(item, *shared)` for every item, each result
+    yielded as it completes (in order for `local`). `shared` values are sent to the workers once,
+    not once per item. An item's own error is raised as it was (the first one ends the run)."""
+    if compute == "local":
+        yield _local
+        return
+    if compute not in COMPUTES:
+        raise ConveyorError(f"compute {compute!r} is not one of {list(COMPUTES)}")
+    with _client(settings, workers) as client:
+        yield _on(client)
+
+
+def _on(client: Any) -> Runner:
+    from concurrent.futures import CancelledError
+
+    from distributed import as_completed
+    from distributed.comm import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    def run(function: Callable[..., T], items: list[Any], *shared: Any) -> Iterator[T]:
+        if not items:
+            return
+        done = 0
+        try:
+            # Each shared value as a task of its own, not scattered data: a worker that dies
+            # holding it costs a recomputation, where scattered data would be lost for good and
+            # every item that needs it cancelled.
+            sent = [client.submit(_value, value, pure=False) for value in shared]
+            futures = client.map(function, items, *[[s] * len(items) for s in sent], pure=False)
+            item_of = {future.key: item for future, item in zip(futures, items, strict=True)}
+            try:
+                for future in as_completed(futures):
+                    try:
+                        result = future.result()
+                    except KilledWorker:
+                        raise ClusterError(
+                            f"Dask workers died running {_said(item_of[future.key])}: every "
+                            "worker that took it was lost "
+                            "(out of memory is the usual cause: give the workers more memory, "
+                            "or write the table in smaller pieces); rerun to continue"
+                        ) from None
+                    done += 1
+                    yield result
+            finally:  # a run left early (an error, a refusal) leaves nothing running behind it
+                client.cancel([future for future in futures if not future.done()])
+        except (CommClosedError, CancelledError, OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"the Dask cluster went away after {done} of {len(items)} items "
+                f"({type(exc).__name__}); start it again and rerun (finished work is kept)"
+            ) from None
+
+    return run
+
+
+def _value(value: T) -> T:
+    return value
+
+
+def _said(item: Any) -> str:
+    """An item as a person would name it: a piece by its key."""
+    return str(getattr(item, "key", None) or getattr(item, "uri", None) or item)[:200]
+
+
+@contextmanager
+def _client(settings: Settings, workers: int) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    address = settings.dask_address
+    if address:
+        try:
+            client = Client(address, timeout=settings.dask_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {address} ({type(exc).__name__}: "
+                f"{str(exc)[:200]}): start it (`make stack` starts one) or unset "
+                "CONVEYOR_DASK_ADDRESS to let conveyor start a local cluster of its own"
+            ) from None
+        with client:
+            yield client
+        return
+    # Worker processes, one thread each: onnxruntime and the boosters use the cores themselves.
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

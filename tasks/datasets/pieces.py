@@ -1,0 +1,142 @@
+"""A partitioned Parquet table as pieces: every `.parquet` file under a local folder or an S3
+prefix (one file is a table of one piece), each read and written on its own, so a table larger
+than one process is worked through piece by piece, on a cluster's workers or in turn.
+
+Files go through pyarrow's own filesystems: `s3fs` pulls `aiobotocore`, whose botocore pin
+conflicts with our boto3. S3 credentials and endpoint are the standard AWS variables, as for
+boto3 (`AWS_ENDPOINT_URL` for MinIO or moto). A piece is written atomically: locally to a hidden
+file renamed into place, on S3 as one upload that is visible only once complete. A reader
+never sees half a piece. Each piece carries a stamp in its Parquet metadata (who wrote it, from
+what); a rerun reads the stamps to skip pieces already written."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from tasks.datasets.sources.files import DataError
+
+SUFFIX = ".parquet"
+STAMP_PREFIX = b"conveyor."
+
+
+class Piece(BaseModel):
+    uri: str  # where the file is (a path or s3://bucket/key)
+    key: str  # its path below the table's root: `date=2026-11-01/part-0.parquet`
+    size: int
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for `uri` and the path on it."""
+    if uri.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+        options: dict[str, object] = {
+            "region": os.environ.get("AWS_DEFAULT_REGION")
+            or os.environ.get("AWS_REGION")
+            or "us-east-1"
+        }
+        if endpoint:
+            parts = urlsplit(endpoint)
+            options |= {
+                "endpoint_override": parts.netloc or endpoint,
+                "scheme": parts.scheme or "https",
+            }
+        return pafs.S3FileSystem(**options), uri.removeprefix("s3://").rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def join(root: str, key: str) -> str:
+    return f"{root.rstrip('/')}/{key}"
+
+
+def _hidden(key: str) -> bool:
+    """Writers' leftovers and markers (`_SUCCESS`, `.part.tmp`): never a piece of the table."""
+    return any(part.startswith((".", "_")) for part in key.split("/"))
+
+
+def list_pieces(uri: str) -> list[Piece]:
+    """Every piece of the table at `uri`, in key order. `DataError` naming what was found when
+    there is none."""
+    fs, path = filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type is pafs.FileType.File:
+            if not path.endswith(SUFFIX):
+                raise DataError(f"{uri} is not a Parquet file; score a .parquet file or a folder")
+            return [Piece(uri=uri, key=Path(path).name, size=info.size)]
+        if info.type is pafs.FileType.NotFound:
+            raise DataError(f"nothing at {uri}: pass a folder (or S3 prefix) of .parquet files")
+        found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as exc:  # S3 unreachable or refused
+        raise DataError(f"cannot list {uri}: {exc}; check the URI and AWS_* settings") from None
+    pieces = []
+    for item in found:
+        key = item.path[len(path) :].lstrip("/")
+        if item.type is pafs.FileType.File and key.endswith(SUFFIX) and not _hidden(key):
+            pieces.append(Piece(uri=join(uri, key), key=key, size=item.size))
+    if not pieces:
+        raise DataError(f"no .parquet files under {uri}: pass a folder of Parquet files")
+    return sorted(pieces, key=lambda piece: piece.key)
+
+
+def read_piece(piece: Piece, columns: list[str] | None = None) -> pd.DataFrame:
+    fs, path = filesystem(piece.uri)
+    try:
+        return pq.read_table(path, filesystem=fs, columns=columns).to_pandas()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"cannot read {piece.uri}: {exc}") from None
+
+
+def columns_of(piece: Piece) -> list[str]:
+    """The piece's column names, from its footer (no rows read)."""
+    fs, path = filesystem(piece.uri)
+    try:
+        return list(pq.read_schema(path, filesystem=fs).names)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"cannot read {piece.uri}: {exc}") from None
+
+
+def stamp_of(uri: str) -> dict[str, str] | None:
+    """The stamp a written piece carries, or None when there is no file at `uri`."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type is not pafs.FileType.File:
+        return None
+    metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    return {
+        k.decode().removeprefix("conveyor."): v.decode()
+        for k, v in metadata.items()
+        if k.startswith(STAMP_PREFIX)
+    }
+
+
+def write_piece(frame: pd.DataFrame, uri: str, stamp: dict[str, str]) -> None:
+    """Write `frame` to `uri` with `stamp` in its metadata, all of it or nothing."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**(table.schema.metadata or {})}
+    metadata |= {f"conveyor.{k}".encode(): v.encode() for k, v in stamp.items()}
+    table = table.replace_schema_metadata(metadata)
+    fs, path = filesystem(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            pq.write_table(table, partial)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return
+    # The whole file first, then one upload: S3 shows the object only once the upload completes,
+    # and nothing is sent for a table that fails to serialise.
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    with fs.open_output_stream(path) as out:
+        out.write(buffer.getvalue())

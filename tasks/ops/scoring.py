@@ -1,0 +1,249 @@
+"""Batch scoring: a registered version's ONNX file (what Triton serves) on every piece of a
+partitioned Parquet table, each piece read, checked, scored and written where it is worked on
+(a Dask worker, or this process in turn), so the table is never gathered in one process.
+
+Each output piece mirrors its input's key (`date=…/part-0.parquet`) and holds the row's number
+within its piece, the columns the caller keeps (a join key), the served outputs, and the model,
+version and run id. It is written atomically with a stamp (`tasks.datasets.pieces`): a rerun
+after a crash skips the pieces already written for the same version and input. The data
+contract is checked on every piece before anything is written; a piece that breaks it is
+refused by name, and the others are scored only when the caller asks (`skip_bad`)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.core import progress
+from tasks.core.cluster import Compute, runner
+from tasks.core.errors import ConveyorError
+from tasks.core.model_task import LABEL, PREDICTION, PROBABILITIES, Task
+from tasks.core.settings import Settings
+from tasks.core.spec import ModelSpec
+from tasks.datasets import pieces
+from tasks.datasets.data import to_features
+from tasks.datasets.pieces import Piece
+from tasks.datasets.row_contract import violations
+from tasks.modeling import onnx
+from tasks.registry import known_specs, model_registry, tracking
+
+ROW = "row"  # the row's number within its input piece, from 0
+STAMPED = ("model", "version", "run_id", "input_key", "input_size")
+# Problems named per refused piece, and refused pieces named in the refusal.
+SHOWN = 3
+
+
+class ScoreError(ConveyorError):
+    """Scoring refused before anything was written, or stopped."""
+
+
+class PieceResult(BaseModel):
+    key: str
+    rows: int
+    state: str  # scored | skipped (written by an earlier run) | refused | good (checked only)
+    problems: list[str] = []
+
+
+class ScoreReport(BaseModel):
+    model: str
+    version: int
+    run_id: str
+    input: str
+    output: str
+    compute: str
+    pieces: int
+    scored: int  # pieces written by this run
+    skipped: int  # pieces an earlier run of the same version had written
+    refused: list[PieceResult]
+    rows: int  # rows written by this run
+    seconds: float
+
+
+class Job(BaseModel):
+    """What every piece's work needs besides the piece and the ONNX bytes."""
+
+    spec: ModelSpec
+    stamp: dict[str, str]
+    output: str
+    keep: list[str]
+
+
+def check_piece(piece: Piece, job: Job) -> PieceResult:
+    """The data contract on every row of one piece (its feature columns only are read)."""
+    names = [feature.name for feature in job.spec.features]
+    have = _present(piece, [*names, *job.keep])
+    frame = pieces.read_piece(piece, columns=[name for name in names if name in have])
+    found = violations(frame, job.spec)
+    lost = [column for column in job.keep if column not in have]
+    if lost:
+        found.append(f"columns {lost} to keep beside the scores are missing")
+    state = "refused" if found else "good"
+    return PieceResult(key=piece.key, rows=len(frame), state=state, problems=found[:SHOWN])
+
+
+def _present(piece: Piece, names: list[str]) -> list[str]:
+    """The columns of `names` the piece has (the contract names the missing ones)."""
+    have = set(pieces.columns_of(piece))
+    return [name for name in names if name in have]
+
+
+def score_piece(piece: Piece, job: Job, onnx_bytes: bytes) -> PieceResult:
+    """Read, check, score and write one piece (its features and kept columns only)."""
+    names = [feature.name for feature in job.spec.features]
+    frame = pieces.read_piece(
+        piece, columns=_present(piece, list(dict.fromkeys([*names, *job.keep])))
+    )
+    found = violations(frame, job.spec)
+    if found:  # changed since it was checked
+        return PieceResult(key=piece.key, rows=len(frame), state="refused", problems=found[:SHOWN])
+    outputs = onnx.predict_outputs(onnx_bytes, to_features(frame, job.spec))
+    scored = served_columns(job.spec, outputs)
+    scored.insert(0, ROW, np.arange(len(frame), dtype=np.int64))
+    for position, column in enumerate(job.keep, start=1):
+        scored.insert(position, column, frame[column].to_numpy())
+    scored["model"] = job.stamp["model"]
+    scored["version"] = int(job.stamp["version"])
+    scored["run_id"] = job.stamp["run_id"]
+    stamp = job.stamp | {"input_key": piece.key, "input_size": str(piece.size)}
+    pieces.write_piece(scored, pieces.join(job.output, piece.key), stamp)
+    return PieceResult(key=piece.key, rows=len(frame), state="scored")
+
+
+def served_columns(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The served answers as columns: a regressor's prediction; a classifier's label (as its
+    class is named in the spec) and one `probability:<class>` column per class."""
+    if spec.task is Task.regression:
+        return pd.DataFrame({PREDICTION: outputs[PREDICTION].reshape(-1).astype(np.float64)})
+    classes = [str(c) for c in spec.target.classes or []]
+    labels = np.asarray(spec.target.classes)[outputs[LABEL].reshape(-1)]
+    table: dict[str, object] = {LABEL: labels}
+    for i, name in enumerate(classes):
+        table[f"probability:{name}"] = outputs[PROBABILITIES][:, i].astype(np.float64)
+    return pd.DataFrame(table)
+
+
+def _version(settings: Settings, model: str, version: int | None) -> int:
+    if version is not None:
+        return version
+    champion = model_registry.alias_version(settings, model, model_registry.CHAMPION)
+    if champion is None:
+        raise ScoreError(f"{model} has no champion to score with; release it or pass --version")
+    return champion
+
+
+def _keep(spec: ModelSpec, keep: list[str] | None) -> list[str]:
+    """Columns copied beside the scores: the caller's, else the outcomes' join key. Segment
+    columns (protected attributes) never leave their table."""
+    chosen = list(keep) if keep is not None else [c for c in [spec.outcomes.key] if c]
+    protected = sorted(set(chosen) & set(spec.segments.columns))
+    if protected:
+        raise ScoreError(
+            f"{protected} are segment columns of {spec.name} (protected attributes, evaluation "
+            "only): they are not copied into scores; keep a key column and join on it instead"
+        )
+    return chosen
+
+
+def _plan(job: Job, found: list[Piece]) -> tuple[list[Piece], int]:
+    """The pieces still to score, and how many an earlier run of this version wrote."""
+    todo, skipped = [], 0
+    for piece in found:
+        target = pieces.join(job.output, piece.key)
+        stamp = pieces.stamp_of(target)
+        if stamp is None:
+            todo.append(piece)
+            continue
+        mine = job.stamp | {"input_key": piece.key, "input_size": str(piece.size)}
+        if {k: stamp.get(k) for k in STAMPED} == {k: mine[k] for k in STAMPED}:
+            skipped += 1
+            continue
+        raise ScoreError(
+            f"{target} already holds other scores ({stamp.get('model')} "
+            f"v{stamp.get('version')} of input {stamp.get('input_key')} at "
+            f"{stamp.get('input_size')} bytes): nothing was written. Score into another "
+            "--output, or delete that folder to score it again"
+        )
+    return todo, skipped
+
+
+def _refusal(refused: list[PieceResult], total: int) -> ScoreError:
+    named = "; ".join(f"{r.key}: {' / '.join(r.problems)}" for r in refused[:SHOWN])
+    more = f" (and {len(refused) - SHOWN} more)" if len(refused) > SHOWN else ""
+    return ScoreError(
+        f"{len(refused)} of {total} pieces break the data contract, so nothing was scored: "
+        f"{named}{more}. Fix those rows, or pass --skip-bad to score the other pieces and "
+        "leave these out"
+    )
+
+
+def score(
+    settings: Settings,
+    model: str,
+    input_uri: str,
+    output_uri: str,
+    version: int | None = None,
+    compute: Compute = "local",
+    skip_bad: bool = False,
+    keep: list[str] | None = None,
+) -> ScoreReport:
+    """Score every piece of `input_uri` with `model` v`version` (default: the champion) into
+    `output_uri`, piece for piece, on `compute`."""
+    began = time.monotonic()
+    version = _version(settings, model, version)
+    spec = known_specs.recorded_spec(settings, model, version)
+    ref = model_registry.version_ref(settings, model, version)
+    onnx_bytes = tracking.read_artifact(settings, f"runs:/{ref.run_id}/{tracking.ONNX_ARTIFACT}")
+    stamp = {"model": model, "version": str(version), "run_id": ref.run_id}
+    job = Job(spec=spec, stamp=stamp, output=output_uri, keep=_keep(spec, keep))
+    found = pieces.list_pieces(input_uri)
+    todo, skipped = _plan(job, found)
+    refused: list[PieceResult] = []
+    written: list[PieceResult] = []
+    with runner(settings, compute) as run:
+        for checked, result in enumerate(run(check_piece, todo, job), start=1):
+            progress.update(f"checked {checked}/{len(todo)} pieces")
+            if result.state == "refused":
+                refused.append(result)
+        if refused and not skip_bad:
+            raise _refusal(sorted(refused, key=lambda r: r.key), len(found))
+        bad = {r.key for r in refused}
+        good = [piece for piece in todo if piece.key not in bad]
+        for result in run(score_piece, good, job, onnx_bytes):
+            if result.state == "refused":  # it changed under us: named, not written
+                refused.append(result)
+            else:
+                written.append(result)
+            rows = sum(r.rows for r in written)
+            progress.update(f"{len(written) + skipped}/{len(found)} pieces, {rows:,} rows scored")
+    return ScoreReport(
+        model=model,
+        version=version,
+        run_id=ref.run_id,
+        input=input_uri,
+        output=output_uri,
+        compute=compute,
+        pieces=len(found),
+        scored=len(written),
+        skipped=skipped,
+        refused=sorted(refused, key=lambda r: r.key),
+        rows=sum(r.rows for r in written),
+        seconds=round(time.monotonic() - began, 3),
+    )
+
+
+@task(name="score")
+def score_task(
+    settings: Settings,
+    model: str,
+    input_uri: str,
+    output_uri: str,
+    version: int | None,
+    compute: Compute,
+    skip_bad: bool,
+    keep: list[str] | None,
+) -> ScoreReport:
+    return score(settings, model, input_uri, output_uri, version, compute, skip_bad, keep)
