@@ -5,6 +5,7 @@ shares), and what to run next."""
 from __future__ import annotations
 
 from infra.stack.compose import ENV_FILE, ROOT, SECRETS_FILE
+from infra.stack.dask_cluster import dashboard
 from infra.stack.state import Stack
 
 
@@ -31,6 +32,7 @@ def handover(stack: Stack) -> list[str]:
             f"Authorization: Bearer <EDGE_DEMO_KEY>; CA {stack.root / 'edge' / 'edge-ca.crt'}; "
             f"gRPC on {stack.address('edge', 8444)}",
         ),
+        ("Dask", dashboard(stack), "the cluster's dashboard; no login (loopback only)"),
         ("Prometheus", stack.url("prometheus", 9090), "no login (loopback only)"),
         (
             "Pushgateway",

@@ -27,6 +27,7 @@ from infra.stack.compose import (
     prefect_server_environment_template,
     workers,
 )
+from infra.stack.dask_cluster import start_scheduler, start_workers
 from infra.stack.data_services import postgres_url, s3_env, start_postgres, start_redis, start_s3
 from infra.stack.processes import alive, http_ok, spawn, system_binary, wait_until
 from infra.stack.state import Stack, write_private
@@ -336,6 +337,8 @@ def services() -> list[tuple[str, Callable[[Stack], str]]]:
         ("mlflow", start_mlflow),
         ("mlflow-metrics", start_mlflow_metrics),
         ("prefect-server", start_prefect),
+        ("dask-scheduler", start_scheduler),
+        ("dask-worker", start_workers),
         *((name, functools.partial(start_triton, name=name)) for name in replicas()),
         ("edge", start_edge),
         ("edge-metrics", start_edge_metrics),

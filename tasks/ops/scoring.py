@@ -11,6 +11,8 @@ refused by name, and the others are scored only when the caller asks (`skip_bad`
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import numpy as np
@@ -108,9 +110,14 @@ def score_piece(piece: Piece, job: Job, onnx_bytes: bytes) -> PieceResult:
     scored["model"] = job.stamp["model"]
     scored["version"] = int(job.stamp["version"])
     scored["run_id"] = job.stamp["run_id"]
-    stamp = job.stamp | {"input_key": piece.key, "input_size": str(piece.size)}
+    stamp = job.stamp | {"input_key": piece.key, "input_size": str(piece.size), "writer": _writer()}
     pieces.write_piece(scored, pieces.join(job.output, piece.key), stamp)
     return PieceResult(key=piece.key, rows=len(frame), state="scored")
+
+
+def _writer() -> str:
+    """Which process wrote a piece (host:pid), for an audit of where the work ran."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def served_columns(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> pd.DataFrame:

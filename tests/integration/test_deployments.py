@@ -23,12 +23,14 @@ from pathlib import Path
 import boto3
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from tasks.core import credentials, events
 from tasks.core.settings import Settings
 from tasks.core.spec import load_spec
+from tasks.datasets import pieces
 from tasks.datasets.data import to_features
 from tasks.datasets.synthetic import generate_transactions
 from tasks.registry import mlflow_store, model_registry, tracking
@@ -205,6 +207,28 @@ def test_the_release_kept_its_artifacts_and_model_files_on_s3_and_triton_serves_
         labels, _ = triton_client.infer_http(triton_client.http_client(edge), NAME, rows)
         direct = triton_client.http_client(fleet[0].endpoint)
         np.testing.assert_array_equal(labels, triton_client.infer_http(direct, NAME, rows)[0])
+
+
+def test_the_score_deployment_scores_a_table_on_the_stacks_dask_workers(
+    stack: Stack, released: Path
+) -> None:
+    """The `score` deployment, run by the cpu worker with compose's environment: its pieces are
+    scored by the stack's Dask worker processes (CONVEYOR_DASK_ADDRESS), not by the flow run."""
+    table = stack.base / "table"
+    frame = generate_transactions(2000, seed=3, fraud_rate=0.05).drop(columns=["is_fraud"])
+    for i, rows in enumerate(np.array_split(np.arange(len(frame)), 4)):
+        (table / f"date=2026-11-0{i + 1}").mkdir(parents=True)
+        frame.iloc[rows].to_parquet(table / f"date=2026-11-0{i + 1}" / "part-0.parquet")
+    out = stack.base / "scores"
+    run = stack.run(
+        "score", model=NAME, input=str(table), output=str(out), compute="dask", timeout_s=300
+    )
+    assert run["state"]["type"] == "COMPLETED", stack.logs(str(run["id"]))
+    written = sorted(out.rglob("*.parquet"))
+    assert len(written) == 4 and sum(len(pd.read_parquet(p)) for p in written) == 2000
+    workers = set(descendants(stack.production.pid("dask-worker")))
+    writers = {int(pieces.stamp_of(str(p))["writer"].rsplit(":", 1)[1]) for p in written}
+    assert writers and writers <= workers, (writers, workers)
 
 
 def test_deploy_registers_every_deployment_with_its_schedule_and_trigger(stack: Stack) -> None:

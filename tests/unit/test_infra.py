@@ -37,6 +37,8 @@ def test_compose_has_every_service_of_the_stack() -> None:
         "prefect-server",
         "worker-cpu",
         "worker-gpu",
+        "dask-scheduler",
+        "dask-worker",
         "pushgateway",
         "prometheus",
         "grafana",
