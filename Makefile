@@ -72,6 +72,7 @@ bench: bootstrap
 	$(BIN)/python -m bench.kinds --seconds 5 && \
 	$(BIN)/python -m bench.explain && \
 	$(BIN)/python -m bench.outcomes && \
+	$(BIN)/python -m bench.score && \
 	$(BIN)/python -m bench.report
 
 lint: bootstrap

@@ -506,6 +506,29 @@ def explain_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def score_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Batch scoring at size (`conveyor score`)",
+        "",
+        "The fraud model (30 trees) scoring generated transactions in date= partitions of",
+        "250,000 rows, as a process timed from outside (imports and the ephemeral Prefect API",
+        "included): `--compute local` (pieces in turn in the flow process) beside `--compute dask`",
+        "(a LocalCluster of 2 worker processes conveyor starts). Peak RSS sampled every 0.2 s.",
+        "",
+        "Reproduce: `.venv/bin/python -m bench.score && .venv/bin/python -m bench.report`",
+        "",
+        "| rows | pieces | compute | seconds | rows/s | flow process peak MB | worker peak MB |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        worker = f"{r['worker_peak_mb']:,.0f}" if r["worker_peak_mb"] is not None else "n/a"
+        lines.append(
+            f"| {r['rows']:,} | {r['pieces']} | {r['compute']} | {r['seconds']:.1f} | "
+            f"{r['rows_per_s']:,.0f} | {r['flow_peak_mb']:,.0f} | {worker} |"
+        )
+    return lines
+
+
 def busy_section(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## A release on a busy machine",
@@ -593,6 +616,7 @@ def main() -> None:
         ("kinds.json", kinds_section),
         ("explain.json", explain_section),
         ("outcomes.json", outcomes_section),
+        ("score.json", score_section),
     ]
     for name, section in sections:
         if (RESULTS / name).exists():
