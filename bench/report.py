@@ -526,6 +526,21 @@ def score_section(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['rows']:,} | {r['pieces']} | {r['compute']} | {r['seconds']:.1f} | "
             f"{r['rows_per_s']:,.0f} | {r['flow_peak_mb']:,.0f} | {worker} |"
         )
+    lines += ["", "Read from the rows above (smallest to largest table, per compute):", ""]
+    for compute in sorted({r["compute"] for r in rows}):
+        mine = sorted((r for r in rows if r["compute"] == compute), key=lambda r: r["rows"])
+        small, large = mine[0], mine[-1]
+        if large["rows"] == small["rows"]:
+            continue
+        per_row_us = (large["seconds"] - small["seconds"]) / (large["rows"] - small["rows"]) * 1e6
+        fixed = small["seconds"] - per_row_us * small["rows"] / 1e6
+        growth = large["flow_peak_mb"] - small["flow_peak_mb"]
+        lines.append(
+            f"- `{compute}`: {per_row_us:.2f} µs per added row ({1e6 / per_row_us:,.0f} rows/s at "
+            f"the margin), about {fixed:.0f} s fixed; the flow process grew {growth:+.0f} MB "
+            f"from {small['rows']:,} to {large['rows']:,} rows. At that rate 100,000,000 rows "
+            f"take about {(fixed + per_row_us * 100):.0f} s on this host."
+        )
     return lines
 
 
