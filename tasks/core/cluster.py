@@ -95,8 +95,10 @@ def _value(value: T) -> T:
 
 
 def _said(item: Any) -> str:
-    """An item as a person would name it: a piece by its key."""
-    return str(getattr(item, "key", None) or getattr(item, "uri", None) or item)[:200]
+    """An item as a person would name it: a piece by its key and its size on disk."""
+    name = str(getattr(item, "key", None) or getattr(item, "uri", None) or item)[:200]
+    size = getattr(item, "size", None)
+    return f"{name} ({size / 2**20:,.1f} MB on disk)" if isinstance(size, int) else name
 
 
 @contextmanager

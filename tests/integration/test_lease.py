@@ -117,3 +117,48 @@ def test_no_wait_askers_of_a_free_lease_leave_it_free(
     assert "granted" in answers, answers
     assert active_slots() == 0, "an asker that gave up left the slot taken"
     assert ask(Settings(home=tmp_path / "host-0"), wait=False) == "granted"
+
+
+HOLD = """
+import sys, time
+from tasks.core import lease
+from tasks.core.settings import Settings
+with lease.model_lease(Settings(home=sys.argv[1]), sys.argv[2], "release"):
+    print("taken", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holders_lease_expires_and_the_next_flow_gets_it(
+    prefect_api: None, tmp_path: Path
+) -> None:
+    """A release killed on another host (its own state directory) cannot release the server's
+    slot: the lease expires `lease_duration_s` after its last renewal, and a waiting flow goes
+    on, instead of every later release of the model waiting for ever."""
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "host-a"), MODEL],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "taken"
+        assert "lease-probe is busy" in ask(Settings(home=tmp_path / "host-b"), wait=False)
+    finally:
+        holder.kill()  # SIGKILL: nothing of it runs again, its slot is not released
+        holder.wait(30)
+    assert active_slots() == 1
+    began = time.monotonic()
+    patient = Settings(home=tmp_path / "host-b", lease_timeout_s=240)
+    assert ask(patient, wait=True) == "granted"
+    waited = time.monotonic() - began
+    # The lease's 60 s, less what had run before the kill, plus the repossessor's 5 s loop.
+    assert waited < 120, waited
+    assert active_slots() == 0
