@@ -261,6 +261,23 @@ def test_a_killed_worker_is_replaced_and_the_work_done(tmp_path: Path) -> None:
     assert len(pids) == 1 and pids[0] != os.getpid()
 
 
+def dies_always(piece: pieces.Piece, _shared: int) -> int:
+    """Kills every worker it runs on, as a piece too large for a worker's memory does."""
+    os._exit(1)
+
+
+def test_a_piece_that_kills_every_worker_is_named_with_its_size(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "state")
+    piece = pieces.Piece(
+        uri=str(tmp_path / "x.parquet"), key="date=2026-11-03/x.parquet", size=3 << 20
+    )
+    with pytest.raises(cluster.ClusterError) as stopped, cluster.runner(settings, "dask") as run:
+        list(run(dies_always, [piece], 0))
+    message = str(stopped.value)
+    assert "date=2026-11-03/x.parquet (3.0 MB on disk)" in message, message
+    assert "out of memory" in message and "rerun" in message, message
+
+
 def test_no_scheduler_is_one_paragraph_and_nothing_written(
     released: Released, tmp_path: Path
 ) -> None:
