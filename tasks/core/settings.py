@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tasks.core.renderings import RENDERINGS
 from tasks.core.spec import DEFAULT_SPEC, SPEC_DIR
 
 
@@ -84,9 +85,10 @@ class Settings(BaseSettings):
         description="The edge's canary routes directory (`routes` beside its nginx.conf), where "
         "a canary release writes the share of traffic its candidate gets; unset: no canary.",
     )
-    triton_backend: Literal["python", "onnxruntime"] = Field(
+    triton_backend: str = Field(
         default="python",
-        description="config.pbtxt rendering: python (embedded build) or onnxruntime (production).",
+        description="How Triton runs a served version (`tasks.core.renderings`): python "
+        "(embedded build) or onnxruntime (production).",
     )
     triton_http_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
     triton_grpc_port: int = Field(default=0, ge=0, le=65535, description="0 = a free port.")
@@ -138,6 +140,16 @@ class Settings(BaseSettings):
                 "(e.g. 10.0.0.5:8000/10.0.0.5:8001), separated by commas"
             )
         return [dict(zip(("http", "grpc"), p.split("/"), strict=True)) for p in pairs]
+
+    @field_validator("triton_backend", mode="after")
+    @classmethod
+    def _known_rendering(cls, value: str) -> str:
+        if value not in RENDERINGS:
+            raise ValueError(
+                f"CONVEYOR_TRITON_BACKEND={value!r} is not a rendering conveyor has: one of "
+                f"{sorted(RENDERINGS)}"
+            )
+        return value
 
     @field_validator("home", mode="after")
     @classmethod

@@ -1,38 +1,33 @@
-"""Triton model configuration: config.pbtxt rendered from a spec (both renderings of one contract,
-`python` and `onnxruntime_onnx`), parsed back, and the candidate's own Triton name."""
+"""Triton model configuration: config.pbtxt rendered from a spec (one contract, each rendering of
+`tasks.core.renderings` saying how Triton runs it), parsed back, and the candidate's own
+Triton name."""
 
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tasks.core.model_task import INPUT, LABEL, PREDICTION, PROBABILITIES, outputs
+from tasks.core.renderings import rendering_of
 from tasks.core.spec import ModelSpec, ServingSpec
-
-Backend = Literal["python", "onnxruntime"]
 
 
 def render_config(
     spec: ModelSpec,
-    backend: Backend,
+    backend: str,
     versions: list[int] | None = None,
     serving: ServingSpec | None = None,
     name: str | None = None,
 ) -> mc.ModelConfig:
-    """One I/O contract, two renderings: production onnxruntime platform, or python backend.
+    """One I/O contract, rendered for `backend` (a name in `tasks.core.renderings`).
 
     `serving` overrides the spec's serving section (a tuned configuration); `name` serves the same
     files under another model name (the candidate)."""
     serving = serving or spec.serving
     config = mc.ModelConfig(name=name or spec.name, max_batch_size=serving.max_batch_size)
-    if backend == "onnxruntime":
-        config.platform = "onnxruntime_onnx"
-        config.default_model_filename = "model.onnx"
-    else:
-        config.backend = "python"
+    rendering_of(backend).configure(config)
     config.input.append(mc.ModelInput(name=INPUT, data_type=mc.TYPE_FP32, dims=[spec.n_features]))
     config.output.extend(served_outputs(spec))
     if spec.class_names:

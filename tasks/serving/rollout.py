@@ -4,8 +4,6 @@ candidate withdrawn."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from pydantic import BaseModel
@@ -13,6 +11,7 @@ from pydantic import BaseModel
 from tasks.core import names
 from tasks.core.errors import ServiceUnavailableError
 from tasks.core.names import candidate_name
+from tasks.core.renderings import rendering_of
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, ServingSpec
 from tasks.core.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
@@ -20,7 +19,7 @@ from tasks.modeling.onnx import OnnxArtifact, sha256
 from tasks.registry import model_registry, tracking
 from tasks.registry.registry_state import RegistryState
 from tasks.serving import edge_routes, model_config, replicas
-from tasks.serving.model_config import Backend, config_text
+from tasks.serving.model_config import config_text
 from tasks.serving.triton_client import (
     TritonError,
     TritonUnreachableError,
@@ -32,8 +31,6 @@ from tasks.serving.triton_client import (
 )
 from tasks.serving.triton_ports import Endpoint
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "triton" / "python_model" / "model.py"
-
 
 class PublishResult(BaseModel):
     repository: str
@@ -42,20 +39,8 @@ class PublishResult(BaseModel):
     files: dict[str, str]  # name → sha256
 
 
-def python_model_source() -> bytes:
-    if not TEMPLATE.is_file():
-        raise TritonError(
-            f"python-backend model template missing at {TEMPLATE}; run conveyor from its source "
-            "checkout (installed with `pip install -e .`, as `make` does)"
-        )
-    return TEMPLATE.read_bytes()
-
-
-def version_files(onnx_bytes: bytes, backend: Backend) -> dict[str, bytes]:
-    files = {"model.onnx": onnx_bytes}
-    if backend == "python":
-        files["model.py"] = python_model_source()
-    return files
+def version_files(onnx_bytes: bytes, backend: str) -> dict[str, bytes]:
+    return rendering_of(backend).files(onnx_bytes)
 
 
 def publish_version(
@@ -64,7 +49,7 @@ def publish_version(
     spec: ModelSpec,
     version: int,
     onnx_bytes: bytes,
-    backend: Backend,
+    backend: str,
 ) -> PublishResult:
     """Write `<model>/<version>/` all at once with its manifest.
 

@@ -24,7 +24,7 @@ from tasks.core.names import candidate_name
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, ServingSpec
 from tasks.serving import triton_ports
-from tasks.serving.model_config import Backend, config_json, render_config
+from tasks.serving.model_config import config_json, render_config
 from tasks.serving.triton_ports import Endpoint
 
 
@@ -207,7 +207,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float, problem: Callable[[],
 def load_versions(
     endpoint: Endpoint,
     spec: ModelSpec,
-    backend: Backend,
+    backend: str,
     versions: list[int],
     timeout_s: float,
     serving: ServingSpec | None = None,

@@ -20,6 +20,7 @@ from sklearn.metrics import (
 )
 
 from tasks.core.model_task import LABEL, PREDICTION, PROBABILITIES, Task
+from tasks.core.renderings import RENDERINGS
 from tasks.core.spec import ModelSpec, SpecError, Thresholds, load_spec
 from tasks.datasets.data import DataError, split, stratify_on, to_features, to_target
 from tasks.datasets.quality import check_frame
@@ -229,7 +230,7 @@ def test_served_contract_per_task() -> None:
         (REGRESSION, {"prediction": [1]}),
     ):
         spec = load_spec(base)
-        for backend in ("python", "onnxruntime"):
+        for backend in RENDERINGS:
             config = parse_config(config_text(render_config(spec, backend)))
             assert {o.name: list(o.dims) for o in config.output} == outputs
     multiclass = render_config(load_spec(MULTICLASS), "python")

@@ -6,6 +6,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tasks.core.errors import ServiceUnavailableError
 from tasks.core.names import candidate_name, candidate_version
+from tasks.core.renderings import RENDERINGS
 from tasks.core.spec import DEFAULT_SPEC, load_spec
 from tasks.serving.model_config import (
     config_json,
@@ -17,8 +18,8 @@ from tasks.serving.triton_client import ControlClient, TritonError, loaded_versi
 from tasks.serving.triton_server import Endpoint
 
 
-@pytest.mark.parametrize("backend", ["python", "onnxruntime"])
-def test_both_renderings_carry_one_contract(backend: str) -> None:
+@pytest.mark.parametrize("backend", list(RENDERINGS))
+def test_every_rendering_carries_one_contract(backend: str) -> None:
     spec = load_spec(DEFAULT_SPEC)
     config = parse_config(config_text(render_config(spec, backend)))  # type: ignore[arg-type]
     assert config.name == spec.name
@@ -44,11 +45,30 @@ def test_renderings_differ_only_in_how_the_model_runs() -> None:
     assert production.default_model_filename == "model.onnx"
     assert embedded.backend == "python"
     assert not embedded.platform
-    for config in (production, embedded):
+    configs = [render_config(spec, name) for name in RENDERINGS]
+    for config in configs:
+        assert config.platform or config.backend, "a rendering that says nothing of what runs"
         config.ClearField("platform")
         config.ClearField("backend")
         config.ClearField("default_model_filename")
-    assert production == embedded
+    assert all(config == configs[0] for config in configs)
+
+
+@pytest.mark.parametrize("backend", list(RENDERINGS))
+def test_every_renderings_version_holds_the_onnx_file_as_it_was(backend: str) -> None:
+    files = RENDERINGS[backend].files(b"onnx bytes")
+    assert files["model.onnx"] == b"onnx bytes"
+    assert all(isinstance(data, bytes) and data for data in files.values())
+
+
+def test_an_unknown_rendering_is_refused_naming_those_there_are(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from tasks.core.settings import Settings
+
+    monkeypatch.setenv("CONVEYOR_TRITON_BACKEND", "tensorrt")
+    with pytest.raises(ValidationError, match="one of \\['onnxruntime', 'python'\\]"):
+        Settings()
 
 
 def test_gpu_instances_and_version_pinning_render() -> None:
