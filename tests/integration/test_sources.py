@@ -94,6 +94,44 @@ def test_every_source_reads_whole_newest_pinned_and_for_init(
     assert "amount" in spec.feature_names
 
 
+def test_a_delta_table_on_s3_reads_whole_newest_and_pinned(s3: None) -> None:
+    """Delta Lake on an S3 store (moto here, MinIO on the stack), written as a lakehouse job
+    writes it: the same reads as a local table, at a pinned version after the table moved."""
+    import os
+
+    from deltalake import write_deltalake
+
+    options = {"AWS_ALLOW_HTTP": "true", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    options["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
+    boto3.client("s3").create_bucket(Bucket="lakehouse")
+    frame = generate_transactions(900, seed=6, fraud_rate=0.05)
+    table = "s3://lakehouse/tx"
+    for day, rows in (("2026-11-01", frame.iloc[:500]), ("2026-11-02", frame.iloc[500:])):
+        write_deltalake(
+            table,
+            rows.assign(date=day),
+            partition_by=["date"],
+            mode="append",
+            storage_options=options,
+        )
+    uri = f"delta://{table}"
+    assert source_of(uri) is SOURCES["delta"]
+    whole, _ = read_source(uri)
+    assert len(whole) == 900 and whole.is_fraud.sum() == frame.is_fraud.sum()
+    newest, partition = read_source(uri, newest_only=True)
+    assert partition == "date=2026-11-02" and len(newest) == 400
+    at = pinned(uri)
+    write_deltalake(
+        table,
+        frame.iloc[:10].assign(date="2026-11-03"),
+        partition_by=["date"],
+        mode="append",
+        storage_options=options,
+    )
+    assert fingerprint(read_source(at)[0]) == fingerprint(whole)
+    assert len(read_source(uri)[0]) == 910
+
+
 def test_a_delta_table_is_released_at_its_version_and_unchanged_until_it_moves(
     prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
