@@ -3,7 +3,7 @@ from pathlib import Path
 
 from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, load_spec
-from tasks.datasets.sources.files import newest_partition
+from tasks.datasets.sources.files import dates_in
 from tasks.datasets.synthetic import generate_transactions
 from tasks.ops.drift import load_current
 from tasks.ops.retrain import claim_retrain
@@ -12,8 +12,8 @@ from tasks.registry import mlflow_store
 
 def test_newest_partition_is_the_latest_date_not_the_last_listed() -> None:
     keys = ["tx/date=2026-11-02/a.parquet", "tx/date=2026-11-10/b.parquet", "tx/date=2026-09-30/c"]
-    assert newest_partition(keys) == "date=2026-11-10"
-    assert newest_partition(["tx/part-0.parquet"]) is None
+    assert dates_in(keys)[0] == "2026-11-10"
+    assert dates_in(["tx/part-0.parquet"]) == []
 
 
 def test_current_batch_is_the_newest_local_partition(tmp_path: Path) -> None:

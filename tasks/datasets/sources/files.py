@@ -75,11 +75,5 @@ def in_partition(keys: list[str], date: str | None) -> list[str]:
     return [key for key in keys if date is None or f"date={date}" in key]
 
 
-def newest_partition(keys: list[str]) -> str | None:
-    """The newest `date=YYYY-MM-DD` partition among the keys, or None if they are not dated."""
-    dates = dates_in(keys)
-    return f"date={dates[0]}" if dates else None
-
-
 def concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
