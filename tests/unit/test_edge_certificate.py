@@ -80,3 +80,27 @@ def test_renewing_an_edge_that_does_not_run_says_so(tmp_path: Path) -> None:
     edge_certificate.ensure(tmp_path)
     with pytest.raises(edge_certificate.RenewalError, match="no edge runs from"):
         edge_certificate.renew(tmp_path, ("127.0.0.1", 1))
+
+
+def renew_repeatedly(directory: str, times: int) -> None:
+    for _ in range(times):
+        edge_certificate.ensure(Path(directory), renew=True)
+
+
+def test_concurrent_renewals_leave_a_key_that_matches_its_certificate(tmp_path: Path) -> None:
+    """Two `doctor --repair` runs (or a stack start beside one) renewing at once: each renewal
+    writes its pair under the lock, so the files end as one pair, never one's key beside the
+    other's certificate (nginx refuses such a pair, and its reload fails)."""
+    import multiprocessing
+
+    edge_certificate.ensure(tmp_path)
+    spawn = multiprocessing.get_context("spawn")
+    workers = [spawn.Process(target=renew_repeatedly, args=(str(tmp_path), 6)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    tls = edge_certificate.files(tmp_path)
+    assert handshake(tls).startswith("TLS")  # load_cert_chain refuses a key of another pair
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edge")]
