@@ -357,6 +357,32 @@ def test_a_canary_answer_names_the_model_the_caller_asked_for(site: EdgeSite) ->
             triton_client.unload_model(endpoint, canary)
 
 
+def test_a_renewal_whose_reload_fails_keeps_the_old_certificate_served(site: EdgeSite) -> None:
+    """Near the end (it reloads the edge). nginx refuses a reload (an operator's edit broke its
+    file): the renewal says so naming the error log, the edge goes on serving the certificate it
+    had and answering callers (who trust the same CA), and once the file is mended the next
+    renewal is served."""
+    directory = site.directory
+    config = directory / "nginx.conf"
+    original = config.read_text()
+    before = edge_certificate.served_certificate(HOST, site.http_port)
+    config.write_text(original + "\nthis is not an nginx directive;\n")
+    try:
+        with pytest.raises(edge_certificate.RenewalError) as failed:
+            edge_certificate.renew(directory, (HOST, site.http_port), timeout_s=3)
+        assert "error.log" in str(failed.value) and str(directory) in str(failed.value)
+        assert edge_certificate.served_certificate(HOST, site.http_port) == before
+        status, body = site.post(
+            f"/v2/models/{site.spec.name}/infer", site.keys["beta"], site.infer_body()
+        )
+        assert status == 200, body
+    finally:
+        config.write_text(original)
+    ends = edge_certificate.renew(directory, (HOST, site.http_port))
+    assert ends > before
+    assert edge_certificate.served_certificate(HOST, site.http_port) == ends
+
+
 def test_doctor_renews_the_edge_certificate_before_it_ends(site: EdgeSite, tmp_path: Path) -> None:
     """Last here: it reloads the edge. A certificate near its end (issued 25 days ago, 5 left)
     is a doctor problem; `--repair` issues a new one from the edge's CA and reloads nginx, and
