@@ -177,6 +177,19 @@ def _plan(job: Job, found: list[Piece]) -> tuple[list[Piece], int]:
     return todo, skipped
 
 
+def _apart(input_uri: str, output_uri: str) -> None:
+    """Scores written inside the table they score would be read back as its pieces next time."""
+    _, source = pieces.filesystem(input_uri)
+    _, target = pieces.filesystem(output_uri)
+    same_store = input_uri.startswith("s3://") == output_uri.startswith("s3://")
+    if same_store and (target == source or target.startswith(f"{source.rstrip('/')}/")):
+        raise ScoreError(
+            f"--output {output_uri} lies inside --input {input_uri}: the scores would be read "
+            "as rows of the table on the next run. Write them beside it (another folder or "
+            "prefix)"
+        )
+
+
 def _refusal(refused: list[PieceResult], total: int) -> ScoreError:
     named = "; ".join(f"{r.key}: {' / '.join(r.problems)}" for r in refused[:SHOWN])
     more = f" (and {len(refused) - SHOWN} more)" if len(refused) > SHOWN else ""
@@ -200,6 +213,7 @@ def score(
     """Score every piece of `input_uri` with `model` v`version` (default: the champion) into
     `output_uri`, piece for piece, on `compute`."""
     began = time.monotonic()
+    _apart(input_uri, output_uri)
     version = _version(settings, model, version)
     spec = known_specs.recorded_spec(settings, model, version)
     ref = model_registry.version_ref(settings, model, version)

@@ -79,3 +79,16 @@ def test_a_classifiers_label_is_its_class_as_the_spec_names_it(tmp_path: Path) -
     classes = spec.target.classes or []
     assert list(table["label"]) == [classes[1], classes[0]]
     assert list(table.columns) == ["label", *(f"probability:{c}" for c in classes)]
+
+
+@pytest.mark.parametrize(
+    ("given", "output"),
+    [("table", "table"), ("table", "table/scores"), ("s3://lake/t", "s3://lake/t/scores")],
+)
+def test_scores_are_never_written_inside_the_table_they_score(
+    tmp_path: Path, given: str, output: str
+) -> None:
+    root = "" if given.startswith("s3://") else f"{tmp_path}/"
+    with pytest.raises(scoring.ScoreError, match="lies inside --input"):
+        scoring._apart(root + given, root + output)
+    scoring._apart(root + given, root + "scores")  # beside it is fine
