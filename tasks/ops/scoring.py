@@ -34,6 +34,7 @@ from tasks.modeling import onnx
 from tasks.registry import known_specs, model_registry, tracking
 
 ROW = "row"  # the row's number within its input piece, from 0
+DECISION = "decision"
 STAMPED = ("model", "version", "run_id", "input_key", "input_size")
 # Problems named per refused piece, and refused pieces named in the refusal.
 SHOWN = 3
@@ -72,6 +73,8 @@ class Job(BaseModel):
     stamp: dict[str, str]
     output: str
     keep: list[str]
+    # A binary model's operating threshold (its release chose it): the `decision` column.
+    threshold: float | None = None
 
 
 def check_piece(piece: Piece, job: Job) -> PieceResult:
@@ -103,7 +106,7 @@ def score_piece(piece: Piece, job: Job, onnx_bytes: bytes) -> PieceResult:
     if found:  # changed since it was checked
         return PieceResult(key=piece.key, rows=len(frame), state="refused", problems=found[:SHOWN])
     outputs = onnx.predict_outputs(onnx_bytes, to_features(frame, job.spec))
-    scored = served_columns(job.spec, outputs)
+    scored = served_columns(job.spec, outputs, job.threshold)
     scored.insert(0, ROW, np.arange(len(frame), dtype=np.int64))
     for position, column in enumerate(job.keep, start=1):
         scored.insert(position, column, frame[column].to_numpy())
@@ -120,9 +123,13 @@ def _writer() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def served_columns(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> pd.DataFrame:
+def served_columns(
+    spec: ModelSpec, outputs: dict[str, np.ndarray], threshold: float | None = None
+) -> pd.DataFrame:
     """The served answers as columns: a regressor's prediction; a classifier's label (as its
-    class is named in the spec) and one `probability:<class>` column per class."""
+    class is named in the spec; Triton's argmax) and one `probability:<class>` column per class;
+    with a binary model's operating `threshold`, its `decision` (the positive class when the
+    probability reaches it: the decision the release's metrics describe)."""
     if spec.task is Task.regression:
         return pd.DataFrame({PREDICTION: outputs[PREDICTION].reshape(-1).astype(np.float64)})
     classes = [str(c) for c in spec.target.classes or []]
@@ -130,6 +137,9 @@ def served_columns(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> pd.DataFr
     table: dict[str, object] = {LABEL: labels}
     for i, name in enumerate(classes):
         table[f"probability:{name}"] = outputs[PROBABILITIES][:, i].astype(np.float64)
+    if threshold is not None and spec.task is Task.binary:
+        positive = outputs[PROBABILITIES][:, 1] >= threshold
+        table[DECISION] = np.where(positive, spec.target.classes[1], spec.target.classes[0])
     return pd.DataFrame(table)
 
 
@@ -219,7 +229,14 @@ def score(
     ref = model_registry.version_ref(settings, model, version)
     onnx_bytes = tracking.read_artifact(settings, f"runs:/{ref.run_id}/{tracking.ONNX_ARTIFACT}")
     stamp = {"model": model, "version": str(version), "run_id": ref.run_id}
-    job = Job(spec=spec, stamp=stamp, output=output_uri, keep=_keep(spec, keep))
+    threshold = tracking.run_tags(settings, ref.run_id).get(tracking.TAG_THRESHOLD)
+    job = Job(
+        spec=spec,
+        stamp=stamp,
+        output=output_uri,
+        keep=_keep(spec, keep),
+        threshold=float(threshold) if threshold is not None else None,
+    )
     found = pieces.list_pieces(input_uri)
     todo, skipped = _plan(job, found)
     refused: list[PieceResult] = []

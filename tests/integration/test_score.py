@@ -41,6 +41,7 @@ class Released:
     spec: ModelSpec
     version: int
     onnx_bytes: bytes
+    threshold: float  # the release's operating threshold
     table: Path  # date=… partitions, two files each
     env: dict[str, str]
 
@@ -75,11 +76,13 @@ def released(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 )
             )
             table = write_table(frame.drop(columns=[spec.target.name]), base / "table")
+            threshold = float(tracking.run_tags(settings, ref.run_id)[tracking.TAG_THRESHOLD])
             yield Released(
                 settings,
                 spec,
                 result.version,
                 onnx_bytes,
+                threshold,
                 table,
                 clean_env(CONVEYOR_HOME=str(base / "state")),
             )
@@ -103,7 +106,8 @@ def expected(released: Released) -> pd.DataFrame:
     for piece in pieces.list_pieces(str(released.table)):
         frame = pd.read_parquet(piece.uri)
         outputs = onnx.predict_outputs(released.onnx_bytes, to_features(frame, released.spec))
-        frames.append(scoring.served_columns(released.spec, outputs).assign(piece=piece.key))
+        table = scoring.served_columns(released.spec, outputs, released.threshold)
+        frames.append(table.assign(piece=piece.key))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -121,10 +125,15 @@ def test_every_row_is_scored_as_the_champion_answers(
     got = scored_table(out)
     assert sorted(got["piece"].unique()) == [piece.key for piece in found]
     want = expected(released)
-    columns = [c for c in want.columns if c != "piece"]
+    probabilities = [c for c in want.columns if c.startswith("probability:")]
     assert len(got) == len(want) == 3000
     np.testing.assert_array_equal(got["label"], want["label"])
-    np.testing.assert_allclose(got[columns[1:]], want[columns[1:]], rtol=0, atol=0)
+    np.testing.assert_allclose(got[probabilities], want[probabilities], rtol=0, atol=0)
+    # The decision the release's metrics describe: the positive class from its threshold on.
+    negative, positive = released.spec.target.classes or []
+    flagged = got[f"probability:{positive}"] >= released.threshold
+    assert (got["decision"] == np.where(flagged, positive, negative)).all()
+    assert 0 < flagged.sum() < len(got)
     assert (got["version"] == released.version).all() and (got["model"] == released.spec.name).all()
     # Each piece's rows are numbered from 0 as in its input, for a join by position.
     assert got.groupby("piece")["row"].apply(lambda r: list(r) == list(range(len(r)))).all()
