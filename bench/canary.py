@@ -28,7 +28,7 @@ from infra import edge
 from tasks.core import credentials
 from tasks.core.settings import Settings, TritonAddress
 from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
-from tasks.core.spec_sections import CanarySpec, PromotionSpec
+from tasks.core.spec_release import CanarySpec, PromotionSpec
 from tasks.core.storage import open_store
 from tasks.datasets.data import DatasetRef, save_dataset, to_features, to_target
 from tasks.datasets.synthetic import generate_transactions

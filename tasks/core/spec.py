@@ -31,18 +31,15 @@ from tasks.core.model_task import (
     score_metrics,
 )
 from tasks.core.names import name_problem
+from tasks.core.spec_release import PromotionSpec, RetentionSpec, ServingSpec, SmokeSpec
 from tasks.core.spec_review import ExplanationsSpec, FairnessSpec, OutcomesSpec, SegmentsSpec
 from tasks.core.spec_sections import (
     DataSpec,
     DriftSpec,
     EstimatorSpec,
     EvaluationSpec,
-    PromotionSpec,
     QualitySpec,
-    RetentionSpec,
     SearchSpec,
-    ServingSpec,
-    SmokeSpec,
     Thresholds,
     ValidationSpec,
 )
@@ -66,12 +63,14 @@ class FeatureType(StrEnum):
 class FeatureSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    type: FeatureType
-    min: float | None = None
-    max: float | None = None
-    categories: list[str] | None = None
-    nullable: bool = False
+    name: str = Field(description="The column; the served tensor keeps the features' order.")
+    type: FeatureType = Field(description="numeric, integer, boolean (sent as 0/1) or category.")
+    min: float | None = Field(default=None, description="Smallest value the contract accepts.")
+    max: float | None = Field(default=None, description="Largest value the contract accepts.")
+    categories: list[str] | None = Field(
+        default=None, description="A category's values; callers send a value's index here."
+    )
+    nullable: bool = Field(default=False, description="Missing values allowed (and imputed).")
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
@@ -90,10 +89,12 @@ class TargetSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    classes: list[int] | list[str] | None = None
-    min: float | None = None
-    max: float | None = None
+    name: str = Field(description="The label column.")
+    classes: list[int] | list[str] | None = Field(
+        default=None, description="Classifiers: every class, the negative first for binary."
+    )
+    min: float | None = Field(default=None, description="Regression: the target's range.")
+    max: float | None = Field(default=None, description="Regression: the target's range.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetSpec:
@@ -122,7 +123,7 @@ class ModelSpec(BaseModel):
             raise ValueError(problem)
         return name
 
-    description: str = ""
+    description: str = Field(default="", description="What the model decides, for the card.")
     # The model card speaks of what one row is in the business's words (a customer, a loan
     # application, a transaction), not of "rows" or of another model's nouns.
     subject: str = Field(
@@ -131,7 +132,7 @@ class ModelSpec(BaseModel):
         description="What one row is, singular (e.g. customer, loan application); the model "
         "card's noun.",
     )
-    task: Task = Task.binary
+    task: Task = Field(default=Task.binary, description="binary, multiclass or regression.")
     data: DataSpec
     features: list[FeatureSpec] = Field(min_length=1)
     target: TargetSpec

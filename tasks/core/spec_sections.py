@@ -1,6 +1,7 @@
-"""The sections of a model spec below its identity (data, quality, estimator, search,
-evaluation, gates, drift, approval, retention, serving, smoke): each a validated pydantic model
-with the defaults a spec may leave out. `tasks.core.spec` assembles them into `ModelSpec`."""
+"""The sections of a model spec that make and judge a model (data, quality, estimator, search,
+evaluation, thresholds, drift, validation): each a validated pydantic model with the defaults a
+spec may leave out. `tasks.core.spec` assembles them into `ModelSpec`; how a version goes live
+is `tasks.core.spec_release`."""
 
 from __future__ import annotations
 
@@ -14,18 +15,52 @@ from tasks.core.families import FAMILIES
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str = "synthetic"
-    rows: int = Field(default=50_000, ge=100)
-    seed: int = 0
+    source: str = Field(
+        default="synthetic",
+        description="Where the rows come from: `synthetic` (a generator of "
+        "tasks/datasets/synthetic.py, `synthetic:<domain>`), a CSV or Parquet file, a"
+        " folder or `s3://bucket/prefix` of them (`date=` partitions), or a Delta "
+        "table; any URI a source of the sources table claims.",
+    )
+    rows: int = Field(
+        default=50_000, ge=100, description="Synthetic sources: how many rows to generate."
+    )
+    seed: int = Field(
+        default=0,
+        description="Synthetic sources: the generator's seed; and the seed of the train/holdout "
+        "split.",
+    )
     # The synthetic generators' base rate of the positive class (`fraud_rate`: its older name).
     positive_rate: float = Field(
-        default=0.02, gt=0, lt=0.5, validation_alias=AliasChoices("positive_rate", "fraud_rate")
+        default=0.02,
+        gt=0,
+        lt=0.5,
+        validation_alias=AliasChoices("positive_rate", "fraud_rate"),
+        description="Synthetic binary sources: the base rate of the positive class (`fraud_rate` "
+        "is its older name).",
     )
-    drift: float = Field(default=0.0, ge=0)
+    drift: float = Field(
+        default=0.0,
+        ge=0,
+        description="Synthetic sources: 0 = no drift; 1 = the shift the nightly drift check must "
+        "catch.",
+    )
     # synthetic:credit-default only: the share of young applicants' repaid loans recorded as
     # defaults, a model unfair to that segment (`tasks.datasets.synthetic._age_bands`).
-    bias: float = Field(default=0.0, ge=0, le=1)
-    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
+    bias: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="synthetic:credit-default only: the share of young applicants' repaid loans "
+        "recorded as defaults (a model unfair to that segment).",
+    )
+    holdout_fraction: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Share of the snapshot held out for the gates and the reported figures "
+        "(stratified on the target for classifiers).",
+    )
 
 
 class QualitySpec(BaseModel):
@@ -33,7 +68,9 @@ class QualitySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_rows: int = Field(default=1000, ge=1)
+    min_rows: int = Field(
+        default=1000, ge=1, description="Fewer rows than this in the snapshot stops the release."
+    )
     min_positive_rate: float = Field(
         default=0.001, ge=0, lt=1, description="Binary: share of the positive class."
     )
@@ -49,7 +86,10 @@ class EstimatorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: str
-    params: dict[str, int | float | str | bool | None] = Field(default_factory=dict)
+    params: dict[str, int | float | str | bool | None] = Field(
+        default_factory=dict,
+        description="Fixed parameters of the estimator; the search's `space` tunes the others.",
+    )
 
     @field_validator("family")
     @classmethod
@@ -85,15 +125,40 @@ class SearchSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    trials: int = Field(default=8, ge=1)
-    parallel: int = Field(default=2, ge=1)
+    trials: int = Field(
+        default=8, ge=1, description="Optuna trials (ask/tell); 1 fits the fixed parameters once."
+    )
+    parallel: int = Field(
+        default=2,
+        ge=1,
+        description="Trials running at once, as Prefect tasks on the training flow's task runner.",
+    )
     # One of the task's metrics (tasks.core.model_task.METRICS); the task's default if unset.
-    metric: str = ""
-    validation_fraction: float = Field(default=0.25, gt=0, lt=1)
+    metric: str = Field(
+        default="",
+        description="One of the task's metrics, scored on a validation split of the training data"
+        " (never the holdout); the task's default if unset.",
+    )
+    validation_fraction: float = Field(
+        default=0.25, gt=0, lt=1, description="Share of the training split each trial is scored on."
+    )
     # Trials fit on at most this many training rows (a stratified sample); the refit uses all.
-    max_rows: int | None = Field(default=None, ge=100)
-    seed: int = 0
-    space: dict[str, Dimension] = Field(default_factory=dict)
+    max_rows: int | None = Field(
+        default=None,
+        ge=100,
+        description="Trials fit on a stratified sample of at most this many training rows; the "
+        "chosen configuration is refit on the whole training split. Unset: all rows.",
+    )
+    seed: int = Field(
+        default=0,
+        description="The sampler's and the sample's seed: the same spec and data search the same "
+        "trials.",
+    )
+    space: dict[str, Dimension] = Field(
+        default_factory=dict,
+        description="Parameter → its range (`type: int|float|categorical`, `low`/`high`/`log` or "
+        "`choices`); parameters not listed keep `estimator.params`.",
+    )
 
 
 class EvaluationSpec(BaseModel):
@@ -103,9 +168,25 @@ class EvaluationSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    operating_point: Literal["best_f1", "target_precision"] = "best_f1"
-    target_precision: float = Field(default=0.9, gt=0, le=1)
-    error_quantile: float = Field(default=0.9, gt=0, lt=1)
+    operating_point: Literal["best_f1", "target_precision"] = Field(
+        default="best_f1",
+        description="Binary: best_f1, or target_precision (the lowest threshold reaching "
+        "`target_precision`).",
+    )
+    target_precision: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Binary, with `operating_point: target_precision`: the precision the "
+        "threshold must reach.",
+    )
+    error_quantile: float = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="Regression: the quantile of the absolute error reported (and gated by "
+        "`thresholds.abs_error_quantile`).",
+    )
 
 
 class Thresholds(BaseModel):
@@ -115,19 +196,49 @@ class Thresholds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    roc_auc: float | None = Field(default=None, ge=0, le=1)
-    pr_auc: float | None = Field(default=None, ge=0, le=1)
+    roc_auc: float | None = Field(
+        default=None, ge=0, le=1, description="Binary: the holdout ROC AUC at least."
+    )
+    pr_auc: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Binary: the holdout PR AUC (average precision) at least.",
+    )
     f1: float | None = Field(default=None, ge=0, le=1)
-    brier: float | None = Field(default=None, ge=0, le=1)
-    accuracy: float | None = Field(default=None, ge=0, le=1)
+    brier: float | None = Field(
+        default=None, ge=0, le=1, description="Binary: the holdout Brier score at most."
+    )
+    accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Multiclass: the holdout accuracy at least."
+    )
     f1_macro: float | None = Field(default=None, ge=0, le=1)
     f1_weighted: float | None = Field(default=None, ge=0, le=1)
-    log_loss: float | None = Field(default=None, ge=0)
-    per_class_recall: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
-    rmse: float | None = Field(default=None, ge=0)
-    mae: float | None = Field(default=None, ge=0)
+    log_loss: float | None = Field(
+        default=None, ge=0, description="Multiclass: the holdout log loss at most."
+    )
+    per_class_recall: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        description="Multiclass: class → its holdout recall at least (classes as named in "
+        "`target.classes`).",
+    )
+    rmse: float | None = Field(
+        default=None,
+        ge=0,
+        description="Regression: the holdout RMSE at most, in the target's units.",
+    )
+    mae: float | None = Field(
+        default=None,
+        ge=0,
+        description="Regression: the holdout MAE at most, in the target's units.",
+    )
     r2: float | None = Field(default=None, le=1)
-    abs_error_quantile: float | None = Field(default=None, ge=0)
+    abs_error_quantile: float | None = Field(
+        default=None,
+        ge=0,
+        description="Regression: the `evaluation.error_quantile` quantile of the absolute error "
+        "at most.",
+    )
 
     def limits(self) -> dict[str, float]:
         """The metric gates that are set, by metric name (per-class recall aside)."""
@@ -143,7 +254,9 @@ class DriftSpec(BaseModel):
     max_rows: int = Field(
         default=100_000, ge=1000, description="Rows compared per side; larger sides are sampled."
     )
-    seed: int = 0
+    seed: int = Field(
+        default=0, description="The seed of the sample when a side has more than `max_rows` rows."
+    )
     cooldown_s: int = Field(
         default=21_600, ge=0, description="A drift event this soon after a retrain is skipped."
     )
@@ -154,7 +267,11 @@ class ValidationSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = ""  # one of the task's metrics; the task's default if unset
+    metric: str = Field(
+        default="",
+        description="The metric the challenger is compared on: one of the task's metrics; the "
+        "task's default if unset.",
+    )
     rule: Literal["non_inferior", "superior"] = Field(
         default="non_inferior",
         description="non_inferior: the CI of (challenger - champion) rules out a loss larger "
@@ -162,124 +279,16 @@ class ValidationSpec(BaseModel):
         "a loss is a positive difference: the upper bound is read.)",
     )
     # In the metric's own units: an AUC's 0.01, or an RMSE's pounds.
-    margin: float = Field(default=0.01, ge=0)
-    resamples: int = Field(default=1000, ge=1000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    seed: int = 0
-
-
-class CanarySpec(BaseModel):
-    """A canary release: after the smoke test, the edge sends `share` of the model's unversioned
-    HTTP requests to the candidate for `bake_s`, and the candidate is judged against the
-    champion on that same traffic. Outside a limit it is withdrawn at once."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    share: float = Field(default=0.1, gt=0, le=0.5, description="Share of requests, 0-0.5.")
-    bake_s: float = Field(default=120.0, gt=0, le=3600)
-    min_requests: int = Field(
-        default=100,
-        ge=10,
-        description="Requests the candidate must answer for a verdict; fewer by the end of the "
-        "bake time is no verdict, and the canary is withdrawn.",
-    )
-    max_error_rate: float = Field(
+    margin: float = Field(
         default=0.01,
         ge=0,
-        le=1,
-        description="Failed share of the candidate's requests (Triton's statistics), above the "
-        "champion's own.",
+        description="In the metric's own units (an AUC's 0.01, an RMSE's pounds): the loss "
+        "`non_inferior` tolerates.",
     )
-    max_p99_ratio: float = Field(
-        default=1.5, gt=1, description="Candidate p99 / champion p99, on the probe's requests."
+    resamples: int = Field(
+        default=1000, ge=1000, description="Paired, stratified bootstrap resamples of the holdout."
     )
-    max_prediction_shift: float = Field(
-        default=0.2,
-        gt=0,
-        le=1,
-        description="Kolmogorov-Smirnov distance between the candidate's and the champion's "
-        "answers (score, probability of the last class, or prediction) on the probe's requests.",
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence of the interval of the difference."
     )
-    probe_clients: int = Field(default=2, ge=1, le=32)
-
-
-class PromotionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    requires_approval: bool = False
-    approval_timeout_s: int = Field(default=86_400, gt=0)
-    rollout: Literal["direct", "canary"] = Field(
-        default="direct",
-        description="direct: the swap moves every request at once; canary: a share first.",
-    )
-    canary: CanarySpec = Field(default_factory=CanarySpec)
-
-
-class RetentionSpec(BaseModel):
-    """What the model repository keeps after a promotion: champion, previous and the newest
-    `keep_last` versions; older ones lose their files (their MLflow versions stay, tagged
-    `conveyor.retired`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    keep_last: int = Field(default=3, ge=0)
-
-
-class TuningSpec(BaseModel):
-    """A short measured sweep on the candidate before its smoke test. The best throughput whose
-    p99 is within `smoke.p99_budget_ms` at `smoke.concurrency` is the configuration the version
-    goes live with."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    max_queue_delays_us: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: [0, 100, 500], min_length=1
-    )
-    instance_counts: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: [1, 2], min_length=1
-    )
-    requests: int = Field(default=1000, ge=50, description="Batch-1 requests per configuration.")
-
-
-class ServingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_batch_size: int = Field(default=256, gt=0)
-    preferred_batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
-    max_queue_delay_microseconds: int = Field(default=200, ge=0)
-    instance_count: int = Field(default=1, gt=0)
-    kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
-    tuning: TuningSpec = Field(default_factory=TuningSpec)
-
-    @model_validator(mode="after")
-    def _preferred_within_max(self) -> ServingSpec:
-        too_big = [s for s in self.preferred_batch_sizes if s > self.max_batch_size]
-        if too_big:
-            raise ValueError(
-                f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
-            )
-        return self
-
-
-class SmokeSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rows: int = Field(default=1000, ge=1)
-    latency_requests: int = Field(default=200, ge=10, description="Sequential, batch 1.")
-    concurrency: int = Field(default=8, ge=1, description="Clients of the load check.")
-    load_requests: int = Field(default=2000, ge=10, description="Batch-1 requests, all clients.")
-    p99_budget_ms: float = Field(
-        default=50.0, gt=0, description="p99 latency allowed under load at `concurrency`."
-    )
-    tolerance: float = Field(
-        default=1e-5,
-        gt=0,
-        description="Classifiers: max |Δ probability|; regressors: max |Δ prediction| as a "
-        "share of the holdout target's standard deviation (ONNX vs sklearn, served vs offline).",
-    )
-    swap_probe_clients: int = Field(
-        default=2,
-        ge=1,
-        description="Clients sending unversioned requests while a new version is swapped in.",
-    )
+    seed: int = Field(default=0, description="The bootstrap's seed.")

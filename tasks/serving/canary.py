@@ -29,7 +29,7 @@ from tasks.core.errors import ConveyorError
 from tasks.core.names import canary_name
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.core.spec_sections import CanarySpec
+from tasks.core.spec_release import CanarySpec
 from tasks.core.storage import open_store, read_verified
 from tasks.datasets.data import DatasetRef, load_dataset, to_features
 from tasks.registry import model_registry, tracking

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from infra import edge
 from tasks.core.settings import Settings
-from tasks.core.spec_sections import CanarySpec, PromotionSpec
+from tasks.core.spec_release import CanarySpec, PromotionSpec
 from tasks.serving import canary, edge_routes
 
 KEY = "k" * 24
