@@ -14,13 +14,25 @@ class SegmentsSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    columns: list[str] = Field(default_factory=list)
+    columns: list[str] = Field(
+        default_factory=list,
+        description="Columns to slice the holdout by (evaluation only: never model inputs, never "
+        "sent to Triton).",
+    )
     # Below this many holdout rows a segment value is reported as too small and not judged: its
     # interval would be too wide to say anything either way.
-    min_rows: int = Field(default=200, ge=10)
-    resamples: int = Field(default=500, ge=50, le=10_000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    seed: int = 0
+    min_rows: int = Field(
+        default=200,
+        ge=10,
+        description="A segment value with fewer holdout rows is reported as too small, not judged.",
+    )
+    resamples: int = Field(
+        default=500, ge=50, le=10_000, description="Bootstrap resamples of each segment's interval."
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence of those intervals."
+    )
+    seed: int = Field(default=0, description="The bootstrap's seed.")
 
 
 class FairnessSpec(BaseModel):
@@ -32,9 +44,21 @@ class FairnessSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    floors: dict[str, float] = Field(default_factory=dict)
-    limits: dict[str, float] = Field(default_factory=dict)
-    champion_margin: float = Field(default=0.02, ge=0)
+    floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Metric → the limit every segment must meet (a floor where higher is better, "
+        "a ceiling where lower is).",
+    )
+    limits: dict[str, float] = Field(
+        default_factory=dict,
+        description="Disparity → its limit between the segments of each column.",
+    )
+    champion_margin: float = Field(
+        default=0.02,
+        ge=0,
+        description="How much worse than the champion's a challenger's disparity may be (by the "
+        "interval).",
+    )
 
     @property
     def gated(self) -> bool:
@@ -48,14 +72,23 @@ class ExplanationsSpec(BaseModel):
 
     # Holdout rows the global importance is computed on: the mean |contribution| settles long
     # before the whole holdout, and exact tree SHAP costs grow with rows x trees x depth.
-    sample_rows: int = Field(default=500, ge=50)
-    top: int = Field(default=4, ge=1, le=20)
+    sample_rows: int = Field(
+        default=500, ge=50, description="Holdout rows the global importance is computed on."
+    )
+    top: int = Field(default=4, ge=1, le=20, description="Reasons per row in `conveyor explain`.")
     # A binary model's adverse outcome (the class a reason code explains a push toward);
     # unset: the second class (`default`, `fraud`, `churned`). A multiclass model's codes explain
     # the predicted class, a regression's a higher prediction (a loss, an exposure, a claim).
-    adverse_class: int | str | None = None
+    adverse_class: int | str | None = Field(
+        default=None,
+        description="Binary: the class a reason code explains a push toward; unset: the second "
+        "class.",
+    )
     # feature -> the reason a person reads ("revolving utilisation is high").
-    reasons: dict[str, str] = Field(default_factory=dict)
+    reasons: dict[str, str] = Field(
+        default_factory=dict,
+        description='Feature → the reason a person reads ("revolving utilisation is high").',
+    )
 
 
 class OutcomesSpec(BaseModel):
@@ -73,24 +106,66 @@ class OutcomesSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str | None = None
-    labels: str | None = None
-    key: str | None = None
+    source: str | None = Field(
+        default=None,
+        description="Labelled batches (newest `date=` partition with the target filled), or "
+        "`synthetic`.",
+    )
+    labels: str | None = Field(
+        default=None,
+        description="A table of key + target, joined by `key` to the newest batch of "
+        "`data.source`.",
+    )
+    key: str | None = Field(
+        default=None,
+        description="The join key of `labels` (and the column `conveyor score` keeps beside the "
+        "scores).",
+    )
     # How long labels take to arrive (days): said in the report, so a reader knows how old the
     # checked decisions are. Nothing waits on it.
-    label_lag_days: int | None = Field(default=None, ge=0)
-    metric: str = ""  # default: the validation metric
+    label_lag_days: int | None = Field(
+        default=None,
+        ge=0,
+        description="How long labels take to arrive, said in the report; nothing waits on it.",
+    )
+    metric: str = Field(
+        default="", description="The realised metric; default: the validation metric."
+    )
     # A drop below the released figure by more than this (in the metric's units) is degradation,
     # when the interval says so.
-    tolerance: float = Field(default=0.02, ge=0)
-    min_rows: int = Field(default=500, ge=50)
-    max_rows: int = Field(default=200_000, ge=1000)
-    resamples: int = Field(default=500, ge=50, le=10_000)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    seed: int = 0
+    tolerance: float = Field(
+        default=0.02,
+        ge=0,
+        description="A drop below the released figure by more than this, by the interval, is "
+        "degradation.",
+    )
+    min_rows: int = Field(
+        default=500, ge=50, description="Fewer labelled rows: too small, never healthy."
+    )
+    max_rows: int = Field(
+        default=200_000,
+        ge=1000,
+        description="Labelled rows checked at most (a seeded sample beyond).",
+    )
+    resamples: int = Field(
+        default=500,
+        ge=50,
+        le=10_000,
+        description="Bootstrap resamples of the realised metric's interval.",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence of that interval."
+    )
+    seed: int = Field(default=0, description="The sample's and the bootstrap's seed.")
     # synthetic only: the share of a later batch's rows whose targets are shuffled among
     # themselves: the features and the target's own distribution stay, their relation breaks.
-    degradation: float = Field(default=0.0, ge=0, le=1)
+    degradation: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="synthetic only: the share of a later batch's targets shuffled among "
+        "themselves.",
+    )
 
     @property
     def configured(self) -> bool:
