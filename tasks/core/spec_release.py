@@ -17,7 +17,13 @@ class CanarySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     share: float = Field(default=0.1, gt=0, le=0.5, description="Share of requests, 0-0.5.")
-    bake_s: float = Field(default=120.0, gt=0, le=3600)
+    bake_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="How long the canary serves its share before it is judged, unless its errors "
+        "withdraw it sooner.",
+    )
     min_requests: int = Field(
         default=100,
         ge=10,
@@ -41,7 +47,12 @@ class CanarySpec(BaseModel):
         description="Kolmogorov-Smirnov distance between the candidate's and the champion's "
         "answers (score, probability of the last class, or prediction) on the probe's requests.",
     )
-    probe_clients: int = Field(default=2, ge=1, le=32)
+    probe_clients: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="conveyor's own clients sending requests through the edge during the bake.",
+    )
 
 
 class PromotionSpec(BaseModel):
@@ -87,12 +98,18 @@ class TuningSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True, description="false: the version goes live with `serving` as written."
+    )
     max_queue_delays_us: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: [0, 100, 500], min_length=1
+        default_factory=lambda: [0, 100, 500],
+        min_length=1,
+        description="Dynamic batching queue delays tried.",
     )
     instance_counts: list[Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: [1, 2], min_length=1
+        default_factory=lambda: [1, 2],
+        min_length=1,
+        description="Instance counts tried.",
     )
     requests: int = Field(default=1000, ge=50, description="Batch-1 requests per configuration.")
 
