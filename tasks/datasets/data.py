@@ -5,12 +5,11 @@ encoding (the sources themselves are `tasks.datasets.sources`, the synthetic gen
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 from sklearn.model_selection import train_test_split
@@ -21,6 +20,7 @@ from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets import synthetic
 from tasks.datasets.not_numbers import PLACEHOLDER_FIX, examples_of, not_numbers
+from tasks.datasets.pieces import write_table_atomic
 from tasks.datasets.sources import pinned, read_source
 from tasks.datasets.sources.files import DataError
 
@@ -54,15 +54,7 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write next to the target and rename, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_table_atomic(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 def save_dataset(frame: pd.DataFrame, directory: Path, stem: str, target: str) -> DatasetRef:

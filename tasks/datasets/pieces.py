@@ -11,8 +11,9 @@ what); a rerun reads the stamps to skip pieces already written."""
 
 from __future__ import annotations
 
+import functools
 import os
-import uuid
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,19 +39,23 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow's filesystem for `uri` and the path on it."""
     if uri.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-        options: dict[str, object] = {
-            "region": os.environ.get("AWS_DEFAULT_REGION")
-            or os.environ.get("AWS_REGION")
-            or "us-east-1"
-        }
-        if endpoint:
-            parts = urlsplit(endpoint)
-            options |= {
-                "endpoint_override": parts.netloc or endpoint,
-                "scheme": parts.scheme or "https",
-            }
-        return pafs.S3FileSystem(**options), uri.removeprefix("s3://").rstrip("/")
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        s3 = _s3(region or "us-east-1", endpoint, os.environ.get("AWS_ACCESS_KEY_ID"))
+        return s3, uri.removeprefix("s3://").rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+@functools.lru_cache(maxsize=4)
+def _s3(region: str, endpoint: str | None, _key_id: str | None) -> pafs.S3FileSystem:
+    """One S3 filesystem per settings in a process: a run asks for one per piece it lists,
+    stamps, reads and writes. The key id is in the cache key so that changed credentials get
+    a filesystem of their own (the secret is read from the environment by the AWS SDK)."""
+    options: dict[str, object] = {"region": region}
+    if endpoint:
+        parts = urlsplit(endpoint)
+        options["endpoint_override"] = parts.netloc or endpoint
+        options["scheme"] = parts.scheme or "https"
+    return pafs.S3FileSystem(**options)
 
 
 def join(root: str, key: str) -> str:
@@ -117,6 +122,20 @@ def stamp_of(uri: str) -> dict[str, str] | None:
     }
 
 
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write next to the target and rename, so a reader never sees a half-written file (a
+    hidden name, so a lister of the folder never takes it for a piece either)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_piece(frame: pd.DataFrame, uri: str, stamp: dict[str, str]) -> None:
     """Write `frame` to `uri` with `stamp` in its metadata, all of it or nothing."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -125,14 +144,7 @@ def write_piece(frame: pd.DataFrame, uri: str, stamp: dict[str, str]) -> None:
     table = table.replace_schema_metadata(metadata)
     fs, path = filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            pq.write_table(table, partial)
-            partial.replace(target)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_table_atomic(table, Path(path))
         return
     # The whole file first, then one upload: S3 shows the object only once the upload completes,
     # and nothing is sent for a table that fails to serialise.

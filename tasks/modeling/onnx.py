@@ -239,7 +239,11 @@ def session(onnx_bytes: bytes) -> ort.InferenceSession:
 
 def predict_outputs(onnx_bytes: bytes, features: np.ndarray) -> dict[str, np.ndarray]:
     """Offline ONNX predictions, every output of the graph by name (as Triton serves them)."""
-    runner = session(onnx_bytes)
+    return outputs_of(session(onnx_bytes), features)
+
+
+def outputs_of(runner: ort.InferenceSession, features: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of an open session's graph by name, for `features`."""
     names = [output.name for output in runner.get_outputs()]
     return dict(zip(names, runner.run(names, {INPUT: features}), strict=True))
 

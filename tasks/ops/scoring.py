@@ -11,11 +11,14 @@ refused by name, and the others are scored only when the caller asks (`skip_bad`
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
+from typing import Literal
 
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 from prefect import task
 from pydantic import BaseModel
@@ -47,7 +50,8 @@ class ScoreError(ConveyorError):
 class PieceResult(BaseModel):
     key: str
     rows: int
-    state: str  # scored | skipped (written by an earlier run) | refused | good (checked only)
+    # good: checked only; scored: written by this run; refused: it breaks the data contract
+    state: Literal["good", "scored", "refused"]
     problems: list[str] = []
 
 
@@ -105,7 +109,7 @@ def score_piece(piece: Piece, job: Job, onnx_bytes: bytes) -> PieceResult:
     found = violations(frame, job.spec)
     if found:  # changed since it was checked
         return PieceResult(key=piece.key, rows=len(frame), state="refused", problems=found[:SHOWN])
-    outputs = onnx.predict_outputs(onnx_bytes, to_features(frame, job.spec))
+    outputs = onnx.outputs_of(_session(onnx_bytes), to_features(frame, job.spec))
     scored = served_columns(job.spec, outputs, job.threshold)
     scored.insert(0, ROW, np.arange(len(frame), dtype=np.int64))
     for position, column in enumerate(job.keep, start=1):
@@ -116,6 +120,14 @@ def score_piece(piece: Piece, job: Job, onnx_bytes: bytes) -> PieceResult:
     stamp = job.stamp | {"input_key": piece.key, "input_size": str(piece.size), "writer": _writer()}
     pieces.write_piece(scored, pieces.join(job.output, piece.key), stamp)
     return PieceResult(key=piece.key, rows=len(frame), state="scored")
+
+
+@functools.lru_cache(maxsize=2)
+def _session(onnx_bytes: bytes) -> ort.InferenceSession:
+    """One onnxruntime session per version in a process: building it costs more than scoring a
+    small piece, and a worker scores many pieces of one version (the same bytes object, whose
+    hash Python keeps)."""
+    return onnx.session(onnx_bytes)
 
 
 def _writer() -> str:
