@@ -117,9 +117,32 @@ def score_piece(piece: Piece, job: Job, onnx_bytes: bytes) -> PieceResult:
     scored["model"] = job.stamp["model"]
     scored["version"] = int(job.stamp["version"])
     scored["run_id"] = job.stamp["run_id"]
-    stamp = job.stamp | {"input_key": piece.key, "input_size": str(piece.size), "writer": _writer()}
-    pieces.write_piece(scored, pieces.join(job.output, piece.key), stamp)
+    target = pieces.join(job.output, piece.key)
+    # A second run scoring another version into the same output since this one planned: its
+    # piece stays as it is, and this one is named, not written over it.
+    other = _other_scores(job, piece, pieces.stamp_of(target))
+    if other:
+        return PieceResult(key=piece.key, rows=len(frame), state="refused", problems=[other])
+    stamp = _stamp(job, piece) | {"writer": _writer()}
+    pieces.write_piece(scored, target, stamp)
     return PieceResult(key=piece.key, rows=len(frame), state="scored")
+
+
+def _stamp(job: Job, piece: Piece) -> dict[str, str]:
+    return job.stamp | {"input_key": piece.key, "input_size": str(piece.size)}
+
+
+def _other_scores(job: Job, piece: Piece, stamp: dict[str, str] | None) -> str | None:
+    """What holds `piece`'s output when it is not this run's version of this input; None when
+    nothing does, or when it is (a rerun's own piece)."""
+    mine = _stamp(job, piece)
+    if stamp is None or {k: stamp.get(k) for k in STAMPED} == {k: mine[k] for k in STAMPED}:
+        return None
+    return (
+        f"{pieces.join(job.output, piece.key)} already holds other scores "
+        f"({stamp.get('model')} v{stamp.get('version')} of input {stamp.get('input_key')} at "
+        f"{stamp.get('input_size')} bytes)"
+    )
 
 
 @functools.lru_cache(maxsize=2)
@@ -181,21 +204,17 @@ def _plan(job: Job, found: list[Piece]) -> tuple[list[Piece], int]:
     """The pieces still to score, and how many an earlier run of this version wrote."""
     todo, skipped = [], 0
     for piece in found:
-        target = pieces.join(job.output, piece.key)
-        stamp = pieces.stamp_of(target)
+        stamp = pieces.stamp_of(pieces.join(job.output, piece.key))
         if stamp is None:
             todo.append(piece)
             continue
-        mine = job.stamp | {"input_key": piece.key, "input_size": str(piece.size)}
-        if {k: stamp.get(k) for k in STAMPED} == {k: mine[k] for k in STAMPED}:
-            skipped += 1
-            continue
-        raise ScoreError(
-            f"{target} already holds other scores ({stamp.get('model')} "
-            f"v{stamp.get('version')} of input {stamp.get('input_key')} at "
-            f"{stamp.get('input_size')} bytes): nothing was written. Score into another "
-            "--output, or delete that folder to score it again"
-        )
+        other = _other_scores(job, piece, stamp)
+        if other:
+            raise ScoreError(
+                f"{other}: nothing was written. Score into another --output, or delete that "
+                "folder to score it again"
+            )
+        skipped += 1
     return todo, skipped
 
 

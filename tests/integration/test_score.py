@@ -225,6 +225,31 @@ def test_scores_of_another_version_are_not_overwritten(released: Released, tmp_p
     assert first.read_bytes() != before  # the claim stayed: nothing was overwritten
 
 
+def test_a_piece_written_by_another_run_meanwhile_is_named_not_overwritten(
+    released: Released, tmp_path: Path
+) -> None:
+    """Two runs into one output at once, of different versions: the piece the other run wrote
+    after this one planned stays as that run wrote it, and this run names it as refused."""
+    out = tmp_path / "scores"
+    [piece, *_] = pieces.list_pieces(str(released.table))
+    target = out / piece.key
+    claimed = {"model": "another-model", "version": "3", "run_id": "x"}
+    pieces.write_piece(pd.DataFrame({"row": [0]}), str(target), claimed | {"input_key": "k"})
+    before = target.read_bytes()
+    stamp = {"model": released.spec.name, "version": str(released.version), "run_id": "r"}
+    job = scoring.Job(spec=released.spec, stamp=stamp, output=str(out), keep=[])
+    result = scoring.score_piece(piece, job, released.onnx_bytes)
+    assert result.state == "refused" and "another-model v3" in result.problems[0], result
+    assert target.read_bytes() == before
+    # A piece nobody else wrote is scored as usual.
+    assert (
+        scoring.score_piece(
+            pieces.list_pieces(str(released.table))[1], job, released.onnx_bytes
+        ).state
+        == "scored"
+    )
+
+
 def test_s3_in_and_out_through_pyarrow(released: Released, tmp_path: Path) -> None:
     import boto3
 
