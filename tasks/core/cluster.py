@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from tasks.core.errors import ConveyorError, ServiceUnavailableError
 from tasks.core.settings import Settings
 
 Compute = Literal["local", "dask"]
-COMPUTES: tuple[Compute, ...] = ("local", "dask")
+COMPUTES: tuple[Compute, ...] = get_args(Compute)
 
 T = TypeVar("T")
 Runner = Callable[..., Iterator[Any]]
