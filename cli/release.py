@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.markup import escape
@@ -21,6 +21,7 @@ from cli.app import (
     console,
     log_path,
 )
+from tasks.core.cluster import COMPUTES, Compute
 from tasks.core.errors import ConveyorError
 from tasks.core.model_task import Task
 from tasks.core.settings import Settings
@@ -231,6 +232,13 @@ def init(
         Task | None,
         typer.Option(help="binary, multiclass or regression (default: inferred from the target)."),
     ] = None,
+    compute: Annotated[
+        str,
+        typer.Option(
+            help="local, or dask: a partitioned Parquet table read, trained on and scored on a "
+            "Dask cluster (only a profile of it is read here)."
+        ),
+    ] = "local",
 ) -> None:
     """Write deployments/models/NAME.yaml from the data: the task, types, ranges, nulls,
     categories, target, quality floors, a model family for its size. Never overwrites a spec."""
@@ -239,7 +247,7 @@ def init(
         _check_init_arguments(source, name)  # before the data stack is imported (~3 s)
         from tasks.datasets.schema_gen import init_spec
 
-        result = init_spec(source, target, name, settings.spec_dir, task)
+        result = init_spec(source, target, name, settings.spec_dir, task, _compute(compute))
     console.print(
         f"wrote {result.path}: model {result.name}, {result.features} features, "
         f"task {result.task.value} ({result.task_why})",
@@ -252,6 +260,12 @@ def init(
         f"release it: conveyor run --spec {result.path}",
         highlight=False,
     )
+
+
+def _compute(compute: str) -> Compute:
+    if compute not in COMPUTES:
+        raise ConveyorError(f"--compute {compute!r} is not one of {list(COMPUTES)}")
+    return cast(Compute, compute)
 
 
 def _check_init_arguments(source: str, name: str | None) -> None:

@@ -21,8 +21,8 @@ from tasks.core.orchestration import subflows_without_heartbeats
 from tasks.core.progress import stage
 from tasks.core.settings import Settings
 from tasks.core.spec import DEFAULT_SPEC, ModelSpec
-from tasks.datasets.data import DatasetRef, snapshot_task
-from tasks.datasets.quality import validate_data_task
+from tasks.datasets.data import DatasetRef
+from tasks.datasets.release_data import snapshot_task, validate_data_task
 from tasks.modeling.evaluation import ValidationReport
 from tasks.modeling.scores import Metrics
 from tasks.modeling.search import task_runner

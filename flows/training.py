@@ -6,8 +6,8 @@ from prefect import flow
 
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.datasets.data import DatasetRef, snapshot_task, split_task
-from tasks.datasets.quality import validate_data_task
+from tasks.datasets.data import DatasetRef
+from tasks.datasets.release_data import snapshot_task, split_task, validate_data_task
 from tasks.modeling.search import fail_candidate_task, open_candidate_task, run_search
 from tasks.modeling.training import TrainResult, train_candidate_task
 

@@ -130,7 +130,7 @@ def write_spec(directory: Path, base: Path = DEFAULT_SPEC, **overrides: object) 
         *sections, key = dotted.split(".")
         target = raw
         for section in sections:
-            target = target[section]
+            target = target.setdefault(section, {})
         target[key] = value
     path = directory / f"spec-{next(_spec_numbers)}.yaml"
     path.write_text(yaml.safe_dump(raw))

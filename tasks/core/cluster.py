@@ -11,15 +11,16 @@ run."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 from tasks.core.errors import ConveyorError, ServiceUnavailableError
 from tasks.core.settings import Settings
+from tasks.core.spec_sections import COMPUTES, Compute
 
-Compute = Literal["local", "dask"]
-COMPUTES: tuple[Compute, ...] = get_args(Compute)
+__all__ = ["COMPUTES", "ClusterError", "Compute", "connected", "runner"]
 
 T = TypeVar("T")
 Runner = Callable[..., Iterator[Any]]
@@ -44,7 +45,7 @@ def runner(settings: Settings, compute: Compute, workers: int = 2) -> Iterator[R
         return
     if compute not in COMPUTES:
         raise ConveyorError(f"compute {compute!r} is not one of {list(COMPUTES)}")
-    with _client(settings, workers) as client:
+    with connected(settings, workers) as client:
         yield _on(client)
 
 
@@ -102,9 +103,11 @@ def _said(item: Any) -> str:
 
 
 @contextmanager
-def _client(settings: Settings, workers: int) -> Iterator[Any]:
+def connected(settings: Settings, workers: int = 2) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
+    # The scheduler's and client's comings and goings (INFO) would bury the run's own log.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     address = settings.dask_address
     if address:
         try:
@@ -129,4 +132,14 @@ def _client(settings: Settings, workers: int) -> Iterator[Any]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        client.run(_quiet_stdout)
         yield client
+
+
+def _quiet_stdout() -> None:
+    """On a worker conveyor started: its stdout is the user's console, where libraries' own
+    prints (LightGBM's network set-up, XGBoost's ranks) would interleave with the stages. Errors
+    still reach stderr and the task's result."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)

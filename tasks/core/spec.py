@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from tasks.core.errors import ConveyorError
-from tasks.core.families import FAMILIES, families_for
+from tasks.core.families import FAMILIES, compute_problem, families_for
 from tasks.core.gates import GatesSpec, gates_problem
 from tasks.core.model_task import (
     DEFAULT_METRIC,
@@ -34,6 +34,7 @@ from tasks.core.names import name_problem
 from tasks.core.spec_release import PromotionSpec, RetentionSpec, ServingSpec, SmokeSpec
 from tasks.core.spec_review import ExplanationsSpec, FairnessSpec, OutcomesSpec, SegmentsSpec
 from tasks.core.spec_sections import (
+    Compute,
     DataSpec,
     DriftSpec,
     EstimatorSpec,
@@ -133,6 +134,11 @@ class ModelSpec(BaseModel):
         "card's noun.",
     )
     task: Task = Field(default=Task.binary, description="binary, multiclass or regression.")
+    compute: Compute = Field(
+        default="local",
+        description="local: the table is read into this process. dask: a partitioned Parquet "
+        "table is read, checked, trained on and scored on a Dask cluster (XGBoost, LightGBM).",
+    )
     data: DataSpec
     features: list[FeatureSpec] = Field(min_length=1)
     target: TargetSpec
@@ -157,6 +163,12 @@ class ModelSpec(BaseModel):
     @model_validator(mode="after")
     def _gates_fit(self) -> ModelSpec:
         if problem := gates_problem(self.task, self.gates):
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _compute_fits(self) -> ModelSpec:
+        if problem := compute_problem(self.compute, self.estimator.family):
             raise ValueError(problem)
         return self
 

@@ -5,11 +5,17 @@ is `tasks.core.spec_release`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.core.families import FAMILIES
+
+# Where a release's or a scoring run's work runs: this process, or a Dask cluster
+# (`tasks.core.cluster`). Here, not there, because the spec names it and the cluster module
+# reads the settings, which read the spec.
+Compute = Literal["local", "dask"]
+COMPUTES: tuple[Compute, ...] = get_args(Compute)
 
 
 class DataSpec(BaseModel):
@@ -186,6 +192,13 @@ class EvaluationSpec(BaseModel):
         lt=1,
         description="Regression: the quantile of the absolute error reported (and gated by "
         "`thresholds.abs_error_quantile`).",
+    )
+    sample_rows: int = Field(
+        default=200_000,
+        ge=1_000,
+        description="With `compute: dask`: the holdout rows brought into one process, a seeded "
+        "sample, for what needs them in one place (bootstrap, segments, gates, parity, "
+        "explanations); holdout metrics cover every row.",
     )
 
 

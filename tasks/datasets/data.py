@@ -10,17 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from prefect import get_run_logger, task
 from pydantic import BaseModel
 from sklearn.model_selection import train_test_split
 
-from tasks.core.attempts import RESUMABLE
 from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets import synthetic
 from tasks.datasets.not_numbers import PLACEHOLDER_FIX, examples_of, not_numbers
-from tasks.datasets.pieces import write_table_atomic
+from tasks.datasets.pieces import Piece, write_table_atomic
 from tasks.datasets.sources import pinned, read_source
 from tasks.datasets.sources.files import DataError
 
@@ -37,11 +35,37 @@ class DatasetRef(BaseModel):
     read_from: str | None = None
 
 
+class SplitPiece(Piece):
+    train_rows: int
+    holdout_rows: int
+
+
+class PartitionedSplit(BaseModel):
+    """`compute: dask` (`tasks.datasets.partitioned`): where every row of both sides is, the
+    manifest and each piece's share of each side, cut again the same way by whoever reads it."""
+
+    manifest: str
+    pieces: list[SplitPiece]
+    seed: int
+    holdout_fraction: float
+
+    @property
+    def train_rows(self) -> int:
+        return sum(piece.train_rows for piece in self.pieces)
+
+    @property
+    def holdout_rows(self) -> int:
+        return sum(piece.holdout_rows for piece in self.pieces)
+
+
 class SplitResult(BaseModel):
     train: DatasetRef
     holdout: DatasetRef
     source_sha256: str  # the snapshot both were cut from: what "the same data" means
     read_from: str | None = None  # the snapshot's source, pinned (`DatasetRef.read_from`)
+    # With `compute: dask`, `train` and `holdout` are seeded samples of the two sides, and this
+    # says where all their rows are.
+    partitioned: PartitionedSplit | None = None
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
@@ -225,21 +249,3 @@ def split_dataset(spec: ModelSpec, settings: Settings, data: DatasetRef) -> Spli
         source_sha256=data.sha256,
         read_from=data.read_from,
     )
-
-
-@task(name="snapshot-data", cache_policy=RESUMABLE, persist_result=True)
-def snapshot_task(spec: ModelSpec, settings: Settings) -> DatasetRef:
-    ref = snapshot(spec, settings)
-    get_run_logger().info(
-        "%s: %d rows, %d positives, sha256 %s…",
-        spec.data.source,
-        ref.rows,
-        ref.positives,
-        ref.sha256[:12],
-    )
-    return ref
-
-
-@task(name="split-data", cache_policy=RESUMABLE, persist_result=True)
-def split_task(spec: ModelSpec, settings: Settings, data: DatasetRef) -> SplitResult:
-    return split_dataset(spec, settings, data)

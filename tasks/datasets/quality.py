@@ -5,17 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from tasks.core.attempts import RESUMABLE
 from tasks.core.errors import ConveyorError
 from tasks.core.model_task import Task
-from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
-from tasks.datasets.data import DatasetRef, load_dataset
-from tasks.registry import tracking
 
 Severity = Literal["error", "warning"]
 # Column dtypes each feature type accepts (as pandas names them).
@@ -279,23 +273,3 @@ def require_quality(report: DataQualityReport, uri: str) -> None:
         + "\n".join(f"  - {issue.line()}" for issue in report.errors)
         + "\nNothing was trained or registered. Fix the data or the spec's schema."
     )
-
-
-@task(name="validate-data", cache_policy=RESUMABLE, persist_result=True)
-def validate_data_task(settings: Settings, spec: ModelSpec, data: DatasetRef) -> DataQualityReport:
-    """Run the contract; the report goes to a Prefect artifact and MLflow whatever the outcome."""
-    report = check_frame(load_dataset(data.uri), spec, data.sha256)
-    create_markdown_artifact(
-        key=f"data-validation-{spec.name}",
-        markdown=report.markdown(),
-        description=f"Data contract of {spec.name}: the snapshot's rows, columns, ranges and "
-        "label balance against the spec",
-    )
-    tracking.log_data_validation(settings, spec.name, data, report.passed, report.markdown())
-    logger = get_run_logger()
-    for issue in report.warnings:
-        logger.warning("data warning: %s", issue.line())
-    if report.passed:
-        logger.info("data contract passed: %d rows, %d checks", report.rows, report.checks)
-    require_quality(report, data.uri)
-    return report

@@ -18,7 +18,7 @@ class RowContractError(ConveyorError):
     """Rows break the spec's feature schema."""
 
 
-def _bad_rows(feature: FeatureSpec, values: pd.Series) -> list[tuple[np.ndarray, str]]:
+def bad_rows(feature: FeatureSpec, values: pd.Series) -> list[tuple[np.ndarray, str]]:
     """(rows, what is wrong) for one feature's column."""
     missing = values.isna().to_numpy()
     problems = []
@@ -55,7 +55,7 @@ def violations(frame: pd.DataFrame, spec: ModelSpec) -> list[str]:
         return [f"columns {missing} of the model's features are missing"]
     lines = []
     for feature in spec.features:
-        for rows, what in _bad_rows(feature, frame[feature.name]):
+        for rows, what in bad_rows(feature, frame[feature.name]):
             bad = np.flatnonzero(rows)
             if len(bad):
                 shown = ", ".join(str(i + 1) for i in bad[:SHOWN])

@@ -18,11 +18,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from tasks.core.cluster import Compute
 from tasks.core.model_task import Task
 from tasks.core.names import MAX_NAME_LENGTH, name_problem
 from tasks.core.spec import FeatureSpec, FeatureType, load_spec
 from tasks.datasets.data import read_source
 from tasks.datasets.not_numbers import PLACEHOLDER_FIX, examples_of, not_numbers
+from tasks.datasets.table_profile import profile
 from tasks.datasets.target_inference import RANGE_MARGIN, InitError, infer_target, widen
 from tasks.datasets.task_templates import TEMPLATES, choose_family, fixed_params, search_space
 
@@ -35,6 +37,10 @@ PLACEHOLDER_SHARE = 0.1
 # category (its one-hot encoding would be as wide as the data).
 MAX_CATEGORIES = 50
 HOLDOUT_FRACTION = 0.25
+COMPUTE_WHY: dict[Compute, str] = {
+    "local": "               # the table is read into one process; dask: on a cluster",
+    "dask": "                # read, checked, trained on and scored on a Dask cluster",
+}
 
 
 class InferredFeature(FeatureSpec):
@@ -128,9 +134,16 @@ def infer_feature(column: pd.Series) -> InferredFeature | Skipped:
 
 
 def render(
-    source: str, name: str, target: str, frame: pd.DataFrame, task: Task | None = None
+    source: str,
+    name: str,
+    target: str,
+    frame: pd.DataFrame,
+    task: Task | None = None,
+    compute: Compute = "local",
+    rows: int | None = None,
 ) -> tuple[str, list[Skipped], str]:
-    """The spec's text, the columns left out (with why), and why the task is what it is."""
+    """The spec's text, the columns left out (with why), and why the task is what it is.
+    `rows`: the table's rows, where `frame` is a profile of it (`compute: dask`)."""
     if frame.empty:
         raise InitError(f"{source} has a header but no rows: point --from at data with rows")
     inferred_target = infer_target(frame, target, source, task)
@@ -142,9 +155,9 @@ def render(
             f"no column of {source} can be a feature: "
             + "; ".join(f"{s.name}: {s.why}" for s in skipped)
         )
-    rows = len(frame)
+    rows = rows or len(frame)
     nulls = [f for f in features if f.nullable]
-    family, family_why = choose_family(rows, bool(nulls), inferred_target.task)
+    family, family_why = choose_family(rows, bool(nulls), inferred_target.task, compute)
     holdout_rows = int(rows * HOLDOUT_FRACTION)
     max_null = max((f.null_share for f in nulls), default=0.0)
     null_floor = min(0.5, max(0.05, round(2 * max_null, 2)))
@@ -156,13 +169,15 @@ def render(
         Task.regression: "error_gap: ...",
     }[inferred_target.task]
     quality = t.quality + "\n" if t.quality else ""
-    text = f"""# Written by `conveyor init --from {source} --target {target}` from {rows:,} rows.
+    said = f"--from {source} --target {target}" + (" --compute dask" if compute == "dask" else "")
+    text = f"""# Written by `conveyor init {said}` from {rows:,} rows.
 # Review it before the first release: every value below is inferred or a default, and says which.
 name: {name}
 description: >-
   Inferred from {source}. Describe what the model decides and for whom.
 subject: row                  # what one row is (customer, loan application…): the card's noun
 {t.task_line}
+compute: {compute}{COMPUTE_WHY[compute]}
 
 data:
   source: {json.dumps(source)}
@@ -269,7 +284,12 @@ class InitResult(BaseModel):
 
 
 def init_spec(
-    source: str, target: str, name: str | None, spec_dir: Path, task: Task | None = None
+    source: str,
+    target: str,
+    name: str | None,
+    spec_dir: Path,
+    task: Task | None = None,
+    compute: Compute = "local",
 ) -> InitResult:
     name = name or default_name(source)
     problem = name_problem(name)
@@ -282,8 +302,11 @@ def init_spec(
             f"{path} already exists; conveyor init never writes over a spec. Pick another "
             "--name, or delete it first if it is yours to replace"
         )
-    frame = read_source(source)[0]
-    text, skipped, why = render(source, name, target, frame, task)
+    if compute == "dask":  # a profile of the table, never all its rows
+        frame, rows = profile(source, MAX_CATEGORIES)
+    else:
+        frame, rows = read_source(source)[0], None
+    text, skipped, why = render(source, name, target, frame, task, compute, rows)
     spec_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tasks.core.cluster import Compute
 from tasks.core.families import FAMILIES
 from tasks.core.model_task import Task
 from tasks.datasets.target_inference import TargetInference
@@ -21,9 +22,14 @@ SMALL_DATA_ROWS = 5_000
 LARGE_DATA_ROWS = 50_000
 
 
-def choose_family(rows: int, has_nulls: bool, task: Task = Task.binary) -> tuple[str, str]:
-    """A family of the table for the data's size (`conveyor init` offers these three kinds; any
-    other family is one word in the written spec, its search space from the table)."""
+def choose_family(
+    rows: int, has_nulls: bool, task: Task = Task.binary, compute: Compute = "local"
+) -> tuple[str, str]:
+    """A family of the table for the data's size (`conveyor init` offers these three kinds, and
+    LightGBM on a cluster; any other family is one word in the written spec, its search space
+    from the table)."""
+    if compute == "dask":
+        return "lightgbm", f"{rows:,} rows on a Dask cluster: LightGBM trains on its workers"
     linear = "ridge" if task is Task.regression else "logistic_regression"
     if rows < SMALL_DATA_ROWS:
         return linear, f"{rows:,} rows: a linear model, trees would overfit"

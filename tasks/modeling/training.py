@@ -27,6 +27,7 @@ from tasks.core.spec import FeatureType, ModelSpec
 from tasks.datasets.data import (
     DataError,
     DatasetRef,
+    PartitionedSplit,
     SplitResult,
     load_dataset,
     split,
@@ -34,7 +35,7 @@ from tasks.datasets.data import (
     to_features,
     to_target,
 )
-from tasks.modeling import explain
+from tasks.modeling import distributed, explain
 from tasks.modeling.evaluation import close_figures, operating_threshold
 from tasks.modeling.kinds import kind_of
 from tasks.modeling.scores import Metrics
@@ -99,7 +100,11 @@ def fit(
                 "a classifier needs examples of every class in target.classes: add data, or "
                 "remove the class from the spec"
             )
-    model = build_pipeline(spec, params).fit(features, target)
+    return for_serving(spec, build_pipeline(spec, params).fit(features, target))
+
+
+def for_serving(spec: ModelSpec, model: Pipeline) -> Pipeline:
+    """A fitted Pipeline made to answer as its ONNX graph does, and a row at a time."""
     FAMILIES[spec.estimator.family].served_precision(model[-1])
     # Trained on every core, but served a row at a time: with n_jobs=-1 each predict pays joblib's
     # dispatch (about 50 ms per batch-1 call on 2 cores), which anyone serving this MLflow model
@@ -192,6 +197,33 @@ def refit_and_score(
     return model, threshold, metrics, scores
 
 
+def _refit_on_cluster(
+    spec: ModelSpec,
+    settings: Settings,
+    split: PartitionedSplit,
+    sample: pd.DataFrame,
+    params: Params,
+) -> tuple[Pipeline, float | None, Metrics, np.ndarray, np.ndarray]:
+    """`refit_and_score` on a Dask cluster: refit on every training row, holdout metrics on
+    every holdout row; the threshold from the training sample's out-of-fold scores, as a local
+    release takes it from at most `search.max_rows` rows."""
+    model = distributed.fit(spec, settings, split, build_pipeline(spec, params), sample, params)
+    model = for_serving(spec, model)
+    threshold = threshold_on_training(spec, sample, params)
+    target, scores = distributed.holdout_scores(spec, settings, split, model)
+    return model, threshold, kind_of(spec).evaluate(spec, target, scores, threshold), target, scores
+
+
+def cluster_lineage(split: PartitionedSplit, sample_rows: int) -> dict[str, str]:
+    """What a `compute: dask` release read, for its run's tags and its model card."""
+    return {
+        tracking.TAG_COMPUTE: "dask",
+        tracking.TAG_MANIFEST: split.manifest,
+        tracking.TAG_ROWS: f"{split.train_rows} training, {split.holdout_rows} holdout in "
+        f"{len(split.pieces)} pieces; {sample_rows} holdout rows sampled for the gates",
+    }
+
+
 def train_candidate(
     spec: ModelSpec,
     settings: Settings,
@@ -205,8 +237,13 @@ def train_candidate(
     train = load_dataset(data.train.uri)
     params = search.best.params
     holdout = load_dataset(data.holdout.uri)
-    model, threshold, metrics, scores = refit_and_score(spec, train, holdout, params)
     features, target = to_features(holdout, spec), to_target(holdout, spec)
+    if data.partitioned is None:
+        model, threshold, metrics, scores = refit_and_score(spec, train, holdout, params)
+    else:  # `train` and `holdout` are samples; the refit and the metrics read every row
+        model, threshold, metrics, target, scores = _refit_on_cluster(
+            spec, settings, data.partitioned, train, params
+        )
     lineage = {
         tracking.TAG_DATA: data.train.sha256,
         tracking.TAG_SOURCE: data.source_sha256,
@@ -219,6 +256,8 @@ def train_candidate(
         tracking.TAG_SPEC: spec_fingerprint(spec),
         tracking.TAG_TASK: spec.task.value,
     }
+    if data.partitioned is not None:
+        lineage |= cluster_lineage(data.partitioned, data.holdout.rows)
     if threshold is not None:
         lineage[tracking.TAG_THRESHOLD] = f"{threshold:.6f}"
         lineage[tracking.TAG_THRESHOLD_SOURCE] = THRESHOLD_SOURCE
@@ -279,7 +318,7 @@ def train_candidate_task(
         "trained %s %s on %d rows (data %s…): %s; MLflow run %s",
         spec.task.value,
         spec.estimator.family,
-        data.train.rows,
+        data.partitioned.train_rows if data.partitioned else data.train.rows,
         data.train.sha256[:12],
         m.headline(),
         result.run_id,

@@ -32,6 +32,28 @@ class ReleaseEvidence(BaseModel):
     promotion: model_registry.PromotionResult
 
 
+def _data_lines(spec: ModelSpec, train: TrainResult) -> list[str]:
+    """Which rows each step read: with `compute: dask`, the whole table for the refit and the
+    holdout metrics, samples for what needs rows in one process."""
+    t, h = train.train, train.holdout
+    rows = train.lineage.get(tracking.TAG_ROWS)
+    if rows is None:
+        return [
+            f"- Training data: {_where(t.uri)}, {t.rows:,} {spec.subjects}, sha256 `{t.sha256}`",
+            f"- Holdout: {_where(h.uri)}, {h.rows:,} {spec.subjects}, sha256 `{h.sha256}`",
+        ]
+    return [
+        f"- Computed on a Dask cluster (`compute: dask`) from the partitioned table's manifest "
+        f"{_where(train.lineage[tracking.TAG_MANIFEST])}, sha256 "
+        f"`{train.lineage[tracking.TAG_SOURCE]}`: {rows}.",
+        f"- The refit read every training row and the holdout metrics every holdout row; the "
+        f"search's trials and the operating threshold read a seeded sample of {t.rows:,} training "
+        f"{spec.subjects} ({_where(t.uri)}), and the champion comparison, segments, model gates, "
+        f"ONNX parity and explanations a seeded sample of {h.rows:,} holdout {spec.subjects} "
+        f"({_where(h.uri)}): their intervals are those of that sample's size.",
+    ]
+
+
 def answer_sentence(spec: ModelSpec, m: Metrics) -> str:
     """What the served answer means for one of the model's subjects, in the model's task."""
     one, target = spec.subject, spec.target.name
@@ -155,10 +177,7 @@ def render(settings: Settings, spec: ModelSpec, evidence: ReleaseEvidence) -> st
             f"- Approval: {approved}",
             "",
             "## Data",
-            f"- Training data: {_where(train.train.uri)}, {train.train.rows:,} {spec.subjects}, "
-            f"sha256 `{train.train.sha256}`",
-            f"- Holdout: {_where(train.holdout.uri)}, {train.holdout.rows:,} {spec.subjects}, "
-            f"sha256 `{train.holdout.sha256}`",
+            *_data_lines(spec, train),
             f"- Source: {_source(spec)}",
             f"- Features, in served order: {features}",
             "",

@@ -45,6 +45,9 @@ TAG_TRAIN_URI = "conveyor.train_uri"  # the drift check's reference
 TAG_READ_FROM = "conveyor.source_read"
 TAG_SPEC = "conveyor.spec_sha256"
 TAG_THRESHOLD = "conveyor.operating_threshold"
+TAG_COMPUTE = "conveyor.compute"  # dask: trained and judged on a cluster (absent: local)
+TAG_MANIFEST = "conveyor.manifest"  # compute dask: the manifest of the pieces it read
+TAG_ROWS = "conveyor.rows"  # compute dask: how many rows each step read
 TAG_TASK = "conveyor.task"  # binary, multiclass or regression: what the version answers
 TAG_THRESHOLD_SOURCE = "conveyor.operating_threshold_source"  # what it was chosen on
 # Where the splits lie on the host that trained the version: the run's record (the drift and

@@ -12,7 +12,7 @@ import pytest
 import skops.io
 import yaml
 
-from tasks.core.families import FAMILIES, families_for, family_of
+from tasks.core.families import FAMILIES, distributed_families, families_for, family_of
 from tasks.core.model_task import Task
 from tasks.core.spec import SpecError, load_spec
 from tasks.core.spec_sections import Dimension
@@ -55,6 +55,23 @@ def test_every_task_has_families_and_a_wrong_one_is_refused_with_them(
             load_spec(spec_with(SPEC_OF_TASK[task], tmp_path, **{"estimator.family": name}))
     with pytest.raises(SpecError, match="unknown estimator family 'catboost2'; use one of"):
         load_spec(spec_with(SPEC_OF_TASK[task], tmp_path, **{"estimator.family": "catboost2"}))
+
+
+@pytest.mark.parametrize(("base", "family"), CASES, ids=case_id)
+def test_compute_dask_takes_exactly_the_families_that_train_on_a_cluster(
+    base: Path, family: str, tmp_path: Path
+) -> None:
+    """A family without a Dask fit is refused `compute: dask` at load, before any work, in one
+    sentence naming the families that have one; the others load."""
+    path = spec_with(base, tmp_path, **{"estimator.family": family, "compute": "dask"})
+    if FAMILIES[family].distributed is not None:
+        assert load_spec(path).compute == "dask"
+        return
+    with pytest.raises(SpecError) as refused:
+        load_spec(path)
+    said = str(refused.value)
+    assert "trains in one process only" in said and "compute: local" in said, said
+    assert all(name in said for name in distributed_families()), said
 
 
 @pytest.mark.parametrize(("base", "family"), CASES, ids=case_id)

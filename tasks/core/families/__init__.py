@@ -38,6 +38,22 @@ def families_for(task: Task) -> list[str]:
     return [name for name, family in FAMILIES.items() if task in family.tasks]
 
 
+def distributed_families() -> list[str]:
+    """The families that train on a Dask cluster (`compute: dask`)."""
+    return [name for name, family in FAMILIES.items() if family.distributed is not None]
+
+
+def compute_problem(compute: str, family: str) -> str | None:
+    """Why `family` cannot run with `compute`, or None."""
+    if compute != "dask" or FAMILIES[family].distributed is not None:
+        return None
+    return (
+        f"estimator family {family} trains in one process only, so `compute: dask` cannot train "
+        f"it on a table larger than one machine: use one of {distributed_families()} (they "
+        "train on the cluster's workers), or `compute: local` for a table that fits this process"
+    )
+
+
 def family_of(estimator: Any) -> Family:
     """The family a fitted estimator's library belongs to (what converts it to ONNX)."""
     library = type(estimator).__module__.split(".")[0]

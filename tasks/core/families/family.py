@@ -25,6 +25,9 @@ Params = dict[str, int | float | str | bool | None]
 Contributions = Callable[[Any, np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 # The opsets a converted graph uses ({domain: version}), or None for skl2onnx's own choice.
 Opsets = dict[str, int] | None
+# (task, params, seed, Dask client, encoded rows (dask array), target (dask array)) → the fitted
+# estimator as the family's own single-process class (what skops stores and ONNX converts).
+DistributedFit = Callable[[Task, Params, int, Any, Any, Any], Any]
 
 ALL_TASKS = frozenset(Task)
 CLASSIFICATION = frozenset({Task.binary, Task.multiclass})
@@ -105,6 +108,9 @@ class Family:
     onnx_converters: Callable[[], Opsets] = skl2onnx_native
     # Makes a fitted estimator decide on float32 inputs exactly as its ONNX graph does.
     served_precision: Callable[[Any], None] = unchanged
+    # Fits on a Dask cluster over data no process holds whole (`compute: dask`); None: the
+    # family trains in one process only, and a spec asking for `dask` is refused.
+    distributed: DistributedFit | None = None
     # What `conveyor init` writes: the search space (Optuna dimensions, the spec's `search.space`)
     # and fixed parameters for classifiers and for regressors.
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -27,6 +27,29 @@ def build(task: Task, params: Params, seed: int, n_jobs: int) -> Any:
     return cls(random_state=seed, n_jobs=n_jobs, tree_method="hist", **params)
 
 
+def fit_distributed(task: Task, params: Params, seed: int, client: Any, x: Any, y: Any) -> Any:
+    """`xgboost.dask` on the cluster's workers (one booster, trained together), returned as the
+    plain XGBoost estimator its saved model loads into."""
+    import tempfile
+    from pathlib import Path
+
+    import xgboost
+    import xgboost.dask
+
+    regression = task is Task.regression
+    dask = xgboost.dask.DaskXGBRegressor if regression else xgboost.dask.DaskXGBClassifier
+    model = dask(random_state=seed, tree_method="hist", **params)
+    model.client = client
+    model.fit(x, y)
+    local = build(task, params, seed, 1)
+    # The saved model carries the scikit-learn attributes (classes, objective) beside the trees.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.ubj"
+        model.save_model(path)
+        local.load_model(path)
+    return local
+
+
 def contributions(estimator: Any, encoded: np.ndarray, k: int, background: np.ndarray) -> Any:
     """XGBoost's own exact tree SHAP (`pred_contribs`), in margin units."""
     import xgboost
@@ -61,6 +84,7 @@ FAMILY = Family(
     # The same package as `xgboost` without the CUDA collective library it pulls.
     requirements=("xgboost-cpu",),
     onnx_converters=converters,
+    distributed=fit_distributed,
     search_space={
         "learning_rate": {"type": "float", "low": 0.03, "high": 0.3, "log": True},
         "max_depth": {"type": "int", "low": 3, "high": 8},
