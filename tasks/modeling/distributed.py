@@ -11,21 +11,30 @@ family's Dask interface (`Family.distributed`) on the encoded rows of every trai
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from tasks.core.cluster import connected, runner
+from tasks.core.cluster import ClusterError, connected, runner
 from tasks.core.families import FAMILIES
 from tasks.core.families.family import Params
+from tasks.core.logs import run_logger
 from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets.data import PartitionedSplit, SplitPiece, to_features, to_target
 from tasks.datasets.partitioned import side
 from tasks.modeling.kinds import kind_of
+
+# How often the fit's workers are looked at, and how long their restart may take.
+WATCH_S = 0.5
+RESTART_S = 60
 
 
 def _encoded(
@@ -46,35 +55,139 @@ def fit(
     params: Params,
 ) -> Pipeline:
     """`pipeline` (unfitted, from `training.build_pipeline`) fitted on every training row."""
+    step = pipeline.steps[0][1].fit(to_features(sample, spec))
+    with connected(settings) as client:
+        estimator = _fit_estimator(
+            spec,
+            settings,
+            client,
+            lambda: _rows(client, spec, split, step, sample),
+            spec.estimator.params | params,
+        )
+    return Pipeline([(pipeline.steps[0][0], step), (pipeline.steps[-1][0], estimator)])
+
+
+def _rows(
+    client: Any, spec: ModelSpec, split: PartitionedSplit, step: Any, sample: pd.DataFrame
+) -> tuple[Any, Any]:
+    """Every training row, encoded, and its target: dask arrays held by the workers (read and
+    encoded once per fit, kept for the boosting rounds)."""
     import dask
     import dask.array as da
 
-    step = pipeline.steps[0][1].fit(to_features(sample, spec))
     width = np.asarray(step.transform(to_features(sample.iloc[:1], spec))).shape[1]
     target_type = np.float64 if spec.task is Task.regression else np.int64
     pieces = [piece for piece in split.pieces if piece.train_rows]
-    with connected(settings) as client:
-        parts = [dask.delayed(_encoded, nout=2)(piece, spec, split, step) for piece in pieces]
-        x = da.concatenate(
-            [
-                da.from_delayed(encoded, (piece.train_rows, width), np.float32)
-                for (encoded, _), piece in zip(parts, pieces, strict=True)
-            ]
-        )
-        y = da.concatenate(
-            [
-                da.from_delayed(target, (piece.train_rows,), target_type)
-                for (_, target), piece in zip(parts, pieces, strict=True)
-            ]
-        )
-        # Read and encoded once, held by the workers for the boosting rounds.
-        x, y = client.persist([x, y])
-        family = FAMILIES[spec.estimator.family]
-        assert family.distributed is not None  # the spec refuses a family without one
-        estimator = family.distributed(
-            spec.task, spec.estimator.params | params, spec.data.seed, client, x, y
-        )
-    return Pipeline([(pipeline.steps[0][0], step), (pipeline.steps[-1][0], estimator)])
+    parts = [dask.delayed(_encoded, nout=2)(piece, spec, split, step) for piece in pieces]
+    x = da.concatenate(
+        [
+            da.from_delayed(encoded, (piece.train_rows, width), np.float32)
+            for (encoded, _), piece in zip(parts, pieces, strict=True)
+        ]
+    )
+    y = da.concatenate(
+        [
+            da.from_delayed(target, (piece.train_rows,), target_type)
+            for (_, target), piece in zip(parts, pieces, strict=True)
+        ]
+    )
+    return tuple(client.persist([x, y]))
+
+
+def _fit_estimator(
+    spec: ModelSpec,
+    settings: Settings,
+    client: Any,
+    rows: Callable[[], tuple[Any, Any]],
+    params: Params,
+) -> Any:
+    """The family's Dask fit, run again once if a worker was lost during it (on the rows read
+    again: a lost worker's share of them went with it), a second loss being the release's
+    failure."""
+    family = FAMILIES[spec.estimator.family]
+    assert family.distributed is not None  # the spec refuses a family without one
+    for attempt in (1, 2):
+        workers = set(client.scheduler_info()["workers"])
+        x, y = rows()
+        try:
+            return _watched(
+                functools.partial(
+                    family.distributed, spec.task, params, spec.data.seed, client, x, y
+                ),
+                client,
+                workers,
+            )
+        except Exception as exc:
+            lost = workers - set(client.scheduler_info()["workers"])
+            if not lost:
+                raise
+            said = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            if attempt == 2:
+                raise ClusterError(
+                    f"Dask workers were lost twice while {family.name} trained on the cluster "
+                    f"(last: {sorted(lost)}, {said}); nothing was registered and the champion "
+                    "still serves. Out of memory is the usual cause: give the workers more "
+                    "memory or add workers, then rerun the release"
+                ) from None
+            run_logger(__name__).warning(
+                "Dask worker(s) %s lost during the %s fit (%s): fitting again once the "
+                "cluster has %d workers",
+                sorted(lost),
+                family.name,
+                said,
+                len(workers),
+            )
+            # The survivors too: a booster's network state outlives a failed fit in its
+            # process (LightGBM's next fit there breaks on it), so every worker starts afresh
+            # and the lost pieces are read again from the table.
+            with contextlib.suppress(Exception):
+                client.restart_workers(sorted(workers - lost), timeout=RESTART_S)
+            with contextlib.suppress(TimeoutError):  # fewer workers still train
+                client.wait_for_workers(len(workers), timeout=settings.dask_timeout_s)
+    raise AssertionError("unreachable")
+
+
+def _watched(fit: Callable[[], Any], client: Any, workers: set[str]) -> Any:
+    """`fit()`, watched: the boosters train every worker in lockstep, each part pinned to its
+    worker, and when one worker dies the others can wait for it forever (a LightGBM worker still
+    connecting to its peers does), as does the part pinned to the dead worker's address. When a
+    worker of the fit is lost, the fit's own tasks are cancelled and the other workers restarted,
+    so the fit raises instead of hanging."""
+    from distributed import Future
+
+    before = set(client.run_on_scheduler(_task_keys))
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["model"] = fit()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="dask-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(WATCH_S)
+        present = set(client.scheduler_info()["workers"])
+        if thread.is_alive() and workers - present:
+            with contextlib.suppress(Exception):  # what is gone already is fine
+                fits = set(client.run_on_scheduler(_task_keys)) - before
+                client.cancel([Future(key, client) for key in fits], force=True)
+                client.restart_workers(sorted(workers & present), timeout=RESTART_S)
+            thread.join(RESTART_S)
+            if thread.is_alive():
+                raise ClusterError(
+                    f"a Dask worker of the fit was lost ({sorted(workers - present)}) and the "
+                    "others did not stop their part of it: restart the cluster, then rerun"
+                )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["model"]
+
+
+def _task_keys(dask_scheduler: Any) -> list[Any]:
+    """Every task the scheduler holds (run on the scheduler)."""
+    return list(dask_scheduler.tasks)
 
 
 def _scored(

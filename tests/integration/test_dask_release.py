@@ -7,7 +7,11 @@ scheduler that is gone refused in one paragraph, with nothing registered."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,3 +264,74 @@ def test_init_covers_the_whole_table_not_only_its_sample(
     assert x.max is not None and x.max >= 1_000 and x.nullable
     kind = next(f for f in spec.features if f.name == "kind")
     assert kind.categories == ["a", "b", "rare"]
+
+
+class Killer:
+    """Kills the worker running a piece of LightGBM's fit (`_train_part`), `times` times, each
+    time once its nanny has started a new one."""
+
+    def __init__(self, address: str, times: int) -> None:
+        self.address, self.times, self.killed = address, times, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from distributed import Client
+
+        with Client(self.address) as client:
+            while self.killed < self.times and not self._stop.is_set():
+                busy = [
+                    worker
+                    for worker, keys in client.processing().items()
+                    if any("_train_part" in str(key) for key in keys)
+                ]
+                if busy and len(client.scheduler_info()["workers"]) == 2:
+                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed += 1
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_worker_killed_mid_fit_is_fitted_again_once_then_refused(
+    tmp_path: Path, kills: int
+) -> None:
+    from distributed import LocalCluster
+
+    from tasks.core.cluster import ClusterError
+    from tasks.modeling import distributed
+    from tasks.modeling.training import build_pipeline
+
+    spec = load_spec(dask_spec(tmp_path, Task.binary, "lightgbm"))
+    params = {"n_estimators": 4000, "learning_rate": 0.01}
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        settings = Settings(home=tmp_path / "state", dask_address=cluster.scheduler_address)
+        result = partitioned.split(spec, settings, partitioned.snapshot(spec, settings))
+        split = result.partitioned
+        assert split is not None
+        sample = pd.read_parquet(result.train.uri)
+        killer = Killer(cluster.scheduler_address, kills)
+        try:
+            if kills == 1:
+                model = distributed.fit(
+                    spec, settings, split, build_pipeline(spec, params), sample, params
+                )
+                assert killer.killed == 1
+                assert model[-1].n_estimators == 4000  # the whole fit, done again
+            else:
+                with pytest.raises(ClusterError) as refused:
+                    distributed.fit(
+                        spec, settings, split, build_pipeline(spec, params), sample, params
+                    )
+                said = str(refused.value)
+                assert killer.killed == 2
+                assert "lost twice" in said and "champion still serves" in said, said
+        finally:
+            killer.stop()
