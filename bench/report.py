@@ -544,6 +544,51 @@ def score_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def scale_section(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Releases at size (`compute: local` and `compute: dask`)",
+        "",
+        "`conveyor run` of the shipped merchant-category spec (LightGBM, 6 classes) and of the",
+        "fraud spec with `family: xgboost` (binary) on generated tables in date= pieces of",
+        "500,000 rows, one trial on the search's 20,000-row sample, the shipped trees; timed from",
+        "outside (imports, Prefect's ephemeral API, Triton's start included), peak RSS sampled",
+        "every 0.2 s for the `conveyor` process and for each Dask worker (a LocalCluster of 2",
+        "worker processes conveyor starts). `local` reads the table into the flow's process.",
+        "",
+        "Reproduce: `.venv/bin/python -m bench.scale && .venv/bin/python -m bench.report`",
+        "",
+        "| model | rows | compute | seconds | flow process peak MB | worker peak MB | outcome |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        worker = f"{r['worker_peak_mb']:,.0f}" if r["worker_peak_mb"] is not None else "n/a"
+        seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "n/a"
+        lines.append(
+            f"| {r['model']} ({r['family']}) | {r['rows']:,} | {r['compute']} | {seconds} | "
+            f"{r['flow_peak_mb']:,.0f} | {worker} | {r['outcome'][:80]} |"
+        )
+    lines += ["", "Read from the rows above (per model and compute, smallest to largest):", ""]
+    for model, compute in sorted({(r["model"], r["compute"]) for r in rows}):
+        mine = sorted(
+            (r for r in rows if (r["model"], r["compute"]) == (model, compute) and r["seconds"]),
+            key=lambda r: r["rows"],
+        )
+        if len(mine) < 2:
+            continue
+        small, large = mine[0], mine[-1]
+        per_row_us = (large["seconds"] - small["seconds"]) / (large["rows"] - small["rows"]) * 1e6
+        fixed = small["seconds"] - per_row_us * small["rows"] / 1e6
+        growth = large["flow_peak_mb"] - small["flow_peak_mb"]
+        lines.append(
+            f"- {model}, `{compute}`: {per_row_us:.1f} µs per added row, about {fixed:.0f} s "
+            f"fixed; the flow process grew {growth:+.0f} MB from {small['rows']:,} to "
+            f"{large['rows']:,} rows. At that rate, on this host's 2 workers, 100,000,000 rows "
+            f"take about {(fixed + per_row_us * 100) / 60:.0f} min and 1,000,000,000 about "
+            f"{(fixed + per_row_us * 1000) / 3600:.1f} h."
+        )
+    return lines
+
+
 def busy_section(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## A release on a busy machine",
@@ -632,6 +677,7 @@ def main() -> None:
         ("explain.json", explain_section),
         ("outcomes.json", outcomes_section),
         ("score.json", score_section),
+        ("scale.json", scale_section),
     ]
     for name, section in sections:
         if (RESULTS / name).exists():

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from tasks.core.cluster import runner
+from tasks.core.model_task import Task
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.datasets import synthetic
@@ -40,7 +41,7 @@ from tasks.datasets.data import (
     label_key,
     save_dataset,
 )
-from tasks.datasets.pieces import Piece, filesystem, list_pieces, read_piece
+from tasks.datasets.pieces import Piece, columns_of, filesystem, list_pieces, read_piece
 from tasks.datasets.sources import source_of
 from tasks.datasets.sources.files import DataError
 
@@ -88,7 +89,7 @@ def columns(spec: ModelSpec) -> list[str]:
 
 
 def _positive(spec: ModelSpec) -> str | None:
-    return spec.class_names[1] if spec.task.value == "binary" else None
+    return spec.class_names[1] if spec.task is Task.binary else None
 
 
 def inventory(piece: Piece, spec: ModelSpec) -> ManifestPiece:
@@ -138,18 +139,14 @@ def load_manifest(data: DatasetRef) -> Manifest:
 
 def read_again(piece: Piece, rows: int, spec: ModelSpec) -> pd.DataFrame:
     """A snapshot's piece read again (the release's columns), refused if it changed since."""
-    frame = read_piece(piece, columns=[c for c in columns(spec) if c in _names(piece)])
+    have = set(columns_of(piece))
+    frame = read_piece(piece, columns=[c for c in columns(spec) if c in have])
     if len(frame) != rows:
         raise DataError(
             f"{piece.uri} holds {len(frame):,} rows, its snapshot {rows:,}: the table "
             "changed during the release. Rerun the release to snapshot it again"
         )
     return frame
-
-
-def _names(piece: Piece) -> set[str]:
-    fs, path = filesystem(piece.uri)
-    return set(pq.read_schema(path, filesystem=fs).names)
 
 
 def holdout_mask(key: str, rows: int, seed: int, fraction: float) -> np.ndarray:

@@ -186,8 +186,9 @@ def _watched(fit: Callable[[], Any], client: Any, workers: set[str]) -> Any:
 
 
 def _task_keys(dask_scheduler: Any) -> list[Any]:
-    """Every task the scheduler holds (run on the scheduler)."""
-    return list(dask_scheduler.tasks)
+    """The tasks some client holds a future of (run on the scheduler): what a client may
+    cancel (the scheduler refuses to cancel a task no client wants)."""
+    return [key for key, state in dask_scheduler.tasks.items() if state.who_wants]
 
 
 def _scored(

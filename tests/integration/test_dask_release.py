@@ -62,6 +62,16 @@ def scheduler() -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+@pytest.fixture
+def on_cluster(
+    prefect_api: None, scheduler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """A fresh state directory, and the module's cluster for every step of a release."""
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("CONVEYOR_DASK_ADDRESS", scheduler)
+    return Settings()
+
+
 def dask_spec(directory: Path, task: Task, family: str, rows: int = ROWS, **more: object) -> Path:
     """A shipped spec of `task` with `compute: dask` over its synthetic rows written as a table
     of `date=` pieces."""
@@ -102,16 +112,9 @@ def whole_holdout(spec: ModelSpec) -> pd.DataFrame:
 @pytest.mark.parametrize("family", distributed_families())
 @pytest.mark.parametrize("task", list(SHIPPED))
 def test_trained_on_the_cluster_and_measured_on_every_holdout_row(
-    prefect_api: None,
-    scheduler: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    task: Task,
-    family: str,
+    on_cluster: Settings, tmp_path: Path, task: Task, family: str
 ) -> None:
-    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("CONVEYOR_DASK_ADDRESS", scheduler)
-    settings = Settings()
+    settings = on_cluster
     spec = load_spec(dask_spec(tmp_path, task, family, **{"evaluation.sample_rows": 2_000}))
     result = training_flow(spec, settings)
 
@@ -141,11 +144,9 @@ def _split(spec: ModelSpec, settings: Settings) -> list[partitioned.SplitPiece]:
 
 
 def test_a_release_on_the_cluster_is_served_and_its_rerun_unchanged(
-    prefect_api: None, scheduler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    on_cluster: Settings, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("CONVEYOR_DASK_ADDRESS", scheduler)
-    settings = Settings()
+    settings = on_cluster
     path = dask_spec(
         tmp_path,
         Task.multiclass,
@@ -169,11 +170,9 @@ def test_a_release_on_the_cluster_is_served_and_its_rerun_unchanged(
 
 
 def test_a_bad_piece_is_refused_by_name_and_nothing_registered(
-    prefect_api: None, scheduler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    on_cluster: Settings, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("CONVEYOR_DASK_ADDRESS", scheduler)
-    settings = Settings()
+    settings = on_cluster
     path = dask_spec(tmp_path, Task.binary, "xgboost")
     spec = load_spec(path)
     bad = sorted(Path(spec.data.source).rglob("*.parquet"))[3]
