@@ -155,7 +155,7 @@ def _watched(fit: Callable[[], Any], client: Any, workers: set[str]) -> Any:
     so the fit raises instead of hanging."""
     from distributed import Future
 
-    before = set(client.run_on_scheduler(_task_keys))
+    before = set(client.run_on_scheduler(_task_keys, client.id))
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -171,7 +171,7 @@ def _watched(fit: Callable[[], Any], client: Any, workers: set[str]) -> Any:
         present = set(client.scheduler_info()["workers"])
         if thread.is_alive() and workers - present:
             with contextlib.suppress(Exception):  # what is gone already is fine
-                fits = set(client.run_on_scheduler(_task_keys)) - before
+                fits = set(client.run_on_scheduler(_task_keys, client.id)) - before
                 client.cancel([Future(key, client) for key in fits], force=True)
                 client.restart_workers(sorted(workers & present), timeout=RESTART_S)
             thread.join(RESTART_S)
@@ -185,10 +185,15 @@ def _watched(fit: Callable[[], Any], client: Any, workers: set[str]) -> Any:
     return outcome["model"]
 
 
-def _task_keys(dask_scheduler: Any) -> list[Any]:
-    """The tasks some client holds a future of (run on the scheduler): what a client may
-    cancel (the scheduler refuses to cancel a task no client wants)."""
-    return [key for key, state in dask_scheduler.tasks.items() if state.who_wants]
+def _task_keys(client_id: str, dask_scheduler: Any) -> list[Any]:
+    """The tasks `client_id` holds a future of (run on the scheduler): what it may cancel. Not
+    another client's on a shared cluster, and not a task no client wants (the scheduler fails
+    an assertion cancelling one)."""
+    return [
+        key
+        for key, state in dask_scheduler.tasks.items()
+        if any(wanting.client_key == client_id for wanting in state.who_wants or ())
+    ]
 
 
 def _scored(
@@ -201,11 +206,22 @@ def _scored(
 def holdout_scores(
     spec: ModelSpec, settings: Settings, split: PartitionedSplit, model: Pipeline
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The target and the model's scores on every holdout row, in piece order."""
+    """The target and the model's scores on every holdout row, in piece order. Each piece's
+    part is copied into its place as it arrives and let go, so the flow holds the two arrays
+    once, not the parts beside their concatenation."""
     pieces = [piece for piece in split.pieces if piece.holdout_rows]
+    offsets, rows = {}, 0
+    for piece in pieces:
+        offsets[piece.key], rows = rows, rows + piece.holdout_rows
+    target: np.ndarray | None = None
+    scores: np.ndarray | None = None
     with runner(settings, "dask") as run:
-        found = sorted(run(_scored, pieces, spec, split, model), key=lambda part: part[0])
-    return (
-        np.concatenate([target for _, target, _ in found]),
-        np.concatenate([scores for _, _, scores in found]),
-    )
+        for key, part_target, part_scores in run(_scored, pieces, spec, split, model):
+            if target is None or scores is None:
+                target = np.empty(rows, dtype=part_target.dtype)
+                scores = np.empty((rows, *part_scores.shape[1:]), dtype=part_scores.dtype)
+            at = offsets[key]
+            target[at : at + len(part_target)] = part_target
+            scores[at : at + len(part_scores)] = part_scores
+    assert target is not None and scores is not None  # a split has holdout rows
+    return target, scores

@@ -203,7 +203,7 @@ def _refit_on_cluster(
     split: PartitionedSplit,
     sample: pd.DataFrame,
     params: Params,
-) -> tuple[Pipeline, float | None, Metrics, np.ndarray, np.ndarray]:
+) -> tuple[Pipeline, float | None, Metrics]:
     """`refit_and_score` on a Dask cluster: refit on every training row, holdout metrics on
     every holdout row; the threshold from the training sample's out-of-fold scores, as a local
     release takes it from at most `search.max_rows` rows."""
@@ -211,7 +211,7 @@ def _refit_on_cluster(
     model = for_serving(spec, model)
     threshold = threshold_on_training(spec, sample, params)
     target, scores = distributed.holdout_scores(spec, settings, split, model)
-    return model, threshold, kind_of(spec).evaluate(spec, target, scores, threshold), target, scores
+    return model, threshold, kind_of(spec).evaluate(spec, target, scores, threshold)
 
 
 def cluster_lineage(split: PartitionedSplit, sample_rows: int) -> dict[str, str]:
@@ -241,9 +241,12 @@ def train_candidate(
     if data.partitioned is None:
         model, threshold, metrics, scores = refit_and_score(spec, train, holdout, params)
     else:  # `train` and `holdout` are samples; the refit and the metrics read every row
-        model, threshold, metrics, target, scores = _refit_on_cluster(
+        model, threshold, metrics = _refit_on_cluster(
             spec, settings, data.partitioned, train, params
         )
+        # The plots from the holdout sample: a curve of every row is millions of points in
+        # this process for a picture that a sample draws the same.
+        scores = kind_of(spec).scores(model, features)
     lineage = {
         tracking.TAG_DATA: data.train.sha256,
         tracking.TAG_SOURCE: data.source_sha256,

@@ -49,8 +49,8 @@ def _data_lines(spec: ModelSpec, train: TrainResult) -> list[str]:
         f"- The refit read every training row and the holdout metrics every holdout row; the "
         f"search's trials and the operating threshold read a seeded sample of {t.rows:,} training "
         f"{spec.subjects} ({_where(t.uri)}), and the champion comparison, segments, model gates, "
-        f"ONNX parity and explanations a seeded sample of {h.rows:,} holdout {spec.subjects} "
-        f"({_where(h.uri)}): their intervals are those of that sample's size.",
+        f"ONNX parity, explanations and plots a seeded sample of {h.rows:,} holdout "
+        f"{spec.subjects} ({_where(h.uri)}): their intervals are those of that sample's size.",
     ]
 
 
