@@ -34,7 +34,7 @@ def client(settings: Settings) -> MlflowClient:
     mlflow.set_registry_uri(settings.tracking_uri)
     if not settings.home.exists():
         # The state directory holds the registry and the Triton key: its owner's alone.
-        settings.home.mkdir(parents=True, mode=0o700)
+        settings.home.mkdir(parents=True, mode=0o700, exist_ok=True)  # racing processes
     if settings.mlflow_tracking_uri is None:
         _create_sqlite_registry(settings)
     mlflow_client = MlflowClient(
