@@ -506,6 +506,14 @@ def explain_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _slope(small: dict[str, Any], large: dict[str, Any]) -> tuple[float, float, float]:
+    """From the smallest and largest run: µs per added row, the fixed seconds, and the flow
+    process's growth in MB."""
+    per_row_us = (large["seconds"] - small["seconds"]) / (large["rows"] - small["rows"]) * 1e6
+    fixed = small["seconds"] - per_row_us * small["rows"] / 1e6
+    return per_row_us, fixed, large["flow_peak_mb"] - small["flow_peak_mb"]
+
+
 def score_section(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Batch scoring at size (`conveyor score`)",
@@ -532,9 +540,7 @@ def score_section(rows: list[dict[str, Any]]) -> list[str]:
         small, large = mine[0], mine[-1]
         if large["rows"] == small["rows"]:
             continue
-        per_row_us = (large["seconds"] - small["seconds"]) / (large["rows"] - small["rows"]) * 1e6
-        fixed = small["seconds"] - per_row_us * small["rows"] / 1e6
-        growth = large["flow_peak_mb"] - small["flow_peak_mb"]
+        per_row_us, fixed, growth = _slope(small, large)
         lines.append(
             f"- `{compute}`: {per_row_us:.2f} µs per added row ({1e6 / per_row_us:,.0f} rows/s at "
             f"the margin), about {fixed:.0f} s fixed; the flow process grew {growth:+.0f} MB "
@@ -576,9 +582,7 @@ def scale_section(rows: list[dict[str, Any]]) -> list[str]:
         if len(mine) < 2:
             continue
         small, large = mine[0], mine[-1]
-        per_row_us = (large["seconds"] - small["seconds"]) / (large["rows"] - small["rows"]) * 1e6
-        fixed = small["seconds"] - per_row_us * small["rows"] / 1e6
-        growth = large["flow_peak_mb"] - small["flow_peak_mb"]
+        per_row_us, fixed, growth = _slope(small, large)
         lines.append(
             f"- {model}, `{compute}`: {per_row_us:.1f} µs per added row, about {fixed:.0f} s "
             f"fixed; the flow process grew {growth:+.0f} MB from {small['rows']:,} to "
