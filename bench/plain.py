@@ -19,7 +19,7 @@ from tasks.core.spec import load_spec
 from tasks.datasets.data import load_dataset, snapshot, split_dataset
 from tasks.datasets.quality import check_frame, require_quality
 from tasks.modeling.evaluation import require_valid
-from tasks.modeling.onnx import export_onnx
+from tasks.modeling.onnx_export import export_onnx
 from tasks.modeling.search import run_search, run_trial
 from tasks.modeling.training import train_candidate
 from tasks.modeling.validation import validate

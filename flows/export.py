@@ -8,8 +8,8 @@ from pydantic import BaseModel
 
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.datasets.data import DatasetRef
-from tasks.modeling.onnx import OnnxArtifact, export_onnx_task
+from tasks.datasets.data import DatasetRef, PartitionedSplit
+from tasks.modeling.onnx_export import OnnxArtifact, export_onnx_task
 from tasks.registry.model_registry import ModelRef
 from tasks.serving.rollout import PublishResult, ServingState, publish_task, serve_candidate_task
 from tasks.serving.tuning import TuningResult, tune_task
@@ -24,9 +24,14 @@ class ExportResult(BaseModel):
 
 @flow(name="triton-export")
 def triton_export_flow(
-    spec: ModelSpec, settings: Settings, ref: ModelRef, holdout: DatasetRef
+    spec: ModelSpec,
+    settings: Settings,
+    ref: ModelRef,
+    holdout: DatasetRef,
+    partitioned: PartitionedSplit | None = None,
 ) -> ExportResult:
-    onnx = export_onnx_task(settings, spec, ref, holdout)
+    """`partitioned`: a cluster release's split, whose every holdout row the parity covers."""
+    onnx = export_onnx_task(settings, spec, ref, holdout, partitioned)
     published = publish_task(settings, spec, ref, onnx)
     tuning = tune_task(settings, spec, ref, holdout)
     serving = serve_candidate_task(settings, spec, ref, tuning.chosen)

@@ -287,7 +287,7 @@ def _release(
     try:
         with stage("ONNX export") as step:
             export = triton_export_flow.with_options(result_storage=results)(
-                spec, settings, ref, train.holdout
+                spec, settings, ref, train.holdout, train.partitioned
             )
             parity = export.onnx.parity
             step.figure = f"parity max |Δ| {parity.max_abs_diff:.1e}, {parity.label_flips} flips"

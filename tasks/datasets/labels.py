@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
-from tasks.datasets import synthetic
+from tasks.datasets import newest_batch, synthetic
 from tasks.datasets.data import DataError, read_source, require_numbers
+from tasks.datasets.partitioned import columns
 from tasks.datasets.sources import source_of
 
 
@@ -84,10 +86,16 @@ def _joined(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
     return frame, f"{o.labels} joined on {o.key} to {spec.data.source} ({newest or 'all'})"
 
 
-def load_labelled(spec: ModelSpec) -> tuple[pd.DataFrame, str]:
-    """The newest labelled batch for the spec's outcome check, and where it came from."""
+def load_labelled(spec: ModelSpec, settings: Settings) -> tuple[pd.DataFrame, str]:
+    """The newest labelled batch for the spec's outcome check, and where it came from. With
+    `compute: dask`, a batch of `outcomes.source` is sampled on the workers (`newest_batch`):
+    at most `outcomes.max_rows` of its labelled rows."""
     o, d = spec.outcomes, spec.data
-    if o.labels is not None:
+    if o.labels is None and o.source is not None and spec.compute == "dask":
+        frame, where, _ = newest_batch.sample(
+            o.source, settings, columns(spec), o.max_rows, o.seed, labelled=spec.target.name
+        )
+    elif o.labels is not None:
         frame, where = _joined(spec)
     elif o.source is not None and synthetic.is_synthetic(o.source):
         # A later batch than the drift check's (seed + 2), from the spec's own generator.

@@ -3,7 +3,9 @@ workers: each piece's rows against the spec's schema (the checks `tasks.datasets
 makes for rows to score, plus the target's and the segments'), then, in the flow, the checks of
 the whole table (rows, classes present, positive rate, rows per class) from the pieces' counts.
 The verdict is the same `DataQualityReport` and the same refusal as a local snapshot's, each
-problem naming its partitions and rows."""
+problem naming its partitions and rows. Every check of the local contract is made: the warnings
+too (columns beyond the spec's, a nullable feature's share of nulls over `max_null_share`, from
+the pieces' counts), and a segment with a single value over the whole table."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tasks.core.spec import ModelSpec
 from tasks.datasets.data import DatasetRef, label_key
 from tasks.datasets.partitioned import ManifestPiece, columns, load_manifest, read_again
 from tasks.datasets.pieces import columns_of
-from tasks.datasets.quality import EXAMPLES, DataQualityReport, QualityIssue
+from tasks.datasets.quality import EXAMPLES, FINITE, DataQualityReport, QualityIssue
 from tasks.datasets.row_contract import SHOWN, bad_rows
 
 # Partitions named per problem in the report.
@@ -31,6 +33,10 @@ class PieceContract(BaseModel):
     classes: dict[str, int]  # a classifier's rows per class (as the spec names them)
     issues: list[QualityIssue]
     checks: int
+    nulls: dict[str, int] = {}  # a nullable feature's empty rows
+    extra_columns: list[str] = []  # columns the spec does not name
+    # Up to two of each segment's values: enough to tell one segment from several.
+    segment_values: dict[str, list[str]] = {}
 
 
 def _issue(check: str, column: str, rows: np.ndarray, values: pd.Series, key: str) -> QualityIssue:
@@ -80,6 +86,10 @@ def check_piece(piece: ManifestPiece, spec: ModelSpec) -> PieceContract:
             numbers = pd.to_numeric(values, errors="coerce")
             wrong = (numbers.isna() & values.notna()).to_numpy()
             check = "target is numeric (a regression)"
+            outside = _outside(spec, numbers.to_numpy(dtype=np.float64))
+            checks += 1
+            if outside[0].any():
+                issues.append(_issue(outside[1], target, outside[0], values, piece.key))
         else:
             labels = values.dropna().map(label_key)
             classes = {str(k): int(v) for k, v in labels.value_counts().items()}
@@ -87,9 +97,11 @@ def check_piece(piece: ManifestPiece, spec: ModelSpec) -> PieceContract:
             check = f"target in {spec.target.classes}"
         if wrong.any():
             issues.append(_issue(check, target, wrong, values, piece.key))
+    segment_values: dict[str, list[str]] = {}
     for segment in spec.segments.columns:
         if segment in frame:
             checks += 1
+            segment_values[segment] = [str(v) for v in frame[segment].dropna().unique()[:2]]
             empty = frame[segment].isna().to_numpy()
             if empty.any():
                 issues.append(
@@ -102,8 +114,27 @@ def check_piece(piece: ManifestPiece, spec: ModelSpec) -> PieceContract:
                     )
                 )
     return PieceContract(
-        key=piece.key, rows=len(frame), classes=classes, issues=issues, checks=checks
+        key=piece.key,
+        rows=len(frame),
+        classes=classes,
+        issues=issues,
+        checks=checks,
+        nulls={
+            f.name: int(frame[f.name].isna().sum())
+            for f in spec.features
+            if f.nullable and f.name in frame
+        },
+        extra_columns=sorted(have - {*spec.feature_names, target, *spec.segments.columns}),
+        segment_values=segment_values,
     )
+
+
+def _outside(spec: ModelSpec, numbers: np.ndarray) -> tuple[np.ndarray, str]:
+    """A regression target's rows outside its range (or not finite), and the check's name."""
+    low = -FINITE if spec.target.min is None else spec.target.min
+    high = FINITE if spec.target.max is None else spec.target.max
+    finite = ~np.isnan(numbers)
+    return finite & ((numbers < low) | (numbers > high)), f"target finite, in [{low:g}, {high:g}]"
 
 
 def _merged(results: list[PieceContract]) -> list[QualityIssue]:
@@ -169,6 +200,59 @@ def _table_issues(spec: ModelSpec, rows: int, classes: dict[str, int]) -> list[Q
     return issues
 
 
+def _warnings(
+    spec: ModelSpec, results: list[PieceContract], rows: int
+) -> tuple[list[QualityIssue], list[QualityIssue]]:
+    """(errors, warnings) only the whole table can show: a segment with one value, a nullable
+    feature's share of nulls over `quality.max_null_share`, columns beyond the spec's."""
+    errors, warnings = [], []
+    for segment in spec.segments.columns:
+        values = {v for r in results for v in r.segment_values.get(segment, [])}
+        if len(values) < 2 and any(segment in r.segment_values for r in results):
+            errors.append(
+                QualityIssue(
+                    check="segment has at least two values (fairness compares them)",
+                    column=segment,
+                    severity="error",
+                    unexpected=None,
+                    examples=[repr(v) for v in values],
+                    detail=" (observed over every partition)",
+                )
+            )
+    share = spec.quality.max_null_share
+    for feature in spec.features:
+        empty = [(r.key, r.nulls[feature.name]) for r in results if r.nulls.get(feature.name)]
+        nulls = sum(count for _, count in empty)
+        if nulls > share * rows:
+            most = sorted(empty, key=lambda e: -e[1])[:PARTITIONS_SHOWN]
+            warnings.append(
+                QualityIssue(
+                    check=f"at most {share:.0%} nulls",
+                    column=feature.name,
+                    severity="warning",
+                    unexpected=nulls,
+                    examples=[],
+                    detail=f" ({nulls / max(rows, 1):.1%} of the table; most in "
+                    + ", ".join(f"{key} ({count:,})" for key, count in most)
+                    + ")",
+                )
+            )
+    extra = sorted({c for r in results for c in r.extra_columns})
+    if extra:
+        where = [r.key for r in results if r.extra_columns][:PARTITIONS_SHOWN]
+        warnings.append(
+            QualityIssue(
+                check="no unexpected columns",
+                column=None,
+                severity="warning",
+                unexpected=None,
+                examples=extra[:EXAMPLES],
+                detail=f" (in {', '.join(where)}; not read: the spec does not name them)",
+            )
+        )
+    return errors, warnings
+
+
 def check_table(spec: ModelSpec, settings: Settings, data: DatasetRef) -> DataQualityReport:
     """The contract on every piece of the snapshot's manifest, on the cluster, as one report."""
     manifest = load_manifest(data)
@@ -180,10 +264,11 @@ def check_table(spec: ModelSpec, settings: Settings, data: DatasetRef) -> DataQu
             classes[name] = classes.get(name, 0) + count
     rows = sum(result.rows for result in results)
     table = _table_issues(spec, rows, classes)
+    whole, warnings = _warnings(spec, results, rows)
     return DataQualityReport(
         dataset_sha256=data.sha256,
         rows=rows,
-        checks=sum(result.checks for result in results) + 4,
-        errors=_merged(results) + table,
-        warnings=[],
+        checks=sum(result.checks for result in results) + 5,
+        errors=_merged(results) + table + whole,
+        warnings=warnings,
     )

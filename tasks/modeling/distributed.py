@@ -1,8 +1,9 @@
-"""The candidate on a Dask cluster (`compute: dask`): the refit on every training row and the
-holdout scores of every holdout row, each piece read and encoded where it is worked on, so the
-table never sits in the flow's process. What comes back is the fitted model (the family's own
-single-process estimator, so MLflow, ONNX and Triton see what a local release gives them) and
-the holdout's target and scores (a few numbers per row: the exact metrics need every row).
+"""The candidate on a Dask cluster (`compute: dask`): the refit on every training row, and the
+holdout scores and the ONNX export's parity on every holdout row, each piece read and encoded
+where it is worked on, so the table never sits in the flow's process. What comes back is the
+fitted model (the family's own single-process estimator, so MLflow, ONNX and Triton see what a
+local release gives them), the holdout's target and scores (a few numbers per row: the exact
+metrics need every row), and the parity's counts.
 
 The Pipeline's feature step (imputation, one-hot encoding) is fitted in this process on the
 training sample (`tasks.datasets.partitioned`): its categories come from the spec, and a nullable
@@ -31,6 +32,7 @@ from tasks.core.spec import ModelSpec
 from tasks.datasets.data import PartitionedSplit, SplitPiece, to_features, to_target
 from tasks.datasets.partitioned import side
 from tasks.modeling.kinds import kind_of
+from tasks.modeling.onnx import ParityReport, measure_parity
 
 # How often the fit's workers are looked at, and how long their restart may take.
 WATCH_S = 0.5
@@ -225,3 +227,33 @@ def holdout_scores(
             scores[at : at + len(part_scores)] = part_scores
     assert target is not None and scores is not None  # a split has holdout rows
     return target, scores
+
+
+def _parity(
+    piece: SplitPiece,
+    spec: ModelSpec,
+    split: PartitionedSplit,
+    model: Pipeline,
+    onnx_bytes: bytes,
+    tolerance: float,
+    scale: float,
+) -> ParityReport:
+    rows = side(piece, spec, split, holdout=True)
+    return measure_parity(model, onnx_bytes, to_features(rows, spec), tolerance, scale)
+
+
+def holdout_parity(
+    spec: ModelSpec,
+    settings: Settings,
+    split: PartitionedSplit,
+    model: Pipeline,
+    onnx_bytes: bytes,
+    tolerance: float,
+    scale: float,
+) -> ParityReport:
+    """The model and its ONNX graph compared on every holdout row, each piece on a worker;
+    only the pieces' counts and largest differences come back, merged into one report."""
+    pieces = [piece for piece in split.pieces if piece.holdout_rows]
+    with runner(settings, "dask") as run:
+        parts = list(run(_parity, pieces, spec, split, model, onnx_bytes, tolerance, scale))
+    return ParityReport.merged(parts)

@@ -8,21 +8,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
-from prefect import get_run_logger, task
 from pydantic import BaseModel
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.pipeline import Pipeline
 
-from tasks.core.attempts import RESUMABLE
 from tasks.core.errors import ConveyorError
 from tasks.core.families import family_of
 from tasks.core.model_task import INPUT, LABEL, PREDICTION, PROBABILITIES
-from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
-from tasks.datasets.data import DatasetRef, load_dataset, to_features, to_target
-from tasks.modeling.kinds import kind_of
-from tasks.registry import model_registry, tracking
 
 # skl2onnx names a regressor's output `variable`; the served contract calls it `prediction`.
 SKL2ONNX_REGRESSION_OUTPUT = "variable"
@@ -52,6 +46,20 @@ class ParityReport(BaseModel):
     rounding: float = 0.0
     rows_over: int = 0  # rows with a served value further than `bound` from the model's
     tie_flips: int = 0  # label flips on rows whose top two classes are within 2 x bound
+    classifier: bool = True  # probabilities and labels compared; False: a prediction
+
+    @classmethod
+    def merged(cls, parts: list[ParityReport]) -> ParityReport:
+        """One report for the rows of every part (each measured with the same bound)."""
+        return parts[0].model_copy(
+            update={
+                "rows": sum(p.rows for p in parts),
+                "max_abs_diff": max(p.max_abs_diff for p in parts),
+                "label_flips": sum(p.label_flips for p in parts),
+                "rows_over": sum(p.rows_over for p in parts),
+                "tie_flips": sum(p.tie_flips for p in parts),
+            }
+        )
 
     @property
     def relative_diff(self) -> float:
@@ -254,15 +262,16 @@ def predict(onnx_bytes: bytes, features: np.ndarray) -> tuple[np.ndarray, np.nda
     return outputs[LABEL].reshape(-1), outputs[PROBABILITIES]
 
 
-def check_parity(
+def measure_parity(
     model: Pipeline,
     onnx_bytes: bytes,
     features: np.ndarray,
     tolerance: float,
     scale: float = 1.0,
 ) -> ParityReport:
-    """Compare sklearn and ONNX on the same rows; raise ParityError saying how far they differ.
-    A classifier's probabilities and labels, or a regressor's prediction relative to `scale`."""
+    """How far sklearn and ONNX are apart on the same rows: a classifier's probabilities and
+    labels, or a regressor's prediction relative to `scale`. Measured only: `require_parity`
+    judges it (so the parts measured piece by piece on a cluster are judged once, merged)."""
     outputs = predict_outputs(onnx_bytes, features)
     rounding = rounding_bound(onnx.load_from_string(onnx_bytes))
     bound = (tolerance + rounding / scale) * scale  # in served units
@@ -275,72 +284,46 @@ def check_parity(
         flips = int(flipped.sum())
         # A row whose two likeliest classes are this close may flip by rounding alone.
         ties = int((top_two[:, 1] - top_two[:, 0] <= 2 * bound).sum())
-        what = "probability"
     else:
         served = outputs[PREDICTION].reshape(-1)
         expected = np.asarray(model.predict(features)).reshape(-1)
-        what = "prediction"
     diff = np.abs(served - expected).reshape(len(features), -1).max(axis=1)
-    report = ParityReport(
+    return ParityReport(
         rows=len(features),
-        max_abs_diff=float(diff.max()),
+        max_abs_diff=float(diff.max(initial=0.0)),
         label_flips=flips,
         tolerance=tolerance,
         scale=scale,
         rounding=rounding,
         rows_over=int((diff > bound).sum()),
         tie_flips=ties,
+        classifier=LABEL in outputs,
     )
-    if not report.passed:
-        relative = f" = {report.relative_diff:.3g} of the target's spread" if scale != 1 else ""
-        raise ParityError(
-            f"ONNX export does not match the sklearn model on {report.rows} holdout rows: "
-            f"{report.rows_over} row(s) differ by more than float32 arithmetic allows, max "
-            f"|Δ {what}| = {report.max_abs_diff:.3g}{relative} (allowed {report.bound:.2g}: "
-            f"tolerance {tolerance:.0e} + float32 rounding {rounding / scale:.1e}), "
-            f"{report.label_flips - report.tie_flips} label flip(s) away from a tie. The "
-            "estimator or one of its options is not converted faithfully; change the estimator "
-            "family or its parameters."
-        )
-    return report
 
 
-class OnnxArtifact(BaseModel):
-    """The exported model, stored with its MLflow run, and the proof that it matches sklearn."""
-
-    uri: str
-    sha256: str
-    parity: ParityReport
-
-
-def export_onnx(
-    settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, holdout: DatasetRef
-) -> OnnxArtifact:
-    model = tracking.load_model(settings, ref.model_uri)
-    data = convert(model, spec.n_features, input_bounds(spec))
-    frame = load_dataset(holdout.uri)
-    features = to_features(frame, spec)
-    scale = kind_of(spec).parity_scale(to_target(frame, spec))
-    parity = check_parity(model, data, features, spec.smoke.tolerance, scale)
-    digest = sha256(data)
-    uri = tracking.log_run_artifact(settings, ref.run_id, tracking.ONNX_ARTIFACT, data)
-    model_registry.tag_version(settings, ref, {model_registry.TAG_ONNX: digest})
-    return OnnxArtifact(uri=uri, sha256=digest, parity=parity)
-
-
-@task(name="export-onnx", cache_policy=RESUMABLE, persist_result=True)
-def export_onnx_task(
-    settings: Settings, spec: ModelSpec, ref: model_registry.ModelRef, holdout: DatasetRef
-) -> OnnxArtifact:
-    result = export_onnx(settings, spec, ref, holdout)
-    get_run_logger().info(
-        "ONNX %s… matches sklearn on %d holdout rows: max |Δ| %.2e (%.2e of scale %.4g), "
-        "%d label flips",
-        result.sha256[:12],
-        result.parity.rows,
-        result.parity.max_abs_diff,
-        result.parity.relative_diff,
-        result.parity.scale,
-        result.parity.label_flips,
+def require_parity(report: ParityReport) -> ParityReport:
+    """`report` if it passed; otherwise ParityError saying how far the export is off."""
+    if report.passed:
+        return report
+    relative = f" = {report.relative_diff:.3g} of the target's spread" if report.scale != 1 else ""
+    what = "probability" if report.classifier else "prediction"
+    raise ParityError(
+        f"ONNX export does not match the sklearn model on {report.rows} holdout rows: "
+        f"{report.rows_over} row(s) differ by more than float32 arithmetic allows, max "
+        f"|Δ {what}| = {report.max_abs_diff:.3g}{relative} (allowed {report.bound:.2g}: "
+        f"tolerance {report.tolerance:.0e} + float32 rounding "
+        f"{report.rounding / report.scale:.1e}), {report.label_flips - report.tie_flips} "
+        "label flip(s) away from a tie. The estimator or one of its options is not converted "
+        "faithfully; change the estimator family or its parameters."
     )
-    return result
+
+
+def check_parity(
+    model: Pipeline,
+    onnx_bytes: bytes,
+    features: np.ndarray,
+    tolerance: float,
+    scale: float = 1.0,
+) -> ParityReport:
+    """Compare sklearn and ONNX on the same rows; raise ParityError saying how far they differ."""
+    return require_parity(measure_parity(model, onnx_bytes, features, tolerance, scale))

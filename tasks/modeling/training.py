@@ -141,6 +141,8 @@ class TrainResult(BaseModel):
     lineage: dict[str, str]
     search: SearchSummary
     importance: explain.Importance | None = None
+    # `compute: dask`: where every row of both sides is (`train` and `holdout` are samples).
+    partitioned: PartitionedSplit | None = None
 
     @property
     def run_id(self) -> str:
@@ -297,6 +299,7 @@ def train_candidate(
         lineage=lineage,
         search=search,
         importance=importance,
+        partitioned=data.partitioned,
     )
 
 

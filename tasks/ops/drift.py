@@ -29,7 +29,7 @@ from tasks.core import events
 from tasks.core.pushgateway import Observation
 from tasks.core.settings import Settings
 from tasks.core.spec import FeatureType, ModelSpec
-from tasks.datasets import synthetic
+from tasks.datasets import newest_batch, partitioned, synthetic
 from tasks.datasets.data import load_dataset, read_source, require_numbers, to_features
 from tasks.modeling import onnx
 from tasks.modeling.kinds import kind_of
@@ -89,6 +89,21 @@ def sample_rows(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=seed)
 
 
+def current_sample(
+    spec: ModelSpec, settings: Settings, rows: int, seed: int
+) -> tuple[pd.DataFrame, str, int]:
+    """A seeded sample of at most `rows` rows of the newest batch, where it came from, and the
+    batch's rows. With `compute: dask` the sample is drawn on the workers (`newest_batch`)."""
+    if spec.compute == "dask":
+        frame, where, total = newest_batch.sample(
+            spec.data.source, settings, partitioned.columns(spec), rows, seed
+        )
+        require_numbers(frame, spec, where)
+        return frame, where, total
+    full, where = load_current(spec)
+    return sample_rows(full, rows, seed), where, len(full)
+
+
 def _scored(frame: pd.DataFrame, spec: ModelSpec, onnx_bytes: bytes) -> pd.DataFrame:
     """The features beside what the champion answers for them: a binary model's score, a
     multiclass model's predicted class (by name), a regressor's prediction."""
@@ -144,10 +159,10 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
     reference_uri = tracking.run_tag(settings, ref.run_id, tracking.TAG_TRAIN_URI)
     onnx_bytes = tracking.read_artifact(settings, f"runs:/{ref.run_id}/{tracking.ONNX_ARTIFACT}")
     reference_full = load_dataset(reference_uri)
-    current_full, where = load_current(spec)
     rows = spec.drift.max_rows
+    current, where, current_rows = current_sample(spec, settings, rows, spec.drift.seed)
     reference = _scored(sample_rows(reference_full, rows, spec.drift.seed), spec, onnx_bytes)
-    current = _scored(sample_rows(current_full, rows, spec.drift.seed), spec, onnx_bytes)
+    current = _scored(current, spec, onnx_bytes)
     definition = _definition(spec)
     features = [f.name for f in spec.features]
     answer = kind_of(spec).drift_column
@@ -183,7 +198,7 @@ def check_drift(settings: Settings, spec: ModelSpec) -> DriftReport:
         reference_uri=reference_uri,
         reference_rows=len(reference_full),
         current_source=where,
-        current_rows=len(current_full),
+        current_rows=current_rows,
         compared_rows=len(current),
         columns=feature_results,
         prediction=columns[answer],

@@ -10,7 +10,7 @@ from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec
 from tasks.modeling import fairness, training
 from tasks.modeling.evaluation import ValidationReport
-from tasks.modeling.onnx import OnnxArtifact
+from tasks.modeling.onnx_export import OnnxArtifact
 from tasks.modeling.scores import Metrics, ModelMetrics, MulticlassMetrics
 from tasks.modeling.training import TrainResult
 from tasks.registry import model_registry, tracking, ui_links
@@ -46,10 +46,10 @@ def _data_lines(spec: ModelSpec, train: TrainResult) -> list[str]:
         f"- Computed on a Dask cluster (`compute: dask`) from the partitioned table's manifest "
         f"{_where(train.lineage[tracking.TAG_MANIFEST])}, sha256 "
         f"`{train.lineage[tracking.TAG_SOURCE]}`: {rows}.",
-        f"- The refit read every training row and the holdout metrics every holdout row; the "
-        f"search's trials and the operating threshold read a seeded sample of {t.rows:,} training "
-        f"{spec.subjects} ({_where(t.uri)}), and the champion comparison, segments, model gates, "
-        f"ONNX parity, explanations and plots a seeded sample of {h.rows:,} holdout "
+        f"- The refit read every training row, and the holdout metrics and the ONNX parity every "
+        f"holdout row; the search's trials and the operating threshold read a seeded sample of "
+        f"{t.rows:,} training {spec.subjects} ({_where(t.uri)}), and the champion comparison, "
+        f"segments, model gates, explanations and plots a seeded sample of {h.rows:,} holdout "
         f"{spec.subjects} ({_where(h.uri)}): their intervals are those of that sample's size.",
     ]
 

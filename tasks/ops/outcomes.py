@@ -37,7 +37,7 @@ from tasks.modeling.fairness import (
 )
 from tasks.modeling.kinds import kind_of
 from tasks.ops import history
-from tasks.ops.drift import load_current, sample_rows
+from tasks.ops.drift import current_sample, sample_rows
 from tasks.registry import mlflow_store, model_registry, tracking
 
 # "not configured": the spec has no `outcomes:` source or labels (only an estimate, if binary).
@@ -147,8 +147,7 @@ def estimate(spec: ModelSpec, settings: Settings, ref_run: str, onnx_bytes: byte
     holdout = load_dataset(tracking.run_tag(settings, ref_run, tracking.TAG_HOLDOUT_URI))
     held = kind.served_scores(onnx.predict_outputs(onnx_bytes, to_features(holdout, spec)))
     calibrate = estimation.calibrator(held, to_target(holdout, spec))
-    current, where = load_current(spec)
-    current = sample_rows(current, spec.outcomes.max_rows, spec.outcomes.seed)
+    current, where, _ = current_sample(spec, settings, spec.outcomes.max_rows, spec.outcomes.seed)
     scores = kind.served_scores(onnx.predict_outputs(onnx_bytes, to_features(current, spec)))
     value = estimation.expected_metric(metric, scores, calibrate.predict(scores))
     return Estimate(
@@ -173,7 +172,7 @@ def check_outcomes(settings: Settings, spec: ModelSpec) -> OutcomeReport:
     realised, segments, rows, where = None, [], 0, "no outcomes configured"
     verdict: Verdict = "not configured"
     if o.configured:
-        frame, where = load_labelled(spec)
+        frame, where = load_labelled(spec, settings)
         frame = sample_rows(frame, o.max_rows, o.seed).reset_index(drop=True)
         rows = len(frame)
         target = to_target(frame, spec)

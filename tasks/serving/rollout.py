@@ -15,7 +15,8 @@ from tasks.core.renderings import rendering_of
 from tasks.core.settings import Settings
 from tasks.core.spec import ModelSpec, ServingSpec
 from tasks.core.storage import MANIFEST, Store, file_hashes, open_store, read_verified, verify_dir
-from tasks.modeling.onnx import OnnxArtifact, sha256
+from tasks.modeling.onnx import sha256
+from tasks.modeling.onnx_export import OnnxArtifact
 from tasks.registry import model_registry, tracking
 from tasks.registry.registry_state import RegistryState
 from tasks.serving import edge_routes, model_config, replicas

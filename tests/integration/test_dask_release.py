@@ -31,8 +31,12 @@ from tasks.datasets.data import load_source, to_features, to_target
 from tasks.datasets.pieces import list_pieces
 from tasks.datasets.quality import DataQualityError
 from tasks.datasets.sources.files import DataError
+from tasks.modeling import distributed, onnx
 from tasks.modeling.kinds import kind_of
+from tasks.modeling.training import build_pipeline
 from tasks.modeling.unchanged import UnchangedModel
+from tasks.ops.drift import check_drift
+from tasks.ops.outcomes import check_outcomes
 from tasks.registry import model_registry, tracking
 from tasks.registry.mlflow_store import client
 from tasks.serving import triton_server
@@ -138,6 +142,30 @@ def test_trained_on_the_cluster_and_measured_on_every_holdout_row(
     assert f"{split} training" in tags[tracking.TAG_ROWS]
 
 
+def test_parity_on_the_cluster_covers_every_holdout_row_and_refuses_a_wrong_graph(
+    on_cluster: Settings, tmp_path: Path
+) -> None:
+    settings = on_cluster
+    spec = load_spec(
+        dask_spec(tmp_path, Task.binary, "xgboost", **{"evaluation.sample_rows": 1_000})
+    )
+    trained = training_flow(spec, settings)
+    assert trained.partitioned is not None
+    model = tracking.load_model(settings, trained.candidate.model_uri)
+    good = onnx.convert(model, spec.n_features, onnx.input_bounds(spec))
+    holdout = trained.partitioned.holdout_rows
+    report = distributed.holdout_parity(spec, settings, trained.partitioned, model, good, 1e-5, 1)
+    assert report.passed and report.rows == holdout == trained.metrics.rows
+    # A graph of another model: refused on the whole holdout, not only on the sample.
+    sample = pd.read_parquet(trained.holdout.uri)
+    other = build_pipeline(spec).fit(to_features(sample, spec), to_target(sample, spec))
+    wrong = onnx.convert(other, spec.n_features)
+    report = distributed.holdout_parity(spec, settings, trained.partitioned, model, wrong, 1e-5, 1)
+    assert report.rows == holdout and report.rows_over > len(sample)
+    with pytest.raises(onnx.ParityError, match=f"on {holdout} holdout rows"):
+        onnx.require_parity(report)
+
+
 def _split(spec: ModelSpec, settings: Settings) -> list[partitioned.SplitPiece]:
     ref = partitioned.snapshot(spec, settings)
     return partitioned.split(spec, settings, ref).partitioned.pieces  # type: ignore[union-attr]
@@ -152,19 +180,41 @@ def test_a_release_on_the_cluster_is_served_and_its_rerun_unchanged(
         Task.multiclass,
         "lightgbm",
         rows=200_000,
-        **{"evaluation.sample_rows": 20_000, "smoke.rows": 300},
+        **{
+            "evaluation.sample_rows": 20_000,
+            "smoke.rows": 300,
+            "drift.max_rows": 5_000,
+            "outcomes.source": str(tmp_path / "table-multiclass"),
+            "outcomes.max_rows": 4_000,
+        },
     )
     try:
         result = release_flow(str(path))
         spec = load_spec(path)
         assert model_registry.alias_version(settings, spec.name, "champion") == result.version
         assert result.metrics.rows > 45_000 and result.holdout.rows < 25_000
+        # The ONNX graph was held to the model on every holdout row, not on the sample.
+        assert result.export.onnx.parity.rows == result.metrics.rows
         card = tracking.read_artifact(settings, f"runs:/{result.run_id}/model_card.md").decode()
         assert "compute: dask" in card and "every holdout row" in card, card
         assert f"{result.holdout.rows:,} holdout" in card, card
         assert result.swap.after == [result.version]
         again = release_flow(str(path))
         assert isinstance(again, UnchangedModel), again  # the manifest is the same
+        # The nightly checks sample the newest batch on the workers, never read it whole.
+        days = sorted(Path(spec.data.source).glob("date=*"))
+        newest = sum(len(pd.read_parquet(piece)) for piece in days[-1].glob("*.parquet"))
+        drift = check_drift(settings, spec)
+        assert drift.current_rows == newest and drift.compared_rows == 5_000, drift
+        sampled = f"{days[-1].name}, a seeded sample of 5,000 of {newest:,} rows"
+        assert sampled in drift.current_source, drift.current_source
+        # Labels arrive late: the newest day has none, so the day before is judged.
+        for piece in days[-1].glob("*.parquet"):
+            frame = pd.read_parquet(piece)
+            frame.assign(**{spec.target.name: None}).to_parquet(piece, index=False)
+        outcomes = check_outcomes(settings, spec)
+        assert outcomes.rows == 4_000 and days[-2].name in outcomes.source, outcomes
+        assert outcomes.realised is not None and outcomes.verdict != "too small"
     finally:
         triton_server.stop(settings)
 
@@ -189,6 +239,54 @@ def test_a_bad_piece_is_refused_by_name_and_nothing_registered(
     assert key in str(refused.value) and "amount" in str(refused.value)
     assert model_registry.alias_version(settings, spec.name, "champion") is None
     assert not registered(settings, spec.name)
+
+
+def test_the_whole_tables_checks_and_warnings_come_from_the_pieces_counts(
+    scheduler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What only the whole table shows, as the local contract reports it: a regression target
+    out of its range (by piece and row), a segment with one value everywhere, a nullable
+    feature's nulls over `max_null_share` (warning), and a column the spec does not name."""
+    monkeypatch.setenv("CONVEYOR_DASK_ADDRESS", scheduler)
+    settings = Settings(home=tmp_path / "state")
+    base = load_spec(SHIPPED[Task.regression])
+    features = [
+        f.model_dump(mode="json", exclude_none=True) | {"nullable": f.name == "exposure"}
+        for f in base.features
+    ]
+    path = dask_spec(
+        tmp_path,
+        Task.regression,
+        "lightgbm",
+        features=features,
+        **{"segments.columns": ["lender"], "quality.max_null_share": 0.1},
+    )
+    spec = load_spec(path)
+    pieces = sorted(Path(spec.data.source).rglob("*.parquet"))
+    for number, piece in enumerate(pieces):
+        frame = pd.read_parquet(piece).assign(lender="north")
+        if number < 3:
+            frame["exposure"] = np.nan  # 3 of the table's pieces: over 10% of its rows
+        if number == 4:
+            frame.loc[5, spec.target.name] = 1.5  # above its max 1
+            frame["note"] = "free text"
+        frame.to_parquet(piece, index=False)
+
+    report = partition_contract.check_table(spec, settings, partitioned.snapshot(spec, settings))
+    errors = {i.check: i for i in report.errors}
+    target = errors["target finite, in [0, 1]"]
+    assert target.unexpected == 1 and "rows 6)" in target.detail, target
+    assert str(pieces[4].relative_to(spec.data.source)) in target.detail
+    assert errors["segment has at least two values (fairness compares them)"].examples == [
+        "'north'"
+    ]
+    assert len(errors) == 2, report.markdown()
+    warnings = {i.check: i for i in report.warnings}
+    nulls = warnings["at most 10% nulls"]
+    assert nulls.column == "exposure" and nulls.unexpected == sum(
+        len(pd.read_parquet(piece)) for piece in pieces[:3]
+    )
+    assert warnings["no unexpected columns"].examples == ["note"]
 
 
 def test_a_piece_changed_after_the_snapshot_is_refused(

@@ -14,7 +14,16 @@ from tasks.core.model_task import Task
 from tasks.core.spec import DEFAULT_SPEC, ModelSpec, load_spec
 from tasks.datasets.data import to_features, to_target
 from tasks.datasets.synthetic import generate_transactions
-from tasks.modeling.onnx import ParityError, check_parity, convert, predict, rounding_bound
+from tasks.modeling.onnx import (
+    ParityError,
+    ParityReport,
+    check_parity,
+    convert,
+    measure_parity,
+    predict,
+    require_parity,
+    rounding_bound,
+)
 from tasks.modeling.training import build_pipeline
 from tests.families import with_family
 
@@ -144,3 +153,23 @@ def test_a_deliberately_wrong_conversion_is_still_refused(data, family: str, edi
     assert check_parity(model, good, features, 1e-5).passed
     with pytest.raises(ParityError, match="not converted faithfully"):
         check_parity(model, _edited(good, edit), features, 1e-5)
+
+
+def test_parity_measured_in_parts_is_judged_as_the_whole(data) -> None:
+    """A cluster measures parity piece by piece: the merged parts give the figures and the
+    verdict of the whole, so wrong rows in one piece fail the export, counted."""
+    spec, features, target = data
+    model = build_pipeline(spec).fit(features, target)
+    wrong = convert(build_pipeline(spec).fit(features[:2000], target[:2000]), spec.n_features)
+    good = convert(model, spec.n_features)
+    pieces = np.array_split(features, 4)
+    whole = measure_parity(model, wrong, features, 1e-5)
+    assert ParityReport.merged([measure_parity(model, wrong, p, 1e-5) for p in pieces]) == whole
+    # Only the last piece's graph is wrong: the merged report covers every row and fails.
+    parts = [measure_parity(model, good, p, 1e-5) for p in pieces[:3]]
+    parts.append(measure_parity(model, wrong, pieces[3], 1e-5))
+    merged = ParityReport.merged(parts)
+    assert merged.rows == len(features) and merged.rows_over == parts[-1].rows_over > 0
+    assert all(p.passed for p in parts[:3]) and not merged.passed
+    with pytest.raises(ParityError, match=f"on {len(features)} holdout rows"):
+        require_parity(merged)

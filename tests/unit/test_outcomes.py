@@ -87,7 +87,7 @@ def test_cbpe_expects_what_calibrated_probabilities_realise() -> None:
     )
 
 
-def test_the_newest_labelled_partition_is_checked(tmp_path: Path) -> None:
+def test_the_newest_labelled_partition_is_checked(tmp_path: Path, settings: Settings) -> None:
     spec_path = spec_with(CHURN, tmp_path, **{"outcomes.source": str(tmp_path / "batches")})
     spec = load_spec(spec_path)
     frame = generate(spec.data.source, 900, 2, spec.data.positive_rate, 0.0)
@@ -98,12 +98,12 @@ def test_the_newest_labelled_partition_is_checked(tmp_path: Path) -> None:
     newest = tmp_path / "batches" / "date=2026-11-03"
     newest.mkdir()
     frame[600:].assign(**{spec.target.name: None}).to_parquet(newest / "part.parquet")
-    labelled, where = load_labelled(spec)
+    labelled, where = load_labelled(spec, settings)
     assert "date=2026-11-02" in where and len(labelled) == 300
     assert list(to_target(labelled, spec)) == list(to_target(frame[300:600], spec))
 
 
-def test_labels_joined_by_key_and_bad_labels_refused(tmp_path: Path) -> None:
+def test_labels_joined_by_key_and_bad_labels_refused(tmp_path: Path, settings: Settings) -> None:
     base = load_spec(CHURN)
     scored = generate(base.data.source, 600, 4, base.data.positive_rate, 0.0)
     scored = scored.assign(customer_id=[f"c{i}" for i in range(len(scored))])
@@ -122,17 +122,17 @@ def test_labels_joined_by_key_and_bad_labels_refused(tmp_path: Path) -> None:
             },
         )
     )
-    joined, where = load_labelled(spec)
+    joined, where = load_labelled(spec, settings)
     assert len(joined) == 400 and "joined on customer_id" in where
     assert list(joined[base.target.name]) == list(labels[base.target.name])
     pd.concat([labels, pd.DataFrame({"customer_id": ["x9"], base.target.name: [1]})]).to_csv(
         tmp_path / "labels.csv", index=False
     )
     with pytest.raises(DataError, match=r"1 label\(s\) .* keys never scored .* e.g. x9"):
-        load_labelled(spec)
+        load_labelled(spec, settings)
     labels.assign(extra=1).to_csv(tmp_path / "labels.csv", index=False)
     with pytest.raises(DataError, match=r"has columns \['churned', 'customer_id', 'extra'\]"):
-        load_labelled(spec)
+        load_labelled(spec, settings)
 
 
 @pytest.mark.parametrize(
