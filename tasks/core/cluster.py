@@ -20,7 +20,7 @@ from tasks.core.errors import ConveyorError, ServiceUnavailableError
 from tasks.core.settings import Settings
 from tasks.core.spec_sections import COMPUTES, Compute
 
-__all__ = ["COMPUTES", "ClusterError", "Compute", "connected", "runner"]
+__all__ = ["COMPUTES", "ClusterError", "Compute", "connected", "out_of_memory", "runner"]
 
 T = TypeVar("T")
 Runner = Callable[..., Iterator[Any]]
@@ -71,12 +71,9 @@ def _on(client: Any) -> Runner:
                 for future in as_completed(futures):
                     try:
                         result = future.result()
-                    except KilledWorker:
+                    except KilledWorker as exc:
                         raise ClusterError(
-                            f"Dask workers died running {_said(item_of[future.key])}: every "
-                            "worker that took it was lost "
-                            "(out of memory is the usual cause: give the workers more memory, "
-                            "or write the table in smaller pieces); rerun to continue"
+                            _killed(client, _said(item_of[future.key]), exc)
                         ) from None
                     done += 1
                     yield result
@@ -93,6 +90,42 @@ def _on(client: Any) -> Runner:
 
 def _value(value: T) -> T:
     return value
+
+
+def _killed(client: Any, said: str, exc: Any) -> str:
+    """Why every worker that took an item died: out of memory when a nanny says so."""
+    worker = exc.last_worker
+    memory = out_of_memory(client, {worker.address}, getattr(worker, "memory_limit", None))
+    if memory:
+        return (
+            f"{said} ran the Dask workers out of memory: {memory}, on each of "
+            f"{exc.allowed_failures + 1} workers that took it. Give the workers more memory "
+            "(`dask worker --memory-limit`) or write the table in smaller pieces, then rerun "
+            "to continue (finished work is kept)"
+        )
+    return (
+        f"Dask workers died running {said}: each of the {exc.allowed_failures + 1} workers "
+        "that took it was lost, not for memory (no nanny stopped one over its limit): a crash "
+        "in a library, or a killed process. See the workers' logs, then rerun to continue"
+    )
+
+
+def out_of_memory(client: Any, workers: set[str], limit: int | None = None) -> str | None:
+    """What a nanny said when it stopped one of `workers` for memory (`worker-restart-memory`),
+    or None when none was: the scheduler keeps the event; a lost worker's logs go with it.
+    `limit`: the worker's memory limit where the caller knows it (a gone worker's is gone)."""
+    try:
+        events = client.get_events("worker-restart-memory")
+        if limit is None:  # the limit of the workers still there: conveyor's are all alike
+            limits = {w.get("memory_limit") for w in client.scheduler_info()["workers"].values()}
+            limit = limits.pop() if len(limits) == 1 else None
+    except Exception:  # an old or a gone scheduler: the caller's own words stand
+        return None
+    for _, event in reversed(events):
+        if event.get("worker") in workers:
+            held = f"worker {event['worker']} held {event['rss'] / 2**20:,.0f} MB"
+            return held + (f" of its {limit / 2**20:,.0f} MB limit" if limit else " over its limit")
+    return None
 
 
 def _said(item: Any) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from tasks.core.cluster import ClusterError, connected, runner
+from tasks.core.cluster import ClusterError, connected, out_of_memory, runner
 from tasks.core.families import FAMILIES
 from tasks.core.families.family import Params
 from tasks.core.logs import run_logger
@@ -124,12 +124,19 @@ def _fit_estimator(
             if not lost:
                 raise
             said = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            memory = out_of_memory(client, lost)
+            if memory:
+                said = f"out of memory: {memory}"
             if attempt == 2:
+                cure = (
+                    "give the workers more memory or add workers"
+                    if memory
+                    else "see the lost workers' logs (no nanny stopped one for memory)"
+                )
                 raise ClusterError(
                     f"Dask workers were lost twice while {family.name} trained on the cluster "
                     f"(last: {sorted(lost)}, {said}); nothing was registered and the champion "
-                    "still serves. Out of memory is the usual cause: give the workers more "
-                    "memory or add workers, then rerun the release"
+                    f"still serves. To continue, {cure}, then rerun the release"
                 ) from None
             run_logger(__name__).warning(
                 "Dask worker(s) %s lost during the %s fit (%s): fitting again once the "

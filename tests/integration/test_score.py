@@ -31,6 +31,7 @@ from tasks.serving import triton_server
 from tests.conftest import write_spec
 from tests.faults import SMALL_RELEASE, assert_one_paragraph
 from tests.servers import BIN, clean_env, free_port, moto_s3
+from tests.worker_faults import dies_always, dies_once, fills_memory
 
 DAYS = [f"2026-11-{day:02d}" for day in range(1, 7)]
 
@@ -279,25 +280,11 @@ def test_s3_in_and_out_through_pyarrow(released: Released, tmp_path: Path) -> No
         assert (again.scored, again.skipped) == (0, 12)
 
 
-def dies_once(marker: str, _shared: int) -> int:
-    """Kills its worker process the first time it runs: Dask must run it again elsewhere."""
-    path = Path(marker)
-    if not path.exists():
-        path.write_text("died")
-        os._exit(1)
-    return os.getpid()
-
-
 def test_a_killed_worker_is_replaced_and_the_work_done(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "state")
     with cluster.runner(settings, "dask") as run:
         pids = list(run(dies_once, [str(tmp_path / "marker")], 0))
     assert len(pids) == 1 and pids[0] != os.getpid()
-
-
-def dies_always(piece: pieces.Piece, _shared: int) -> int:
-    """Kills every worker it runs on, as a piece too large for a worker's memory does."""
-    os._exit(1)
 
 
 def test_a_piece_that_kills_every_worker_is_named_with_its_size(tmp_path: Path) -> None:
@@ -309,7 +296,42 @@ def test_a_piece_that_kills_every_worker_is_named_with_its_size(tmp_path: Path) 
         list(run(dies_always, [piece], 0))
     message = str(stopped.value)
     assert "date=2026-11-03/x.parquet (3.0 MB on disk)" in message, message
-    assert "out of memory" in message and "rerun" in message, message
+    assert "not for memory" in message and "rerun" in message, message
+
+
+def test_a_piece_too_large_for_a_workers_memory_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real memory limit: the nanny stops each worker that takes the piece, and the refusal
+    says out of memory, how much the worker held of its limit, and the piece with its size."""
+    import dask
+    from distributed import LocalCluster
+
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),  # two tries, not four
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="1GiB",
+            dashboard_address=None,
+        ) as local,
+    ):
+        monkeypatch.setenv("CONVEYOR_DASK_ADDRESS", local.scheduler_address)
+        settings = Settings(home=tmp_path / "state")
+        piece = pieces.Piece(
+            uri=str(tmp_path / "x.parquet"), key="date=2026-11-04/x.parquet", size=5 << 20
+        )
+        with (
+            pytest.raises(cluster.ClusterError) as stopped,
+            cluster.runner(settings, "dask") as run,
+        ):
+            list(run(fills_memory, [piece], 0))
+    message = str(stopped.value)
+    assert message.startswith(
+        "date=2026-11-04/x.parquet (5.0 MB on disk) ran the Dask workers out of memory: worker "
+    ), message
+    assert "MB of its 1,024 MB limit" in message and "more memory" in message, message
 
 
 def test_no_scheduler_is_one_paragraph_and_nothing_written(
