@@ -45,10 +45,8 @@ system-deps:
 		fi; \
 	fi
 
-# Three workers on two cores: much of the suite waits on servers, not on the CPU (a run used
-# about 1.1 of the 2 cores on two workers). tests/conftest.py groups what must share one;
-# TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 3
+# Two workers (tests/conftest.py groups what must share one); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: bootstrap system-deps
 	$(BIN)/pytest -n $(TEST_WORKERS)
 

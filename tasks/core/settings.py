@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     dask_timeout_s: float = Field(
         default=20.0, gt=0, description="How long to try reaching the Dask scheduler."
     )
+    snapshot_root: str | None = Field(
+        default=None,
+        description="Where `compute: dask` releases keep their copies of the table's pieces (a "
+        "folder or s3:// prefix every Dask worker reaches); unset: data/pieces in the state "
+        "directory.",
+    )
     pushgateway_url: str | None = Field(
         default=None,
         description="Prometheus Pushgateway (http://host:9091) for pipeline metrics; unset: none.",
@@ -168,6 +174,11 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.home / "data"
+
+    @property
+    def pieces_root(self) -> str:
+        """Content-addressed copies of partitioned tables' pieces (`snapshot_root`)."""
+        return self.snapshot_root or str(self.data_dir / "pieces")
 
     @property
     def triton_dir(self) -> Path:

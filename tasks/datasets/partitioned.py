@@ -3,8 +3,11 @@ prefix of `.parquet` files, `date=` partitions or not) that no process reads who
 
 - The snapshot is a **manifest**: every piece's key, size, row count and sha256 (each computed on
   a worker, from the piece's bytes), and the manifest's own sha256, which is what "the same data"
-  means to lineage and to the unchanged-model check. A piece whose rows no longer match its
-  manifest entry when it is read again is refused as changed, never silently used.
+  means to lineage and to the unchanged-model check. The worker that reads a piece also writes
+  its **copy**, named by its sha256 under `Settings.pieces_root` (a piece already copied by an
+  earlier release is not written again), and the manifest points at the copies: the release,
+  and anyone reproducing it later, reads the table as it was, whatever is written to the source
+  meanwhile. A copy whose rows no longer match its manifest entry is refused, never used.
 - The **split** is per row and needs no shuffle: a row goes to the holdout by a draw seeded by
   `data.seed` and its piece's key, so every worker that reads a piece again cuts it the same way.
   It is uniform, not stratified: at the sizes this path is for, each class's share of the holdout
@@ -41,7 +44,16 @@ from tasks.datasets.data import (
     label_key,
     save_dataset,
 )
-from tasks.datasets.pieces import Piece, columns_of, filesystem, list_pieces, read_piece
+from tasks.datasets.pieces import (
+    Piece,
+    columns_of,
+    exists,
+    filesystem,
+    join,
+    list_pieces,
+    read_piece,
+    write_bytes,
+)
 from tasks.datasets.sources import source_of
 from tasks.datasets.sources.files import DataError
 
@@ -92,8 +104,9 @@ def _positive(spec: ModelSpec) -> str | None:
     return spec.class_names[1] if spec.task is Task.binary else None
 
 
-def inventory(piece: Piece, spec: ModelSpec) -> ManifestPiece:
-    """One piece's manifest entry, from its bytes (read once: sha256, rows, positives)."""
+def inventory(piece: Piece, spec: ModelSpec, copies: str) -> ManifestPiece:
+    """One piece's manifest entry, from its bytes (read once: sha256, rows, positives), and
+    its copy under `copies`, which the entry points at."""
     fs, path = filesystem(piece.uri)
     try:
         with fs.open_input_file(path) as handle:
@@ -106,10 +119,14 @@ def inventory(piece: Piece, spec: ModelSpec) -> ManifestPiece:
     if positive is not None and spec.target.name in reader.schema_arrow.names:
         target = reader.read(columns=[spec.target.name]).column(0).to_pandas()
         positives = int((target.dropna().map(label_key) == positive).sum())
+    digest = hashlib.sha256(content).hexdigest()
+    copy = join(copies, f"{digest}.parquet")
+    if not exists(copy):
+        write_bytes(content, copy)
     return ManifestPiece(
-        **piece.model_dump(),
+        **piece.model_dump() | {"uri": copy},
         rows=reader.metadata.num_rows,
-        sha256=hashlib.sha256(content).hexdigest(),
+        sha256=digest,
         positives=positives,
     )
 
@@ -119,7 +136,8 @@ def snapshot(spec: ModelSpec, settings: Settings) -> DatasetRef:
     source = require_table(spec)
     found = list_pieces(source)
     with runner(settings, "dask") as run:
-        entries = sorted(run(inventory, found, spec), key=lambda piece: piece.key)
+        copies = settings.pieces_root
+        entries = sorted(run(inventory, found, spec, copies), key=lambda piece: piece.key)
     manifest = Manifest(source=source, pieces=entries)
     path = settings.data_dir / spec.name / f"manifest-{manifest.sha256[:16]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,8 +161,9 @@ def read_again(piece: Piece, rows: int, spec: ModelSpec) -> pd.DataFrame:
     frame = read_piece(piece, columns=[c for c in columns(spec) if c in have])
     if len(frame) != rows:
         raise DataError(
-            f"{piece.uri} holds {len(frame):,} rows, its snapshot {rows:,}: the table "
-            "changed during the release. Rerun the release to snapshot it again"
+            f"{piece.uri} (the copy of {piece.key}) holds {len(frame):,} rows, its snapshot "
+            f"{rows:,}: the copy was altered after the snapshot. Remove it and rerun the "
+            "release to snapshot the table again"
         )
     return frame
 

@@ -146,9 +146,33 @@ def write_piece(frame: pd.DataFrame, uri: str, stamp: dict[str, str]) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         write_table_atomic(table, Path(path))
         return
-    # The whole file first, then one upload: S3 shows the object only once the upload completes,
-    # and nothing is sent for a table that fails to serialise.
+    # The whole file first, then one upload (`write_bytes`): nothing is sent for a table that
+    # fails to serialise.
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
+    write_bytes(buffer.getvalue(), uri)
+
+
+def write_bytes(content: bytes | pa.Buffer, uri: str) -> None:
+    """`content` at `uri`, all of it or nothing: a local file renamed into place, or one S3
+    upload (S3 shows an object only once its upload completes)."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+            Path(tmp).replace(target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
     with fs.open_output_stream(path) as out:
-        out.write(buffer.getvalue())
+        out.write(content)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type is pafs.FileType.File

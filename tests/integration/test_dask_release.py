@@ -289,19 +289,35 @@ def test_the_whole_tables_checks_and_warnings_come_from_the_pieces_counts(
     assert warnings["no unexpected columns"].examples == ["note"]
 
 
-def test_a_piece_changed_after_the_snapshot_is_refused(
+def test_the_snapshot_is_a_copy_a_source_changed_afterwards_does_not_reach(
     scheduler: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The workers copy each piece at the snapshot: a piece rewritten in the source afterwards
+    changes neither the split nor the rows read; the next snapshot sees it and copies only it;
+    an altered copy is refused by name."""
     monkeypatch.setenv("CONVEYOR_DASK_ADDRESS", scheduler)
     settings = Settings(home=tmp_path / "state")
     spec = load_spec(dask_spec(tmp_path, Task.regression, "lightgbm"))
     ref = partitioned.snapshot(spec, settings)
+    manifest = partitioned.load_manifest(ref)
+    copies = Path(settings.pieces_root)
+    assert sorted(copies.glob("*.parquet")) == sorted(
+        copies / f"{piece.sha256}.parquet" for piece in manifest.pieces
+    )
     piece = sorted(Path(spec.data.source).rglob("*.parquet"))[0]
     pd.read_parquet(piece).iloc[:-1].to_parquet(piece, index=False)
+
+    split = partitioned.split(spec, settings, ref).partitioned
+    assert split is not None and split.train_rows + split.holdout_rows == manifest.rows
+    again = partitioned.snapshot(spec, settings)
+    assert again.sha256 != ref.sha256 and again.rows == ref.rows - 1  # the manifest tells
+    assert len(list(copies.glob("*.parquet"))) == len(manifest.pieces) + 1  # one new copy
+
+    altered = Path(manifest.pieces[1].uri)
+    pd.read_parquet(altered).iloc[:-2].to_parquet(altered, index=False)
     with pytest.raises(DataError) as changed:
         partitioned.split(spec, settings, ref)
-    assert str(piece) in str(changed.value) and "changed" in str(changed.value)
-    assert partitioned.snapshot(spec, settings).sha256 != ref.sha256  # the manifest tells
+    assert manifest.pieces[1].key in str(changed.value) and "altered" in str(changed.value)
 
 
 @pytest.mark.parametrize("refusal", ["family", "scheduler"])
@@ -378,16 +394,22 @@ class Killer:
 
         with Client(self.address) as client:
             while self.killed < self.times and not self._stop.is_set():
-                busy = [
-                    worker
-                    for worker, keys in client.processing().items()
-                    if any("_train_part" in str(key) for key in keys)
-                ]
-                if busy and len(client.scheduler_info()["workers"]) == 2:
-                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
-                    os.kill(pid, signal.SIGKILL)
-                    self.killed += 1
                 time.sleep(0.05)
+                try:
+                    busy = [
+                        worker
+                        for worker, keys in client.processing().items()
+                        if any("_train_part" in str(key) for key in keys)
+                    ]
+                    if busy and len(client.scheduler_info()["workers"]) == 2:
+                        pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                        os.kill(pid, signal.SIGKILL)
+                        self.killed += 1
+                # A worker restarting as it is asked (a busy machine makes that likely) fails
+                # the look: look again, rather than end the thread and leave the second fit
+                # unharmed (the test then says how many kills it made).
+                except Exception:
+                    continue
 
     def stop(self) -> None:
         self._stop.set()

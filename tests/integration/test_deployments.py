@@ -499,12 +499,13 @@ def worker_killed(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Wor
     return WorkerKilled(name, killed, queued)
 
 
-# The fleet: the five shipped specs (made small), under names of their own on the shared stack:
-# three binary classifiers, a multiclass one on LightGBM and a regression on XGBoost.
+# The fleet: one shipped spec per task (made small), under names of their own on the shared
+# stack: a binary classifier, a multiclass one on LightGBM and a regression on XGBoost. What
+# `--all` and the nightly deployment iterate is the same for three models as for all five (the
+# other two shipped specs are released by test_fairness_release and test_outcomes_release), and
+# each model costs the suite two releases and two nightly checks.
 FLEET = {
     "fleet-card-fraud": ROOT / "deployments/models/fraud-detector.yaml",
-    "fleet-credit": ROOT / "deployments/models/credit-default.yaml",
-    "fleet-churn": ROOT / "deployments/models/churn.yaml",
     "fleet-merchant": ROOT / "deployments/models/merchant-category.yaml",
     "fleet-lgd": ROOT / "deployments/models/loss-given-default.yaml",
 }
@@ -520,7 +521,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    """`conveyor run --all` over the fleet of five, twice, then `conveyor status --json`; the
+    """`conveyor run --all` over the fleet of three, twice, then `conveyor status --json`; the
     module's last fixture, so its models do not meet the drift tests above."""
     directory = tmp_path_factory.mktemp("fleet")
     for name, base in FLEET.items():
