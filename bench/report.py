@@ -585,11 +585,12 @@ def scale_section(rows: list[dict[str, Any]]) -> list[str]:
         small, large = mine[0], mine[-1]
         per_row_us, fixed, growth = _slope(small, large)
         bytes_per_row = growth * 2**20 / (large["rows"] - small["rows"])
+        where = "on this host's 2 workers" if compute == "dask" else "in one process"
         lines.append(
             f"- {model}, `{compute}`: {per_row_us:.1f} µs per added row, about {fixed:.0f} s "
             f"fixed; the flow process grew {growth:+.0f} MB from {small['rows']:,} to "
             f"{large['rows']:,} rows ({bytes_per_row:.0f} bytes per added row). At that rate, "
-            f"on this host's 2 workers, 100,000,000 rows take about "
+            f"{where}, 100,000,000 rows take about "
             f"{(fixed + per_row_us * 100) / 60:.0f} min and 1,000,000,000 about "
             f"{(fixed + per_row_us * 1000) / 3600:.1f} h."
         )
