@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
@@ -32,7 +33,7 @@ from tasks.core.spec import ModelSpec
 from tasks.datasets.data import PartitionedSplit, SplitPiece, to_features, to_target
 from tasks.datasets.partitioned import side
 from tasks.modeling.kinds import kind_of
-from tasks.modeling.onnx import ParityReport, measure_parity
+from tasks.modeling.onnx import ParityReport, measure_parity, rounding_bound
 
 # How often the fit's workers are looked at, and how long their restart may take.
 WATCH_S = 0.5
@@ -244,9 +245,10 @@ def _parity(
     onnx_bytes: bytes,
     tolerance: float,
     scale: float,
+    rounding: float,
 ) -> ParityReport:
     rows = side(piece, spec, split, holdout=True)
-    return measure_parity(model, onnx_bytes, to_features(rows, spec), tolerance, scale)
+    return measure_parity(model, onnx_bytes, to_features(rows, spec), tolerance, scale, rounding)
 
 
 def holdout_parity(
@@ -261,6 +263,8 @@ def holdout_parity(
     """The model and its ONNX graph compared on every holdout row, each piece on a worker;
     only the pieces' counts and largest differences come back, merged into one report."""
     pieces = [piece for piece in split.pieces if piece.holdout_rows]
+    rounding = rounding_bound(onnx.load_from_string(onnx_bytes))
+    shared = (spec, split, model, onnx_bytes, tolerance, scale, rounding)
     with runner(settings, "dask") as run:
-        parts = list(run(_parity, pieces, spec, split, model, onnx_bytes, tolerance, scale))
+        parts = list(run(_parity, pieces, *shared))
     return ParityReport.merged(parts)

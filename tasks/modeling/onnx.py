@@ -268,12 +268,16 @@ def measure_parity(
     features: np.ndarray,
     tolerance: float,
     scale: float = 1.0,
+    rounding: float | None = None,
 ) -> ParityReport:
     """How far sklearn and ONNX are apart on the same rows: a classifier's probabilities and
     labels, or a regressor's prediction relative to `scale`. Measured only: `require_parity`
-    judges it (so the parts measured piece by piece on a cluster are judged once, merged)."""
+    judges it (so the parts measured piece by piece on a cluster are judged once, merged).
+    `rounding`: the graph's `rounding_bound`, where the caller measures many parts of one graph
+    (it walks every leaf of the ensemble: once per graph, not once per part)."""
     outputs = predict_outputs(onnx_bytes, features)
-    rounding = rounding_bound(onnx.load_from_string(onnx_bytes))
+    if rounding is None:
+        rounding = rounding_bound(onnx.load_from_string(onnx_bytes))
     bound = (tolerance + rounding / scale) * scale  # in served units
     flips = ties = 0
     if LABEL in outputs:
